@@ -1,0 +1,8 @@
+"""`attribnet demo` (being built)."""
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="(being built)")
+    parser.set_defaults(handler=lambda args: parser.error("not built yet"))

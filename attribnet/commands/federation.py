@@ -1,0 +1,8 @@
+"""`attribnet federation` (being built)."""
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("federation", help="(being built)")
+    parser.set_defaults(handler=lambda args: parser.error("not built yet"))

@@ -1,0 +1,8 @@
+"""`attribnet query` (being built)."""
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("query", help="(being built)")
+    parser.set_defaults(handler=lambda args: parser.error("not built yet"))

@@ -1,0 +1,1 @@
+"""The network's coordinator: primary-module training, backbone publishing, registry, gateway."""

@@ -1,0 +1,1 @@
+"""Everything the coordinator and the nodes share: models, preprocessing, data, bundles, protocol."""

@@ -1,0 +1,185 @@
+"""Image decoding and model-input preparation, shared verbatim by training, nodes and the gateway.
+
+The pipeline is: bytes -> `decode_image` (Pillow, EXIF orientation, RGB) -> `center_crop_resize`
+(uint8 HxWx3 at the model size) -> optional perturbation -> `to_model_input` (pixel scaling or the
+normalised log-DCT spectrum). Anything that feeds a model goes through `to_model_input`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared_backbone.models import MODES, channels_for, check_image_size
+
+DCT_LOG_EPSILON = 1e-12
+DEFAULT_MAX_PIXELS = 40_000_000
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a usable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class Normstats:
+    """Per-coefficient mean and standard deviation of the log-DCT spectrum."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "mean.npy", self.mean.astype(np.float64))
+        np.save(directory / "std_dev.npy", self.std.astype(np.float64))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Normstats":
+        """Reads `mean.npy` and `std_dev.npy` (the paper's file names)."""
+        directory = Path(directory)
+        try:
+            mean = np.load(directory / "mean.npy")
+            std = np.load(directory / "std_dev.npy")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"normstats: {exc.filename} not found") from None
+        if mean.shape != std.shape or mean.ndim != 2:
+            raise ValueError(f"normstats in {directory}: mean {mean.shape} and std {std.shape} must be equal 2-D shapes")
+        return cls(mean=mean, std=std)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: square size, input mode and (for DCT) the normstats."""
+
+    image_size: int
+    mode: str = "pixel"
+    normstats: Normstats | None = None
+
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size)
+        if self.mode not in MODES:
+            raise ValueError(f"unknown input mode {self.mode!r}; expected one of {MODES}")
+        if self.normstats is not None and self.normstats.mean.shape != (self.image_size, self.image_size):
+            raise ValueError(
+                f"normstats shape {self.normstats.mean.shape} does not match image size {self.image_size}"
+            )
+
+    @property
+    def channels(self) -> int:
+        return channels_for(self.mode)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.channels)
+
+
+def decode_image(data: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decodes PNG/JPEG/... bytes or a file into an upright RGB image, or raises ImageDecodeError."""
+    if isinstance(data, (str, Path)):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read file: {exc.strerror}") from None
+    if not data:
+        raise ImageDecodeError("empty input (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"image is {width}x{height} pixels, above the limit of {max_pixels}")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"corrupt image: {exc}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flattens alpha onto white and converts every mode (L, P, CMYK, I;16, ...) to RGB."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(array / max(array.max(), 1.0) * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
+    return image.convert("RGB")
+
+
+def center_crop_resize(image: Image.Image, size: int) -> np.ndarray:
+    """Largest centred square, resized (bicubic) to size x size; returns uint8 HxWx3."""
+    width, height = image.size
+    side = min(width, height)
+    if side == 0:
+        raise ImageDecodeError("image has a zero-sized dimension")
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side)) if (width, height) != (side, side) else image
+    if side != size:
+        square = square.resize((size, size), RESAMPLE)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def load_image(data: bytes | str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode + centre-crop + resize: the uint8 RGB array every model input starts from."""
+    return center_crop_resize(decode_image(data, max_pixels=max_pixels), size)
+
+
+def grayscale(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's `convert("L")` (ITU-R 601-2 luma, rounded), as the paper's data preparation did."""
+    return np.asarray(Image.fromarray(rgb, mode="RGB").convert("L"), dtype=np.float64)
+
+
+def log_dct_spectrum(rgb: np.ndarray) -> np.ndarray:
+    """log(|DCT-II|) of the greyscale image (orthonormal 2-D), float64 HxW."""
+    coefficients = scipy.fft.dctn(grayscale(rgb), type=2, norm="ortho")
+    return np.log(np.abs(coefficients) + DCT_LOG_EPSILON)
+
+
+def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 HxWx3 at the model size -> float32 model input (pixel: x/127.5-1; DCT: normalised log-DCT)."""
+    if rgb.shape != (spec.image_size, spec.image_size, 3):
+        raise ValueError(f"expected a {spec.image_size}x{spec.image_size}x3 image, got {rgb.shape}")
+    if spec.mode == "pixel":
+        return (rgb.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    if spec.normstats is None:
+        raise ValueError("DCT input needs normstats (attribnet data normstats)")
+    spectrum = (log_dct_spectrum(rgb) - spec.normstats.mean) / spec.normstats.std
+    return spectrum[..., None].astype(np.float32)
+
+
+def preprocess(data: bytes | str | Path, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes or path -> model input; the single entry point for serving and offline prediction."""
+    return to_model_input(load_image(data, spec.image_size, max_pixels=max_pixels), spec)
+
+
+class NormstatsAccumulator:
+    """Streaming per-coefficient mean/variance of the log-DCT spectrum (Chan et al. merge)."""
+
+    def __init__(self, image_size: int) -> None:
+        self.count = 0
+        self.mean = np.zeros((image_size, image_size), dtype=np.float64)
+        self.m2 = np.zeros((image_size, image_size), dtype=np.float64)
+
+    def add(self, rgb: np.ndarray) -> None:
+        spectrum = log_dct_spectrum(rgb)
+        self.count += 1
+        delta = spectrum - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (spectrum - self.mean)
+
+    def result(self) -> Normstats:
+        if self.count < 2:
+            raise ValueError("normstats need at least 2 images")
+        std = np.sqrt(self.m2 / self.count)
+        return Normstats(mean=self.mean.copy(), std=np.maximum(std, 1e-8))

@@ -1,0 +1,76 @@
+"""The coordinator's Ed25519 key pair: generate, save (PEM), load, sign, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PRIVATE_KEY_FILE = "coordinator.key"
+PUBLIC_KEY_FILE = "coordinator.pub"
+
+
+class SignatureError(ValueError):
+    """A signature that is missing, malformed or made by another key."""
+
+
+def generate_keypair(directory: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Writes `coordinator.key` (0600) and `coordinator.pub` into directory; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
+    if private_path.exists() and not overwrite:
+        raise FileExistsError(f"{private_path} already exists (use --overwrite to replace it)")
+    key = Ed25519PrivateKey.generate()
+    private_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private_path.chmod(0o600)
+    public_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private_path, public_path
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    path = Path(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"private key {path} not found (attribnet coordinator keygen)") from None
+    except ValueError as exc:
+        raise SignatureError(f"{path}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    path = Path(path)
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"public key {path} not found") from None
+    except ValueError as exc:
+        raise SignatureError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def public_key_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> bytes:
+    return key.sign(payload)
+
+
+def verify(key: Ed25519PublicKey, payload: bytes, signature: bytes, *, what: str) -> None:
+    """Raises SignatureError naming `what` when the signature does not match."""
+    try:
+        key.verify(signature, payload)
+    except InvalidSignature:
+        raise SignatureError(f"{what}: signature does not verify with the configured public key") from None
