@@ -68,30 +68,81 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = whole training split
 
 
+# ----------------------------------------------------------------------------- network (issue 3 fills these)
+
+
 @dataclass
-class PrimaryTrainConfig:
-    """`attribnet coordinator train`: the primary (detection) module."""
+class TLSConfig:
+    """Optional TLS / mTLS for a gRPC server or client (PEM file paths)."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    require_client_cert: bool = False
+
+
+@dataclass
+class GatewayConfig:
+    """The coordinator's query gateway (`attribnet coordinator serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+
+
+@dataclass
+class NodeServeConfig:
+    """A node's HeadService and its registration with the coordinator (`attribnet node serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50061
+
+
+@dataclass
+class FederationConfig:
+    """The Flower run (`attribnet federation run`, coordinator/server_app.py)."""
+
+    min_nodes: int = 1
+
+
+# ----------------------------------------------------------------------------- role configs
+
+
+@dataclass
+class CoordinatorConfig:
+    """One coordinator.yaml for `attribnet coordinator train|evaluate|publish|serve`."""
 
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
-    out: str = "runs/primary"
+    run_dir: str = "runs/primary"
+    private_key: str = "keys/coordinator.key"
+    public_key: str = "keys/coordinator.pub"
+    bundle: str = ""
+    registry: str = "coordinator-state/registry.sqlite"
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
 
 @dataclass
-class HeadTrainConfig:
-    """`attribnet node train`: one head for one source on a frozen backbone."""
+class NodeConfig:
+    """One node.yaml for `attribnet node train|evaluate|serve` (and the Flower ClientApp).
+
+    Positives are the images of `source` under `data.root`; negatives are every other source
+    folder there (local negatives) plus every source of the coordinator's `reference` set.
+    """
 
     source: str = ""
+    node_id: str = ""  # defaults to the source name
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     backbone: str = ""
     public_key: str = ""
-    reference: str = ""  # the coordinator's published reference negatives (folder-per-source)
+    reference: str = ""
     calibration: str = "platt"
     threshold: float = 0.5
     state_dir: str = "node-state"
+    serve: NodeServeConfig = field(default_factory=NodeServeConfig)
 
 
 @dataclass
