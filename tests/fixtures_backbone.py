@@ -1,0 +1,1 @@
+"""Model fixtures shared by every test (trained backbone bundle, heads)."""

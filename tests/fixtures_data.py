@@ -1,0 +1,1 @@
+"""Data fixtures shared by every test (tiny zoo, key pair)."""
