@@ -59,6 +59,12 @@ class OfflineAttributor:
     """Backbone + local heads in one process: `attribnet predict` and the reference for tests."""
 
     def __init__(self, bundle: Bundle, heads: list[Head], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> None:
+        for head in heads:
+            if head.backbone_digest != bundle.digest:
+                raise ValueError(f"head {head.source!r} belongs to backbone {head.backbone_digest[:12]}, not {bundle.short_digest}")
+        sources = [head.source for head in heads]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"two heads claim the same source: {sorted(s for s in sources if sources.count(s) > 1)[0]!r}")
         self.bundle = bundle
         self.spec: InputSpec = bundle.input_spec
         self.primary = bundle.load_primary()
@@ -72,7 +78,10 @@ class OfflineAttributor:
         return np.asarray(fake).reshape(-1).astype(np.float64), to_wire_features(np.asarray(features))
 
     def attribute(self, inputs: np.ndarray) -> list[ImageAttribution]:
-        fake_scores, features = self.run_backbone(inputs)
+        return self.attribute_features(*self.run_backbone(inputs))
+
+    def attribute_features(self, fake_scores: np.ndarray, features: np.ndarray) -> list[ImageAttribution]:
+        """The decision from `run_backbone`'s outputs, for callers that also need the features (heatmaps)."""
         features32 = features.astype(np.float32)
         raw_by_source = {head.source: head.raw_scores(features32) for head in self.heads}
         results = []

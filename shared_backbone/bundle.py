@@ -94,6 +94,7 @@ def write_bundle(
         raise BundleError(f"{out_dir} exists and is not empty; choose a new bundle folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700; a published bundle is read by other users' processes
     try:
         primary.save_weights(staging / WEIGHTS)
         if spec.mode == "dct":
@@ -115,7 +116,9 @@ def write_bundle(
             "trainable_parameters": {
                 "primary": models.trainable_parameter_count(primary),
                 "trunk": models.trainable_parameter_count(trunk),
-                "head": models.trainable_parameter_count(models.build_head(spec.image_size)),
+                "head": models.trainable_parameter_count(
+                    models.build_head(spec.image_size, pooling=models.pooling_for_mode(spec.mode))
+                ),
             },
             "metrics": metrics or {},
             "source": source or {},
@@ -144,13 +147,7 @@ def load_bundle(path: str | Path, public_key: signing.Ed25519PublicKey | None) -
     if not manifest_path.is_file():
         raise BundleError(f"{path}: not a backbone bundle ({MANIFEST} missing)")
     manifest_bytes = manifest_path.read_bytes()
-    try:
-        manifest = json.loads(manifest_bytes)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: unknown bundle format {manifest.get('format')!r}")
-    if public_key is not None:
+    if public_key is not None:  # before parsing: a tampered manifest is reported as such
         signature_path = path / SIGNATURE
         if not signature_path.is_file():
             raise BundleError(f"{path}: unsigned bundle ({SIGNATURE} missing)")
@@ -158,6 +155,18 @@ def load_bundle(path: str | Path, public_key: signing.Ed25519PublicKey | None) -
             signing.verify(public_key, manifest_bytes, signature_path.read_bytes(), what=str(path))
         except signing.SignatureError as exc:
             raise BundleError(str(exc)) from None
+    try:
+        manifest = json.loads(manifest_bytes)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{manifest_path}: not UTF-8 text (corrupt?)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{manifest_path}: unknown bundle format {found!r}")
+    for key, kind in (("files", dict), ("input", dict), ("version", str), ("feature_shape", list)):
+        if not isinstance(manifest.get(key), kind):
+            raise BundleError(f"{manifest_path}: {key!r} is missing or not a {kind.__name__}")
     for name, expected in manifest["files"].items():
         file_path = path / name
         if not file_path.is_file():

@@ -73,35 +73,97 @@ class TrainConfig:
 
 @dataclass
 class TLSConfig:
-    """Optional TLS / mTLS for a gRPC server or client (PEM file paths)."""
+    """Optional TLS / mTLS for one process (PEM file paths); empty `cert` = plaintext.
+
+    `cert`/`key` are the process's identity, used as its server certificate and, towards its
+    peers, as its client certificate; `ca` verifies the peers. TLS is all-or-nothing within a
+    network: coordinator and nodes either all use it or none does.
+    """
 
     cert: str = ""
     key: str = ""
     ca: str = ""
-    require_client_cert: bool = False
+    require_client_cert: bool = False  # servers: mTLS, refuse clients without a cert signed by `ca`
+    server_name: str = ""  # clients: expected name in the server's cert when it differs from the host
 
 
 @dataclass
 class GatewayConfig:
-    """The coordinator's query gateway (`attribnet coordinator serve`)."""
+    """The coordinator's query gateway and registry server (`attribnet coordinator serve`).
+
+    Registration needs `registration_token` (or the first line of `registration_token_file`);
+    queries need `query_token` when one is set, and are open otherwise.
+    """
 
     host: str = "127.0.0.1"
     port: int = 50051
+    registration_token: str = ""
+    registration_token_file: str = ""
+    query_token: str = ""
+    query_token_file: str = ""
+    max_message_mb: int = 32  # per gRPC message, both directions
+    max_images: int = 64  # per Attribute request
+    max_pixels: int = 16_000_000  # per decoded image (width x height)
+    node_timeout: float = 2.0  # seconds a node has to answer Score
+    heartbeat_interval: float = 5.0  # told to nodes at registration
+    stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
+    fake_threshold: float = 0.5
+    batch_window_ms: float = 5.0  # micro-batching: how long the trunk waits for more requests
+    max_batch: int = 256  # images per trunk run
+    workers: int = 16
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass
 class NodeServeConfig:
-    """A node's HeadService and its registration with the coordinator (`attribnet node serve`)."""
+    """A node's HeadService and its registration with the coordinator (`attribnet node serve`).
+
+    The node registers with `coordinator` using the network's registration token (`token` or the
+    first line of `token_file`) and its own secret (`secret_file`, created on first start; default
+    STATE_DIR/node.secret), which binds its node id so no other node can take over its entry.
+    """
 
     host: str = "127.0.0.1"
     port: int = 50061
+    advertise: str = ""  # host:port the coordinator dials; default host:port
+    coordinator: str = "127.0.0.1:50051"
+    token: str = ""
+    token_file: str = ""
+    secret_file: str = ""
+    heartbeat_interval: float = 0.0  # seconds; 0 = what the coordinator asks for at registration
+    rpc_timeout: float = 5.0  # deadline of each Register/Heartbeat call
+    max_backoff: float = 30.0  # retry delay cap while the coordinator is unreachable
+    max_batch: int = 512  # feature rows per Score request
+    max_message_mb: int = 32
+    workers: int = 8
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass
 class FederationConfig:
-    """The Flower run (`attribnet federation run`, coordinator/server_app.py)."""
+    """The Flower run (`attribnet federation run`, coordinator/server_app.py).
+
+    One run sends the signed bundle to every connected node (`train.fit_head`), registers the
+    heads that come back and writes `result_file`. With `finetune_rounds > 0` it first runs that
+    many FedAvg rounds of the primary module over the nodes that opt in (node config
+    `finetune=true`), publishes the average as a new bundle version (parent recorded) under
+    `bundles_dir` (signed with the coordinator's `private_key`) and trains the heads on it.
+    """
 
     min_nodes: int = 1
+    wait_for_nodes: float = 60.0  # seconds to wait for `min_nodes` to connect before giving up
+    round_timeout: float = 900.0  # seconds a round waits for replies; later replies count as timed out
+    poll_interval: float = 1.0  # seconds between reply polls
+    head_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32))
+    calibration: str = ""  # "" = each node's own setting; platt / temperature
+    reference: str = ""  # folder of reference negatives (one sub-folder per source) nodes may use
+    reference_real_sources: list[str] = field(default_factory=lambda: ["real"])
+    result_file: str = "coordinator-state/federation-result.json"
+    finetune_rounds: int = 0
+    finetune_epochs: int = 1
+    finetune_learning_rate: float = 1e-4
+    finetune_min_nodes: int = 1
+    bundles_dir: str = "coordinator-state/bundles"
 
 
 # ----------------------------------------------------------------------------- role configs
@@ -156,6 +218,47 @@ class BaselineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     out: str = "runs/baseline"
+
+
+@dataclass
+class PredictConfig:
+    """`attribnet predict`: offline attribution with a bundle and local heads."""
+
+    backbone: str = ""
+    heads: list[str] = field(default_factory=list)
+    public_key: str = ""
+    batch_size: int = 32
+    fake_threshold: float = 0.5
+    heatmap_dir: str = ""
+
+
+@dataclass
+class DemoZooConfig:
+    """The fingerprint zoo the demo writes (see shared_backbone.zoo.ZooSettings)."""
+
+    image_size: int = 32
+    per_source: int = 160
+    seed: int = 0
+    sources: list[str] = field(default_factory=lambda: ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"])
+    strength: float = 0.06
+    workers: int = 2
+
+
+@dataclass
+class DemoConfig:
+    """`attribnet demo` and the zoo experiment: the paper's workflow end to end on the zoo."""
+
+    zoo: DemoZooConfig = field(default_factory=DemoZooConfig)
+    data_root: str = ""  # use an existing zoo instead of writing one into the output folder
+    primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
+    head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, patience=3))
+    baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    calibration: str = "platt"
+    threshold: float = 0.5
+    baselines: list[str] = field(default_factory=lambda: ["gdaconv", "dctlinear"])
+    perturbations: list[str] = field(default_factory=lambda: ["clean", "jpeg75", "blur1"])
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 # ----------------------------------------------------------------------------- loading

@@ -2,8 +2,11 @@
 
 Layout of HEAD/:
   head.weights.h5   the secondary module's weights (`aConv_01` .. `aDecision`)
-  head.json         source, backbone digest and version, feature shape, calibration, threshold,
-                    metrics, sha256 of the weights
+  head.json         source, backbone digest and version, feature shape, pooling, calibration,
+                    threshold, metrics, sha256 of the weights
+
+Heads pool with `aGAP` on pixel backbones and flatten (`aFlatten`) on DCT backbones, as in the
+paper; head.json records which, so `load_head` rebuilds the same graph.
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ class Head:
         return np.asarray(self.model(features, training=False)).reshape(-1).astype(np.float64)
 
 
+def build_head_model(image_size: int, pooling: str = "gap") -> keras.Model:
+    """`models.build_head` with the error type of this module for a bad `pooling` in head.json."""
+    if pooling not in models.POOLINGS:
+        raise HeadError(f"unknown head pooling {pooling!r}; expected one of {models.POOLINGS}")
+    return models.build_head(image_size, pooling=pooling)
+
+
+def head_pooling(model: keras.Model) -> str:
+    """"flatten" for a head whose decision reads `aFlatten`, else "gap"."""
+    return "flatten" if any(layer.name == "aFlatten" for layer in model.layers) else "gap"
+
+
 def save_head(
     directory: str | Path,
     model: keras.Model,
@@ -67,6 +82,7 @@ def save_head(
         "backbone_version": bundle.version,
         "image_size": bundle.manifest["input"]["image_size"],
         "feature_shape": bundle.manifest["feature_shape"],
+        "pooling": head_pooling(model),
         "calibration": calibration.to_dict(),
         "threshold": threshold,
         "metrics": metrics or {},
@@ -102,8 +118,11 @@ def load_head(directory: str | Path, bundle: Bundle) -> Head:
     digest = sha256_file(weights)
     if digest != meta.get("weights_sha256"):
         raise HeadError(f"{directory}: {HEAD_WEIGHTS} does not match its recorded sha256 (tampered?)")
-    model = models.build_head(int(meta["image_size"]))
-    model.load_weights(weights)
+    model = build_head_model(int(meta["image_size"]), meta.get("pooling", "gap"))
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError) as exc:
+        raise HeadError(f"{weights}: cannot load the head's weights ({exc})") from None
     return Head(
         source=meta["source"],
         model=model,

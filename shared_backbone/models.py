@@ -20,6 +20,7 @@ INIT_STDDEV = 0.02
 DEFAULT_SEED = 2021
 DEFAULT_BN_MOMENTUM = 0.9
 BASELINES = ("gdaconv", "postpool")
+POOLINGS = ("gap", "flatten")
 TASKS = ("detection", "ovr", "multiclass")
 
 
@@ -105,7 +106,7 @@ def build_primary(
     x = inputs
     for i, spec in enumerate(PRIMARY_TRUNK + PRIMARY_TAIL):
         x = _conv_block(x, "d", spec, seed + i, bn_momentum)
-    x = layers.GlobalAveragePooling2D(name="dGAP")(x) if mode == "pixel" else layers.Flatten(name="dFlatten")(x)
+    x = layers.GlobalAveragePooling2D(name="dGAP")(x) if pooling_for_mode(mode) == "gap" else layers.Flatten(name="dFlatten")(x)
     outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name="dDecision")(x)
     return keras.Model(inputs, outputs, name=f"primary_{mode}_{image_size}")
 
@@ -124,19 +125,31 @@ def build_serving_model(primary: keras.Model) -> keras.Model:
     )
 
 
+def pooling_for_mode(mode: str) -> str:
+    """The paper pools pixel models with GAP and flattens DCT models (primary and heads alike)."""
+    channels_for(mode)
+    return "gap" if mode == "pixel" else "flatten"
+
+
 def build_head(
     image_size: int = 128,
     *,
+    pooling: str = "gap",
     bn_momentum: float = DEFAULT_BN_MOMENTUM,
     seed: int = DEFAULT_SEED + 1000,
 ) -> keras.Model:
-    """A secondary module: one-vs-rest sigmoid classifier on trunk features."""
+    """A secondary module: one-vs-rest sigmoid classifier on trunk features.
+
+    `pooling="flatten"` gives the paper's DCT heads (`aFlatten` instead of `aGAP`).
+    """
     check_image_size(image_size)
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown head pooling {pooling!r}; expected one of {POOLINGS}")
     inputs = keras.Input(feature_shape(image_size), name="aInput")
     x = inputs
     for i, spec in enumerate(HEAD_BLOCKS):
         x = _conv_block(x, "a", spec, seed + i, bn_momentum)
-    x = layers.GlobalAveragePooling2D(name="aGAP")(x)
+    x = layers.GlobalAveragePooling2D(name="aGAP")(x) if pooling == "gap" else layers.Flatten(name="aFlatten")(x)
     outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name="aDecision")(x)
     return keras.Model(inputs, outputs, name="head")
 

@@ -1,8 +1,229 @@
-"""`attribnet predict` (being built)."""
+"""`attribnet predict`: offline attribution of image files with a backbone bundle and local heads.
+
+One backbone pass per batch gives the fake score and the trunk features; every head scores the
+float16 wire-format features, exactly as the network gateway does, so offline answers equal online
+ones. A file that cannot be read gets an error line and the rest are still answered; the exit code
+is 1 when any file failed.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("attribnet.predict")
+
+
+@dataclass
+class Item:
+    """One input file: its decoded image and model input while in flight, or why it could not be read."""
+
+    path: Path
+    error: str | None = None
+    rgb: Any = None
+    model_input: Any = None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="(being built)")
-    parser.set_defaults(handler=lambda args: parser.error("not built yet"))
+    parser = subparsers.add_parser(
+        "predict",
+        help="offline attribution of image files/folders with a bundle and local heads",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    parser.add_argument("--config", help="YAML with PredictConfig keys (backbone, heads, public_key, ...)")
+    parser.add_argument("--backbone", help="backbone bundle folder")
+    parser.add_argument("--head", dest="heads", action="append", metavar="HEAD", help="head folder (repeat for several)")
+    parser.add_argument("--public-key", help="coordinator public key; without it only file digests are checked")
+    parser.add_argument("--heatmap", dest="heatmap_dir", metavar="DIR", help="write CAM / Grad-CAM overlay PNGs here")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    parser.add_argument("--batch-size", type=int, help="images per backbone pass (default 32)")
+    parser.add_argument("--fake-threshold", type=float, help="primary score below which an image is `real` (default 0.5)")
+    parser.set_defaults(handler=run)
+
+
+def collect_items(paths: list[str]) -> list[Item]:
+    """Files as given, folders expanded recursively to their images (sorted); missing paths become errors."""
+    from shared_backbone.datasets import IMAGE_SUFFIXES
+
+    items: list[Item] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                log.warning("%s: no image files (%s) found", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            items.extend(Item(p) for p in found)
+        elif path.is_file():
+            items.append(Item(path))
+        else:
+            items.append(Item(path, error="no such file or folder"))
+    return items
+
+
+def _heatmap_path(directory: Path, source_path: Path, used: set[Path]) -> Path:
+    """`<stem>_heatmap.png`, with `_2`, `_3`... when two inputs share a stem."""
+    candidate = directory / f"{source_path.stem}_heatmap.png"
+    counter = 2
+    while candidate in used:
+        candidate = directory / f"{source_path.stem}_heatmap_{counter}.png"
+        counter += 1
+    used.add(candidate)
+    return candidate
+
+
+def _format_line(record: dict[str, Any]) -> str:
+    if "error" in record:
+        return f"{record['path']}: error: {record['error']}"
+    parts = [f"{record['path']}: fake {record['fake_score']:.4f}"]
+    for source, scores in record["heads"].items():
+        parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}")
+    line = " | ".join(parts) + f" -> {record['attribution']}"
+    if "heatmap" in record:
+        line += f"  [{record['heatmap_method']} of {record['heatmap_model']}: {record['heatmap']}]"
+    return line
+
+
+def _emit(record: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(record, sort_keys=True) if as_json else _format_line(record), flush=True)
+
+
+def _heatmap_targets(answers, heads_by_source) -> list[str]:
+    """Which model explains each image: the attributed head, else the best head if the image is fake, else the primary."""
+    from shared_backbone.attribution import REAL
+
+    targets = []
+    for answer in answers:
+        if answer.attribution in heads_by_source:
+            targets.append(answer.attribution)
+        elif answer.attribution != REAL and answer.calibrated:
+            targets.append(max(sorted(answer.calibrated), key=lambda s: answer.calibrated[s]))
+        else:
+            targets.append("primary")
+    return targets
+
+
+def _write_heatmaps(batch, answers, features, attributor, heads_by_source, directory: Path, used: set[Path]) -> list[dict]:
+    import numpy as np
+
+    from shared_backbone import heatmaps
+
+    targets = _heatmap_targets(answers, heads_by_source)
+    extras: list[dict] = [{} for _ in batch]
+    for target in sorted(set(targets)):
+        index = [i for i, t in enumerate(targets) if t == target]
+        if target == "primary":
+            maps, method = heatmaps.compute_heatmaps(attributor.primary, np.stack([batch[i].model_input for i in index]))
+        else:
+            maps, method = heatmaps.compute_heatmaps(heads_by_source[target].model, features[index].astype(np.float32))
+        for heat, i in zip(maps, index):
+            path = heatmaps.save_heatmap(
+                _heatmap_path(directory, batch[i].path, used), batch[i].rgb, heat, attributor.spec.mode
+            )
+            extras[i] = {"heatmap": str(path), "heatmap_method": method, "heatmap_model": target}
+    return extras
+
+
+def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, used, as_json: bool) -> None:
+    """Answers the readable items of a chunk in one backbone pass; emits every item in input order."""
+    import numpy as np
+
+    batch = [item for item in chunk if item.error is None]
+    records: dict[int, dict[str, Any]] = {}
+    if batch:
+        fake_scores, features = attributor.run_backbone(np.stack([item.model_input for item in batch]))
+        answers = attributor.attribute_features(fake_scores, features)
+        extras = (
+            _write_heatmaps(batch, answers, features, attributor, heads_by_source, heatmap_dir, used)
+            if heatmap_dir
+            else [{} for _ in batch]
+        )
+        for item, answer, extra in zip(batch, answers, extras):
+            records[id(item)] = {
+                "path": str(item.path),
+                "fake_score": answer.fake_score,
+                "heads": {s: {"raw": answer.raw[s], "calibrated": answer.calibrated[s]} for s in answer.raw},
+                "attribution": answer.attribution,
+                "backbone_version": attributor.bundle.version,
+                "backbone_digest": attributor.bundle.digest,
+                **extra,
+            }
+    for item in chunk:
+        _emit(records.get(id(item)) or {"path": str(item.path), "error": item.error}, as_json)
+        item.rgb = item.model_input = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared_backbone import bundle as bundle_lib
+    from shared_backbone import heads as heads_lib
+    from shared_backbone import signing
+    from shared_backbone.attribution import OfflineAttributor
+    from shared_backbone.config import PredictConfig, load_config
+    from shared_backbone.device import configure_tensorflow
+    from shared_backbone.preprocessing import ImageDecodeError, load_image, to_model_input
+
+    config = load_config(
+        PredictConfig,
+        args.config,
+        {
+            "backbone": args.backbone,
+            "heads": args.heads,
+            "public_key": args.public_key,
+            "batch_size": args.batch_size,
+            "fake_threshold": args.fake_threshold,
+            "heatmap_dir": args.heatmap_dir,
+        },
+    )
+    if not config.backbone:
+        raise ValueError("no backbone bundle given (--backbone or `backbone:` in --config)")
+    if config.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
+    configure_tensorflow()
+    if config.public_key:
+        key = signing.load_public_key(config.public_key)
+    else:
+        key = None
+        log.warning("no public key given: %s's file digests are checked, its signature is NOT", config.backbone)
+    backbone = bundle_lib.load_bundle(config.backbone, key)
+    heads = [heads_lib.load_head(path, backbone) for path in config.heads]
+    attributor = OfflineAttributor(backbone, heads, fake_threshold=config.fake_threshold)
+    heads_by_source = {head.source: head for head in heads}
+    heatmap_dir = Path(config.heatmap_dir) if config.heatmap_dir else None
+    used: set[Path] = set()
+    if heatmap_dir:
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "backbone %s (%s, %s %dpx), heads: %s",
+        backbone.version,
+        backbone.short_digest,
+        attributor.spec.mode,
+        attributor.spec.image_size,
+        ", ".join(heads_by_source) or "none",
+    )
+
+    items = collect_items(args.paths)
+    for start in range(0, len(items), config.batch_size):
+        chunk = items[start : start + config.batch_size]
+        for item in chunk:
+            if item.error is None:
+                try:
+                    item.rgb = load_image(item.path, attributor.spec.image_size)
+                    item.model_input = to_model_input(item.rgb, attributor.spec)
+                except ImageDecodeError as exc:
+                    item.error = str(exc)
+        _process_chunk(chunk, attributor, heads_by_source, heatmap_dir, used, args.json)
+    failed = sum(item.error is not None for item in items)
+    answered = len(items) - failed
+    if failed:
+        print(f"attribnet predict: {failed} of {len(items)} file(s) could not be read", file=sys.stderr)
+    elif not items:
+        print("attribnet predict: no image files found", file=sys.stderr)
+        return 1
+    log.info("answered %d image(s), %d failed", answered, failed)
+    return 1 if failed else 0

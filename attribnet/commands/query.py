@@ -1,8 +1,109 @@
-"""`attribnet query` (being built)."""
+"""`attribnet query`: ask a running gateway which source made each image.
+
+    attribnet query --gateway 127.0.0.1:50051 [--json] [--heatmap DIR] [--token T] PATH...
+
+Images are sent in batches; an image the gateway refuses (INVALID_ARGUMENT naming its index) is
+reported on its own line and the rest of its batch is sent again, so one bad file never hides the
+answers for the others. Exit code 1 when any path failed.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+BAD_IMAGE = re.compile(r"^image (\d+): (.*)$", re.S)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("query", help="(being built)")
-    parser.set_defaults(handler=lambda args: parser.error("not built yet"))
+    parser = subparsers.add_parser("query", help="ask a running gateway to attribute images")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files")
+    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway host:port")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    parser.add_argument("--heatmap", metavar="DIR", help="write each image's CAM overlay PNG into DIR")
+    parser.add_argument("--token", help="the gateway's query token")
+    parser.add_argument("--token-file", help="file whose first line is the query token")
+    parser.add_argument("--ca", help="CA certificate (PEM) to verify a TLS gateway")
+    parser.add_argument("--cert", help="client certificate (PEM) for an mTLS gateway")
+    parser.add_argument("--key", help="client key (PEM) for an mTLS gateway")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
+    parser.set_defaults(handler=run)
+
+
+def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int) -> list[dict]:
+    """One record per path, in order: the gateway's answer, or {'path', 'error'}."""
+    from shared_backbone.client import GatewayError
+
+    records: dict[int, dict] = {}
+    pending: list[tuple[int, bytes]] = []
+    for position, path in enumerate(paths):
+        try:
+            pending.append((position, Path(path).read_bytes()))
+        except OSError as exc:
+            records[position] = {"path": path, "error": f"cannot read file: {exc.strerror}"}
+    for start in range(0, len(pending), max(batch_size, 1)):
+        batch = pending[start : start + batch_size]
+        while batch:
+            try:
+                results = client.attribute([data for _, data in batch], heatmap=heatmap)
+            except GatewayError as exc:
+                match = BAD_IMAGE.match(exc.details)
+                if exc.code.name != "INVALID_ARGUMENT" or not match or int(match.group(1)) >= len(batch):
+                    raise
+                position = batch.pop(int(match.group(1)))[0]
+                records[position] = {"path": paths[position], "error": match.group(2)}
+                continue
+            for (position, _), result in zip(batch, results):
+                records[position] = {"path": paths[position], **result.to_dict(), "_heatmap": result.heatmap_png}
+            batch = []
+    return [records[i] for i in range(len(paths))]
+
+
+def _table(record: dict) -> str:
+    if "error" in record:
+        return f"{record['path']}: ERROR {record['error']}"
+    backbone = record["backbone"]
+    lines = [
+        f"{record['path']}: {record['attribution']}  (fake score {record['fake_score']:.3f}, "
+        f"backbone {backbone['version']} {backbone['digest'][:12]})"
+    ]
+    if record["scores"]:
+        width = max(len("source"), *(len(s) for s in record["scores"]))
+        lines.append(f"  {'source'.ljust(width)}  calibrated     raw  threshold")
+        for source, score in sorted(record["scores"].items(), key=lambda item: -item[1]):
+            mark = " <" if source == record["attribution"] else ""
+            lines.append(
+                f"  {source.ljust(width)}  {score:10.4f}  {record['raw_scores'][source]:6.4f}  "
+                f"{record['thresholds'][source]:9.3f}{mark}"
+            )
+    else:
+        lines.append("  no source answered")
+    if record["missing_nodes"]:
+        lines.append(f"  missing nodes: {', '.join(record['missing_nodes'])}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared_backbone.client import AttributionClient
+    from shared_backbone.config import TLSConfig
+    from shared_backbone.rpc import read_secret
+
+    token = read_secret(args.token or "", args.token_file or "", "token")
+    tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None
+    with AttributionClient(args.gateway, token=token, tls=tls, timeout=args.timeout) as client:
+        records = attribute_paths(client, args.paths, heatmap=bool(args.heatmap), batch_size=args.batch_size)
+    heatmap_dir = Path(args.heatmap) if args.heatmap else None
+    for record in records:
+        png = record.pop("_heatmap", b"")
+        if heatmap_dir and png:
+            heatmap_dir.mkdir(parents=True, exist_ok=True)
+            target = heatmap_dir / f"{Path(record['path']).stem}.cam.png"
+            target.write_bytes(png)
+            record["heatmap"] = str(target)
+        print(json.dumps(record, sort_keys=True) if args.json else _table(record))
+    sys.stdout.flush()
+    return 1 if any("error" in record for record in records) else 0

@@ -1,0 +1,113 @@
+"""Training the primary (real vs. fake) module on the coordinator's dataset.
+
+The run folder is what `publish` turns into a bundle: `primary.weights.h5`, `input.json`
+(size, mode), `normstats/` for DCT runs, `metrics.json` (validation and test), plus the
+training logs written by `shared_backbone.training.fit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared_backbone import models, training
+from shared_backbone.attribution_eval import predict_scores
+from shared_backbone.config import CoordinatorConfig, to_dict
+from shared_backbone.datasets import DatasetIndex, Sample, load_split
+from shared_backbone.evaluation import binary_metrics
+from shared_backbone.preprocessing import InputSpec, Normstats, NormstatsAccumulator, load_image
+
+log = logging.getLogger(__name__)
+
+PRIMARY_WEIGHTS = "primary.weights.h5"
+INPUT_FILE = "input.json"
+METRICS_FILE = "metrics.json"
+NORMSTATS_DIR = "normstats"
+
+
+@dataclass
+class PrimaryTrainingResult:
+    run_dir: Path
+    model: Any
+    metrics: dict[str, Any]
+    spec: InputSpec
+
+
+def compute_normstats(samples: list[Sample], image_size: int) -> Normstats:
+    """DCT normstats from the training split (never from val/test)."""
+    accumulator = NormstatsAccumulator(image_size)
+    for sample in samples:
+        accumulator.add(load_image(sample.path, image_size))
+    return accumulator.result()
+
+
+def input_spec_for(config: CoordinatorConfig, train_samples: list[Sample]) -> InputSpec:
+    data = config.data
+    if data.mode != "dct":
+        return InputSpec(data.image_size, data.mode)
+    if data.normstats:
+        return InputSpec(data.image_size, "dct", Normstats.load(data.normstats))
+    log.info("computing DCT normstats from %d training images", len(train_samples))
+    return InputSpec(data.image_size, "dct", compute_normstats(train_samples, data.image_size))
+
+
+def evaluate_detector(model, index: DatasetIndex, samples: list[Sample], spec: InputSpec, **kwargs) -> dict[str, Any]:
+    """Binary metrics (1 = fake) of a detector on a list of samples."""
+    scores = predict_scores(model, samples, spec, **kwargs)
+    metrics = binary_metrics(training.detection_labels(index, samples), scores)
+    metrics["score_std"] = float(scores.std())
+    return metrics
+
+
+def read_run(run_dir: str | Path) -> tuple[Any, InputSpec, dict[str, Any]]:
+    """(primary model, input spec, metrics) of a finished training run."""
+    run_dir = Path(run_dir)
+    input_path = run_dir / INPUT_FILE
+    if not input_path.is_file() or not (run_dir / PRIMARY_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{run_dir}: not a finished primary training run ({INPUT_FILE} or {PRIMARY_WEIGHTS} missing)")
+    spec_data = json.loads(input_path.read_text())
+    normstats = Normstats.load(run_dir / NORMSTATS_DIR) if spec_data["mode"] == "dct" else None
+    spec = InputSpec(int(spec_data["image_size"]), spec_data["mode"], normstats)
+    model = models.build_primary(spec.image_size, spec.mode)
+    model.load_weights(run_dir / PRIMARY_WEIGHTS)
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return model, spec, metrics
+
+
+def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> PrimaryTrainingResult:
+    """Trains, evaluates (val + test) and saves the primary module into `config.run_dir`."""
+    run_dir = training.prepare_run_dir(config.run_dir, to_dict(config), config.train.seed)
+    index, splits = load_split(config.data)
+    if not index.real_sources or len(index.real_sources) == len(index.sources):
+        raise ValueError(f"{index.root}: detection needs real and fake sources (real: {sorted(index.real_sources)})")
+    spec = input_spec_for(config, splits["train"])
+    training.set_seed(config.train.seed)
+    model = models.build_primary(spec.image_size, spec.mode, seed=models.DEFAULT_SEED + config.train.seed)
+    result = training.fit(
+        model,
+        splits["train"], training.detection_labels(index, splits["train"]),
+        splits["val"], training.detection_labels(index, splits["val"]),
+        spec, config.train, run_dir, perturb=config.perturb, progress=progress,
+    )
+    model.save_weights(run_dir / PRIMARY_WEIGHTS)
+    if spec.normstats is not None:
+        spec.normstats.save(run_dir / NORMSTATS_DIR)
+    (run_dir / INPUT_FILE).write_text(json.dumps({"image_size": spec.image_size, "mode": spec.mode}))
+    metrics: dict[str, Any] = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.seconds, 1),
+        "val": evaluate_detector(model, index, splits["val"], spec),
+    }
+    if splits["test"]:
+        metrics["test"] = evaluate_detector(model, index, splits["test"], spec)
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log.info(
+        "primary module: val accuracy %.3f AUC %.3f; saved to %s",
+        metrics["val"]["accuracy"], metrics["val"]["roc_auc"], run_dir,
+    )
+    return PrimaryTrainingResult(run_dir, model, metrics, spec)

@@ -1,0 +1,213 @@
+"""The node's Flower `ClientApp`: verify the coordinator's bundle, train the head locally, reply with metrics.
+
+Node settings come from the SuperNode's `--node-config` (TOML values), keys:
+  config       node YAML (optional; the keys below override it)
+  source       this node's generator folder name          data-dir    folder with that source's images
+  state-dir    where heads, received bundles, the secret live   public-key  the coordinator's public key
+  reference    local copy of the coordinator's reference set (default: the path in the message)
+  endpoint     host:port the gateway dials for HeadService     node-id     registry id (default: source)
+  secret-file  identity secret (default STATE_DIR/node.secret)  finetune    true = take part in FedAvg
+In simulation, `make_client_app(nodes)` gives partition i the settings `nodes[i]`.
+
+What leaves the node: the head's digest, calibration, threshold, metrics, endpoint and identity
+secret for the registry, never images or head weights. Fine-tuning replies carry the updated
+*primary* weights (the shared model), and only from nodes that set `finetune=true`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from shared_backbone import bundle_transport, signing
+from shared_backbone.config import ConfigError, NodeConfig, TrainConfig, build, load_config
+
+log = logging.getLogger(__name__)
+
+# Must match coordinator.federation (the two roles share only the wire format).
+TRAIN_RECORD = "train.config"
+RUN_RECORD = "run.config"
+RESULT_RECORD = "fit_head.result"
+METRICS_RECORD = "fit_head.metrics"
+FINETUNE_WEIGHTS = "finetune.weights"
+FINETUNE_RESULT = "finetune.result"
+BUNDLES_DIR = "bundles"
+CURRENT_BUNDLE = "bundle"  # STATE_DIR/bundle -> bundles/<digest>, the last verified bundle
+ERROR_CODE = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+NODE_KEYS = {
+    "source": "source",
+    "node-id": "node_id",
+    "data-dir": "data.root",
+    "state-dir": "state_dir",
+    "public-key": "public_key",
+    "reference": "reference",
+    "endpoint": "serve.advertise",
+    "secret-file": "serve.secret_file",
+    "calibration": "calibration",
+}
+EXTRA_KEYS = {"config", "finetune", "partition-id", "num-partitions"}
+
+
+def node_config_from_settings(settings: Mapping[str, Any]) -> NodeConfig:
+    """NodeConfig from node-config keys (see module doc); an unknown key is an error naming it."""
+    unknown = sorted(set(settings) - set(NODE_KEYS) - EXTRA_KEYS)
+    if unknown:
+        raise ConfigError(f"node config: unknown key {unknown[0]!r} (allowed: {', '.join(sorted({*NODE_KEYS, *EXTRA_KEYS}))})")
+    overrides = {NODE_KEYS[k]: str(v) for k, v in settings.items() if k in NODE_KEYS and str(v) != ""}
+    path = str(settings.get("config", "") or "") or None
+    config = load_config(NodeConfig, path, overrides)
+    if not config.public_key:
+        raise ConfigError("node config: public-key is not set; a node only trusts bundles signed by the coordinator")
+    if not config.source:
+        raise ConfigError("node config: source is not set")
+    return config
+
+
+def _endpoint(config: NodeConfig) -> str:
+    return config.serve.advertise or f"{config.serve.host}:{config.serve.port}"
+
+
+def _opted_in(settings: Mapping[str, Any]) -> bool:
+    value = settings.get("finetune", False)
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def receive_bundle(content: RecordDict, config: NodeConfig):
+    """Verifies the received bundle against the node's own key; stores it under STATE_DIR/bundles."""
+    state = Path(config.state_dir)
+    bundle = bundle_transport.unpack_bundle(content, state / BUNDLES_DIR, signing.load_public_key(config.public_key))
+    link = state / CURRENT_BUNDLE
+    staging = state / f".{CURRENT_BUNDLE}.tmp"
+    if staging.is_symlink() or staging.exists():
+        staging.unlink()
+    staging.symlink_to(Path(BUNDLES_DIR) / bundle.digest)
+    os.replace(staging, link)
+    return bundle
+
+
+def _round_settings(content: RecordDict, config: NodeConfig) -> NodeConfig:
+    """The node config with the run's training settings and the verified reference set applied."""
+    train = config.train
+    if TRAIN_RECORD in content.config_records:
+        train = build(TrainConfig, dict(content.config_records[TRAIN_RECORD]), where="run training config")
+    run = content.config_records.get(RUN_RECORD, ConfigRecord())
+    reference = config.reference
+    if run.get("reference_digest"):
+        reference = str(bundle_transport.verify_reference(reference or str(run["reference_path"]), str(run["reference_digest"])))
+    calibration = str(run.get("calibration", "") or "") or config.calibration
+    return dataclasses.replace(config, train=train, reference=reference, calibration=calibration)
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> MetricRecord:
+    flat: dict[str, float] = {}
+    for split in ("val", "test"):
+        for key, value in metrics.get(split, {}).get("calibrated", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{split}_{key}"] = float(value)
+    for key in ("train_seconds", "epochs_run", "best_epoch"):
+        if isinstance(metrics.get(key), (int, float)):
+            flat[key] = float(metrics[key])
+    train_counts = metrics.get("counts", {}).get("train", {})
+    if "total" in train_counts:
+        flat["num_examples"] = float(train_counts["total"])
+    return MetricRecord(flat)
+
+
+def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
+    """Verifies the bundle, trains + calibrates the head (same code as `attribnet node train`)."""
+    from node.service import node_secret
+    from node.train_head import train_head
+
+    config = node_config_from_settings(settings)
+    bundle = receive_bundle(message.content, config)
+    config = dataclasses.replace(_round_settings(message.content, config), backbone=str(bundle.path))
+    log.info("node %s: training head on bundle %s (version %s)", config.source, bundle.short_digest, bundle.version)
+    result = train_head(config, bundle, progress=False)
+    head = result.head
+    reply = RecordDict()
+    reply[RESULT_RECORD] = ConfigRecord(
+        {
+            "node_id": config.node_id or config.source,
+            "source": config.source,
+            "endpoint": _endpoint(config),
+            "head_digest": head.digest,
+            "backbone_digest": head.backbone_digest,
+            "backbone_version": bundle.version,
+            "calibration": json.dumps(head.calibration.to_dict()),
+            "threshold": float(head.threshold),
+            "metrics": json.dumps(result.metrics),
+            "secret": node_secret(config),
+        }
+    )
+    reply[METRICS_RECORD] = _flat_metrics(result.metrics)
+    return reply
+
+
+def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
+    """One FedAvg step of the primary module on local data, for nodes that opted in."""
+    reply = RecordDict()
+    if not _opted_in(settings):
+        reply[FINETUNE_RESULT] = ConfigRecord({"declined": True})
+        return reply
+    from node.finetune import finetune_primary
+
+    config = node_config_from_settings(settings)
+    bundle = receive_bundle(message.content, config)
+    config = _round_settings(message.content, config)
+    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
+    real_sources = [str(s) for s in run.get("real_sources", ["real"])]
+    weights = bundle_transport.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
+    new_weights, num_examples = finetune_primary(config, bundle, weights, real_sources)
+    reply[FINETUNE_WEIGHTS] = bundle_transport.weights_to_record(new_weights)
+    reply[FINETUNE_RESULT] = ConfigRecord({"num_examples": int(num_examples), "source": config.source})
+    return reply
+
+
+def _error_reply(message: Message, settings: Mapping[str, Any], exc: Exception) -> Message:
+    who = settings.get("source") or settings.get("node-id") or "?"
+    log.error("node %s: %s failed: %s", who, message.metadata.message_type, exc, exc_info=not isinstance(exc, ValueError))
+    return Message(Error(code=ERROR_CODE, reason=f"node {who}: {type(exc).__name__}: {exc}"), reply_to=message)
+
+
+def _settings(context: Context, nodes: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    settings = dict(context.node_config)
+    if nodes is not None and "partition-id" in settings:
+        base = dict(nodes[int(settings["partition-id"])])
+        base.update({k: v for k, v in settings.items() if k not in ("partition-id", "num-partitions")})
+        settings = base
+    return {k: v for k, v in settings.items() if k not in ("partition-id", "num-partitions")}
+
+
+def make_client_app(nodes: Sequence[Mapping[str, Any]] | None = None) -> ClientApp:
+    """The ClientApp; with `nodes`, simulation partition i runs with settings `nodes[i]`."""
+    client_app = ClientApp()
+
+    def handle(handler, message: Message, context: Context) -> Message:
+        settings: dict[str, Any] = {}
+        try:
+            settings = _settings(context, nodes)
+            return Message(handler(message, settings), reply_to=message)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply naming the node
+            return _error_reply(message, settings, exc)
+
+    @client_app.train("fit_head")
+    def _fit_head(message: Message, context: Context) -> Message:
+        return handle(fit_head, message, context)
+
+    @client_app.train("finetune")
+    def _finetune(message: Message, context: Context) -> Message:
+        return handle(finetune, message, context)
+
+    return client_app
+
+
+app = make_client_app()

@@ -1,0 +1,1 @@
+"""Versioned protobuf packages (`attribution.v1`)."""

@@ -1,0 +1,216 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttributeRequest(_message.Message):
+    __slots__ = ("images", "heatmap")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    heatmap: bool
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., heatmap: _Optional[bool] = ...) -> None: ...
+
+class AttributeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ImageResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
+
+class ImageResult(_message.Message):
+    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class RawScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FAKE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    FAKE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    MISSING_NODES_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    fake_score: float
+    scores: _containers.ScalarMap[str, float]
+    raw_scores: _containers.ScalarMap[str, float]
+    thresholds: _containers.ScalarMap[str, float]
+    attribution: str
+    fake_threshold: float
+    backbone: Backbone
+    missing_nodes: _containers.RepeatedScalarFieldContainer[str]
+    heatmap_png: bytes
+    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ...) -> None: ...
+
+class Backbone(_message.Message):
+    __slots__ = ("version", "digest")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    digest: str
+    def __init__(self, version: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ListSourcesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSourcesResponse(_message.Message):
+    __slots__ = ("sources", "backbone")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[SourceInfo]
+    backbone: Backbone
+    def __init__(self, sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ...) -> None: ...
+
+class SourceInfo(_message.Message):
+    __slots__ = ("node_id", "source", "endpoint", "status", "last_heartbeat", "registered_at", "backbone_digest", "head_digest", "calibration", "threshold", "metrics")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    source: str
+    endpoint: str
+    status: str
+    last_heartbeat: _timestamp_pb2.Timestamp
+    registered_at: _timestamp_pb2.Timestamp
+    backbone_digest: str
+    head_digest: str
+    calibration: Calibration
+    threshold: float
+    metrics: _struct_pb2.Struct
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("method", "a", "b")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    a: float
+    b: float
+    def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node_id", "source", "endpoint", "backbone_digest", "backbone_version", "head_digest", "calibration", "threshold", "metrics")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    source: str
+    endpoint: str
+    backbone_digest: str
+    backbone_version: str
+    head_digest: str
+    calibration: Calibration
+    threshold: float
+    metrics: _struct_pb2.Struct
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., backbone_digest: _Optional[str] = ..., backbone_version: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("status", "backbone", "heartbeat_interval_seconds", "stale_after_seconds")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STALE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    backbone: Backbone
+    heartbeat_interval_seconds: float
+    stale_after_seconds: float
+    def __init__(self, status: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_after_seconds: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("features", "shape", "dtype", "backbone_digest")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    features: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    backbone_digest: str
+    def __init__(self, features: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., backbone_digest: _Optional[str] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("raw_scores", "source", "head_digest")
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    raw_scores: _containers.RepeatedScalarFieldContainer[float]
+    source: str
+    head_digest: str
+    def __init__(self, raw_scores: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ..., head_digest: _Optional[str] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("node_id", "source", "backbone", "head_digest", "feature_shape", "calibration", "threshold")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    source: str
+    backbone: Backbone
+    head_digest: str
+    feature_shape: _containers.RepeatedScalarFieldContainer[int]
+    calibration: Calibration
+    threshold: float
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., head_digest: _Optional[str] = ..., feature_shape: _Optional[_Iterable[int]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...

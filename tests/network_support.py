@@ -1,0 +1,119 @@
+"""Helpers for the network tests: free ports, bounded waits, signed bundles, heads, images, processes.
+
+Everything here builds real components (Keras models, signed bundles, gRPC servers, processes);
+untrained models give real, deterministic scores, which is all the plumbing tests need.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 32
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Polls `predicate` until it returns something truthy; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def png_bytes(rng: np.random.Generator, size: int = IMAGE_SIZE, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_bundle(out: Path, private_key: Path, public_key: Path, version: str = "net-1"):
+    """A signed bundle of an untrained 32 px primary module, loaded back with verification."""
+    from shared_backbone import bundle, models, signing
+    from shared_backbone.preprocessing import InputSpec
+
+    primary = models.build_primary(IMAGE_SIZE, "pixel")
+    bundle.write_bundle(out, primary, InputSpec(IMAGE_SIZE, "pixel"), signing.load_private_key(private_key), version=version)
+    return bundle.load_bundle(out, signing.load_public_key(public_key))
+
+
+def make_head(state_dir: Path, bundle, source: str, seed: int, a: float = 1.0, b: float = 0.0, threshold: float = 0.5):
+    """STATE_DIR/head: an untrained head (distinct seed) with a given Platt calibration."""
+    from shared_backbone import heads, models
+    from shared_backbone.calibration import Calibration
+
+    model = models.build_head(IMAGE_SIZE, seed=seed)
+    return heads.save_head(
+        state_dir / "head", model, source=source, bundle=bundle,
+        calibration=Calibration("platt", a, b), threshold=threshold, metrics={"auroc": 0.5 + seed % 7 / 100},
+    )
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli_process(args: list[str], log_path: Path) -> subprocess.Popen:
+    """`python -m attribnet.cli ARGS` as a child process, output to a log file."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    handle = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "attribnet.cli", *args], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+def healthy(target: str, timeout: float = 0.5) -> bool:
+    import grpc
+
+    from shared_backbone import rpc
+
+    channel = rpc.open_channel(target)
+    try:
+        return rpc.check_health(channel, timeout=timeout) == "SERVING"
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
+def wait_healthy(target: str, process: subprocess.Popen | None, timeout: float, log_path: Path | None = None) -> None:
+    def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            text = log_path.read_text() if log_path else ""
+            raise AssertionError(f"process for {target} exited with {process.returncode}:\n{text[-3000:]}")
+        return healthy(target)
+
+    wait_until(ready, timeout, f"{target} to be SERVING", interval=0.2)

@@ -1,0 +1,164 @@
+"""Flower's Simulation Engine: 10 virtual nodes get the signed bundle; 8 train and register a head,
+one crashes (its data folder is missing) and one refuses a reference set that differs from the
+coordinator's announced digest. Both are reported, the run completes."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from shared_backbone.bundle import load_bundle, sha256_file
+from shared_backbone.config import CoordinatorConfig, FederationConfig, TrainConfig
+from shared_backbone.heads import HEAD_WEIGHTS, load_head
+from shared_backbone.zoo import ZooSettings, write_zoo
+
+# Eight generators, several per architecture (instances), as eight organisations.
+SOURCES = ("tconv_a", "tconv_b", "tconv_c", "nnconv_a", "nnconv_b", "bilinear_a", "pixshuffle_a", "pixshuffle_b")
+BROKEN = "bilinear_b"  # its node's data folder does not exist: training crashes there
+STALE = "pixshuffle_c"  # its node's own copy of the reference set differs from the coordinator's
+NODE_TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, patience=3, min_epochs=1, seed=3)
+
+
+def make_node_folders(zoo: Path, root: Path, sources, keypair, broken: str | None = None) -> list[dict]:
+    """One node-config dict per source; each node's data folder holds only its own source."""
+    nodes = []
+    for index, source in enumerate(sources):
+        data = root / source / "data"
+        data.mkdir(parents=True)
+        (data / source).symlink_to(zoo / source, target_is_directory=True)
+        nodes.append({
+            "source": source, "data-dir": str(data), "state-dir": str(root / source / "state"),
+            "public-key": str(keypair[1]), "endpoint": f"127.0.0.1:{61000 + index}",
+        })
+    if broken:
+        nodes.append({
+            "source": broken, "data-dir": str(root / broken / "missing-data"), "state-dir": str(root / broken / "state"),
+            "public-key": str(keypair[1]), "endpoint": "127.0.0.1:61999",
+        })
+    return nodes
+
+
+def make_reference(zoo: Path, root: Path) -> Path:
+    """The coordinator's reference negatives: the real images."""
+    (root / "real").parent.mkdir(parents=True, exist_ok=True)
+    (root / "real").symlink_to(zoo / "real", target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def federation_zoo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fedzoo") / "zoo"
+    write_zoo(root, ZooSettings(image_size=32, per_source=24, seed=7, sources=(*SOURCES, BROKEN)), workers=1)
+    return root
+
+
+def coordinator_config(bundle, keypair, tmp: Path, reference: Path, min_nodes: int) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        bundle=str(bundle.path), public_key=str(keypair[1]), private_key=str(keypair[0]),
+        registry=str(tmp / "coordinator" / "registry.sqlite"),
+        federation=FederationConfig(
+            min_nodes=min_nodes, wait_for_nodes=60.0, round_timeout=200.0, poll_interval=0.5, head_train=NODE_TRAIN,
+            reference=str(reference), result_file=str(tmp / "coordinator" / "result.json"),
+        ),
+    )
+
+
+def check_registered(result, config: CoordinatorConfig, nodes: list[dict], bundle) -> None:
+    """Registry entries, head files and replies agree, and no reply carried weights."""
+    from coordinator.registry import Registry
+
+    by_source = {n.source: n for n in result.registered}
+    assert sorted(by_source) == sorted(n["source"] for n in nodes)
+    registry = Registry(config.registry)
+    entries = {e.source: e for e in registry.list()}
+    registry.close()
+    assert sorted(entries) == sorted(by_source)
+    for node in nodes:
+        source, state = node["source"], Path(node["state-dir"])
+        head = load_head(state / "head", bundle)  # refuses a head of another backbone
+        assert head.source == source
+        entry = entries[source]
+        assert entry.head_digest == sha256_file(state / "head" / HEAD_WEIGHTS) == by_source[source].head_digest
+        assert entry.backbone_digest == bundle.digest and entry.endpoint == node["endpoint"]
+        assert entry.calibration == head.calibration.to_dict()
+        assert 0.0 <= entry.metrics["val"]["calibrated"]["accuracy"] <= 1.0
+        assert load_bundle(state / "bundle", None).digest == bundle.digest  # the node's verified copy
+        reply = by_source[source]
+        assert reply.reply_records == ["fit_head.metrics", "fit_head.result"]
+        head_bytes = (state / "head" / HEAD_WEIGHTS).stat().st_size
+        assert reply.reply_bytes < head_bytes / 2, "a reply must not carry head weights"
+
+
+def test_simulation_registers_every_node_and_reports_the_crashed_one(federation_zoo, zoo_bundle, keypair, tmp_path):
+    from attribnet.federation import run_federation
+
+    nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES, keypair, broken=BROKEN)
+    reference = make_reference(federation_zoo, tmp_path / "reference")
+    stale = tmp_path / "stale-reference" / "real"
+    stale.mkdir(parents=True)
+    for image in sorted((federation_zoo / "real").iterdir())[:5]:
+        (stale / image.name).symlink_to(image)
+    nodes.append({
+        "source": STALE, "data-dir": str(tmp_path / "nodes" / BROKEN), "state-dir": str(tmp_path / "nodes" / STALE / "state"),
+        "public-key": str(keypair[1]), "reference": str(stale.parent),
+    })
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=len(nodes))
+    started = time.monotonic()
+    result = run_federation(config, nodes, mode="simulation")
+    print(f"simulation: {len(nodes)} nodes in {time.monotonic() - started:.1f} s")
+    assert result.status == "completed", result.error
+    assert result.backbone["digest"] == zoo_bundle.digest
+    assert len(result.nodes) == len(nodes)
+    check_registered(result, config, nodes[:-2], zoo_bundle)
+    problems = {n.error.split(":")[0]: n for n in result.problems}
+    assert sorted(problems) == [f"node {BROKEN}", f"node {STALE}"]
+    crashed, stale_node = problems[f"node {BROKEN}"], problems[f"node {STALE}"]
+    assert crashed.status == "failed" and "missing-data" in crashed.error and "not found" in crashed.error
+    assert stale_node.status == "failed" and "differs from the coordinator's" in stale_node.error
+    for node in nodes[-2:]:
+        assert not (Path(node["state-dir"]) / "head").exists()
+    from coordinator.federation import read_result
+
+    assert read_result(config.federation.result_file).to_dict() == result.to_dict()
+
+
+def test_fedavg_weights_by_example_count():
+    import numpy as np
+
+    from coordinator.federation import FederationError, fedavg
+
+    a = [np.array([0.0, 4.0], dtype=np.float32), np.array([[1.0]], dtype=np.float32)]
+    b = [np.array([3.0, 0.0], dtype=np.float32), np.array([[5.0]], dtype=np.float32)]
+    averaged = fedavg([a, b], [1, 3])
+    assert np.allclose(averaged[0], [2.25, 1.0]) and np.allclose(averaged[1], [[4.0]])
+    assert averaged[0].dtype == np.float32
+    with pytest.raises(FederationError, match="architecture"):
+        fedavg([a, [b[0]]], [1, 1])
+
+
+def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation_zoo, zoo_bundle, keypair, tmp_path):
+    """One node opts in, one declines; the averaged primary becomes version `<old>-ft1` with parent recorded."""
+    import numpy as np
+
+    from attribnet.federation import run_federation
+    from shared_backbone.signing import load_public_key
+
+    nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)
+    nodes[0]["finetune"] = True
+    reference = make_reference(federation_zoo, tmp_path / "reference")
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=2)
+    config = dataclasses.replace(config, federation=dataclasses.replace(
+        config.federation, finetune_rounds=1, finetune_epochs=1, bundles_dir=str(tmp_path / "bundles")))
+    result = run_federation(config, nodes, mode="simulation")
+    assert result.status == "completed", result.error
+    (round_1,) = result.finetune["rounds"]
+    assert sorted(round_1["nodes"].values())[0] == "declined" and sorted(round_1["nodes"].values())[1].startswith("updated")
+    child = load_bundle(result.finetune["bundle"], load_public_key(keypair[1]))
+    assert child.manifest["parent"] == zoo_bundle.digest == result.finetune["parent"]
+    assert child.version == f"{zoo_bundle.version}-ft1" and result.backbone["digest"] == child.digest != zoo_bundle.digest
+    old, new = zoo_bundle.load_primary().get_weights(), child.load_primary().get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(old, new)), "fine-tuning changed nothing"
+    check_registered(result, config, nodes, child)

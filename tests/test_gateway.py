@@ -1,0 +1,319 @@
+"""The coordinator's gateway and registry service with real in-process gRPC servers on loopback.
+
+Three real node servers (untrained heads, distinct seeds and calibrations) register with a real
+coordinator; answers are checked against `OfflineAttributor` on the same bundle and heads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.network_support import IMAGE_SIZE, make_bundle, make_head, png_bytes, wait_until
+
+REGISTRATION_TOKEN = "registration-secret"
+QUERY_TOKEN = "query-secret"
+SOURCES = ("alpha", "beta", "gamma")
+MAX_PIXELS = 64 * 64
+MAX_IMAGES = 8
+
+
+@dataclass
+class Net:
+    root: Path
+    bundle: object
+    coordinator: object
+    nodes: dict
+    node_configs: dict
+    target: str
+
+
+def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair, **serve):
+    from shared_backbone.config import NodeConfig, NodeServeConfig
+
+    return NodeConfig(
+        source=source,
+        backbone=str(bundle.path),
+        public_key=str(keypair[1]),
+        state_dir=str(root / source),
+        serve=NodeServeConfig(
+            host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{coordinator_port}", token=REGISTRATION_TOKEN,
+            heartbeat_interval=0.3, rpc_timeout=2.0, max_backoff=1.0, **serve,
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory, keypair):
+    from coordinator.gateway import start_coordinator
+    from node.service import start_node
+    from shared_backbone.config import CoordinatorConfig, GatewayConfig
+
+    root = tmp_path_factory.mktemp("gateway")
+    bundle = make_bundle(root / "bundle", *keypair)
+    config = CoordinatorConfig(
+        bundle=str(bundle.path),
+        public_key=str(keypair[1]),
+        registry=str(root / "registry.sqlite"),
+        gateway=GatewayConfig(
+            host="127.0.0.1", port=0, registration_token=REGISTRATION_TOKEN, query_token=QUERY_TOKEN,
+            max_pixels=MAX_PIXELS, max_images=MAX_IMAGES, node_timeout=2.0, heartbeat_interval=0.3,
+            stale_after=2.0, batch_window_ms=50.0,
+        ),
+    )
+    coordinator = start_coordinator(config)
+    nodes, configs = {}, {}
+    for i, source in enumerate(SOURCES):
+        make_head(root / source, bundle, source, seed=100 + i, a=1.0 + 0.7 * i, b=0.3 * i - 0.3, threshold=0.4 + 0.05 * i)
+        configs[source] = node_config(root, bundle, source, coordinator.port, keypair)
+        nodes[source] = start_node(configs[source])
+    wait_until(
+        lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(SOURCES), 30, "3 healthy nodes"
+    )
+    net = Net(root, bundle, coordinator, nodes, configs, f"127.0.0.1:{coordinator.port}")
+    yield net
+    for node in net.nodes.values():
+        node.stop(0.5)
+    coordinator.stop(0.5)
+
+
+@pytest.fixture(scope="module")
+def offline(net):
+    from shared_backbone.attribution import OfflineAttributor
+    from shared_backbone.heads import load_head
+
+    heads = [load_head(net.root / source / "head", net.bundle) for source in SOURCES]
+    return OfflineAttributor(net.bundle, heads)
+
+
+def client(net, token=QUERY_TOKEN, timeout=10.0):
+    from shared_backbone.client import AttributionClient
+
+    return AttributionClient(net.target, token=token, timeout=timeout)
+
+
+def test_answers_match_offline_attributor(net, offline):
+    from shared_backbone.preprocessing import preprocess
+
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng) for _ in range(6)] + [png_bytes(rng, 48, "JPEG")]
+    with client(net) as c:
+        results = c.attribute(images)
+    expected = offline.attribute(np.stack([preprocess(data, net.bundle.input_spec) for data in images]))
+    assert len(results) == len(images)
+    for i, (got, want) in enumerate(zip(results, expected)):
+        assert got.index == i
+        assert got.attribution == want.attribution
+        assert got.fake_score == pytest.approx(want.fake_score, abs=1e-6)
+        assert set(got.scores) == set(SOURCES)
+        for source in SOURCES:
+            assert got.scores[source] == pytest.approx(want.calibrated[source], abs=1e-6)
+            assert got.raw_scores[source] == pytest.approx(want.raw[source], abs=1e-6)
+        assert got.missing_nodes == []
+        assert got.backbone_digest == net.bundle.digest and got.backbone_version == net.bundle.version
+    # the calibrations differ per head, so calibrated and raw scores really differ
+    assert any(abs(r.scores["gamma"] - r.raw_scores["gamma"]) > 1e-3 for r in results)
+
+
+def _bad(net, images, fragment):
+    from shared_backbone.client import GatewayError
+
+    with client(net) as c, pytest.raises(GatewayError) as info:
+        c.attribute(images)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert fragment in info.value.details, info.value.details
+    return info.value.details
+
+
+def test_bad_images_are_invalid_argument_and_server_keeps_serving(net):
+    rng = np.random.default_rng(1)
+    good = png_bytes(rng)
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(big, format="PNG")
+    assert "image 1: empty" in _bad(net, [good, b""], "image 1:")
+    assert "image 0: corrupt" in _bad(net, [good[: len(good) // 2], good], "image 0:")
+    assert "not a recognised image" in _bad(net, [good, good, b"GIF? no, plain text"], "image 2:")
+    assert "above the limit" in _bad(net, [good, big.getvalue()], "image 1:")
+    _bad(net, [], "no images")
+    _bad(net, [good] * (MAX_IMAGES + 1), f"limit is {MAX_IMAGES}")
+    with client(net) as c:
+        assert len(c.attribute([good])) == 1
+        assert c.health() == "SERVING"
+
+
+def test_query_token_is_required(net):
+    from shared_backbone.client import GatewayError
+
+    for token in (None, "wrong"):
+        with client(net, token=token) as c, pytest.raises(GatewayError) as info:
+            c.attribute([png_bytes(np.random.default_rng(2))])
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with client(net, token=None) as c:
+        assert c.health() == "SERVING"  # health stays open for probes
+
+
+def test_list_sources_shows_registered_nodes(net):
+    with client(net) as c:
+        sources = c.list_sources()
+    by_source = {s["source"]: s for s in sources}
+    assert sorted(by_source) == list(SOURCES)
+    for source, info in by_source.items():
+        head = net.nodes[source]
+        assert info["status"] == "healthy"
+        assert info["backbone_digest"] == net.bundle.digest
+        assert info["endpoint"] == f"127.0.0.1:{head.port}"
+        assert info["calibration"]["method"] == "platt"
+        assert "auroc" in info["metrics"]
+
+
+def test_heatmap_png_per_image(net):
+    rng = np.random.default_rng(3)
+    with client(net) as c:
+        results = c.attribute([png_bytes(rng), png_bytes(rng)], heatmap=True)
+        plain = c.attribute([png_bytes(rng)])
+    for result in results:
+        image = Image.open(io.BytesIO(result.heatmap_png))
+        assert image.format == "PNG" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert plain[0].heatmap_png == b""
+
+
+def test_concurrent_requests_share_trunk_runs(net, offline):
+    from shared_backbone.preprocessing import preprocess
+
+    rng = np.random.default_rng(4)
+    requests = [[png_bytes(rng) for _ in range(2)] for _ in range(6)]
+    before = net.coordinator.gateway.batcher.runs
+    with client(net) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(c.attribute, requests))
+    runs = net.coordinator.gateway.batcher.runs - before
+    assert runs < len(requests), f"{runs} trunk runs for {len(requests)} concurrent requests"
+    for images, results in zip(requests, answers):
+        expected = offline.attribute(np.stack([preprocess(d, net.bundle.input_spec) for d in images]))
+        for got, want in zip(results, expected):
+            assert got.fake_score == pytest.approx(want.fake_score, abs=1e-5)
+            for source in SOURCES:
+                assert got.raw_scores[source] == pytest.approx(want.raw[source], abs=1e-4)
+
+
+def _registry_stub(net):
+    from shared_backbone import rpc
+    from shared_backbone.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+    channel = rpc.open_channel(net.target)
+    return channel, pb_grpc.RegistryServiceStub(channel)
+
+
+def _register_request(net, node_id: str, source: str, endpoint: str = "127.0.0.1:1"):
+    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+
+    return pb.RegisterRequest(
+        node_id=node_id, source=source, endpoint=endpoint, backbone_digest=net.bundle.digest,
+        backbone_version=net.bundle.version, head_digest="0" * 64,
+        calibration=pb.Calibration(method="identity", a=1.0, b=0.0), threshold=0.5,
+    )
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_registration_needs_token_and_cannot_take_over_another_node(net):
+    from shared_backbone import rpc
+    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+
+    channel, stub = _registry_stub(net)
+    good = (*rpc.bearer(REGISTRATION_TOKEN), (rpc.NODE_SECRET, "intruder-secret"))
+    try:
+        taken = _register_request(net, "alpha", "alpha")
+        assert _code(lambda: stub.Register(taken, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = (*rpc.bearer("not-the-token"), (rpc.NODE_SECRET, "intruder-secret"))
+        assert _code(lambda: stub.Register(taken, metadata=wrong, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
+        no_secret = rpc.bearer(REGISTRATION_TOKEN)
+        assert _code(lambda: stub.Register(taken, metadata=no_secret, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
+        # node id "alpha" is bound to the real alpha node's secret: another node cannot overwrite it
+        assert _code(lambda: stub.Register(taken, metadata=good, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        beat = pb.HeartbeatRequest(node_id="alpha")
+        assert _code(lambda: stub.Heartbeat(beat, metadata=good, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        # a new id claiming alpha's source is refused too
+        squatter = _register_request(net, "squatter", "alpha")
+        assert _code(lambda: stub.Register(squatter, metadata=good, timeout=5)) == grpc.StatusCode.ALREADY_EXISTS
+        bad_endpoint = _register_request(net, "odd", "odd", endpoint="no-port")
+        assert _code(lambda: stub.Register(bad_endpoint, metadata=good, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        unknown = pb.HeartbeatRequest(node_id="never-registered")
+        assert _code(lambda: stub.Heartbeat(unknown, metadata=good, timeout=5)) == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+    entry = net.coordinator.registry.get("alpha")
+    assert entry.endpoint == f"127.0.0.1:{net.nodes['alpha'].port}"
+    assert {e.node_id for e in net.coordinator.registry.list()} == set(SOURCES)
+
+
+def test_incompatible_backbone_is_registered_but_never_queried(net, tmp_path, keypair):
+    from shared_backbone import rpc
+
+    other = make_bundle(tmp_path / "other", *keypair, version="other")
+    assert other.digest != net.bundle.digest
+    channel, stub = _registry_stub(net)
+    request = _register_request(net, "old-node", "old-source")
+    request.backbone_digest = other.digest
+    try:
+        metadata = (*rpc.bearer(REGISTRATION_TOKEN), (rpc.NODE_SECRET, "old-secret"))
+        assert stub.Register(request, metadata=metadata, timeout=5).status == "incompatible"
+        with client(net) as c:
+            result = c.attribute([png_bytes(np.random.default_rng(5))])[0]
+            listed = {s["node_id"]: s["status"] for s in c.list_sources()}
+        assert "old-source" not in result.scores and "old-node" not in result.missing_nodes
+        assert listed["old-node"] == "incompatible"
+    finally:
+        net.coordinator.registry.remove("old-node")
+        channel.close()
+
+
+def test_stopped_node_is_missing_then_used_again_after_restart(net, keypair):
+    import time
+
+    from node.service import start_node
+
+    rng = np.random.default_rng(6)
+    image = png_bytes(rng)
+    old = net.nodes["beta"]
+    old.stop(0.2)
+    start = time.monotonic()
+    with client(net) as c:
+        result = c.attribute([image])[0]
+    assert time.monotonic() - start < 2.0 + 1.0
+    assert result.missing_nodes == ["beta"] and sorted(result.scores) == ["alpha", "gamma"]
+    # no heartbeat for `stale_after` -> stale: listed missing without being dialled
+    wait_until(lambda: net.coordinator.registry.get("beta").status == "stale", 10, "beta to go stale")
+    net.nodes["beta"] = start_node(net.node_configs["beta"])
+    wait_until(lambda: net.coordinator.registry.get("beta").status == "healthy", 10, "beta to re-register")
+    with client(net) as c:
+        result = c.attribute([image])[0]
+    assert result.missing_nodes == [] and sorted(result.scores) == list(SOURCES)
+
+
+def test_wrong_registration_token_stops_node(net, keypair):
+    import dataclasses
+
+    from node.service import start_node
+
+    config = net.node_configs["alpha"]
+    bad = dataclasses.replace(
+        config, node_id="alpha-2", serve=dataclasses.replace(config.serve, token="wrong-token", secret_file=str(net.root / "alpha2.secret"))
+    )
+    reasons = []
+    node = start_node(bad, on_fatal=reasons.append)
+    try:
+        wait_until(lambda: reasons, 10, "the registrar to give up")
+    finally:
+        node.stop(0.2)
+    assert "UNAUTHENTICATED" in reasons[0] and "alpha-2" in reasons[0]
