@@ -10,6 +10,7 @@ Flower run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from shared_backbone.attribution_eval import evaluate_attribution, parse_perturb
 from shared_backbone.benchmark import BaselineResult, run_baseline
 from shared_backbone.bundle import Bundle, load_bundle
 from shared_backbone.config import (
-    BaselineConfig, CoordinatorConfig, DataConfig, DemoConfig, DemoZooConfig, NodeConfig, PerturbConfig, TrainConfig,
+    BaselineConfig, CoordinatorConfig, DataConfig, DemoConfig, NodeConfig, PerturbConfig, TrainConfig, ZooConfig,
 )
 from shared_backbone.datasets import load_split, scan_dataset
 from shared_backbone.heads import load_head
@@ -37,15 +38,11 @@ log = logging.getLogger(__name__)
 Step = Callable[[str], None]
 
 
-def make_zoo(settings: DemoZooConfig, out: Path) -> DataConfig:
+def make_zoo(settings: ZooConfig, out: Path) -> DataConfig:
     """Writes the zoo (or reuses an identical one) and returns its DataConfig."""
-    from shared_backbone.zoo import ZooSettings, write_zoo, zoo_data_config
+    from shared_backbone.zoo import settings_from_config, write_zoo, zoo_data_config
 
-    zoo = ZooSettings(
-        image_size=settings.image_size, per_source=settings.per_source, seed=settings.seed,
-        sources=tuple(settings.sources), strength=settings.strength,
-    )
-    write_zoo(out, zoo, workers=settings.workers)
+    write_zoo(out, settings_from_config(settings), workers=settings.workers)
     return zoo_data_config(out)
 
 
@@ -230,7 +227,10 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
 
         data = zoo_data_config(config.data_root)
     else:
-        step(f"write the fingerprint zoo ({config.zoo.per_source} images x {len(config.zoo.sources) + 1} sources, {config.zoo.image_size} px)")
+        step(
+            f"write the fingerprint zoo ({config.zoo.preset} preset, {config.zoo.per_source} images x "
+            f"{len(config.zoo.sources) + 1} sources, {config.zoo.image_size} px)"
+        )
         data = make_zoo(config.zoo, out / "zoo")
     step("coordinator key pair")
     private_key, public_key = make_keys(out / "keys")
@@ -238,8 +238,13 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
         run_seed(config, data, private_key, public_key, out / f"seed-{seed}", seed, step, progress=progress)
         for seed in config.seeds
     ]
+    manifest_path = Path(data.root) / "manifest.json"
+    zoo = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     report = {
-        "dataset": {"root": data.root, "image_size": data.image_size, "counts": scan_dataset(data).counts()},
+        "dataset": {
+            "root": data.root, "image_size": data.image_size, "counts": scan_dataset(data).counts(),
+            "zoo": {k: zoo[k] for k in ("seed", "strength", "match_bandwidth") if k in zoo},
+        },
         "seeds": runs,
         "mean_over_seeds": mean_over_seeds(runs),
         "seconds": round(time.monotonic() - began, 1),
@@ -272,8 +277,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     """A readable report: one table per seed, the mean table, per-source one-vs-rest, file paths."""
     lines = ["# attribnet offline demo", ""]
     ds = report["dataset"]
-    lines += [f"Dataset `{ds['root']}` at {ds['image_size']} px; images per source: "
-              + ", ".join(f"{k} {v}" for k, v in ds["counts"].items()), ""]
+    lines += [f"Dataset `{ds['root']}` at {ds['image_size']} px ({', '.join(f'{k} {v}' for k, v in ds['zoo'].items())}); "
+              "images per source: " + ", ".join(f"{k} {v}" for k, v in ds["counts"].items()), ""]
     mean = report["mean_over_seeds"]
     perturbations = list(mean)
     keys = [k for k in mean[perturbations[0]]]

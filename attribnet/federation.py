@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from attribnet import flower_processes as fp
-from coordinator.federation import FederationError, FederationResult, read_result
+from coordinator.federation import FederationError, FederationResult, read_result, write_result
 from shared_backbone.config import CoordinatorConfig, to_dict
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,13 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent  # holds pyproject.toml wit
 
 
 def simulation_backend_config(cpus_per_node: float = 1.0) -> dict[str, Any]:
-    """Ray settings for a small machine: every CPU, no dashboard, `cpus_per_node` per virtual node."""
+    """Ray settings for a small machine: every CPU, no dashboard, `cpus_per_node` per virtual node.
+
+    Node logs stay in the Ray workers (their errors reach the result as error replies).
+    """
     return {
         "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False},
     }
 
 
@@ -47,6 +50,7 @@ def run_simulation(config: CoordinatorConfig, nodes: Sequence[Mapping[str, Any]]
         raise FederationError("simulation needs at least one node")
     for name, value in fp.OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
+    logging.getLogger("flwr").propagate = False  # flwr prints through its own handler; no duplicates
     config = dataclasses.replace(
         config, federation=dataclasses.replace(config.federation, min_nodes=max(config.federation.min_nodes, len(nodes)))
     )
@@ -68,6 +72,7 @@ def run_simulation(config: CoordinatorConfig, nodes: Sequence[Mapping[str, Any]]
     log.info("simulation with %d node(s) took %.1f s", len(nodes), seconds)
     result = read_result(result_file)
     result.flower = {"engine": "simulation", "nodes": len(nodes), "seconds": round(seconds, 1)}
+    write_result(result_file, result)
     return result
 
 
@@ -101,6 +106,7 @@ def submit_run(config_path: str | Path, result_file: str | Path, env: Mapping[st
         raise FederationError(f"Flower run {run_id} ended {status} without writing {result_file}")
     result = read_result(result_file)
     result.flower = {"engine": "deployment", "run_id": run_id, "status": status}
+    write_result(result_file, result)
     if status != "finished:completed" and result.status == "completed":
         raise FederationError(f"Flower run {run_id} ended {status} although the result says completed")
     return result
@@ -121,11 +127,16 @@ def _wait_for_result_file(path: Path, run_id: int, env: Mapping[str, str], deadl
 
 
 def run_local_deployment(config: CoordinatorConfig, nodes: Sequence[Mapping[str, Any]], workdir: str | Path, *,
-                         timeout: float = 900.0) -> FederationResult:
-    """A SuperLink and one SuperNode per node on loopback, the ServerApp submitted with `flwr run`."""
+                         timeout: float = 900.0, tls: tuple[str, str, str] | None = None,
+                         supernode_auth: bool = False) -> FederationResult:
+    """A SuperLink and one SuperNode per node on loopback, the ServerApp submitted with `flwr run`.
+
+    `tls` = (ca_cert, server_cert, server_key) runs the SuperLink over HTTPS (else plaintext);
+    `supernode_auth` admits only SuperNodes whose (generated) keys were registered (needs `tls`).
+    """
     workdir = Path(workdir).resolve()
     config_path = write_coordinator_yaml(config, workdir / "coordinator.yaml")
-    with fp.LocalDeployment.start(workdir / "flower", [dict(n) for n in nodes]) as deployment:
+    with fp.LocalDeployment.start(workdir, [dict(n) for n in nodes], tls=tls, supernode_auth=supernode_auth) as deployment:
         result = submit_run(
             config_path, config.federation.result_file, deployment.env, workdir=os.getcwd(), timeout=timeout,
             overrides={"min-nodes": max(config.federation.min_nodes, len(nodes))},

@@ -310,6 +310,34 @@ def wait_run_finished(run_id: int, env: Mapping[str, str], timeout: float, *, co
     raise FlowerProcessError(f"run {run_id} still {status!r} after {timeout:.0f} s")
 
 
+def write_supernode_key(path: str | Path) -> tuple[Path, Path]:
+    """An EC P-384 key pair in OpenSSH format (what SuperNode authentication expects): (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    path.chmod(0o600)
+    public = path.with_name(path.name + ".pub")
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return path, public
+
+
+def register_supernode(public_key: str | Path, env: Mapping[str, str], *, connection: str = CONNECTION_NAME) -> int:
+    """Registers a SuperNode's public key with a SuperLink that runs `--enable-supernode-auth`; returns its node id."""
+    payload = _last_json(_flwr(["supernode", "register", str(public_key), connection, "--format", "json"], env, 60.0))
+    if not payload.get("success"):
+        raise FlowerProcessError(f"registering SuperNode key {public_key} failed: {payload}")
+    return int(payload["node-id"])
+
+
+def list_supernodes(env: Mapping[str, str], *, connection: str = CONNECTION_NAME) -> list[dict[str, Any]]:
+    """`flwr supernode ls --format json`: node id, status (online/offline/registered), timestamps."""
+    return list(_last_json(_flwr(["supernode", "ls", connection, "--format", "json"], env, 60.0)).get("nodes", []))
+
+
 @dataclass
 class LocalDeployment:
     """A SuperLink and SuperNodes on this machine, stopped together (a context manager)."""
@@ -321,20 +349,36 @@ class LocalDeployment:
 
     @classmethod
     def start(cls, workdir: str | Path, node_configs: Sequence[Mapping[str, Any]], *, host: str = "127.0.0.1",
-              port: int | None = None) -> "LocalDeployment":
-        """Starts the SuperLink (waits for /health), then one SuperNode per node config."""
+              port: int | None = None, tls: tuple[str, str, str] | None = None,
+              supernode_auth: bool = False) -> "LocalDeployment":
+        """Starts the SuperLink (waits until it answers), then one SuperNode per node config.
+
+        `tls` = (ca_cert, server_cert, server_key): the SuperLink serves HTTPS and every SuperNode
+        and `flwr` command verifies it with the CA; otherwise everything is plaintext on loopback.
+        `supernode_auth` (needs `tls`): the SuperLink admits only SuperNodes whose keys were
+        registered; each SuperNode gets a fresh key under `workdir/keys`, registered before it starts.
+        """
+        if supernode_auth and not tls:
+            raise FlowerProcessError("SuperNode authentication needs TLS (Flower refuses it on plaintext)")
         workdir = Path(workdir)
         env = flower_env(workdir / "flwr-home")
         deployment = cls(workdir=workdir, env=env)
+        ca = tls[0] if tls else None
         try:
-            superlink, address = start_superlink(workdir, host=host, port=port, env=env)
+            superlink, address = start_superlink(workdir, host=host, port=port, env=env, ssl_files=tls,
+                                                 enable_supernode_auth=supernode_auth)
             deployment.processes.append(superlink)
             deployment.superlink_address = address
-            write_connection(workdir / "flwr-home", address)
+            write_connection(workdir / "flwr-home", address, insecure=tls is None, root_certificates=ca)
             for index, node_config in enumerate(node_configs):
                 name = f"supernode-{index}"
+                key = None
+                if supernode_auth:
+                    key, public = write_supernode_key(workdir / "keys" / name)
+                    register_supernode(public, env)
                 deployment.processes.append(
-                    start_supernode(address, workdir, name=name, node_config=node_config, env=env)
+                    start_supernode(address, workdir, name=name, node_config=node_config, env=env, root_certificates=ca,
+                                    auth_private_key=str(key) if key else None)
                 )
         except BaseException:
             deployment.stop()

@@ -1,7 +1,8 @@
 """The coordinator's server: the query gateway (`AttributionService`) and the node registry service.
 
 A query costs one trunk pass plus N tiny heads in parallel, not N backbones: the gateway decodes
-and preprocesses each image once (the shared `preprocessing.preprocess`), runs the serving model
+and preprocesses each image once (`preprocessing.load_image` + `to_model_input`, the steps of the
+shared `preprocessing.preprocess`, keeping the RGB image for heatmaps), runs the serving model
 once per micro-batch (concurrent requests are merged for up to `batch_window_ms`), sends the fp16
 trunk features to every healthy node on the gateway's backbone in parallel under one deadline,
 calibrates each raw score with the calibration the node registered, and decides with
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from grpc_health.v1.health import HealthServicer
 from google.protobuf import timestamp_pb2
 from PIL import Image
 
@@ -143,11 +145,12 @@ class NodePool:
                 self._channels[entry.node_id] = current
             return current.stub
 
-    def score(
-        self, entries: list[NodeEntry], request: pb.ScoreRequest, batch: int, timeout: float
-    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    def send(self, entries: list[NodeEntry], request: pb.ScoreRequest, timeout: float) -> list[tuple[NodeEntry, grpc.Future]]:
+        """Starts every node's Score call at once; `collect` waits for them."""
+        return [(entry, self.stub(entry).Score.future(request, timeout=timeout)) for entry in entries]
+
+    def collect(self, calls: list[tuple[NodeEntry, grpc.Future]], batch: int) -> tuple[dict[str, np.ndarray], list[str]]:
         """Raw scores per node id from every node that answered correctly in time, and the rest."""
-        calls = [(entry, self.stub(entry).Score.future(request, timeout=timeout)) for entry in entries]
         answered: dict[str, np.ndarray] = {}
         failed: list[str] = []
         for entry, call in calls:
@@ -252,12 +255,13 @@ class Gateway(pb_grpc.AttributionServiceServicer):
     def Attribute(self, request: pb.AttributeRequest, context: grpc.ServicerContext) -> pb.AttributeResponse:
         inputs, rgbs = self.preprocess(list(request.images), context)
         fake_scores, features = self.batcher.run(inputs)
-        pngs = self.heatmaps(inputs, rgbs) if request.heatmap else [b""] * len(inputs)
         nodes = [entry for entry in self.registry.list() if entry.backbone_digest == self.bundle.digest]
         healthy = [entry for entry in nodes if entry.status == HEALTHY]
-        answered, failed = self.pool.score(
-            healthy, wire.features_to_request(features, self.bundle.digest), len(inputs), self.node_timeout(context)
+        calls = self.pool.send(
+            healthy, wire.features_to_request(features, self.bundle.digest), self.node_timeout(context)
         )
+        pngs = self.heatmaps(inputs, rgbs) if request.heatmap else [b""] * len(inputs)  # while the nodes work
+        answered, failed = self.pool.collect(calls, len(inputs))
         missing = sorted({entry.node_id for entry in nodes if entry.status != HEALTHY} | set(failed))
         scoring = [entry for entry in healthy if entry.node_id in answered]
         calibrations = {entry.node_id: Calibration.from_dict(entry.calibration) for entry in scoring}
@@ -394,7 +398,7 @@ class CoordinatorServer:
     port: int
     gateway: Gateway
     registry: Registry
-    health: object
+    health: HealthServicer
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
@@ -414,9 +418,27 @@ def load_bundle_verified(config: CoordinatorConfig) -> bundle_lib.Bundle:
         raise GatewayStartError(str(exc)) from None
 
 
+def check_gateway_config(config: GatewayConfig) -> None:
+    """Refuses settings that would make the gateway misbehave, naming the key."""
+    positive = ("max_message_mb", "max_images", "max_pixels", "node_timeout", "heartbeat_interval", "stale_after",
+                "max_batch", "workers")
+    for key in positive:
+        if getattr(config, key) <= 0:
+            raise GatewayStartError(f"gateway.{key} must be positive, got {getattr(config, key)}")
+    if config.batch_window_ms < 0:
+        raise GatewayStartError(f"gateway.batch_window_ms must be >= 0, got {config.batch_window_ms}")
+    if config.stale_after <= config.heartbeat_interval:
+        raise GatewayStartError(
+            f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
+        )
+    if not 0.0 <= config.fake_threshold <= 1.0:
+        raise GatewayStartError(f"gateway.fake_threshold must be in [0, 1], got {config.fake_threshold}")
+
+
 def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
     """Verifies the bundle, opens the registry and serves; returns once listening."""
     gateway_config = config.gateway
+    check_gateway_config(gateway_config)
     bundle = load_bundle_verified(config)
     try:
         registration_token = rpc.read_secret(

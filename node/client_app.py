@@ -7,6 +7,7 @@ Node settings come from the SuperNode's `--node-config` (TOML values), keys:
   reference    local copy of the coordinator's reference set (default: the path in the message)
   endpoint     host:port the gateway dials for HeadService     node-id     registry id (default: source)
   secret-file  identity secret (default STATE_DIR/node.secret)  finetune    true = take part in FedAvg
+  workdir      what relative paths in the settings and the YAML are relative to
 In simulation, `make_client_app(nodes)` gives partition i the settings `nodes[i]`.
 
 What leaves the node: the head's digest, calibration, threshold, metrics, endpoint and identity
@@ -54,7 +55,7 @@ NODE_KEYS = {
     "secret-file": "serve.secret_file",
     "calibration": "calibration",
 }
-EXTRA_KEYS = {"config", "finetune", "partition-id", "num-partitions"}
+EXTRA_KEYS = {"config", "workdir", "finetune", "partition-id", "num-partitions"}
 
 
 def node_config_from_settings(settings: Mapping[str, Any]) -> NodeConfig:
@@ -65,11 +66,26 @@ def node_config_from_settings(settings: Mapping[str, Any]) -> NodeConfig:
     overrides = {NODE_KEYS[k]: str(v) for k, v in settings.items() if k in NODE_KEYS and str(v) != ""}
     path = str(settings.get("config", "") or "") or None
     config = load_config(NodeConfig, path, overrides)
+    if settings.get("workdir"):
+        config = _resolve_paths(config, Path(str(settings["workdir"])))
     if not config.public_key:
         raise ConfigError("node config: public-key is not set; a node only trusts bundles signed by the coordinator")
     if not config.source:
         raise ConfigError("node config: source is not set")
     return config
+
+
+def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
+    """Relative paths in a node config are relative to `base` (where the operator started the SuperNode)."""
+
+    def absolute(value: str) -> str:
+        return str(base / value) if value and not Path(value).is_absolute() else value
+
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=absolute(config.data.root), normstats=absolute(config.data.normstats)),
+        state_dir=absolute(config.state_dir), public_key=absolute(config.public_key), reference=absolute(config.reference),
+        backbone=absolute(config.backbone), serve=dataclasses.replace(config.serve, secret_file=absolute(config.serve.secret_file)),
+    )
 
 
 def _endpoint(config: NodeConfig) -> str:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import grpc
 import numpy as np
+from grpc_health.v1.health import HealthServicer
 
 from shared_backbone import bundle as bundle_lib
 from shared_backbone import heads, rpc, signing
@@ -179,7 +180,7 @@ class NodeServer:
 
     server: grpc.Server
     port: int
-    health: object
+    health: HealthServicer
     registrar: Registrar
     channel: grpc.Channel
     stopped: threading.Event
@@ -225,6 +226,11 @@ def load_verified(config: NodeConfig) -> tuple[bundle_lib.Bundle, heads.Head]:
 def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = None) -> NodeServer:
     """Loads, serves and registers; returns once the server listens (registration runs in background)."""
     serve = config.serve
+    if serve.host in ("0.0.0.0", "::", "[::]") and not serve.advertise:
+        raise NodeStartError(f"serve.host is {serve.host}: set serve.advertise to the host:port the coordinator can dial")
+    for key in ("rpc_timeout", "max_backoff", "max_batch", "max_message_mb", "workers"):
+        if getattr(serve, key) <= 0:
+            raise NodeStartError(f"serve.{key} must be positive, got {getattr(serve, key)}")
     bundle, head = load_verified(config)
     node_id = config.node_id or config.source or head.source
     if config.source and config.source != head.source:

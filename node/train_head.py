@@ -125,3 +125,28 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
         state_dir / HEAD_DIR,
     )
     return HeadTrainingResult(state_dir / HEAD_DIR, head, metrics)
+
+
+def evaluate_head(
+    config: NodeConfig,
+    bundle: Bundle | None = None,
+    *,
+    perturbations: list[str] | tuple[str, ...] = ("clean",),
+    out_dir: str | Path | None = None,
+    split: str = "test",
+) -> dict[str, Any]:
+    """One-vs-rest metrics of the stored head (calibrated, and raw under `raw`) on a split of its data."""
+    from shared_backbone.attribution_eval import evaluate_binary, sample_ids
+    from shared_backbone.heads import load_head
+
+    bundle = bundle or load_verified_bundle(config)
+    head = load_head(Path(config.state_dir) / HEAD_DIR, bundle)
+    samples, labels = head_splits(config)[split]
+    if not samples:
+        raise ValueError(f"node {config.source}: the {split} split is empty")
+    model = models.build_attribution_model(models.build_trunk(bundle.load_primary()), head.model)
+    return evaluate_binary(
+        model, samples, labels, bundle.input_spec, list(perturbations), out_dir,
+        ids=[str(s.path) for s in samples], positive=config.source, negative="rest",
+        calibration=head.calibration, threshold=head.threshold,
+    )

@@ -142,3 +142,41 @@ def evaluate_attribution(
 
 def sample_ids(samples: list[Sample], root: Path) -> list[str]:
     return [str(Path(s.path).relative_to(root)) if Path(s.path).is_relative_to(root) else str(s.path) for s in samples]
+
+
+def evaluate_binary(
+    model,
+    samples: list[Sample],
+    labels: np.ndarray,
+    spec: InputSpec,
+    perturbations: list[str],
+    out_dir: str | Path | None,
+    *,
+    ids: list[str],
+    positive: str = "fake",
+    negative: str = "real",
+    calibration=None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """A sigmoid model (detector or trunk+head) per perturbation: metrics, and report files when out_dir is set.
+
+    With a `calibration`, metrics are of the calibrated score; the raw score's metrics sit under `raw`.
+    """
+    from shared_backbone.reports import write_binary_report
+
+    results: dict[str, Any] = {}
+    for name in perturbations:
+        raw = predict_scores(model, samples, spec, perturbation=parse_perturbation(name))
+        scores = calibration.apply(raw) if calibration is not None else raw
+        metrics = binary_metrics(labels, scores, threshold)
+        metrics["score_std"] = float(np.std(scores))
+        if calibration is not None:
+            metrics["raw"] = binary_metrics(labels, raw, 0.5)
+        entry: dict[str, Any] = {"metrics": metrics}
+        if out_dir is not None:
+            entry["files"] = write_binary_report(
+                out_dir, ids, labels, scores, metrics, name=name, title=f"{positive} vs {negative}, {name}",
+                positive=positive, negative=negative, threshold=threshold,
+            )
+        results[name] = entry
+    return results

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -139,8 +140,11 @@ def folder_digest(root: str | Path) -> str:
     if not root.is_dir():
         raise ReferenceSetError(f"reference set folder {root} not found")
     digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    for path in files:
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):  # sources are often symlinked folders
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files.extend(Path(folder) / name for name in names if not name.startswith("."))
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
         digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 

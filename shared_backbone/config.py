@@ -55,6 +55,20 @@ class PerturbConfig:
 
 
 @dataclass
+class ZooConfig:
+    """`attribnet data zoo` (see shared_backbone.zoo.ZooSettings); YAML: these keys or a `zoo:` section."""
+
+    out: str = "zoo"
+    image_size: int = 64
+    per_source: int = 2000
+    seed: int = 0
+    sources: list[str] = field(default_factory=lambda: ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"])
+    preset: str = "benchmark"  # or "easy": strong fingerprints, sharper reals (quick tests)
+    strength: float = 0.0  # fingerprint strength; 0 = the preset's (0.01 benchmark, 0.06 easy)
+    workers: int = 2
+
+
+@dataclass
 class TrainConfig:
     """Optimiser and loop settings shared by every trainer."""
 
@@ -233,22 +247,10 @@ class PredictConfig:
 
 
 @dataclass
-class DemoZooConfig:
-    """The fingerprint zoo the demo writes (see shared_backbone.zoo.ZooSettings)."""
-
-    image_size: int = 32
-    per_source: int = 160
-    seed: int = 0
-    sources: list[str] = field(default_factory=lambda: ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"])
-    strength: float = 0.06
-    workers: int = 2
-
-
-@dataclass
 class DemoConfig:
     """`attribnet demo` and the zoo experiment: the paper's workflow end to end on the zoo."""
 
-    zoo: DemoZooConfig = field(default_factory=DemoZooConfig)
+    zoo: ZooConfig = field(default_factory=lambda: ZooConfig(image_size=32, per_source=160))  # `out` unused: OUT/zoo
     data_root: str = ""  # use an existing zoo instead of writing one into the output folder
     primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
     head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, patience=3))

@@ -118,9 +118,12 @@ def _split_key(path: Path, seed: int) -> int:
 def split_samples(
     index: DatasetIndex, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> dict[str, list[Sample]]:
-    """Deterministic, per-source stratified train/val/test split by a seeded hash of each file name.
+    """Deterministic, per-source train/val/test split by a seeded hash of each file name.
 
-    The hash (not the listing order) decides, so adding images to a source never moves others.
+    Each file's hash, read as a number in [0, 1), alone decides its split (below test_fraction:
+    test, then val, else train), so adding images to a source never moves another image between
+    splits (no test image ever leaks into training as a dataset grows). Every source is split
+    with the same fractions, so sizes are proportional per source up to binomial noise.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DatasetError(f"invalid split fractions val={val_fraction} test={test_fraction}")
@@ -129,13 +132,10 @@ def split_samples(
     for sample in index.samples:
         by_source.setdefault(sample.source, []).append(sample)
     for source in sorted(by_source):
-        ordered = sorted(by_source[source], key=lambda s: _split_key(s.path, seed))
-        n = len(ordered)
-        n_test = int(round(n * test_fraction))
-        n_val = int(round(n * val_fraction))
-        splits["test"].extend(ordered[:n_test])
-        splits["val"].extend(ordered[n_test : n_test + n_val])
-        splits["train"].extend(ordered[n_test + n_val :])
+        for sample in sorted(by_source[source], key=lambda s: _split_key(s.path, seed)):
+            position = _split_key(sample.path, seed) / 2**64
+            name = "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
+            splits[name].append(sample)
     return splits
 
 

@@ -9,13 +9,21 @@ JPEG compression (a real Pillow encode/decode at the given quality) and Gaussian
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from shared_backbone.config import PerturbConfig
+
+log = logging.getLogger(__name__)
 
 KINDS = ("blur", "crop", "jpeg", "noise")
 ALL_KINDS = (*KINDS, "multi")
@@ -156,3 +164,63 @@ def perturb_randomly(rgb: np.ndarray, config: PerturbConfig, rng: np.random.Gene
         if kind in kinds and rng.random() < config.probability:
             out = _apply_random(out, kind, config, rng)
     return out if out is not rgb else rgb.copy()
+
+
+PERTURBATION_FILE = "perturbation.json"
+_COPIED_FILES = ("manifest.json", "source_ids.csv")
+
+
+def perturb_dataset(
+    root: str | Path,
+    out: str | Path,
+    kind: str,
+    value: float,
+    *,
+    seed: int = 0,
+    image_size: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Writes a perturbed copy of a folder-per-source dataset (same layout, lossless PNG files).
+
+    Each image (centre-cropped and resized to `image_size` first when it is > 0) gets
+    `perturb_fixed(kind, value)` with a generator seeded by (seed, relative path), so one file's
+    perturbation never depends on the others. Unreadable files are skipped and listed.
+    `manifest.json` / `source_ids.csv` are copied, and `perturbation.json` records the setting.
+    """
+    from shared_backbone.datasets import IMAGE_SUFFIXES
+    from shared_backbone.preprocessing import ImageDecodeError, decode_image, load_image
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} not found")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ValueError(f"output folder {out} must not be inside the dataset {root}")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} is not empty")
+    perturb_fixed(np.zeros((8, 8, 3), dtype=np.uint8), kind, value)  # a bad kind/value fails before any work
+    sources = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [f for source in sources for f in sorted(source.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"{root}: no images found")
+    written, skipped = 0, []
+    for done, path in enumerate(files, 1):
+        relative = path.relative_to(root)
+        try:
+            rgb = load_image(path, image_size) if image_size else np.asarray(decode_image(path), dtype=np.uint8)
+        except ImageDecodeError as exc:
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            skipped.append({"path": str(path), "reason": str(exc)})
+        else:
+            key = int.from_bytes(hashlib.sha256(relative.as_posix().encode()).digest()[:8], "big")
+            target = (out / relative).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(perturb_fixed(rgb, kind, value, np.random.default_rng([seed, key]))).save(target)
+            written += 1
+        if progress:
+            progress(done, len(files))
+    for name in _COPIED_FILES:
+        if (root / name).is_file():
+            shutil.copy2(root / name, out / name)
+    record = {"source": str(root), "kind": kind, "value": value, "seed": seed, "image_size": image_size, "images": written, "skipped": skipped}
+    (out / PERTURBATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record

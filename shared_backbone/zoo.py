@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from shared_backbone.config import DataConfig, ZooConfig
+
 log = logging.getLogger(__name__)
 
 REAL_SOURCE = "real"
@@ -70,8 +72,24 @@ class ZooSettings:
     per_source: int = 2000
     seed: int = 0
     sources: tuple[str, ...] = DEFAULT_SOURCES
-    strength: float = 0.06  # std of the weights' deviation from the identity-like kernel
+    strength: float = 0.01  # std of the weights' deviation from the identity-like kernel
+    # False: reals keep a white sensor-noise floor and fakes get the reals' full optical blur on
+    # top of their own resampling, so reals carry fine detail that fakes lack. An easy detection
+    # task for quick tests, not a benchmark.
+    match_bandwidth: bool = True
     real: RealModel = field(default_factory=RealModel)
+
+
+# Reals with less blur and a white noise floor: with `match_bandwidth=False` and a strong
+# fingerprint (see quick_settings) a small CNN learns detection on a 32 px zoo in seconds.
+EASY_REAL_MODEL = RealModel(blur_sigma=(0.9, 1.3), noise_sigma=(0.002, 0.008))
+
+
+def quick_settings(**overrides) -> ZooSettings:
+    """An easy zoo for fast tests and smoke runs (a 20-epoch detector reaches AUC ~0.97 at 32 px,
+    40 images per source); benchmarks use the defaults of ZooSettings."""
+    values = {"strength": 0.06, "match_bandwidth": False, "real": EASY_REAL_MODEL, **overrides}
+    return ZooSettings(**values)
 
 
 def _stable_int(text: str) -> int:
@@ -178,28 +196,40 @@ def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
 RESAMPLING_BLUR_VARIANCE = 1.0
 
 
-def real_image(rng: np.random.Generator, size: int, model: RealModel = RealModel(), *, blur_variance_offset: float = 0.0) -> np.ndarray:
+def real_image(
+    rng: np.random.Generator,
+    size: int,
+    model: RealModel = RealModel(),
+    *,
+    blur_variance_offset: float = 0.0,
+    noise_after_blur: bool = False,
+) -> np.ndarray:
     """One natural-model image, float HxWx3 in about [0, 1] (not yet quantised).
 
     `blur_variance_offset` lowers the optical blur's variance (kept >= 0.1 px^2): scenes meant for
     a generator use RESAMPLING_BLUR_VARIANCE so the generator's own resampling makes up the rest.
+    Sensor noise normally goes before the blur (demosaicing and denoising shape it like the
+    signal); `noise_after_blur` leaves a white noise floor instead.
     """
     image = _dead_leaves(rng, size * model.supersample, model)
     image = _area_downsample(image, model.supersample)
-    image = image + rng.standard_normal(image.shape) * rng.uniform(*model.noise_sigma)
+    noise = rng.standard_normal(image.shape) * rng.uniform(*model.noise_sigma)
     sigma = rng.uniform(*model.blur_sigma)
-    return _gaussian_blur(image, float(np.sqrt(max(sigma * sigma - blur_variance_offset, 0.1))))
+    sigma = float(np.sqrt(max(sigma * sigma - blur_variance_offset, 0.1)))
+    if noise_after_blur:
+        return _gaussian_blur(image, sigma) + noise
+    return _gaussian_blur(image + noise, sigma)
 
 
 # ----------------------------------------------------------------------------- the generators
 
 
 def _conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """'same' 2-D correlation, reflect-padded: x HxWxCin, w KxKxCinxCout."""
+    """'same' 2-D correlation, edge-padded (as _tconv2): x HxWxCin, w KxKxCinxCout."""
     k = w.shape[0]
     pad = k // 2
     h, wd, _ = x.shape
-    padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     out = np.zeros((h, wd, w.shape[3]))
     for i in range(k):
         for j in range(k):
@@ -334,12 +364,13 @@ def render(settings: ZooSettings, source: str, index: int, generator: Generator 
     size = settings.image_size
     if source == REAL_SOURCE:
         rng = np.random.default_rng([settings.seed, _stable_int(REAL_SOURCE), index])
-        return _quantise(real_image(rng, size, settings.real))
+        return _quantise(real_image(rng, size, settings.real, noise_after_blur=not settings.match_bandwidth))
     generator = generator or make_generator(source, settings.seed, settings.strength)
     # The underlying scene is drawn from a stream of its own per source, so no fake shares a
     # scene with a real image or with another generator's image.
     rng = np.random.default_rng([settings.seed, _stable_int(source), index, 1])
-    scene = real_image(rng, size, settings.real, blur_variance_offset=RESAMPLING_BLUR_VARIANCE)
+    offset = RESAMPLING_BLUR_VARIANCE if settings.match_bandwidth else 0.0
+    scene = real_image(rng, size, settings.real, blur_variance_offset=offset)
     low = _area_downsample(scene, 2)
     return _quantise(generator(low))
 
@@ -363,6 +394,7 @@ def manifest_for(settings: ZooSettings) -> dict:
         "per_source": settings.per_source,
         "seed": settings.seed,
         "strength": settings.strength,
+        "match_bandwidth": settings.match_bandwidth,
         "real_sources": [REAL_SOURCE],
         "sources": sources,
     }
@@ -391,7 +423,7 @@ def write_zoo(
     manifest = manifest_for(settings)
     if out.exists() and any(out.iterdir()):
         existing = out / MANIFEST_FILE
-        if not existing.is_file() or json.loads(existing.read_text()) != manifest:
+        if not existing.is_file() or json.loads(existing.read_text()) != json.loads(json.dumps(manifest)):
             raise FileExistsError(f"{out} is not empty and holds no zoo with these settings; choose an empty folder")
     names = [REAL_SOURCE, *settings.sources]
     for name in names:
@@ -437,11 +469,24 @@ def zoo_sources(manifest: dict) -> Sequence[str]:
     return sorted(manifest["sources"])
 
 
-def zoo_data_config(root: str | Path, **overrides) -> "DataConfig":
+def zoo_data_config(root: str | Path, **overrides) -> DataConfig:
     """A DataConfig for a written zoo: its size and real source come from the manifest."""
-    from shared_backbone.config import DataConfig
-
     manifest = read_manifest(root)
     values = {"root": str(root), "real_sources": list(manifest["real_sources"]), "image_size": manifest["image_size"]}
     values.update(overrides)
     return DataConfig(**values)
+
+
+PRESETS = ("benchmark", "easy")
+
+
+def settings_from_config(config: ZooConfig) -> ZooSettings:
+    """ZooConfig (YAML/CLI) -> ZooSettings: the preset, then size, count, seed, sources, strength."""
+    if config.preset not in PRESETS:
+        raise ValueError(f"zoo.preset must be one of {PRESETS}, got {config.preset!r}")
+    if config.strength < 0:
+        raise ValueError(f"zoo.strength must be >= 0, got {config.strength}")
+    values = {"image_size": config.image_size, "per_source": config.per_source, "seed": config.seed, "sources": tuple(config.sources)}
+    if config.strength > 0:
+        values["strength"] = config.strength
+    return quick_settings(**values) if config.preset == "easy" else ZooSettings(**values)

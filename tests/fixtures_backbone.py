@@ -11,10 +11,10 @@ from shared_backbone.config import CoordinatorConfig, NodeConfig, TrainConfig
 
 __all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_bundle", "zoo_heads"]
 
-# Measured on tiny_zoo: 20 epochs of batch 16 at lr 3e-3 give a detector with test AUC ~0.99 in
-# ~9 s; 8 epochs of batch 32 left it constant ("fake" for all), which the tests must catch.
+# Measured on tiny_zoo (easy preset): 20 epochs of batch 16 at lr 3e-3 give a detector with test
+# AUC ~0.99 in ~10 s; 8 epochs of batch 32 left it constant ("fake" for all), which tests must catch.
 FIXTURE_TRAIN = TrainConfig(epochs=20, batch_size=16, learning_rate=3e-3, patience=5, min_epochs=3, seed=1)
-HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=8, patience=3)
+HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=4, patience=3)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from shared_backbone.config import DataConfig
 from shared_backbone.signing import generate_keypair
-from shared_backbone.zoo import ZooSettings, write_zoo, zoo_data_config
+from shared_backbone.zoo import quick_settings, write_zoo, zoo_data_config
 
 TINY_ZOO_SIZE = 32
 TINY_ZOO_PER_SOURCE = 40
@@ -19,9 +19,14 @@ __all__ = ["TINY_ZOO_SIZE", "TINY_ZOO_PER_SOURCE", "TINY_ZOO_SEED", "tiny_zoo", 
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 32 px zoo, 40 images per source (`real` + 5 generators of 4 architectures); read-only."""
+    """A 32 px zoo, 40 images per source (`real` + 5 generators of 4 architectures); read-only.
+
+    It uses the easy `quick_settings` (strong fingerprints, reals sharper than fakes) so a
+    detector trained for seconds is clearly better than chance; the benchmark zoo is harder.
+    """
     root = tmp_path_factory.mktemp("data") / "tiny_zoo"
-    write_zoo(root, ZooSettings(image_size=TINY_ZOO_SIZE, per_source=TINY_ZOO_PER_SOURCE, seed=TINY_ZOO_SEED), workers=1)
+    settings = quick_settings(image_size=TINY_ZOO_SIZE, per_source=TINY_ZOO_PER_SOURCE, seed=TINY_ZOO_SEED)
+    write_zoo(root, settings, workers=1)
     return root
 
 

@@ -71,6 +71,10 @@ def test_reference_pointer_detects_changed_content(tmp_path):
     (root / "b.png").write_bytes(b"two")
     with pytest.raises(bundle_transport.ReferenceSetError, match="differs"):
         bundle_transport.verify_reference(tmp_path / "reference", digest)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "real").symlink_to(root, target_is_directory=True)
+    assert bundle_transport.folder_digest(linked) == bundle_transport.folder_digest(tmp_path / "reference")
     with pytest.raises(bundle_transport.ReferenceSetError, match="not found"):
         bundle_transport.folder_digest(tmp_path / "missing")
 

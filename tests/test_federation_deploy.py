@@ -24,7 +24,7 @@ def test_deployment_trains_and_registers_both_nodes(tiny_zoo, zoo_bundle, keypai
     assert result.status == "completed", result.error
     check_registered(result, config, nodes, zoo_bundle)
     assert not result.problems
-    logs = tmp_path / "deploy" / "flower"
+    logs = tmp_path / "deploy"
     assert (logs / "superlink.log").is_file() and (logs / "supernode-0.log").is_file()
 
 
@@ -45,3 +45,72 @@ def test_processes_are_gone_after_the_deployment_stops(tmp_path):
     except ProcessLookupError:
         alive = False
     assert not alive, "processes of the SuperLink's group survived the stop"
+
+
+def write_test_tls(out: Path) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost: (ca, cert, key) paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=1)}
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attribnet test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(valid["not_valid_before"])
+        .not_valid_after(valid["not_valid_after"]).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (out / "ca.pem", out / "server.pem", out / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return tuple(str(p) for p in paths)
+
+
+def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_foreign_bundle(tiny_zoo, zoo_bundle, keypair, tmp_path):
+    """Over HTTPS with SuperNode authentication: an unregistered SuperNode never joins; the registered
+    node trusts another coordinator key, so it refuses the bundle; the run still completes and says so."""
+    from attribnet.federation import submit_run, write_coordinator_yaml
+    from coordinator.registry import Registry
+    from shared_backbone.signing import generate_keypair
+
+    _, other_public = generate_keypair(tmp_path / "other-coordinator")
+    nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
+    nodes[0]["public-key"] = str(other_public)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(tiny_zoo, tmp_path / "reference"), min_nodes=1)
+    config_path = write_coordinator_yaml(config, tmp_path / "coordinator.yaml")
+    tls = write_test_tls(tmp_path / "tls")
+    started = time.monotonic()
+    with fp.LocalDeployment.start(tmp_path / "deploy", nodes, tls=tls, supernode_auth=True) as deployment:
+        intruder_key, _ = fp.write_supernode_key(tmp_path / "intruder" / "key")  # never registered
+        deployment.processes.append(fp.start_supernode(
+            deployment.superlink_address, tmp_path / "intruder", name="intruder", env=deployment.env,
+            root_certificates=tls[0], auth_private_key=str(intruder_key), node_config={"source": "intruder"},
+        ))
+        result = submit_run(config_path, config.federation.result_file, deployment.env, workdir=tmp_path, timeout=120.0)
+        known = fp.list_supernodes(deployment.env)
+    print(f"TLS + SuperNode auth deployment cycle with 1 SuperNode: {time.monotonic() - started:.1f} s")
+    assert [n["status"] for n in known] == ["online"], known
+    assert result.flower["status"] == "finished:completed" and result.status == "completed", result.error
+    (node,) = result.nodes  # the intruder never received the bundle
+    assert node.status == "failed" and "signature does not verify" in node.error and SOURCES[0] in node.error
+    assert not (Path(nodes[0]["state-dir"]) / "head").exists()
+    assert "https://127.0.0.1" in (tmp_path / "deploy" / "superlink.log").read_text()
+    registry = Registry(config.registry)
+    assert registry.list() == []
+    registry.close()

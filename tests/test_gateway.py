@@ -7,6 +7,7 @@ coordinator; answers are checked against `OfflineAttributor` on the same bundle 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,8 +303,6 @@ def test_stopped_node_is_missing_then_used_again_after_restart(net, keypair):
 
 
 def test_wrong_registration_token_stops_node(net, keypair):
-    import dataclasses
-
     from node.service import start_node
 
     config = net.node_configs["alpha"]
@@ -317,3 +316,107 @@ def test_wrong_registration_token_stops_node(net, keypair):
     finally:
         node.stop(0.2)
     assert "UNAUTHENTICATED" in reasons[0] and "alpha-2" in reasons[0]
+
+
+def _write_certificates(folder: Path) -> dict[str, str]:
+    """A CA and one leaf certificate for 127.0.0.1 (server and client use), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("attribnet test CA")).issuer_name(name("attribnet test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder().subject_name(name("attribnet-peer")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"ca": folder / "ca.pem", "cert": folder / "peer.pem", "key": folder / "peer.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_mutual_tls_network(net, tmp_path, keypair):
+    """Coordinator and node with mTLS: registration, scoring and queries all need a CA-signed cert."""
+    from coordinator.gateway import start_coordinator
+    from node.service import start_node
+    from shared_backbone.client import AttributionClient, GatewayError
+    from shared_backbone.config import CoordinatorConfig, GatewayConfig, TLSConfig
+
+    pem = _write_certificates(tmp_path / "pki")
+    tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)
+    coordinator = start_coordinator(CoordinatorConfig(
+        bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "registry.sqlite"),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token=REGISTRATION_TOKEN, tls=tls),
+    ))
+    config = net.node_configs["gamma"]
+    node = start_node(dataclasses.replace(config, node_id="gamma-tls", serve=dataclasses.replace(
+        config.serve, coordinator=f"127.0.0.1:{coordinator.port}", tls=tls, secret_file=str(tmp_path / "secret"))))
+    target = f"127.0.0.1:{coordinator.port}"
+    try:
+        wait_until(lambda: node.registrar.registered.is_set(), 15, "registration over mTLS")
+        image = png_bytes(np.random.default_rng(7))
+        with AttributionClient(target, tls=TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"]), timeout=10) as c:
+            result = c.attribute([image])[0]
+        assert sorted(result.scores) == ["gamma"] and result.missing_nodes == []
+        for wrong in (TLSConfig(ca=pem["ca"]), None):  # no client certificate; plaintext
+            with AttributionClient(target, tls=wrong, timeout=3) as c, pytest.raises(GatewayError) as info:
+                c.attribute([image])
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        node.stop(0.2)
+        coordinator.stop(0.2)
+
+
+def test_gateway_refuses_bad_settings_and_tampered_bundle(net, tmp_path, keypair):
+    import shutil
+
+    from coordinator.gateway import GatewayStartError, start_coordinator
+    from shared_backbone.config import CoordinatorConfig, GatewayConfig
+
+    def config(**gateway) -> CoordinatorConfig:
+        return CoordinatorConfig(
+            bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "r.sqlite"),
+            gateway=GatewayConfig(host="127.0.0.1", port=0, **gateway),
+        )
+
+    with pytest.raises(GatewayStartError, match="registration_token"):
+        start_coordinator(config())
+    with pytest.raises(GatewayStartError, match="gateway.max_images"):
+        start_coordinator(config(registration_token="t", max_images=0))
+    with pytest.raises(GatewayStartError, match="stale_after"):
+        start_coordinator(config(registration_token="t", heartbeat_interval=5, stale_after=5))
+    with pytest.raises(GatewayStartError, match="registration_token_file .*cannot read"):
+        start_coordinator(config(registration_token_file=str(tmp_path / "absent")))
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(net.bundle.path, unsigned)
+    (unsigned / "manifest.sig").unlink()
+    with pytest.raises(GatewayStartError, match="unsigned"):
+        start_coordinator(dataclasses.replace(config(registration_token="t"), bundle=str(unsigned)))
+    busy = config(registration_token="t")
+    busy.gateway.port = net.coordinator.port
+    with pytest.raises(GatewayStartError, match="cannot listen"):
+        start_coordinator(busy)

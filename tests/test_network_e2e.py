@@ -113,7 +113,7 @@ def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
 
 
 @pytest.fixture(scope="module")
-def test_split(zoo_bundle, tiny_zoo):
+def zoo_test_split(zoo_bundle, tiny_zoo):
     from shared_backbone.datasets import load_split
     from shared_backbone.zoo import zoo_data_config
 
@@ -129,10 +129,10 @@ def offline(zoo_bundle, zoo_heads, network):
     return OfflineAttributor(zoo_bundle, [load_head(zoo_heads[source], zoo_bundle) for source in network.sources])
 
 
-def test_network_equals_offline_on_the_zoo_test_split(network, offline, test_split, zoo_bundle):
+def test_network_equals_offline_on_the_zoo_test_split(network, offline, zoo_test_split, zoo_bundle):
     from shared_backbone.preprocessing import preprocess
 
-    index, samples = test_split
+    index, samples = zoo_test_split
     images = [sample.path.read_bytes() for sample in samples]
     expected = offline.attribute(np.stack([preprocess(data, zoo_bundle.input_spec) for data in images]))
     with client(network) as c:
@@ -171,10 +171,10 @@ def test_network_equals_offline_on_the_zoo_test_split(network, offline, test_spl
     )
 
 
-def test_query_cli_json_lines(network, test_split, tmp_path, capsys):
+def test_query_cli_json_lines(network, zoo_test_split, tmp_path, capsys):
     from attribnet.cli import main
 
-    _, samples = test_split
+    _, samples = zoo_test_split
     paths = [str(s.path) for s in samples[:3]] + [str(tmp_path / "missing.png")]
     heatmaps = tmp_path / "heatmaps"
     code = main(["query", "--gateway", network.target, "--json", "--heatmap", str(heatmaps), *paths])
@@ -188,8 +188,27 @@ def test_query_cli_json_lines(network, test_split, tmp_path, capsys):
     assert "calibrated" in capsys.readouterr().out
 
 
-def test_killed_node_is_flagged_missing_then_used_again(network, test_split):
-    _, samples = test_split
+def test_query_cli_equals_predict_cli(network, zoo_test_split, zoo_heads, keypair, capsys):
+    """`attribnet query` against the network and offline `attribnet predict` give the same answers."""
+    from attribnet.cli import main
+
+    _, samples = zoo_test_split
+    paths = [str(s.path) for s in samples]
+    heads = [arg for source in network.sources for arg in ("--head", str(zoo_heads[source]))]
+    assert main(["predict", "--backbone", str(network.bundle.path), "--public-key", str(keypair[1]), *heads,
+                 "--json", "--batch-size", "16", *paths]) == 0
+    offline = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["query", "--gateway", network.target, "--json", "--batch-size", "16", *paths]) == 0
+    online = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["path"] for row in offline] == [row["path"] for row in online] == paths
+    for want, got in zip(offline, online):
+        assert got["attribution"] == want["attribution"], got["path"]
+        assert got["fake_score"] == pytest.approx(want["fake_score"], abs=1e-6)
+        assert got["scores"] == pytest.approx({s: h["calibrated"] for s, h in want["heads"].items()}, abs=1e-6)
+
+
+def test_killed_node_is_flagged_missing_then_used_again(network, zoo_test_split):
+    _, samples = zoo_test_split
     images = [s.path.read_bytes() for s in samples[:4]]
     victim = network.sources[1]
     stop_process(network.processes[victim], sig=signal.SIGKILL)
@@ -214,10 +233,35 @@ def test_killed_node_is_flagged_missing_then_used_again(network, test_split):
     assert "registered node" in log_path.read_text().split("serving head")[-1]
 
 
-def test_restarted_coordinator_keeps_its_registry(network, test_split):
+def test_hung_node_is_missing_within_the_deadline(network, zoo_test_split):
+    """A node that accepts connections but never answers (SIGSTOP) costs one deadline, not an error."""
+    _, samples = zoo_test_split
+    images = [samples[0].path.read_bytes()]
+    victim = network.sources[2]
+    process = network.processes[victim]
+    process.send_signal(signal.SIGSTOP)
+    try:
+        with client(network) as c:
+            start = time.perf_counter()
+            result = c.attribute(images)[0]
+            elapsed = time.perf_counter() - start
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert result.missing_nodes == [victim] and victim not in result.scores
+    assert NODE_TIMEOUT - 0.2 < elapsed < NODE_TIMEOUT + 2.0
+
+    def answered_by_all():
+        with client(network) as c:
+            answer = c.attribute(images)[0]
+        return not answer.missing_nodes and sorted(answer.scores) == network.sources
+
+    wait_until(answered_by_all, 30, f"{victim} to answer again after SIGCONT", interval=0.5)
+
+
+def test_restarted_coordinator_keeps_its_registry(network, zoo_test_split):
     from coordinator.registry import Registry
 
-    _, samples = test_split
+    _, samples = zoo_test_split
     with client(network) as c:
         before = {s["node_id"]: (s["registered_at"], s["head_digest"]) for s in c.list_sources()}
     assert stop_process(network.processes["coordinator"]) == 0

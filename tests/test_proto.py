@@ -48,7 +48,7 @@ def gateway(tmp_path_factory, keypair):
     bundle = make_bundle(root / "bundle", *keypair)
     config = CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(keypair[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token="r"),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token="r", max_message_mb=1),
     )
     server = start_coordinator(config)
     yield server, bundle
@@ -84,3 +84,18 @@ def test_reflection_only_client_can_call_attribute(gateway):
     assert result.backbone.digest == bundle.digest
     assert result.attribution in ("real", "unknown") and 0.0 <= result.fake_score <= 1.0
     assert len(result.scores) == 0 and len(result.missing_nodes) == 0
+
+
+def test_message_size_limit_is_enforced_and_server_keeps_serving(gateway):
+    import grpc
+
+    from shared_backbone.client import AttributionClient, GatewayError
+
+    server, _ = gateway
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, format="PNG")
+    with AttributionClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+        with pytest.raises(GatewayError) as info:
+            client.attribute([b"\0" * (3 << 19)])  # 1.5 MB against the gateway's 1 MB limit
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(client.attribute([buffer.getvalue()])) == 1

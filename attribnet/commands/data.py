@@ -1,8 +1,250 @@
-"""`attribnet data` (being built)."""
+"""`attribnet data zoo | normstats | perturb | info`: datasets, the fingerprint zoo, DCT normstats
+and perturbed test sets.
+
+`--config FILE.yaml` is read as a `DataConfig` (its top level, or the `data:` section of a
+coordinator/node/baseline file; `zoo` reads `ZooConfig` keys or a `zoo:` section); flags override it.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("attribnet.data")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="(being built)")
-    parser.set_defaults(handler=lambda args: parser.error("not built yet"))
+    parser = subparsers.add_parser("data", help="datasets, the fingerprint zoo, normstats, perturbed test sets")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    zoo = actions.add_parser("zoo", help="write the fingerprint zoo (a benchmark that needs no download)")
+    zoo.add_argument("--config", help="YAML with ZooConfig keys (or a zoo: section)")
+    zoo.add_argument("--out", help="output folder, empty or absent (zoo.out)")
+    zoo.add_argument("--image-size", type=int, help="square image size in pixels (zoo.image_size, default 64)")
+    zoo.add_argument("--per-source", type=int, help="images per source (zoo.per_source, default 2000)")
+    zoo.add_argument("--seed", type=int, help="zoo seed: scenes and generator weights (zoo.seed)")
+    zoo.add_argument("--sources", help="comma-separated generator sources <arch>_<instance> (zoo.sources)")
+    zoo.add_argument("--preset", choices=("benchmark", "easy"), help="zoo.preset (easy = for quick tests)")
+    zoo.add_argument("--strength", type=float, help="fingerprint strength, 0 = the preset's (zoo.strength)")
+    zoo.add_argument("--workers", type=int, help="processes (zoo.workers, default 2)")
+    zoo.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    zoo.set_defaults(handler=run_zoo)
+
+    normstats = actions.add_parser("normstats", help="per-coefficient log-DCT mean/std (mean.npy, std_dev.npy)")
+    _add_data_flags(normstats)
+    normstats.add_argument("--out", required=True, help="folder for mean.npy and std_dev.npy")
+    normstats.add_argument("--split", choices=("train", "val", "test", "all"), default="train", help="images to use (default train)")
+    normstats.add_argument("--json", action="store_true", help="print a summary as JSON")
+    normstats.set_defaults(handler=run_normstats)
+
+    perturb = actions.add_parser("perturb", help="write a perturbed copy of a dataset (same folder layout, PNG)")
+    _add_data_flags(perturb)
+    perturb.add_argument("--out", required=True, help="output folder, empty or absent")
+    perturb.add_argument("--kind", required=True, choices=("blur", "crop", "jpeg", "noise"), help="perturbation")
+    perturb.add_argument("--value", required=True, type=float, help="blur sigma, crop fraction, JPEG quality or noise sigma")
+    perturb.add_argument("--seed", type=int, default=0, help="seed for crop positions and noise")
+    perturb.add_argument("--json", action="store_true", help="print the record as JSON")
+    perturb.set_defaults(handler=run_perturb)
+
+    info = actions.add_parser("info", help="sources, counts, real/fake, classes, split sizes, unreadable files")
+    _add_data_flags(info)
+    info.add_argument("--no-check", action="store_true", help="do not decode every file")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(handler=run_info)
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML with DataConfig keys (or a data: section)")
+    parser.add_argument("--data", help="dataset folder, one sub-folder per source (data.root)")
+    parser.add_argument("--image-size", type=int, help="square size images are cropped/resized to (data.image_size)")
+    parser.add_argument("--real", help="comma-separated real source folders (data.real_sources)")
+    parser.add_argument("--source-ids", help="seed-style source_ids.csv naming the fake sources (data.source_ids)")
+    parser.add_argument("--arch-level", action="store_true", default=None, help="group sources by architecture (data.arch_level)")
+    parser.add_argument("--split-seed", type=int, help="data.split_seed")
+
+
+def _section(path: str | None, name: str) -> tuple[dict[str, Any], str]:
+    """The YAML's `name:` section when it has one, else its top level."""
+    from shared_backbone.config import read_yaml
+
+    if not path:
+        return {}, "flags"
+    values = read_yaml(path)
+    if name in values:
+        section = values[name]
+        if not isinstance(section, dict):
+            from shared_backbone.config import ConfigError
+
+            raise ConfigError(f"{path}: {name}: expected a mapping")
+        return section, f"{path}: {name}"
+    return values, str(path)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
+def data_config(args: argparse.Namespace):
+    """DataConfig from --config (top level or `data:` section) overridden by the flags."""
+    from shared_backbone.config import ConfigError, DataConfig, build
+
+    values, where = _section(args.config, "data")
+    flags = {
+        "root": args.data,
+        "image_size": args.image_size,
+        "real_sources": _split_list(args.real),
+        "source_ids": args.source_ids,
+        "arch_level": args.arch_level,
+        "split_seed": args.split_seed,
+    }
+    values = {**values, **{k: v for k, v in flags.items() if v is not None}}
+    config = build(DataConfig, values, where)
+    if not config.root:
+        raise ConfigError("no dataset given: use --data DIR or data.root in --config")
+    return config
+
+
+def _progress(label: str):
+    """A tqdm bar on an interactive stderr, periodic log lines otherwise."""
+    from tqdm import tqdm
+
+    if sys.stderr.isatty():
+        bar = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc=label, unit="img", leave=False)
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+
+        return update
+    step = {"next": 0.0}
+
+    def log_update(done: int, total: int) -> None:
+        if done / total >= step["next"] or done == total:
+            log.info("%s: %d/%d", label, done, total)
+            step["next"] = done / total + 0.25
+
+    return log_update
+
+
+def run_zoo(args: argparse.Namespace) -> int:
+    from shared_backbone.config import ZooConfig, build
+    from shared_backbone.zoo import REAL_SOURCE, settings_from_config, write_zoo
+
+    values, where = _section(args.config, "zoo")
+    flags = {
+        "out": args.out,
+        "image_size": args.image_size,
+        "per_source": args.per_source,
+        "seed": args.seed,
+        "sources": _split_list(args.sources),
+        "preset": args.preset,
+        "strength": args.strength,
+        "workers": args.workers,
+    }
+    config = build(ZooConfig, {**values, **{k: v for k, v in flags.items() if v is not None}}, where)
+    settings = settings_from_config(config)
+    started = time.monotonic()
+    manifest = write_zoo(config.out, settings, workers=max(1, config.workers), progress=_progress("zoo"))
+    seconds = time.monotonic() - started
+    if args.json:
+        print(json.dumps({**manifest, "out": config.out, "seconds": round(seconds, 1)}, indent=2))
+    else:
+        count = manifest["per_source"] * len(manifest["sources"])
+        fakes = ", ".join(sorted(s for s in manifest["sources"] if s != REAL_SOURCE))
+        print(f"wrote {count} images ({manifest['image_size']} px, {manifest['per_source']} per source) to {config.out} in {seconds:.1f}s")
+        print(f"real: {REAL_SOURCE}; generators: {fakes}")
+    return 0
+
+
+def run_normstats(args: argparse.Namespace) -> int:
+    from shared_backbone.dataset_stats import normstats_for
+
+    config = data_config(args)
+    stats, used, skipped = normstats_for(config, args.split, progress=_progress("normstats"))
+    stats.save(args.out)
+    summary = {
+        "out": args.out,
+        "image_size": config.image_size,
+        "split": args.split,
+        "images": used,
+        "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
+        "mean_of_mean": float(stats.mean.mean()),
+        "mean_of_std": float(stats.std.mean()),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"normstats of {used} {args.split} images at {config.image_size} px -> {Path(args.out) / 'mean.npy'}, {Path(args.out) / 'std_dev.npy'}")
+        for path, reason in skipped:
+            print(f"skipped unreadable {path}: {reason}")
+    return 0
+
+
+def run_perturb(args: argparse.Namespace) -> int:
+    from shared_backbone.perturbations import perturb_dataset
+
+    config = data_config(args)
+    record = perturb_dataset(
+        config.root, args.out, args.kind, args.value, seed=args.seed,
+        image_size=args.image_size or 0, progress=_progress("perturb"),
+    )
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        size = f" at {args.image_size} px" if args.image_size else ""
+        print(f"wrote {record['images']} images with {args.kind} {args.value:g}{size} to {args.out}")
+        for item in record["skipped"]:
+            print(f"skipped unreadable {item['path']}: {item['reason']}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Exit code 1 when any file is unreadable, so scripts can check a dataset before a long run."""
+    from shared_backbone.dataset_stats import describe_dataset
+
+    config = data_config(args)
+    summary = describe_dataset(config, check=not args.no_check, progress=None if args.no_check else _progress("check"))
+    manifest = Path(config.root) / "manifest.json"
+    if manifest.is_file():
+        try:
+            zoo = json.loads(manifest.read_text())
+            summary["zoo"] = {k: zoo.get(k) for k in ("image_size", "per_source", "seed", "strength", "match_bandwidth")}
+        except json.JSONDecodeError as exc:
+            summary["zoo"] = {"error": f"{manifest}: invalid JSON ({exc})"}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_info(summary)
+    return 1 if summary["unreadable"] else 0
+
+
+def _print_info(summary: dict) -> None:
+    splits = summary["splits"]
+    print(f"dataset {summary['root']}: {summary['images']} images, {len(summary['sources'])} sources")
+    print(f"classes: {', '.join(summary['classes'])}" + ("  (arch level)" if summary["arch_level"] else ""))
+    print(f"splits (seed {summary['split_seed']}): train {splits['train']}, val {splits['val']}, test {splits['test']}")
+    width = max(len(s["name"]) for s in summary["sources"])
+    print(f"{'source':<{width}}  kind  class{'':<9} count   train    val   test")
+    for s in summary["sources"]:
+        sp = s["splits"]
+        print(f"{s['name']:<{width}}  {s['kind']:<4}  {s['class']:<14} {s['count']:5d}  {sp['train']:6d} {sp['val']:6d} {sp['test']:6d}")
+    if "zoo" in summary:
+        print("zoo manifest: " + ", ".join(f"{k}={v}" for k, v in summary["zoo"].items()))
+    if not summary["checked"]:
+        print("files not decoded (--no-check)")
+    elif summary["unreadable"]:
+        print(f"{len(summary['unreadable'])} unreadable file(s):")
+        for item in summary["unreadable"]:
+            print(f"  {item['path']}: {item['reason']}")
+    else:
+        print("every file decodes")

@@ -127,7 +127,7 @@ def _superlink(args: argparse.Namespace) -> int:
 def _supernode(args: argparse.Namespace) -> int:
     from attribnet import flower_processes as fp
 
-    node_config: dict[str, Any] = {"config": str(Path(args.node_config).resolve())}
+    node_config: dict[str, Any] = {"config": str(Path(args.node_config).resolve()), "workdir": os.getcwd()}
     if args.finetune:
         node_config["finetune"] = True
     workdir = Path(args.workdir).resolve()

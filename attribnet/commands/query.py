@@ -97,11 +97,16 @@ def run(args: argparse.Namespace) -> int:
     with AttributionClient(args.gateway, token=token, tls=tls, timeout=args.timeout) as client:
         records = attribute_paths(client, args.paths, heatmap=bool(args.heatmap), batch_size=args.batch_size)
     heatmap_dir = Path(args.heatmap) if args.heatmap else None
-    for record in records:
+    written: set[str] = set()
+    for position, record in enumerate(records):
         png = record.pop("_heatmap", b"")
         if heatmap_dir and png:
             heatmap_dir.mkdir(parents=True, exist_ok=True)
-            target = heatmap_dir / f"{Path(record['path']).stem}.cam.png"
+            name = f"{Path(record['path']).stem}.cam.png"
+            if name in written:  # same file name from another folder: keep both
+                name = f"{Path(record['path']).stem}-{position}.cam.png"
+            written.add(name)
+            target = heatmap_dir / name
             target.write_bytes(png)
             record["heatmap"] = str(target)
         print(json.dumps(record, sort_keys=True) if args.json else _table(record))
