@@ -188,8 +188,8 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
         return value
 
     primary, bundle = timed(
-        "train primary module + publish signed bundle", train_and_publish,
-        data, dataclasses.replace(config.primary, seed=seed), config.perturb, private_key, public_key, out,
+        f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
+        dataclasses.replace(data, mode=config.mode), dataclasses.replace(config.primary, seed=seed), config.perturb, private_key, public_key, out,
         version=f"demo-seed{seed}", progress=progress,
     )
     sources = generator_sources(data)
@@ -204,7 +204,8 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
     )
     baselines = timed(
         f"baselines ({', '.join(config.baselines)})", run_baselines,
-        data, config.baselines, dataclasses.replace(config.baseline, seed=seed), config.perturbations, out / "baselines",
+        dataclasses.replace(data, mode=config.baseline_mode), config.baselines, dataclasses.replace(config.baseline, seed=seed),
+        config.perturbations, out / "baselines",
         progress=progress,
     )
     summary = summarise(network, heads, baselines, primary)
@@ -245,6 +246,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
             "root": data.root, "image_size": data.image_size, "counts": scan_dataset(data).counts(),
             "zoo": {k: zoo[k] for k in ("seed", "strength", "match_bandwidth") if k in zoo},
         },
+        "inputs": {"primary_and_heads": config.mode, "cnn_baselines": config.baseline_mode},
         "seeds": runs,
         "mean_over_seeds": mean_over_seeds(runs),
         "seconds": round(time.monotonic() - began, 1),
@@ -279,6 +281,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ds = report["dataset"]
     lines += [f"Dataset `{ds['root']}` at {ds['image_size']} px ({', '.join(f'{k} {v}' for k, v in ds['zoo'].items())}); "
               "images per source: " + ", ".join(f"{k} {v}" for k, v in ds["counts"].items()), ""]
+    lines += [f"Inputs: primary module and heads `{report['inputs']['primary_and_heads']}`, "
+              f"CNN baselines `{report['inputs']['cnn_baselines']}`, dctlinear log-DCT spectra.", ""]
     mean = report["mean_over_seeds"]
     perturbations = list(mean)
     keys = [k for k in mean[perturbations[0]]]

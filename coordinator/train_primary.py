@@ -18,7 +18,7 @@ from shared_backbone.attribution_eval import predict_scores
 from shared_backbone.config import CoordinatorConfig, to_dict
 from shared_backbone.datasets import DatasetIndex, Sample, load_split
 from shared_backbone.evaluation import binary_metrics
-from shared_backbone.preprocessing import InputSpec, Normstats, NormstatsAccumulator, load_image
+from shared_backbone.preprocessing import InputSpec, Normstats
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +34,6 @@ class PrimaryTrainingResult:
     model: Any
     metrics: dict[str, Any]
     spec: InputSpec
-
-
-def compute_normstats(samples: list[Sample], image_size: int) -> Normstats:
-    """DCT normstats from the training split (never from val/test)."""
-    accumulator = NormstatsAccumulator(image_size)
-    for sample in samples:
-        accumulator.add(load_image(sample.path, image_size))
-    return accumulator.result()
-
-
-def input_spec_for(config: CoordinatorConfig, train_samples: list[Sample]) -> InputSpec:
-    data = config.data
-    if data.mode != "dct":
-        return InputSpec(data.image_size, data.mode)
-    if data.normstats:
-        return InputSpec(data.image_size, "dct", Normstats.load(data.normstats))
-    log.info("computing DCT normstats from %d training images", len(train_samples))
-    return InputSpec(data.image_size, "dct", compute_normstats(train_samples, data.image_size))
 
 
 def evaluate_detector(model, index: DatasetIndex, samples: list[Sample], spec: InputSpec, **kwargs) -> dict[str, Any]:
@@ -84,7 +66,7 @@ def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> Primar
     index, splits = load_split(config.data)
     if not index.real_sources or len(index.real_sources) == len(index.sources):
         raise ValueError(f"{index.root}: detection needs real and fake sources (real: {sorted(index.real_sources)})")
-    spec = input_spec_for(config, splits["train"])
+    spec = training.input_spec(config.data, splits["train"])
     training.set_seed(config.train.seed)
     model = models.build_primary(spec.image_size, spec.mode, seed=models.DEFAULT_SEED + config.train.seed)
     result = training.fit(

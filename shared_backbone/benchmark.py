@@ -22,7 +22,6 @@ from shared_backbone.attribution_eval import parse_perturbation, predict_scores,
 from shared_backbone.config import BaselineConfig, to_dict
 from shared_backbone.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
 from shared_backbone.evaluation import binary_metrics, multiclass_metrics
-from shared_backbone.preprocessing import InputSpec, Normstats
 from shared_backbone.reports import write_binary_report, write_json, write_multiclass_report
 
 log = logging.getLogger(__name__)
@@ -117,10 +116,9 @@ def run_baseline(
 
 
 def _keras_scorer(config: BaselineConfig, splits, labels, classes, run_dir: Path, progress: bool):
-    if config.data.mode == "dct" and not config.data.normstats:
-        raise ValueError("a DCT-mode baseline needs data.normstats (a folder with mean.npy/std_dev.npy)")
-    normstats = Normstats.load(config.data.normstats) if config.data.mode == "dct" else None
-    spec = InputSpec(config.data.image_size, config.data.mode, normstats)
+    spec = training.input_spec(config.data, splits["train"])
+    if spec.normstats is not None:
+        spec.normstats.save(run_dir / "normstats")
     multiclass = config.task == "multiclass"
     training.set_seed(config.train.seed)
     model = models.build_baseline(

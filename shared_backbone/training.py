@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from shared_backbone.config import PerturbConfig, TrainConfig
+from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
 from shared_backbone.datasets import DatasetIndex, Sample, make_tf_dataset
-from shared_backbone.preprocessing import InputSpec
+from shared_backbone.preprocessing import InputSpec, Normstats, NormstatsAccumulator, load_image
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _tensorboard_callback_class():
     return TensorBoardScalars
 
 
-def TensorBoardScalars(log_dir: Path):
+def tensorboard_scalars(log_dir: Path):
     """A Keras callback writing epoch scalars for TensorBoard (built lazily: Keras imports late)."""
     return _tensorboard_callback_class()(log_dir)
 
@@ -102,6 +102,24 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any], seed: int, *, e
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (run_dir / "seed.txt").write_text(f"{seed}\n")
     return run_dir
+
+
+def compute_normstats(samples: list[Sample], image_size: int) -> Normstats:
+    """DCT normstats from training images only (never val/test), streamed one image at a time."""
+    accumulator = NormstatsAccumulator(image_size)
+    for sample in samples:
+        accumulator.add(load_image(sample.path, image_size))
+    return accumulator.result()
+
+
+def input_spec(data: DataConfig, train_samples: list[Sample]) -> InputSpec:
+    """The model input of a run: DCT runs use data.normstats, else normstats of the training split."""
+    if data.mode != "dct":
+        return InputSpec(data.image_size, data.mode)
+    if data.normstats:
+        return InputSpec(data.image_size, "dct", Normstats.load(data.normstats))
+    log.info("computing DCT normstats from %d training images", len(train_samples))
+    return InputSpec(data.image_size, "dct", compute_normstats(train_samples, data.image_size))
 
 
 def set_seed(seed: int) -> None:
@@ -178,7 +196,7 @@ def fit(
         ),
         keras.callbacks.ModelCheckpoint(str(checkpoints / LAST_WEIGHTS), save_weights_only=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        TensorBoardScalars(run_dir / "tensorboard"),
+        tensorboard_scalars(run_dir / "tensorboard"),
     ]
     weights = class_weights(train_labels, num_classes) if train.class_weighting else None
     log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,9 +37,6 @@ def test_processes_are_gone_after_the_deployment_stops(tmp_path):
     deployment.stop()
     assert not superlink.alive()
     time.sleep(0.5)
-    import os
-    import signal
-
     try:
         os.killpg(superlink.pid, 0)
         alive = True

@@ -162,3 +162,21 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation
     old, new = zoo_bundle.load_primary().get_weights(), child.load_primary().get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(old, new)), "fine-tuning changed nothing"
     check_registered(result, config, nodes, child)
+
+
+def test_a_node_that_misses_the_round_deadline_is_reported_as_timed_out(federation_zoo, zoo_bundle, keypair, tmp_path):
+    """The round waits `round_timeout`, not for the slowest node; the run completes without it."""
+    from attribnet.federation import run_federation
+
+    nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=1)
+    config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, round_timeout=1.0))
+    result = run_federation(config, nodes, mode="simulation")
+    assert result.status == "completed", result.error
+    (node,) = result.nodes
+    assert node.status == "timed_out" and "deadline" in node.error and node.seconds < 10.0
+    from coordinator.registry import Registry
+
+    registry = Registry(config.registry)
+    assert registry.list() == []
+    registry.close()
