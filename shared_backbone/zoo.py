@@ -2,7 +2,7 @@
 
 "Real" images come from a natural-image model: dead-leaves occlusion (disc radii with a power-law
 distribution, so the image is scale invariant) whose leaves carry 1/f texture, rendered
-supersampled, then an optical blur and a little sensor noise. Each "generator" is a fixed, seeded
+supersampled, plus a little sensor noise, then an optical blur. Each "generator" is a fixed, seeded
 x2 upsampling network (transposed conv, nearest+conv, bilinear+conv, pixel shuffle) applied to a
 half-resolution real-model image, so every source leaves the kind of spectral fingerprint Frank
 et al. measured on real GANs (uneven polyphase gains, checkerboard energy at Nyquist).
@@ -11,6 +11,8 @@ Two knobs keep it from being trivially separable (both measured on a prototype, 
 the networks' weights are centred on an identity-like interpolation (bilinear), so a fake is
 about as faithful as plain upsampling and its fingerprint is weak; and the real images' optical
 blur matches the fakes' bandwidth, so "missing fine detail" alone does not give fakes away.
+
+`quick_settings` is an easy variant for fast tests (strong fingerprints, reals sharper than fakes).
 
 Every image is a pure function of (seed, source, index): the zoo is byte-for-byte reproducible
 and can be written by several processes in any order.
@@ -108,25 +110,28 @@ def parse_source(name: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- the real-image model
 
 
-def _power_law_noise(rng: np.random.Generator, size: int, exponent: float) -> np.ndarray:
-    """Gaussian noise with a 1/f^exponent amplitude spectrum, unit std."""
+def _power_law_noise(rng: np.random.Generator, size: int, exponent: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent Gaussian fields with a 1/f^exponent amplitude spectrum, unit std each
+    (the real and imaginary parts of one complex inverse FFT)."""
     fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
+    fx = np.fft.fftfreq(size)[None, :]
     radius = np.sqrt(fx * fx + fy * fy)
     radius[0, 0] = 1.0
-    spectrum = (rng.standard_normal((size, size // 2 + 1)) + 1j * rng.standard_normal((size, size // 2 + 1)))
+    spectrum = rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))
     spectrum /= radius**exponent
     spectrum[0, 0] = 0.0
-    field_ = np.fft.irfft2(spectrum, s=(size, size))
-    return field_ / (field_.std() + 1e-12)
+    fields = np.fft.ifft2(spectrum)
+    return fields.real / (fields.real.std() + 1e-12), fields.imag / (fields.imag.std() + 1e-12)
 
 
 def _dead_leaves(rng: np.random.Generator, size: int, model: RealModel) -> np.ndarray:
     """Occluding discs drawn front to back until the image is covered (the dead-leaves model),
-    each a random colour modulated by 1/f texture."""
-    image = np.empty((size, size, 3))
-    covered = np.zeros((size, size), dtype=bool)
-    textures = [_power_law_noise(rng, size, model.texture_exponent) for _ in range(3)]
+    each a random colour modulated by 1/f texture.
+
+    Leaves are first resolved into a label map (which leaf is frontmost at each pixel), then
+    coloured in one vectorised pass.
+    """
+    textures = np.stack(_power_law_noise(rng, size, model.texture_exponent)).reshape(2, -1)
     # Inverse-CDF sampling of p(r) ~ r^-a on [r_min, r_max].
     a = model.radius_exponent - 1.0
     lo, hi = model.radius_min**-a, model.radius_max**-a
@@ -135,13 +140,14 @@ def _dead_leaves(rng: np.random.Generator, size: int, model: RealModel) -> np.nd
     colours = rng.uniform(0.05, 0.95, (model.leaves, 3))
     amplitudes = rng.uniform(*model.texture_amplitude, model.leaves)
     which = rng.integers(0, len(textures), model.leaves)
+    labels = np.full((size, size), -1, dtype=np.int32)
     coords = np.arange(size) + 0.5
     remaining = size * size
-    # Per-leaf painting while much is uncovered; the last few percent of pixels (where most
-    # of the tiny late leaves land) are resolved in one vectorised pass.
+    # Per-leaf while much is uncovered; the last few percent of pixels (where most of the tiny
+    # late leaves land) are resolved in one vectorised pass.
     switch = size * size // 20
     leaf = 0
-    for leaf, (radius, (cy, cx), t) in enumerate(zip(radii.tolist(), centres.tolist(), which.tolist())):
+    for leaf, (radius, (cy, cx)) in enumerate(zip(radii.tolist(), centres.tolist())):
         if remaining <= switch:
             break
         y0, y1 = max(int(cy - radius), 0), min(int(cy + radius) + 1, size)
@@ -150,33 +156,27 @@ def _dead_leaves(rng: np.random.Generator, size: int, model: RealModel) -> np.nd
             continue
         dy = coords[y0:y1, None] - cy
         dx = coords[None, x0:x1] - cx
-        window = covered[y0:y1, x0:x1]
-        mask = (dy * dy + dx * dx <= radius * radius) & ~window
+        window = labels[y0:y1, x0:x1]
+        mask = (dy * dy + dx * dx <= radius * radius) & (window < 0)
         count = int(np.count_nonzero(mask))
-        if not count:
-            continue
-        patch = colours[leaf] * (1.0 + amplitudes[leaf] * textures[t][y0:y1, x0:x1, None])
-        image[y0:y1, x0:x1][mask] = patch[mask]
-        window |= mask
-        remaining -= count
-    ys, xs = np.nonzero(~covered)
-    if ys.size:
-        py, px = ys + 0.5, xs + 0.5
-        labels = np.full(ys.size, model.leaves - 1)
-        pending = np.arange(ys.size)
-        start = leaf
-        while pending.size and start < model.leaves:
-            stop = min(model.leaves, start + max(64, (1 << 18) // pending.size))
-            inside = (py[pending, None] - centres[None, start:stop, 0]) ** 2 + (
-                px[pending, None] - centres[None, start:stop, 1]
-            ) ** 2 <= radii[None, start:stop] ** 2
-            hit = inside.any(axis=1)
-            labels[pending[hit]] = start + inside[hit].argmax(axis=1)
-            pending = pending[~hit]
-            start = stop
-        texture = np.stack(textures)[which[labels], ys, xs]
-        image[ys, xs] = colours[labels] * (1.0 + amplitudes[labels] * texture)[:, None]
-    return image
+        if count:
+            window[mask] = leaf
+            remaining -= count
+    flat = labels.ravel()
+    pending = np.flatnonzero(flat < 0)
+    py, px = pending // size + 0.5, pending % size + 0.5
+    start = leaf
+    while pending.size and start < model.leaves:
+        stop = min(model.leaves, start + max(64, (1 << 18) // pending.size))
+        inside = (py[:, None] - centres[None, start:stop, 0]) ** 2 + (px[:, None] - centres[None, start:stop, 1]) ** 2 <= radii[None, start:stop] ** 2
+        hit = inside.any(axis=1)
+        flat[pending[hit]] = start + inside[hit].argmax(axis=1)
+        pending, py, px = pending[~hit], py[~hit], px[~hit]
+        start = stop
+    flat[pending] = model.leaves - 1
+    texture = textures[which[flat], np.arange(size * size)]
+    image = colours[flat] * (1.0 + amplitudes[flat] * texture)[:, None]
+    return image.reshape(size, size, 3)
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -409,7 +409,8 @@ def write_zoo(
 ) -> dict:
     """Writes `out/<source>/NNNNN.png` for `real` and every generator, plus `out/manifest.json`.
 
-    Refuses a non-empty `out` that is not a zoo of the same settings (never mixes two zoos).
+    Refuses a non-empty `out` that is not a zoo of the same settings (never mixes two zoos);
+    the same settings again resume or re-check an existing zoo (same bytes).
     """
     if settings.image_size < 8 or settings.image_size % 2:
         raise ValueError(f"zoo image size must be an even number >= 8, got {settings.image_size}")
@@ -422,18 +423,25 @@ def write_zoo(
     out = Path(out)
     manifest = manifest_for(settings)
     if out.exists() and any(out.iterdir()):
-        existing = out / MANIFEST_FILE
-        if not existing.is_file() or json.loads(existing.read_text()) != json.loads(json.dumps(manifest)):
+        try:
+            existing = {k: v for k, v in read_manifest(out).items() if k != "complete"}
+        except (FileNotFoundError, ValueError):
+            existing = None
+        if existing != json.loads(json.dumps(manifest)):
             raise FileExistsError(f"{out} is not empty and holds no zoo with these settings; choose an empty folder")
     names = [REAL_SOURCE, *settings.sources]
     for name in names:
         (out / name).mkdir(parents=True, exist_ok=True)
+    # Written first, marked incomplete: an interrupted run can be resumed with the same settings
+    # (images are pure functions of them) and readers can tell a partial zoo from a finished one.
+    _write_manifest(out, {**manifest, "complete": False})
     chunk = max(1, min(250, settings.per_source // max(workers, 1) or 1))
     jobs = [(settings, str(out), name, start, min(start + chunk, settings.per_source)) for name in names for start in range(0, settings.per_source, chunk)]
     total, done = len(names) * settings.per_source, 0
     started = time.monotonic()
     if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("spawn" if _tf_loaded() else "fork").Pool(workers) as pool:
+        # spawn, not fork: the caller may hold threads (TensorFlow, gRPC) that fork would break.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for count in pool.imap_unordered(_write_chunk, jobs):
                 done += count
                 if progress:
@@ -443,16 +451,13 @@ def write_zoo(
             done += _write_chunk(job)
             if progress:
                 progress(done, total)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_manifest(out, {**manifest, "complete": True})
     log.info("wrote zoo of %d images (%d sources) to %s in %.1fs", total, len(names), out, time.monotonic() - started)
     return manifest
 
 
-def _tf_loaded() -> bool:
-    """Forking after TensorFlow started its threads can deadlock; spawn then instead."""
-    import sys
-
-    return "tensorflow" in sys.modules
+def _write_manifest(out: Path, manifest: dict) -> None:
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -472,6 +477,8 @@ def zoo_sources(manifest: dict) -> Sequence[str]:
 def zoo_data_config(root: str | Path, **overrides) -> DataConfig:
     """A DataConfig for a written zoo: its size and real source come from the manifest."""
     manifest = read_manifest(root)
+    if manifest.get("complete") is False:
+        raise ValueError(f"{root}: the zoo is incomplete (its writing was interrupted); run attribnet data zoo again")
     values = {"root": str(root), "real_sources": list(manifest["real_sources"]), "image_size": manifest["image_size"]}
     values.update(overrides)
     return DataConfig(**values)

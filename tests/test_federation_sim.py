@@ -19,7 +19,7 @@ from shared_backbone.zoo import ZooSettings, write_zoo
 SOURCES = ("tconv_a", "tconv_b", "tconv_c", "nnconv_a", "nnconv_b", "bilinear_a", "pixshuffle_a", "pixshuffle_b")
 BROKEN = "bilinear_b"  # its node's data folder does not exist: training crashes there
 STALE = "pixshuffle_c"  # its node's own copy of the reference set differs from the coordinator's
-NODE_TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, patience=3, min_epochs=1, seed=3)
+NODE_TRAIN = TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3, patience=3, min_epochs=1, seed=3)
 
 
 def make_node_folders(zoo: Path, root: Path, sources, keypair, broken: str | None = None) -> list[dict]:
@@ -51,7 +51,7 @@ def make_reference(zoo: Path, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def federation_zoo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fedzoo") / "zoo"
-    write_zoo(root, ZooSettings(image_size=32, per_source=24, seed=7, sources=(*SOURCES, BROKEN)), workers=1)
+    write_zoo(root, ZooSettings(image_size=32, per_source=20, seed=7, sources=(*SOURCES, BROKEN)), workers=1)
     return root
 
 
@@ -180,3 +180,34 @@ def test_a_node_that_misses_the_round_deadline_is_reported_as_timed_out(federati
     registry = Registry(config.registry)
     assert registry.list() == []
     registry.close()
+
+
+def test_cli_names_the_bad_input_in_one_line(tmp_path, capsys):
+    from attribnet.cli import main
+
+    coordinator = tmp_path / "coordinator.yaml"
+    coordinator.write_text("federation:\n  min_nodes: 1\n")
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("nodes: tconv_a\n")
+    assert main(["federation", "run", "--config", str(coordinator), "--simulation"]) == 2
+    assert "--simulation needs --nodes" in capsys.readouterr().err
+    assert main(["federation", "run", "--config", str(coordinator), "--simulation", "--nodes", str(nodes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attribnet federation: error:") and str(nodes) in err and "\n" not in err
+    coordinator.write_text("federation:\n  min_node: 1\n")
+    assert main(["federation", "run", "--config", str(coordinator), "--local", "--nodes", str(nodes)]) == 2
+    err = capsys.readouterr().err
+    assert "coordinator.yaml.federation: unknown key 'min_node'" in err
+
+
+def test_too_few_nodes_fails_the_run_after_a_bounded_wait_and_says_so(federation_zoo, zoo_bundle, keypair, tmp_path):
+    from attribnet.federation import run_federation
+
+    nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=2)
+    config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, wait_for_nodes=2.0))
+    started = time.monotonic()
+    result = run_federation(config, nodes, mode="simulation")
+    assert time.monotonic() - started < 60.0
+    assert result.status == "failed" and "only 1 of the required 2 node(s) connected within 2 s" in result.error
+    assert result.nodes == [] and not (Path(nodes[0]["state-dir"]) / "head").exists()

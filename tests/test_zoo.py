@@ -139,9 +139,24 @@ def test_benchmark_zoo_matches_the_real_bandwidth():
 def test_manifest_is_json_and_records_settings(tmp_path):
     manifest = write_zoo(tmp_path / "z", SMALL, workers=1)
     on_disk = json.loads((tmp_path / "z" / "manifest.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
+    assert on_disk == {**json.loads(json.dumps(manifest)), "complete": True}
     assert on_disk["strength"] == SMALL.strength and on_disk["match_bandwidth"] is True
     # Re-writing the same zoo into its own folder is allowed (and gives the same bytes).
     before = digests(tmp_path / "z")
     write_zoo(tmp_path / "z", SMALL, workers=1)
     assert digests(tmp_path / "z") == before
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_zoo(tmp_path / "z", ZooSettings(image_size=16, per_source=6, seed=12), workers=1)
+
+
+def test_an_interrupted_zoo_is_flagged_and_resumable(tmp_path):
+    root = tmp_path / "z"
+    write_zoo(root, SMALL, workers=1)
+    before = digests(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    (root / "real" / "00005.png").unlink()  # as if killed before the last image
+    with pytest.raises(ValueError, match="incomplete"):
+        zoo_data_config(root)
+    write_zoo(root, SMALL, workers=1)
+    assert digests(root) == before and zoo_data_config(root).root == str(root)

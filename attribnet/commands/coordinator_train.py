@@ -107,8 +107,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.bundle:
-        key_path = args.public_key or config.public_key
-        bundle = load_bundle(args.bundle, load_public_key(key_path) if key_path and Path(key_path).is_file() else None)
+        key_path = args.public_key or (config.public_key if Path(config.public_key).is_file() else "")
+        if not key_path:
+            log.warning("no public key: checking %s's file digests only, not its signature", args.bundle)
+        bundle = load_bundle(args.bundle, load_public_key(key_path) if key_path else None)
         model, spec = bundle.load_primary(), bundle.input_spec
         default_out = Path(args.bundle).with_name(Path(args.bundle).name + "-evaluation")
     else:

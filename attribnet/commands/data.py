@@ -218,7 +218,7 @@ def run_info(args: argparse.Namespace) -> int:
     if manifest.is_file():
         try:
             zoo = json.loads(manifest.read_text())
-            summary["zoo"] = {k: zoo.get(k) for k in ("image_size", "per_source", "seed", "strength", "match_bandwidth")}
+            summary["zoo"] = {k: zoo.get(k) for k in ("image_size", "per_source", "seed", "strength", "match_bandwidth", "complete")}
         except json.JSONDecodeError as exc:
             summary["zoo"] = {"error": f"{manifest}: invalid JSON ({exc})"}
     if args.json:
