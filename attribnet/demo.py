@@ -103,9 +103,10 @@ def evaluate_network(
     index, splits = load_split(data)
     test = splits["test"]
     ids = sample_ids(test, index.root)
+    settings = {name: parse_perturbation(name) for name in perturbations}
     results: dict[str, Any] = {}
-    for name in perturbations:
-        evaluation = evaluate_attribution(attributor, index, test, perturbation=parse_perturbation(name))
+    for name, setting in settings.items():
+        evaluation = evaluate_attribution(attributor, index, test, perturbation=setting)
         metrics = evaluation.metrics
         sources = evaluation.classes[1:]
         files = {
@@ -216,8 +217,29 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
     return summary
 
 
+def check_config(config: DemoConfig) -> None:
+    """Refuses a bad setting before minutes of work, naming the key."""
+    from shared_backbone.benchmark import MODELS
+    from shared_backbone.calibration import METHODS
+    from shared_backbone.models import MODES
+
+    for name in config.perturbations:
+        parse_perturbation(name)
+    unknown = [b for b in config.baselines if b not in MODELS]
+    if unknown:
+        raise ValueError(f"demo config: baselines: unknown {unknown[0]!r} (expected any of {', '.join(MODELS)})")
+    for key in ("mode", "baseline_mode"):
+        if getattr(config, key) not in MODES:
+            raise ValueError(f"demo config: {key}: expected one of {MODES}, got {getattr(config, key)!r}")
+    if config.calibration not in METHODS:
+        raise ValueError(f"demo config: calibration: expected one of {METHODS}, got {config.calibration!r}")
+    if not config.seeds:
+        raise ValueError("demo config: seeds: give at least one seed")
+
+
 def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, progress: bool = False) -> dict[str, Any]:
     """Everything, into `out`: zoo/, keys/, seed-N/{primary,bundle,nodes,evaluation,baselines}, report.json/.md."""
+    check_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     step = step or (lambda label: log.info("demo: %s", label))

@@ -136,7 +136,7 @@ def evaluate_head(
     split: str = "test",
 ) -> dict[str, Any]:
     """One-vs-rest metrics of the stored head (calibrated, and raw under `raw`) on a split of its data."""
-    from shared_backbone.attribution_eval import evaluate_binary, sample_ids
+    from shared_backbone.attribution_eval import evaluate_binary
     from shared_backbone.heads import load_head
 
     bundle = bundle or load_verified_bundle(config)

@@ -33,7 +33,7 @@ def parse_perturbation(name: str) -> tuple[str, float] | None:
         return FIXED_PERTURBATIONS[name]
     kind, sep, value = name.partition(":")
     if not sep:
-        raise ValueError(f"unknown perturbation {name!r}; use clean, {', '.join(FIXED_PERTURBATIONS)} or KIND:VALUE")
+        raise ValueError(f"unknown perturbation {name!r}; use {', '.join(FIXED_PERTURBATIONS)} or KIND:VALUE (e.g. noise:0.05)")
     try:
         return kind, float(value)
     except ValueError:
@@ -164,9 +164,10 @@ def evaluate_binary(
     """
     from shared_backbone.reports import write_binary_report
 
+    settings = {name: parse_perturbation(name) for name in perturbations}  # fail before any work
     results: dict[str, Any] = {}
-    for name in perturbations:
-        raw = predict_scores(model, samples, spec, perturbation=parse_perturbation(name))
+    for name, setting in settings.items():
+        raw = predict_scores(model, samples, spec, perturbation=setting)
         scores = calibration.apply(raw) if calibration is not None else raw
         metrics = binary_metrics(labels, scores, threshold)
         metrics["score_std"] = float(np.std(scores))

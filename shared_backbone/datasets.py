@@ -132,8 +132,9 @@ def split_samples(
     for sample in index.samples:
         by_source.setdefault(sample.source, []).append(sample)
     for source in sorted(by_source):
-        for sample in sorted(by_source[source], key=lambda s: _split_key(s.path, seed)):
-            position = _split_key(sample.path, seed) / 2**64
+        keyed = sorted(((_split_key(sample.path, seed), sample) for sample in by_source[source]), key=lambda pair: pair[0])
+        for key, sample in keyed:
+            position = key / 2**64
             name = "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
             splits[name].append(sample)
     return splits

@@ -73,6 +73,12 @@ def _init(seed: int) -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(mean=0.0, stddev=INIT_STDDEV, seed=seed)
 
 
+def _baseline_init(seed: int) -> keras.initializers.Initializer:
+    """Glorot (Keras' default, which the baselines' reference code used). The paper's N(0, 0.02)
+    through gdaconv's four BN-free ReLU convs left the 64 px model's loss stuck at ln(K)."""
+    return keras.initializers.GlorotUniform(seed=seed)
+
+
 def _conv_block(x, prefix: str, spec: ConvSpec, seed: int, bn_momentum: float):
     x = layers.Conv2D(
         spec.filters,
@@ -170,10 +176,10 @@ def _output_layer(task: str, num_classes: int, seed: int):
     if task == "multiclass":
         if num_classes < 2:
             raise ValueError("a multiclass model needs at least 2 classes")
-        return layers.Dense(num_classes, activation="softmax", kernel_initializer=_init(seed), name="output")
+        return layers.Dense(num_classes, activation="softmax", kernel_initializer=_baseline_init(seed), name="output")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed), name="output")
+    return layers.Dense(1, activation="sigmoid", kernel_initializer=_baseline_init(seed), name="output")
 
 
 def build_gdaconv(image_size: int, mode: str, task: str, num_classes: int = 1, *, seed: int = DEFAULT_SEED) -> keras.Model:
@@ -182,7 +188,7 @@ def build_gdaconv(image_size: int, mode: str, task: str, num_classes: int = 1, *
     inputs = keras.Input((image_size, image_size, channels_for(mode)), name="input")
     x = inputs
     for i, (filters, pool) in enumerate(((3, False), (8, True), (16, True), (32, False))):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=_init(seed + i), name=f"conv_{i + 1}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=_baseline_init(seed + i), name=f"conv_{i + 1}")(x)
         if pool:
             x = layers.AveragePooling2D(2, name=f"pool_{i + 1}")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -197,7 +203,7 @@ def build_postpool(image_size: int, mode: str, task: str, num_classes: int = 1, 
     x = inputs
     plan = ((4, False), (8, True), (8, False), (16, True), (16, False), (32, True))
     for i, (filters, pool) in enumerate(plan):
-        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_init(seed + i), name=f"conv_{i + 1}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_baseline_init(seed + i), name=f"conv_{i + 1}")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"lrelu_{i + 1}")(x)
         if pool:
             x = layers.AveragePooling2D(2, name=f"pool_{i + 1}")(x)
@@ -206,10 +212,10 @@ def build_postpool(image_size: int, mode: str, task: str, num_classes: int = 1, 
         extra += 1
         x = layers.AveragePooling2D(2, name=f"postpool_{extra}")(x)
         side //= 2
-    x = layers.Conv2D(128, 3, padding="same", kernel_initializer=_init(seed + 50), name="conv_final")(x)
+    x = layers.Conv2D(128, 3, padding="same", kernel_initializer=_baseline_init(seed + 50), name="conv_final")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="lrelu_final")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(128, kernel_initializer=_init(seed + 60), name="dense")(x)
+    x = layers.Dense(128, kernel_initializer=_baseline_init(seed + 60), name="dense")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="lrelu_dense")(x)
     outputs = _output_layer(task, num_classes, seed + 99)(x)
     return keras.Model(inputs, outputs, name=f"postpool_{task}")

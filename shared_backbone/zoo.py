@@ -441,7 +441,7 @@ def write_zoo(
     started = time.monotonic()
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: the caller may hold threads (TensorFlow, gRPC) that fork would break.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_tune_worker_malloc) as pool:
             for count in pool.imap_unordered(_write_chunk, jobs):
                 done += count
                 if progress:
@@ -454,6 +454,21 @@ def write_zoo(
     _write_manifest(out, {**manifest, "complete": True})
     log.info("wrote zoo of %d images (%d sources) to %s in %.1fs", total, len(names), out, time.monotonic() - started)
     return manifest
+
+
+def _tune_worker_malloc() -> None:
+    """In a worker process we own: keep glibc from mmapping/trimming each ~200-400 KB temporary
+    array (measured: ~1 ms of system time per image, 15% of the zoo's CPU time). No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 16 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:

@@ -43,3 +43,14 @@ def test_demo_refuses_a_bad_config_key(tmp_path, capsys):
     config.write_text("zoo:\n  image_size: 32\n  colour: red\n")
     assert main(["demo", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys):
+    config = tmp_path / "demo.yaml"
+    config.write_text("perturbations: [clean, sharpen]\n")
+    assert main(["demo", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "sharpen" in capsys.readouterr().err
+    config.write_text("baselines: [resnet]\n")
+    assert main(["demo", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "baselines: unknown 'resnet'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

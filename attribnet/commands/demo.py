@@ -9,7 +9,6 @@ report.json + report.md (with the PNG paths) into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny zoo and few epochs (seconds, not minutes)")
     parser.add_argument("--image-size", type=int, help="zoo image size (zoo.image_size)")
     parser.add_argument("--per-source", type=int, help="zoo images per source (zoo.per_source)")
+    parser.add_argument("--mode", choices=("pixel", "dct"), help="input of the primary module and heads (mode)")
     parser.add_argument("--seed", dest="seeds", type=int, action="append", help="training seed (repeatable: one run per seed)")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the Markdown report")
     parser.set_defaults(handler=run)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = dict(TINY) if args.tiny else {}
     overrides.update({
-        "data_root": args.data, "zoo.image_size": args.image_size, "zoo.per_source": args.per_source, "seeds": args.seeds,
+        "data_root": args.data, "mode": args.mode, "zoo.image_size": args.image_size, "zoo.per_source": args.per_source, "seeds": args.seeds,
     })
     config = load_config(DemoConfig, args.config, overrides)
     began = time.monotonic()
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     def step(label: str) -> None:
         print(f"[{time.monotonic() - began:6.1f}s] {label}", flush=True)
 
-    report = run_demo(config, args.out, step=step)
+    run_demo(config, args.out, step=step)
     out = Path(args.out)
     if args.json:
         print((out / "report.json").read_text())
