@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.optimize
@@ -77,16 +77,20 @@ def iter_dct_features(
 
 
 def dct_features(
-    paths: Iterable[str | Path], image_size: int, *, perturb: Perturb | None = None, seed: int = 0
+    paths: Sequence[str | Path], image_size: int, *, perturb: Perturb | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x size², positions of the readable inputs) for a list of image files."""
-    positions, rows = [], []
+    """(features N x size², positions of the readable inputs) for a list of image files.
+
+    The feature matrix is allocated once (float32), never as a list of rows plus a copy.
+    """
+    features = np.empty((len(paths), image_size * image_size), dtype=np.float32)
+    positions = []
     for position, row in iter_dct_features(paths, image_size, perturb=perturb, seed=seed):
+        features[len(positions)] = row
         positions.append(position)
-        rows.append(row)
-    if not rows:
+    if not positions:
         raise ValueError("no readable images to compute DCT features from")
-    return np.stack(rows), np.asarray(positions, dtype=np.int64)
+    return features[: len(positions)], np.asarray(positions, dtype=np.int64)
 
 
 def _loss_and_grad(

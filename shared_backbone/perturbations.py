@@ -47,17 +47,18 @@ def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def random_crop_resize(rgb: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Crop a random square of `fraction` of the shorter side and resize it back (bicubic)."""
+    """Crop a random window of `fraction` of each side (a square on square images) and resize it
+    back to the full size (bicubic): a zoom into a random part of the image."""
     _check(rgb)
     if not 0 < fraction <= 1:
         raise ValueError(f"crop fraction must be in (0, 1], got {fraction}")
     height, width = rgb.shape[:2]
-    side = max(1, int(round(min(height, width) * fraction)))
-    if side >= min(height, width) and height == width:
+    crop_h, crop_w = max(1, int(round(height * fraction))), max(1, int(round(width * fraction)))
+    if (crop_h, crop_w) == (height, width):
         return rgb.copy()
-    top = int(rng.integers(0, height - side + 1))
-    left = int(rng.integers(0, width - side + 1))
-    crop = Image.fromarray(rgb[top : top + side, left : left + side])
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    crop = Image.fromarray(rgb[top : top + crop_h, left : left + crop_w])
     return np.asarray(crop.resize((width, height), RESAMPLE), dtype=np.uint8)
 
 
@@ -167,7 +168,17 @@ def perturb_randomly(rgb: np.ndarray, config: PerturbConfig, rng: np.random.Gene
 
 
 PERTURBATION_FILE = "perturbation.json"
-_COPIED_FILES = ("manifest.json", "source_ids.csv")
+# Files keep their names (so a perturbed copy splits exactly like the original: the split hash
+# is of the file name) and their format, losslessly except JPEG, which is re-encoded at q100 4:4:4.
+_SAVE_AS = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 100, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 100, "subsampling": 0}),
+    ".bmp": ("BMP", {}),
+    ".tif": ("TIFF", {}),
+    ".tiff": ("TIFF", {}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
 
 
 def perturb_dataset(
@@ -180,12 +191,13 @@ def perturb_dataset(
     image_size: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Writes a perturbed copy of a folder-per-source dataset (same layout, lossless PNG files).
+    """Writes a perturbed copy of a folder-per-source dataset: same layout, same file names.
 
     Each image (centre-cropped and resized to `image_size` first when it is > 0) gets
     `perturb_fixed(kind, value)` with a generator seeded by (seed, relative path), so one file's
     perturbation never depends on the others. Unreadable files are skipped and listed.
-    `manifest.json` / `source_ids.csv` are copied, and `perturbation.json` records the setting.
+    `source_ids.csv` is copied; a zoo's `manifest.json` is copied with the perturbation (and new
+    image size) added; `perturbation.json` records the setting and any skipped files.
     """
     from shared_backbone.datasets import IMAGE_SUFFIXES
     from shared_backbone.preprocessing import ImageDecodeError, decode_image, load_image
@@ -212,15 +224,22 @@ def perturb_dataset(
             skipped.append({"path": str(path), "reason": str(exc)})
         else:
             key = int.from_bytes(hashlib.sha256(relative.as_posix().encode()).digest()[:8], "big")
-            target = (out / relative).with_suffix(".png")
+            target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(perturb_fixed(rgb, kind, value, np.random.default_rng([seed, key]))).save(target)
+            image_format, options = _SAVE_AS[path.suffix.lower()]
+            Image.fromarray(perturb_fixed(rgb, kind, value, np.random.default_rng([seed, key]))).save(target, image_format, **options)
             written += 1
         if progress:
             progress(done, len(files))
-    for name in _COPIED_FILES:
-        if (root / name).is_file():
-            shutil.copy2(root / name, out / name)
-    record = {"source": str(root), "kind": kind, "value": value, "seed": seed, "image_size": image_size, "images": written, "skipped": skipped}
+    setting = {"kind": kind, "value": value, "seed": seed, "image_size": image_size}
+    if (root / "source_ids.csv").is_file():
+        shutil.copy2(root / "source_ids.csv", out / "source_ids.csv")
+    if (root / "manifest.json").is_file():  # a zoo: keep its description, say what was done to it
+        manifest = json.loads((root / "manifest.json").read_text())
+        manifest["perturbation"] = setting
+        if image_size:
+            manifest["image_size"] = image_size
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    record = {"source": str(root), **setting, "images": written, "skipped": skipped}
     (out / PERTURBATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -89,7 +90,9 @@ def test_perturb_writes_a_perturbed_copy_with_the_same_layout(tiny_zoo, tmp_path
     assert code == 0 and json.loads(stdout)["images"] == 240
     originals = sorted(p.relative_to(tiny_zoo) for p in tiny_zoo.rglob("*.png"))
     assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == originals
-    assert (out / "manifest.json").read_text() == (tiny_zoo / "manifest.json").read_text()
+    copied = json.loads((out / "manifest.json").read_text())
+    assert copied.pop("perturbation") == {"kind": "jpeg", "value": 75.0, "seed": 0, "image_size": 0}
+    assert copied == read_manifest(tiny_zoo)
     assert json.loads((out / "perturbation.json").read_text())["kind"] == "jpeg"
     before = np.asarray(Image.open(tiny_zoo / originals[0]).convert("RGB"))
     after = np.asarray(Image.open(out / originals[0]).convert("RGB"))
@@ -98,7 +101,7 @@ def test_perturb_writes_a_perturbed_copy_with_the_same_layout(tiny_zoo, tmp_path
     code, _, _ = run(capsys, "data", "perturb", "--data", str(tiny_zoo), "--out", str(tmp_path / "blur"), "--kind", "blur", "--value", "2", "--image-size", "16")
     assert code == 0
     blurred = np.asarray(Image.open(tmp_path / "blur" / originals[0]), dtype=float)
-    assert blurred.shape == (16, 16, 3)
+    assert blurred.shape == (16, 16, 3) and read_manifest(tmp_path / "blur")["image_size"] == 16
     assert np.abs(np.diff(blurred, axis=1)).mean() < np.abs(np.diff(load_image(tiny_zoo / originals[0], 16).astype(float), axis=1)).mean()
     code, _, stderr = run(capsys, "data", "perturb", "--data", str(tiny_zoo), "--out", str(out), "--kind", "jpeg", "--value", "75")
     assert code == 2 and "not empty" in stderr
@@ -108,7 +111,8 @@ def test_perturb_writes_a_perturbed_copy_with_the_same_layout(tiny_zoo, tmp_path
 
 def test_normstats_streams_the_train_split(tiny_zoo, tmp_path, capsys):
     out = tmp_path / "normstats"
-    code, stdout, _ = run(capsys, "data", "normstats", "--data", str(tiny_zoo), "--image-size", "32", "--out", str(out), "--json")
+    # No --image-size: a zoo's own size (32) is the default.
+    code, stdout, _ = run(capsys, "data", "normstats", "--data", str(tiny_zoo), "--out", str(out), "--json")
     assert code == 0
     _, splits = load_split(zoo_data_config(tiny_zoo))
     assert json.loads(stdout)["images"] == len(splits["train"])
@@ -118,3 +122,28 @@ def test_normstats_streams_the_train_split(tiny_zoo, tmp_path, capsys):
     written = Normstats.load(out)
     assert np.allclose(written.mean, expected.result().mean) and np.allclose(written.std, expected.result().std)
     assert written.mean.shape == (32, 32)
+    code, _, _ = run(capsys, "data", "normstats", "--data", str(tiny_zoo), "--image-size", "16", "--split", "all", "--out", str(tmp_path / "ns16"))
+    assert code == 0 and Normstats.load(tmp_path / "ns16").mean.shape == (16, 16)
+
+
+def test_perturbed_copy_keeps_names_formats_and_splits(tiny_zoo, tmp_path, capsys):
+    """JPEG files stay JPEG under the same name, so the copy's test split is the original's."""
+    root = tmp_path / "photos"
+    for source in ("real", "nnconv_a"):
+        (root / source).mkdir(parents=True)
+        for path in sorted((tiny_zoo / source).glob("*.png"))[:12]:
+            Image.open(path).save(root / source / f"{path.stem}.jpg", quality=95)
+    (root / "real" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "noisy"
+    code, stdout, _ = run(capsys, "data", "perturb", "--data", str(root), "--out", str(out), "--kind", "noise", "--value", "0.05")
+    assert code == 0 and f"skipped unreadable {root / 'real' / 'bad.jpg'}" in stdout
+    assert sorted(p.relative_to(out) for p in out.rglob("*.jpg")) == sorted(p.relative_to(root) for p in root.rglob("*.jpg") if p.name != "bad.jpg")
+    with Image.open(out / "real" / "00000.jpg") as image:
+        assert image.format == "JPEG"
+    from shared_backbone.config import DataConfig
+
+    def names_in_test(folder: Path) -> set[str]:
+        _, splits = load_split(DataConfig(root=str(folder), image_size=32, split_seed=2))
+        return {f"{s.source}/{s.path.name}" for s in splits["test"]}
+
+    assert names_in_test(out) == names_in_test(root) - {"real/bad.jpg"}

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     normstats.add_argument("--json", action="store_true", help="print a summary as JSON")
     normstats.set_defaults(handler=run_normstats)
 
-    perturb = actions.add_parser("perturb", help="write a perturbed copy of a dataset (same folder layout, PNG)")
+    perturb = actions.add_parser("perturb", help="write a perturbed copy of a dataset (same folders and file names)")
     _add_data_flags(perturb)
     perturb.add_argument("--out", required=True, help="output folder, empty or absent")
     perturb.add_argument("--kind", required=True, choices=("blur", "crop", "jpeg", "noise"), help="perturbation")
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML with DataConfig keys (or a data: section)")
     parser.add_argument("--data", help="dataset folder, one sub-folder per source (data.root)")
-    parser.add_argument("--image-size", type=int, help="square size images are cropped/resized to (data.image_size)")
+    parser.add_argument("--image-size", type=int, help="square size images are cropped/resized to (data.image_size; a zoo's own size by default)")
     parser.add_argument("--real", help="comma-separated real source folders (data.real_sources)")
     parser.add_argument("--source-ids", help="seed-style source_ids.csv naming the fake sources (data.source_ids)")
     parser.add_argument("--arch-level", action="store_true", default=None, help="group sources by architecture (data.arch_level)")
@@ -106,7 +106,17 @@ def data_config(args: argparse.Namespace):
     config = build(DataConfig, values, where)
     if not config.root:
         raise ConfigError("no dataset given: use --data DIR or data.root in --config")
+    if "image_size" not in values:
+        config.image_size = _zoo_image_size(Path(config.root)) or config.image_size
     return config
+
+
+def _zoo_image_size(root: Path) -> int | None:
+    """A zoo's own image size, the natural default for a zoo folder."""
+    try:
+        return int(json.loads((root / "manifest.json").read_text())["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _progress(label: str):
