@@ -22,15 +22,13 @@ from coordinator.publish import publish
 from coordinator.train_primary import PrimaryTrainingResult, train_primary
 from node.train_head import HeadTrainingResult, train_head
 from shared_backbone import reports
-from shared_backbone.attribution import OfflineAttributor
-from shared_backbone.attribution_eval import evaluate_attribution, parse_perturbation, sample_ids
+from shared_backbone.attribution_eval import evaluate_network, parse_perturbation
 from shared_backbone.benchmark import BaselineResult, run_baseline
 from shared_backbone.bundle import Bundle, load_bundle
 from shared_backbone.config import (
     BaselineConfig, CoordinatorConfig, DataConfig, DemoConfig, NodeConfig, PerturbConfig, TrainConfig, ZooConfig,
 )
-from shared_backbone.datasets import load_split, scan_dataset
-from shared_backbone.heads import load_head
+from shared_backbone.datasets import scan_dataset
 from shared_backbone.signing import generate_keypair, load_public_key
 
 log = logging.getLogger(__name__)
@@ -91,42 +89,6 @@ def train_all_heads(
             calibration=calibration, threshold=threshold, state_dir=str(state_root / source),
         )
         results[source] = train_head(config, progress=progress)
-    return results
-
-
-def evaluate_network(
-    bundle: Bundle, head_dirs: dict[str, Path], data: DataConfig, perturbations: list[str], out: Path,
-) -> dict[str, Any]:
-    """Bundle + every head on the test split, per perturbation; writes reports into out/."""
-    heads = [load_head(head_dirs[s], bundle) for s in sorted(head_dirs)]
-    attributor = OfflineAttributor(bundle, heads)
-    index, splits = load_split(data)
-    test = splits["test"]
-    ids = sample_ids(test, index.root)
-    settings = {name: parse_perturbation(name) for name in perturbations}
-    results: dict[str, Any] = {}
-    for name, setting in settings.items():
-        evaluation = evaluate_attribution(attributor, index, test, perturbation=setting)
-        metrics = evaluation.metrics
-        sources = evaluation.classes[1:]
-        files = {
-            "multiclass": reports.write_multiclass_report(
-                out, ids, evaluation.classes, evaluation.true, evaluation.closed_predicted, metrics["multiclass"],
-                name=f"{name}_multiclass", title=f"bundle + heads, {name}",
-                scores=np.column_stack([evaluation.fake_scores, evaluation.calibrated]),
-                score_names=["fake_score", *sources],
-            ),
-            "open_set": reports.write_multiclass_report(
-                out, ids, evaluation.classes, evaluation.true, evaluation.predicted, metrics["open_set"],
-                name=f"{name}_open_set", title=f"bundle + heads (open set), {name}", extra_predicted=["unknown"],
-            ),
-            "detection": reports.write_binary_report(
-                out, ids, evaluation.true > 0, evaluation.fake_scores, metrics["detection"],
-                name=f"{name}_detection", title=f"primary module, {name}",
-            ),
-        }
-        reports.write_json(out / f"{name}_metrics.json", metrics)
-        results[name] = {"metrics": metrics, "files": files}
     return results
 
 

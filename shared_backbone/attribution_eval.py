@@ -14,9 +14,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from shared_backbone.attribution import REAL, UNKNOWN, OfflineAttributor, decide
-from shared_backbone.datasets import DatasetIndex, Sample
+from shared_backbone.bundle import Bundle
+from shared_backbone.config import DataConfig
+from shared_backbone.datasets import DatasetIndex, Sample, load_split
 from shared_backbone.evaluation import binary_metrics, multiclass_metrics
+from shared_backbone.heads import load_head
 from shared_backbone.preprocessing import InputSpec, load_image, to_model_input
+from shared_backbone.reports import write_binary_report, write_json, write_multiclass_report
 
 EVAL_BATCH = 128
 # name -> (kind, value) for perturbations.perturb_fixed; None = clean.
@@ -162,8 +166,6 @@ def evaluate_binary(
 
     With a `calibration`, metrics are of the calibrated score; the raw score's metrics sit under `raw`.
     """
-    from shared_backbone.reports import write_binary_report
-
     settings = {name: parse_perturbation(name) for name in perturbations}  # fail before any work
     results: dict[str, Any] = {}
     for name, setting in settings.items():
@@ -180,4 +182,40 @@ def evaluate_binary(
                 positive=positive, negative=negative, threshold=threshold,
             )
         results[name] = entry
+    return results
+
+
+def evaluate_network(
+    bundle: Bundle, head_dirs: dict[str, Path], data: DataConfig, perturbations: list[str], out: Path,
+) -> dict[str, Any]:
+    """Bundle + every head on the dataset's test split, per perturbation; writes reports into out/."""
+    heads = [load_head(head_dirs[s], bundle) for s in sorted(head_dirs)]
+    attributor = OfflineAttributor(bundle, heads)
+    index, splits = load_split(data)
+    test = splits["test"]
+    ids = sample_ids(test, index.root)
+    settings = {name: parse_perturbation(name) for name in perturbations}
+    results: dict[str, Any] = {}
+    for name, setting in settings.items():
+        evaluation = evaluate_attribution(attributor, index, test, perturbation=setting)
+        metrics = evaluation.metrics
+        sources = evaluation.classes[1:]
+        files = {
+            "multiclass": write_multiclass_report(
+                out, ids, evaluation.classes, evaluation.true, evaluation.closed_predicted, metrics["multiclass"],
+                name=f"{name}_multiclass", title=f"bundle + heads, {name}",
+                scores=np.column_stack([evaluation.fake_scores, evaluation.calibrated]),
+                score_names=["fake_score", *sources],
+            ),
+            "open_set": write_multiclass_report(
+                out, ids, evaluation.classes, evaluation.true, evaluation.predicted, metrics["open_set"],
+                name=f"{name}_open_set", title=f"bundle + heads (open set), {name}", extra_predicted=["unknown"],
+            ),
+            "detection": write_binary_report(
+                out, ids, evaluation.true > 0, evaluation.fake_scores, metrics["detection"],
+                name=f"{name}_detection", title=f"primary module, {name}",
+            ),
+        }
+        write_json(out / f"{name}_metrics.json", metrics)
+        results[name] = {"metrics": metrics, "files": files}
     return results

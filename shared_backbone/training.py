@@ -206,7 +206,7 @@ def fit(
     began = time.monotonic()
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=train.epochs, steps_per_epoch=steps,
-        class_weight=weights, callbacks=callbacks, verbose=1 if progress else 0,
+        class_weight=weights, callbacks=callbacks, verbose=1 if progress else 0, shuffle=False,  # tf.data shuffles
     ).history
     seconds = time.monotonic() - began
     val_loss = history.get("val_loss", [])

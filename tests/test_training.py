@@ -80,8 +80,8 @@ def test_publish_refuses_a_folder_that_is_no_run(tmp_path, keypair):
 def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, tiny_zoo_config, tmp_path):
     from node.train_head import head_splits
 
-    config = NodeConfig(source="tconv_a", data=dataclasses.replace(tiny_zoo_config, max_per_source=12))
-    splits = head_splits(config)
+    splits = head_splits(NodeConfig(source="tconv_a", data=tiny_zoo_config))
+    (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
     trunk = models.build_trunk(zoo_bundle.load_primary())
     head = models.build_head(32)
     model = models.build_attribution_model(trunk, head)
@@ -89,7 +89,7 @@ def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, 
     batch = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(trunk(batch, training=True)), np.asarray(trunk(batch, training=False)))
     training.fit(
-        model, *splits["train"], *splits["val"], zoo_bundle.input_spec,
+        model, train_x[:64], train_y[:64], val_x[:32], val_y[:32], zoo_bundle.input_spec,
         TrainConfig(epochs=1, batch_size=32, min_epochs=1), tmp_path, progress=False,
     )
     assert _weights_bytes(trunk) == trunk_before  # incl. BatchNorm moving mean/variance

@@ -11,7 +11,7 @@ def test_coordinator_and_node_commands_end_to_end(tiny_zoo, keypair, tmp_path, c
     private_key, public_key = keypair
     config = tmp_path / "small.yaml"
     config.write_text(
-        f"data:\n  root: {tiny_zoo}\n  image_size: 32\n  max_per_source: 14\n"
+        f"data:\n  root: {tiny_zoo}\n  image_size: 32\n"
         "train:\n  epochs: 1\n  min_epochs: 1\n  batch_size: 32\n"
     )
     run = tmp_path / "run"
@@ -58,3 +58,28 @@ def test_bench_baseline_dctlinear_and_bad_input(tiny_zoo, tmp_path, capsys):
     assert "positive_source" in capsys.readouterr().err
     assert main(["coordinator", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_bench_attribution_of_bundle_and_heads(zoo_bundle, zoo_heads, tiny_zoo, keypair, tmp_path, capsys):
+    import csv
+
+    heads = [arg for path in zoo_heads.values() for arg in ("--head", str(path))]
+    out = tmp_path / "attribution"
+    assert main(["-q", "bench", "attribution", "--backbone", str(zoo_bundle.path), "--public-key", str(keypair[1]),
+                 *heads, "--data", str(tiny_zoo), "--perturbation", "clean", "--out", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["clean"]
+    with open(out / "clean_multiclass_predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    from shared_backbone.datasets import load_split
+    from shared_backbone.zoo import zoo_data_config
+
+    assert len(rows) == metrics["n"] == len(load_split(zoo_data_config(tiny_zoo))[1]["test"])
+    for row in rows:  # the paper's rule: the primary's "real" wins, else the best calibrated head
+        if float(row["score_fake_score"]) < 0.5:
+            assert row["predicted"] == "real"
+        else:
+            scores = {s: float(row[f"score_{s}"]) for s in zoo_heads}
+            assert row["predicted"] == max(scores, key=scores.get)
+    correct = sum(row["predicted"] == row["truth"] for row in rows)
+    assert metrics["multiclass"]["accuracy"] == correct / len(rows)
+    assert (out / "clean_multiclass_confusion.png").is_file() and (out / "clean_detection_roc.png").is_file()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
+import subprocess
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
@@ -28,15 +28,21 @@ def generated_files(proto: str) -> list[str]:
 
 
 def generate(out_dir: str | Path = PROTO_ROOT) -> list[Path]:
-    """Runs protoc (grpcio-tools) for every .proto; returns the written files."""
-    from grpc_tools import protoc
+    """Runs protoc (grpcio-tools) for every .proto; returns the written files.
+
+    protoc runs in a child process: inside a process that has already loaded TensorFlow's
+    protobuf descriptors, grpc_tools' in-process compiler segfaults.
+    """
+    import grpc_tools
 
     out_dir = Path(out_dir)
-    include = str(resources.files("grpc_tools") / "_proto")
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
     written: list[Path] = []
     for proto in PROTO_FILES:
         (out_dir / proto).parent.mkdir(parents=True, exist_ok=True)
         args = [
+            sys.executable,
+            "-m",
             "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
@@ -45,8 +51,9 @@ def generate(out_dir: str | Path = PROTO_ROOT) -> list[Path]:
             f"--grpc_python_out={out_dir}",
             str(PROTO_ROOT / proto),
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {proto}")
+        completed = subprocess.run(args, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(f"protoc failed on {proto}: {completed.stderr.strip()}")
         module = proto[: -len(".proto")].replace("/", ".").rsplit(".", 1)[0]
         grpc_file = out_dir / (proto[: -len(".proto")] + "_pb2_grpc.py")
         text = grpc_file.read_text()
