@@ -8,6 +8,7 @@ the real thing: separate processes talking gRPC.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import sys
 import time
@@ -87,13 +88,20 @@ def start_local_network(
     *,
     gateway_settings: dict | None = None,
     timeout: float = START_TIMEOUT,
+    port: int = 0,
+    node_ports: dict[str, int] | None = None,
 ) -> LocalNetwork:
-    """Starts the gateway and one node per head (head folders are copied into node state folders)."""
+    """Starts the gateway and one node per head (head folders are copied into node state folders).
+
+    `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port); an
+    existing WORKDIR/registration.token is kept (else a random one is written).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     token_file = workdir / "registration.token"
-    token_file.write_text("local-network-token\n")
-    port = free_port()
+    if not token_file.is_file():
+        token_file.write_text(secrets.token_urlsafe(32) + "\n")
+    port = port or free_port()
     gateway = f"127.0.0.1:{port}"
     coordinator_yaml = workdir / "coordinator.yaml"
     coordinator_yaml.write_text(yaml.safe_dump({
@@ -116,7 +124,7 @@ def start_local_network(
             state = workdir / f"node-{source}"
             if not (state / "head").exists():
                 shutil.copytree(head_dir, state / "head")
-            node_port = free_port()
+            node_port = (node_ports or {}).get(source) or free_port()
             node_yaml = workdir / f"node-{source}.yaml"
             node_yaml.write_text(yaml.safe_dump({
                 "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),

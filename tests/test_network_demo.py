@@ -1,0 +1,172 @@
+"""The whole-network demo, tiny: one `serve=True` run in a subprocess (zoo, bundle, Flower simulation,
+gateway + node processes, queries). While it serves, the test asks the gateway itself and checks
+the report's predictions are the network's answers; SIGTERM must then stop every process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+SOURCES = ["tconv_a", "nnconv_a"]
+OVERRIDES = {
+    "zoo.image_size": 32, "zoo.per_source": 30, "zoo.sources": SOURCES, "zoo.workers": 1,
+    "primary.epochs": 2, "primary.min_epochs": 1, "head.epochs": 1, "head.min_epochs": 1,
+}
+SCRIPT = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+from attribnet.network_demo import run_network_demo
+from shared_backbone.config import DemoConfig, load_config
+run_network_demo(load_config(DemoConfig, None, {overrides!r}), Path({out!r}), serve=True)
+print("demo returned", flush=True)
+"""
+READY = "gateway listening on "
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc, no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def read_lines(stream, lines: "queue.Queue[str]") -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put("")
+
+
+@pytest.fixture
+def served_demo(tmp_path):
+    """Starts the demo with serve=True; yields (process, gateway, out, log lines); always ends it."""
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT.format(overrides=OVERRIDES, out=str(out))], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    gateway = None
+    deadline = time.monotonic() + 240
+    try:
+        while gateway is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line == "":
+                break
+            seen.append(line)
+            if READY in line:
+                gateway = line.split(READY, 1)[1].strip()
+        assert gateway, "no 'gateway listening on' line; output tail:\n" + "".join(seen[-30:])
+        yield process, gateway, out, lines, seen
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
+    from shared_backbone.client import AttributionClient
+    from shared_backbone.datasets import load_split
+    from shared_backbone.zoo import zoo_data_config
+
+    process, gateway, out, lines, seen = served_demo
+    host, port = gateway.rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+
+    report = json.loads((out / "network-report.json").read_text())
+    index, splits = load_split(zoo_data_config(out / "zoo"))
+    test = splits["test"]
+    attribution = report["attribution"]
+    assert attribution["n"] == len(test) > 0
+    expected_counts = {}
+    for sample in test:
+        expected_counts[index.class_of(sample.source)] = expected_counts.get(index.class_of(sample.source), 0) + 1
+    assert report["dataset"]["test_counts"] == expected_counts
+    assert {k: v["n"] for k, v in attribution["per_source"].items()} == {"real": expected_counts["real"], **{s: expected_counts[s] for s in SOURCES}}
+    assert sorted(report["federation"]["registered"]) == sorted(SOURCES) and report["missing_nodes"] == {}
+    assert Path(attribution["files"]["confusion_matrix"]).is_file()
+    assert Path(attribution["files"]["confusion_matrix"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    agreement = report["offline_agreement"]
+    assert agreement["n"] == len(test) and agreement["fraction"] >= 0.9, agreement  # fp16 on the wire may flip a tie
+    assert report["latency"]["requests"] >= 1 and report["latency"]["median_ms"] > 0
+
+    with open(attribution["files"]["predictions"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["image"] for r in rows) == sorted(str(s.path.relative_to(out / "zoo")) for s in test)
+    allowed = {"real", "unknown", *SOURCES}
+    assert all(r["predicted"] in allowed for r in rows), "every image needs an attribution"
+    correct = sum(r["predicted"] == r["truth"] for r in rows)
+    assert attribution["accuracy"] == pytest.approx(correct / len(rows))
+    matrix = attribution["confusion_matrix"]
+    assert sum(map(sum, matrix)) == len(rows) and sum(matrix[i][i] for i in range(len(attribution["classes"]))) == correct
+
+    # The network still serves: its answers now are the ones the report was computed from.
+    by_image = {r["image"]: r for r in rows}
+    probe = test[:6]
+    with AttributionClient(gateway, timeout=30.0) as client:
+        assert client.health() == "SERVING"
+        assert sorted(s["source"] for s in client.list_sources() if s["status"] == "healthy") == sorted(SOURCES)
+        answers = client.attribute([s.path.read_bytes() for s in probe])
+    for sample, answer in zip(probe, answers):
+        row = by_image[str(sample.path.relative_to(out / "zoo"))]
+        assert answer.attribution == row["predicted"]
+        for source in SOURCES:
+            assert answer.scores[source] == pytest.approx(float(row[f"score_{source}"]), abs=1e-4)
+
+    children = descendants(process.pid)
+    assert len(children) >= 3, f"expected the gateway and {len(SOURCES)} node processes, found {sorted(children)}"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if alive(pid)], "processes left after SIGTERM"
+    tail = []
+    while True:
+        try:
+            line = lines.get(timeout=5.0)
+        except queue.Empty:
+            break
+        if line == "":
+            break
+        tail.append(line)
+    assert any("demo returned" in line for line in tail), "".join(seen[-10:] + tail[-10:])
