@@ -125,7 +125,8 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
 def offline_agreement(bundle: Any, head_dirs: dict[str, Path], paths: list[Path], answers: list[Any]) -> dict[str, Any]:
     """How often the network's answer equals the same bundle + heads run in this process.
 
-    Differences can only come from the wire (fp16 trunk features) or a node that did not answer.
+    Both sides round trunk features to float16 (the wire format), so a difference means a node that
+    did not answer, or float rounding of a different batch composition deciding a near-tie.
     """
     from shared_backbone.attribution import OfflineAttributor
     from shared_backbone.heads import load_head
@@ -160,7 +161,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"Missing nodes: {', '.join(f'{k} ({v} images)' for k, v in missing.items()) if missing else 'none'}."]
     agree = report["offline_agreement"]
     lines += [f"Same answer as bundle + heads run offline: {agree['same_attribution']}/{agree['n']} images "
-              f"(max calibrated score difference {agree['max_score_difference']:.2g}, fp16 features on the wire)."]
+              f"(max calibrated score difference {agree['max_score_difference']:.2g})."]
     lat = report["latency"]
     lines += [f"Latency per query ({lat['requests']} requests of up to {lat['batch']} images): median {lat['median_ms']:.1f} ms "
               f"({lat['median_ms_per_image']:.2f} ms/image).", ""]
@@ -229,22 +230,24 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
 
     check_config(config)
     out = Path(out).resolve()
+    if (out / "primary").is_dir() and any((out / "primary").iterdir()):
+        raise ValueError(f"{out} already holds a demo run ({out / 'primary'}); choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
     step = step or (lambda label: log.info("network demo: %s", label))
     began = time.monotonic()
     timings: dict[str, float] = {}
 
-    def timed(label: str, fn, *args, **kwargs):
+    def timed(key: str, label: str, fn, *args, **kwargs):
         step(label)
         started = time.monotonic()
         value = fn(*args, **kwargs)
-        timings[label.split(" (")[0]] = round(time.monotonic() - started, 1)
+        timings[key] = round(time.monotonic() - started, 1)
         return value
 
     if config.data_root:
         data = zoo_data_config(config.data_root)
     else:
-        data = timed(f"zoo ({config.zoo.preset} preset, {config.zoo.per_source} images/source, {config.zoo.image_size} px)",
+        data = timed("zoo", f"zoo ({config.zoo.preset} preset, {config.zoo.per_source} images/source, {config.zoo.image_size} px)",
                      make_zoo, config.zoo, out / "zoo")
     keys = make_keys(out / "keys")
     network_dir = out / "network"
@@ -254,7 +257,7 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
         token.write_text(secrets.token_urlsafe(32) + "\n")
         token.chmod(0o600)
     primary, bundle = timed(
-        f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
+        "primary + bundle", f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
         dataclasses.replace(data, mode=config.mode), dataclasses.replace(config.primary, seed=config.seeds[0]), config.perturb,
         keys[0], keys[1], out, version=f"network-demo-seed{config.seeds[0]}", progress=progress,
     )
@@ -262,7 +265,7 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     ports = {source: free_port() for source in sources}
     nodes = node_settings(sources, data, keys[1], network_dir, ports)
     fed_config = federation_config(config, bundle.path, keys, out, len(nodes))
-    federation = timed(f"federation (Flower simulation, {len(nodes)} nodes train their heads)", run_federation,
+    federation = timed("federation", f"federation (Flower simulation, {len(nodes)} nodes train their heads)", run_federation,
                        fed_config, nodes, mode="simulation")
     if federation.status != "completed":
         raise RuntimeError(f"federation {federation.status}: {federation.error} (see {fed_config.federation.result_file})")
@@ -274,50 +277,69 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     test = splits["test"]
     step(f"start gateway + {len(head_dirs)} node services")
     started = time.monotonic()
-    network = start_local_network(network_dir, bundle.path, keys[1], head_dirs, port=port,
-                                  node_ports={s: ports[s] for s in head_dirs})
-    with network:
-        timings["start network"] = round(time.monotonic() - started, 1)
-        answers, latencies = timed(f"query {len(test)} test images through the gateway", query_network,
-                                   network.gateway, [s.path for s in test])
-        truths = [index.class_of(s.source) for s in test]
-        ids = [str(Path(s.path).relative_to(data.root)) for s in test]
-        attribution = attribution_report(answers, truths, ids, sources, out / "network-report")
-        missing: dict[str, int] = {}
-        for answer in answers:
-            for name in answer.missing_nodes:
-                missing[name] = missing.get(name, 0) + 1
-        for source in sources:
-            if source not in registered:
-                missing[source] = len(answers)
-        report = {
-            "dataset": {"root": data.root, "image_size": data.image_size, "test_counts": _counts(truths)},
-            "bundle": {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest,
-                       "primary_best_epoch": primary.metrics.get("best_epoch")},
-            "federation": {
-                "engine": federation.flower.get("engine", "simulation"), "result_file": fed_config.federation.result_file,
-                "registered": sorted(registered), "problems": {n.source or str(n.flower_node_id): f"{n.status}: {n.error}" for n in federation.problems},
-                "head_val_accuracy": {s: n.metrics.get("val", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
-            },
-            "network": {"gateway": network.gateway, "nodes": len(head_dirs), "workdir": str(network_dir)},
-            "attribution": attribution,
-            "offline_agreement": offline_agreement(bundle, head_dirs, [s.path for s in test], answers),
-            "missing_nodes": missing,
-            "latency": {
-                "requests": len(latencies), "batch": QUERY_BATCH,
-                "median_ms": statistics.median(latencies) * 1000,
-                "median_ms_per_image": statistics.median(lat / n for lat, n in zip(latencies, _batch_sizes(len(answers)))) * 1000,
-                "first_ms": latencies[0] * 1000,
-            },
-            "timings_seconds": timings,
-            "seconds": round(time.monotonic() - began, 1),
-        }
-        reports.write_json(out / "network-report.json", report)
-        (out / "network-report.md").write_text(render_markdown(report))
-        log.info("network demo: report %s", out / "network-report.md")
-        if serve:
-            _serve_until_interrupted(network.gateway)
+    with _sigterm_interrupts():  # again: Flower's simulation replaces the process's signal handlers
+        network = start_local_network(network_dir, bundle.path, keys[1], head_dirs, port=port,
+                                      node_ports={s: ports[s] for s in head_dirs})
+        with network:
+            timings["network start"] = round(time.monotonic() - started, 1)
+            answers, latencies = timed("queries", f"query {len(test)} test images through the gateway", query_network,
+                                       network.gateway, [s.path for s in test])
+            truths = [index.class_of(s.source) for s in test]
+            ids = [str(Path(s.path).relative_to(data.root)) for s in test]
+            attribution = attribution_report(answers, truths, ids, sources, out / "network-report")
+            report = {
+                "dataset": {"root": data.root, "image_size": data.image_size, "test_counts": _counts(truths)},
+                "bundle": {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest,
+                           "primary_best_epoch": primary.metrics.get("best_epoch")},
+                "federation": federation_summary(federation, fed_config.federation.result_file),
+                "network": {"gateway": network.gateway, "nodes": len(head_dirs), "workdir": str(network_dir)},
+                "attribution": attribution,
+                "offline_agreement": offline_agreement(bundle, head_dirs, [s.path for s in test], answers),
+                "missing_nodes": missing_nodes(answers, sources, set(registered)),
+                "latency": latency_summary(latencies, len(answers)),
+                "timings_seconds": timings,
+                "seconds": round(time.monotonic() - began, 1),
+            }
+            reports.write_json(out / "network-report.json", report)
+            (out / "network-report.md").write_text(render_markdown(report))
+            log.info("network demo: report %s", out / "network-report.md")
+            if serve:
+                _serve_until_interrupted(network.gateway)
     return report
+
+
+def federation_summary(federation: Any, result_file: str) -> dict[str, Any]:
+    """Which nodes registered a head, which did not and why, and each head's validation accuracy."""
+    registered = {n.source: n for n in federation.registered}
+    return {
+        "engine": federation.flower.get("engine", "simulation"), "result_file": result_file,
+        "registered": sorted(registered),
+        "problems": {n.source or str(n.flower_node_id): f"{n.status}: {n.error}" for n in federation.problems},
+        "head_val_accuracy": {s: n.metrics.get("val", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
+    }
+
+
+def missing_nodes(answers: list[Any], sources: list[str], registered: set[str]) -> dict[str, int]:
+    """Source -> number of answers it was missing from (a source without a registered head misses all)."""
+    missing: dict[str, int] = {}
+    for answer in answers:
+        for name in answer.missing_nodes:
+            missing[name] = missing.get(name, 0) + 1
+    for source in sources:
+        if source not in registered:
+            missing[source] = len(answers)
+    return dict(sorted(missing.items()))
+
+
+def latency_summary(latencies: list[float], images: int, batch: int = QUERY_BATCH) -> dict[str, Any]:
+    """Median seconds per Attribute request (and per image), in ms; the first request includes warm-up."""
+    sizes = [min(batch, images - start) for start in range(0, images, batch)]
+    return {
+        "requests": len(latencies), "batch": batch,
+        "median_ms": statistics.median(latencies) * 1000,
+        "median_ms_per_image": statistics.median(lat / n for lat, n in zip(latencies, sizes)) * 1000,
+        "first_ms": latencies[0] * 1000,
+    }
 
 
 def _counts(names: list[str]) -> dict[str, int]:
@@ -325,7 +347,3 @@ def _counts(names: list[str]) -> dict[str, int]:
     for name in names:
         counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def _batch_sizes(total: int, batch: int = QUERY_BATCH) -> list[int]:
-    return [min(batch, total - start) for start in range(0, total, batch)]
