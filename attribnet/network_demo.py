@@ -100,7 +100,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     predicted = np.array([position.get(a.attribution, unknown) for a in answers])
     scores = np.array([[a.scores.get(s, 0.0) for s in sources] for a in answers])  # a missing node's score counts as 0
     metrics = multiclass_metrics(true, predicted, classes)
-    closed = np.array([position[decide(a.fake_score, a.scores, {n: 0.0 for n in a.scores}, a.fake_threshold)] for a in answers])
+    closed = np.array([position.get(decide(a.fake_score, a.scores, {n: 0.0 for n in a.scores}, a.fake_threshold), unknown) for a in answers])
     closed_metrics = multiclass_metrics(true, closed, classes)
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",
@@ -117,7 +117,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
         },
         "confusion_matrix": metrics["confusion_matrix"],
         "classes": classes,
-        "predicted_classes": [*classes, UNKNOWN],
+        "predicted_classes": [*classes, UNKNOWN][: len(metrics["confusion_matrix"][0])],  # columns of the matrix
         "files": files,
     }
 

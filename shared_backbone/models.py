@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-MODES = ("pixel", "dct")
+from shared_backbone.preprocessing import MODES, channels_for, check_image_size
+
 BRANCH_LAYER = "dRelu_04"
 TRUNK_DOWNSAMPLE = 4
 TRUNK_CHANNELS = 16
@@ -49,18 +50,6 @@ HEAD_BLOCKS = (
     ConvSpec("01", 32, 3, 1, True),
     ConvSpec("02", 32, 4, 2, True),
 )
-
-
-def channels_for(mode: str) -> int:
-    """Pixel inputs are RGB, DCT inputs one log-spectrum channel."""
-    if mode not in MODES:
-        raise ValueError(f"unknown input mode {mode!r}; expected one of {MODES}")
-    return 3 if mode == "pixel" else 1
-
-
-def check_image_size(image_size: int) -> None:
-    if image_size <= 0 or image_size % 16:
-        raise ValueError(f"image size {image_size} must be a positive multiple of 16")
 
 
 def feature_shape(image_size: int) -> tuple[int, int, int]:

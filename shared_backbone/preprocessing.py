@@ -15,11 +15,23 @@ import numpy as np
 import scipy.fft
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared_backbone.models import MODES, channels_for, check_image_size
-
+MODES = ("pixel", "dct")
 DCT_LOG_EPSILON = 1e-12
 DEFAULT_MAX_PIXELS = 40_000_000
 RESAMPLE = Image.Resampling.BICUBIC
+
+
+def channels_for(mode: str) -> int:
+    """Pixel inputs are RGB, DCT inputs one log-spectrum channel."""
+    if mode not in MODES:
+        raise ValueError(f"unknown input mode {mode!r}; expected one of {MODES}")
+    return 3 if mode == "pixel" else 1
+
+
+def check_image_size(image_size: int) -> None:
+    """Every model halves the input four times (trunk /4, tails /2 more, baselines /8)."""
+    if image_size <= 0 or image_size % 16:
+        raise ValueError(f"image size {image_size} must be a positive multiple of 16")
 
 
 class ImageDecodeError(ValueError):
