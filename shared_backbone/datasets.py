@@ -157,6 +157,14 @@ def read_model_input(
     return to_model_input(rgb, spec)
 
 
+def _was_readable(image, label, ok):
+    return ok
+
+
+def _drop_flag(image, label, ok):
+    return image, label
+
+
 def make_tf_dataset(
     samples: list[Sample],
     labels: np.ndarray,
@@ -192,6 +200,7 @@ def make_tf_dataset(
             log.warning("skipping unreadable image %s: %s", path, exc)
             return zero, np.bool_(False)
 
+    @tf.autograph.experimental.do_not_convert
     def tf_load(index, label):
         image, ok = tf.numpy_function(load, [index], [tf.float32, tf.bool], stateful=True)
         image.set_shape(spec.shape)
@@ -204,5 +213,5 @@ def make_tf_dataset(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(lambda image, label, ok: ok).map(lambda image, label, ok: (image, label))
+    dataset = dataset.filter(_was_readable).map(_drop_flag)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
