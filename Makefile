@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo refuses to overwrite an earlier run; `make demo` starts afresh in $(DEMO_OUT).
 demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/attribnet demo --out $(DEMO_OUT)
 
 test: $(STAMP)

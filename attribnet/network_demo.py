@@ -191,15 +191,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve_until_interrupted(gateway: str) -> None:
-    """Logs the gateway address once it reports SERVING, then blocks until SIGINT/SIGTERM."""
+def _serve_until_interrupted(gateway: str, step: Callable[[str], None]) -> None:
+    """Announces the gateway address once it reports SERVING, then blocks until SIGINT/SIGTERM."""
     from shared_backbone.client import AttributionClient
 
     with AttributionClient(gateway, timeout=5.0) as client:
         status = client.health()
     if status != "SERVING":
         raise RuntimeError(f"gateway {gateway} reports {status}, not SERVING")
-    log.info("gateway listening on %s", gateway)
+    step(f"gateway listening on {gateway}")
     try:
         while True:
             time.sleep(1.0)
@@ -302,9 +302,9 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
             }
             reports.write_json(out / "network-report.json", report)
             (out / "network-report.md").write_text(render_markdown(report))
-            log.info("network demo: report %s", out / "network-report.md")
+            step(f"report {out / 'network-report.md'}: accuracy {attribution['accuracy']:.3f} on {attribution['n']} test images")
             if serve:
-                _serve_until_interrupted(network.gateway)
+                _serve_until_interrupted(network.gateway, step)
     return report
 
 

@@ -250,7 +250,7 @@ class PredictConfig:
 class DemoConfig:
     """`attribnet demo` and the zoo experiment: the paper's workflow end to end on the zoo."""
 
-    zoo: ZooConfig = field(default_factory=lambda: ZooConfig(image_size=32, per_source=160))  # `out` unused: OUT/zoo
+    zoo: ZooConfig = field(default_factory=lambda: ZooConfig(image_size=32, per_source=480))  # `out` unused: OUT/zoo
     data_root: str = ""  # use an existing zoo instead of writing one into the output folder
     mode: str = "dct"  # input of the primary module (and so of the heads): pixel or dct
     baseline_mode: str = "dct"  # input of the CNN baselines (gdaconv is Frank et al.'s DCT classifier)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 SOURCES = ["tconv_a", "nnconv_a"]
@@ -23,16 +24,19 @@ OVERRIDES = {
     "zoo.image_size": 32, "zoo.per_source": 30, "zoo.sources": SOURCES, "zoo.workers": 1,
     "primary.epochs": 2, "primary.min_epochs": 1, "head.epochs": 1, "head.min_epochs": 1,
 }
-SCRIPT = """
-import logging, sys
-from pathlib import Path
-logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
-from attribnet.network_demo import run_network_demo
-from shared_backbone.config import DemoConfig, load_config
-run_network_demo(load_config(DemoConfig, None, {overrides!r}), Path({out!r}), serve=True, port={port})
-print("demo returned", flush=True)
-"""
 READY = "gateway listening on "
+
+
+def nested(dotted: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}: the overrides as a demo YAML."""
+    tree: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def descendants(pid: int) -> set[int]:
@@ -53,6 +57,18 @@ def descendants(pid: int) -> set[int]:
             if child not in found:
                 found.add(child)
                 todo.append(child)
+    return found
+
+
+def started_for(out: Path) -> set[int]:
+    """Processes whose command line names this test's output folder (orphans of a killed demo)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(out).encode() in (entry / "cmdline").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
     return found
 
 
@@ -77,9 +93,12 @@ def served_demo(tmp_path):
 
     out = tmp_path / "out"
     port = free_port()
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(nested(OVERRIDES)))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT)}
+    command = [sys.executable, "-m", "attribnet.cli", "demo", "--config", str(config), "--out", str(out), "--serve", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT.format(overrides=OVERRIDES, out=str(out), port=port)], cwd=tmp_path, env=env,
+        command, cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     lines: "queue.Queue[str]" = queue.Queue()
@@ -101,10 +120,13 @@ def served_demo(tmp_path):
         assert gateway, "no 'gateway listening on' line; output tail:\n" + "".join(seen[-30:])
         assert gateway == f"127.0.0.1:{port}"
         yield process, gateway, out, lines, seen
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    finally:  # on failure: the node/gateway processes run in their own sessions, end them one by one
+        for pid in descendants(process.pid) | started_for(out) | {process.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=10)
 
 
 def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
@@ -164,6 +186,7 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in children if alive(pid)], "processes left after SIGTERM"
+    assert not started_for(out), "a process of this demo is still running"
     tail = []
     while True:
         try:
@@ -173,7 +196,7 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
         if line == "":
             break
         tail.append(line)
-    assert any("demo returned" in line for line in tail), "".join(seen[-10:] + tail[-10:])
+    assert any(line.startswith("report: ") for line in tail), "".join(seen[-10:] + tail[-10:])
 
 
 def answer(attribution: str, scores: dict[str, float], fake_score: float = 0.9, missing: tuple[str, ...] = ()):

@@ -1,9 +1,15 @@
-"""`attribnet demo`: the paper's workflow end to end on the fingerprint zoo, offline, in minutes.
+"""`attribnet demo`: the whole network on one machine, on the built-in fingerprint zoo.
 
-Writes the zoo, a coordinator key, trains and publishes the primary module as a signed bundle,
-trains one head per generator as its node would, evaluates bundle + heads (detection, one-vs-rest,
-multiclass argmax; clean, JPEG q75, blur sigma 1) against centralized baselines, and writes
-report.json + report.md (with the PNG paths) into --out.
+Default (the network): writes the zoo, a coordinator key, trains and publishes the primary module
+as a signed bundle, runs a Flower federation in which one node per generator verifies the bundle
+and trains + calibrates its head, starts the node services and the gateway as real processes,
+queries the held-out test images through the gateway and prints the attribution report
+(network-report.md/.json, confusion matrix PNG). `--serve` then keeps the network up until
+SIGINT/SIGTERM.
+
+`--offline`: the paper's workflow in one process instead: heads trained as nodes would, evaluated
+with detection, one-vs-rest and multiclass metrics on clean and perturbed test sets next to the
+centralized baselines (report.md/.json).
 """
 
 from __future__ import annotations
@@ -25,25 +31,29 @@ TINY = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="the whole story offline on the fingerprint zoo (~5 min)", description=__doc__,
+        "demo", help="the whole network on one machine on the fingerprint zoo (~4 min)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML with DemoConfig keys (e.g. configs/demo.yaml)")
     parser.add_argument("--out", default="demo-out", help="folder for everything the demo writes (default demo-out)")
+    parser.add_argument("--offline", action="store_true", help="the paper's workflow in one process, with baselines and perturbed test sets")
+    parser.add_argument("--serve", action="store_true", help="keep the network up after the report until Ctrl-C / SIGTERM")
+    parser.add_argument("--port", type=int, default=0, help="gateway port with --serve (default: a free port)")
     parser.add_argument("--data", help="use this existing zoo/dataset folder instead of writing one (data_root)")
     parser.add_argument("--tiny", action="store_true", help="tiny zoo and few epochs (seconds, not minutes)")
     parser.add_argument("--image-size", type=int, help="zoo image size (zoo.image_size)")
     parser.add_argument("--per-source", type=int, help="zoo images per source (zoo.per_source)")
     parser.add_argument("--mode", choices=("pixel", "dct"), help="input of the primary module and heads (mode)")
     parser.add_argument("--seed", dest="seeds", type=int, action="append", help="training seed (repeatable: one run per seed)")
-    parser.add_argument("--json", action="store_true", help="print report.json instead of the Markdown report")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from attribnet.demo import run_demo
     from shared_backbone.config import DemoConfig, load_config
 
+    if args.offline and (args.serve or args.port):
+        raise ValueError("--serve/--port keep the network up; the --offline demo has no network")
     overrides = dict(TINY) if args.tiny else {}
     overrides.update({
         "data_root": args.data, "mode": args.mode, "zoo.image_size": args.image_size, "zoo.per_source": args.per_source, "seeds": args.seeds,
@@ -54,12 +64,21 @@ def run(args: argparse.Namespace) -> int:
     def step(label: str) -> None:
         print(f"[{time.monotonic() - began:6.1f}s] {label}", flush=True)
 
-    run_demo(config, args.out, step=step)
     out = Path(args.out)
+    if args.offline:
+        from attribnet.demo import run_demo
+
+        run_demo(config, out, step=step)
+        report = out / "report"
+    else:
+        from attribnet.network_demo import run_network_demo
+
+        run_network_demo(config, out, serve=args.serve, port=args.port, step=step)
+        report = out / "network-report"
     if args.json:
-        print((out / "report.json").read_text())
+        print(report.with_suffix(".json").read_text())
     else:
         print()
-        print((out / "report.md").read_text())
-        print(f"report: {out / 'report.md'} and {out / 'report.json'}")
+        print(report.with_suffix(".md").read_text())
+        print(f"report: {report.with_suffix('.md')} and {report.with_suffix('.json')}")
     return 0
