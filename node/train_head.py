@@ -91,7 +91,9 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
     run_dir = training.prepare_run_dir(state_dir / RUNS_DIR / training.timestamp(), to_dict(config), config.train.seed, exist_ok=True)
     training.set_seed(config.train.seed)
     trunk = models.build_trunk(bundle.load_primary())
-    head_model = models.build_head(spec.image_size, seed=models.DEFAULT_SEED + 1000 + config.train.seed)
+    head_model = models.build_head(
+        spec.image_size, pooling=models.pooling_for_mode(spec.mode), seed=models.DEFAULT_SEED + 1000 + config.train.seed
+    )
     model = models.build_attribution_model(trunk, head_model)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (splits[s] for s in SPLITS)
     result = training.fit(

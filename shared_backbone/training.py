@@ -21,7 +21,8 @@ import yaml
 
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
 from shared_backbone.datasets import DatasetIndex, Sample, make_tf_dataset
-from shared_backbone.preprocessing import InputSpec, Normstats, NormstatsAccumulator, load_image
+from shared_backbone.dataset_stats import compute_normstats
+from shared_backbone.preprocessing import InputSpec, Normstats
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,6 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any], seed: int, *, e
     return run_dir
 
 
-def compute_normstats(samples: list[Sample], image_size: int) -> Normstats:
-    """DCT normstats from training images only (never val/test), streamed one image at a time."""
-    accumulator = NormstatsAccumulator(image_size)
-    for sample in samples:
-        accumulator.add(load_image(sample.path, image_size))
-    return accumulator.result()
-
-
 def input_spec(data: DataConfig, train_samples: list[Sample]) -> InputSpec:
     """The model input of a run: DCT runs use data.normstats, else normstats of the training split."""
     if data.mode != "dct":
@@ -119,7 +112,8 @@ def input_spec(data: DataConfig, train_samples: list[Sample]) -> InputSpec:
     if data.normstats:
         return InputSpec(data.image_size, "dct", Normstats.load(data.normstats))
     log.info("computing DCT normstats from %d training images", len(train_samples))
-    return InputSpec(data.image_size, "dct", compute_normstats(train_samples, data.image_size))
+    normstats, _ = compute_normstats([s.path for s in train_samples], data.image_size)
+    return InputSpec(data.image_size, "dct", normstats)
 
 
 def set_seed(seed: int) -> None:

@@ -12,7 +12,7 @@ from attribnet.cli import main
 
 def test_demo_runs_end_to_end(tiny_zoo, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--tiny", "--data", str(tiny_zoo), "--out", str(out)]) == 0
+    assert main(["-q", "demo", "--offline", "--tiny", "--data", str(tiny_zoo), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "publish signed bundle" in printed and "# attribnet offline demo" in printed
     report = json.loads((out / "report.json").read_text())
