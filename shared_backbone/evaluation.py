@@ -7,7 +7,7 @@ macro precision/recall/F1, and one-vs-rest ROC-AUC per class when scores are giv
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -90,6 +90,14 @@ def binary_metrics(labels: Sequence[float], scores: Sequence[float], threshold: 
         "log_loss": log_loss(labels, scores),
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
     }
+
+
+def describe_binary(metrics: Mapping[str, float], positives: str = "positives") -> str:
+    """One readable line of `binary_metrics` for CLI output."""
+    return (
+        f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
+        f"F1 {metrics['f1']:.4f}  ROC-AUC {metrics['roc_auc']:.4f}  (n={metrics['n']}, {positives}={metrics['positives']})"
+    )
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:

@@ -63,6 +63,16 @@ def write_predictions(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
     return path
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Writes a finished figure as PNG (creating its folder) and frees it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion_matrix(
     path: str | Path, matrix: np.ndarray, row_names: Sequence[str], column_names: Sequence[str] | None = None, *, title: str = ""
 ) -> Path:
@@ -83,12 +93,7 @@ def plot_confusion_matrix(
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(int(count)), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_roc_curves(path: str | Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str = "") -> Path:
@@ -108,12 +113,7 @@ def plot_roc_curves(path: str | Path, curves: Mapping[str, tuple[np.ndarray, np.
     ax.set_ylim(0, 1.01)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_binary_report(

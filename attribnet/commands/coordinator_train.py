@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from shared_backbone.evaluation import describe_binary
+
 log = logging.getLogger("attribnet.coordinator")
 
 
@@ -68,13 +70,6 @@ def _config(args: argparse.Namespace, extra: dict | None = None):
     return load_config(CoordinatorConfig, args.config, overrides)
 
 
-def _print_detection(metrics: dict) -> None:
-    print(
-        f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
-        f"F1 {metrics['f1']:.4f}  ROC-AUC {metrics['roc_auc']:.4f}  (n={metrics['n']}, fake={metrics['positives']})"
-    )
-
-
 def run_train(args: argparse.Namespace) -> int:
     from coordinator.train_primary import train_primary
 
@@ -90,8 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"run folder {result.run_dir} (kept epoch {result.metrics['best_epoch']} of {result.metrics['epochs_run']})")
     for split in ("val", "test"):
         if split in result.metrics:
-            print(f"{split:5s} ", end="")
-            _print_detection(result.metrics[split])
+            print(f"{split:5s} {describe_binary(result.metrics[split], 'fake')}")
     print(f"next: attribnet coordinator publish {result.run_dir} --out BUNDLE")
     return 0
 
@@ -136,8 +130,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({name: r["metrics"] for name, r in results.items()}, indent=2, default=str))
         return 0
     for name, result in results.items():
-        print(f"{name:8s} ", end="")
-        _print_detection(result["metrics"])
+        print(f"{name:8s} {describe_binary(result['metrics'], 'fake')}")
     print(f"reports in {out}")
     return 0
 

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from shared_backbone.evaluation import describe_binary
+
 log = logging.getLogger("attribnet.node")
 
 
@@ -55,13 +57,6 @@ def _config(args: argparse.Namespace, extra: dict | None = None):
     return config
 
 
-def _line(metrics: dict) -> str:
-    return (
-        f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
-        f"F1 {metrics['f1']:.4f}  ROC-AUC {metrics['roc_auc']:.4f}  (n={metrics['n']}, positives={metrics['positives']})"
-    )
-
-
 def run_train(args: argparse.Namespace) -> int:
     from node.train_head import train_head
 
@@ -77,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
     for split in ("val", "test"):
         if split in result.metrics:
             for kind in ("raw", "calibrated"):
-                print(f"{split:4s} {kind:10s} {_line(result.metrics[split][kind])}")
+                print(f"{split:4s} {kind:10s} {describe_binary(result.metrics[split][kind])}")
     return 0
 
 
@@ -94,7 +89,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2, default=str))
         return 0
     for name, m in metrics.items():
-        print(f"{name:8s} calibrated {_line(m)}")
-        print(f"{name:8s} raw        {_line(m['raw'])}")
+        print(f"{name:8s} calibrated {describe_binary(m)}")
+        print(f"{name:8s} raw        {describe_binary(m['raw'])}")
     print(f"reports in {out}")
     return 0
