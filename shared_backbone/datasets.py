@@ -68,6 +68,26 @@ class DatasetIndex:
         return counts
 
 
+def expand_image_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """Command-line paths -> image files: folders expanded recursively (sorted), files as given.
+
+    A path that does not exist is kept with the reason, so tools report it in order and go on.
+    """
+    expanded: list[tuple[Path, str | None]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                log.warning("%s: no image files (%s) found", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            expanded.extend((p, None) for p in found)
+        elif path.is_file():
+            expanded.append((path, None))
+        else:
+            expanded.append((path, "no such file or folder"))
+    return expanded
+
+
 def read_source_ids(path: str | Path) -> dict[str, int]:
     """The seed's `name,id` file; names listed there are fake sources."""
     path = Path(path)

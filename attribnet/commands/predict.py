@@ -50,21 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def collect_items(paths: list[str]) -> list[Item]:
     """Files as given, folders expanded recursively to their images (sorted); missing paths become errors."""
-    from shared_backbone.datasets import IMAGE_SUFFIXES
+    from shared_backbone.datasets import expand_image_paths
 
-    items: list[Item] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                log.warning("%s: no image files (%s) found", path, ", ".join(sorted(IMAGE_SUFFIXES)))
-            items.extend(Item(p) for p in found)
-        elif path.is_file():
-            items.append(Item(path))
-        else:
-            items.append(Item(path, error="no such file or folder"))
-    return items
+    return [Item(path, error=error) for path, error in expand_image_paths(paths)]
 
 
 def _heatmap_path(directory: Path, source_path: Path, used: set[Path]) -> Path:

@@ -20,7 +20,7 @@ BAD_IMAGE = re.compile(r"^image (\d+): (.*)$", re.S)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("query", help="ask a running gateway to attribute images")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway host:port")
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
     parser.add_argument("--heatmap", metavar="DIR", help="write each image's CAM overlay PNG into DIR")
@@ -44,7 +44,7 @@ def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int)
         try:
             pending.append((position, Path(path).read_bytes()))
         except OSError as exc:
-            records[position] = {"path": path, "error": f"cannot read file: {exc.strerror}"}
+            records[position] = {"path": str(path), "error": f"cannot read file: {exc.strerror}"}
     for start in range(0, len(pending), max(batch_size, 1)):
         batch = pending[start : start + batch_size]
         while batch:
@@ -55,10 +55,10 @@ def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int)
                 if exc.code.name != "INVALID_ARGUMENT" or not match or int(match.group(1)) >= len(batch):
                     raise
                 position = batch.pop(int(match.group(1)))[0]
-                records[position] = {"path": paths[position], "error": match.group(2)}
+                records[position] = {"path": str(paths[position]), "error": match.group(2)}
                 continue
             for (position, _), result in zip(batch, results):
-                records[position] = {"path": paths[position], **result.to_dict(), "_heatmap": result.heatmap_png}
+                records[position] = {"path": str(paths[position]), **result.to_dict(), "_heatmap": result.heatmap_png}
             batch = []
     return [records[i] for i in range(len(paths))]
 
@@ -90,12 +90,14 @@ def _table(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from shared_backbone.client import AttributionClient
     from shared_backbone.config import TLSConfig
+    from shared_backbone.datasets import expand_image_paths
     from shared_backbone.rpc import read_secret
 
     token = read_secret(args.token or "", args.token_file or "", "token")
     tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None
     with AttributionClient(args.gateway, token=token, tls=tls, timeout=args.timeout) as client:
-        records = attribute_paths(client, args.paths, heatmap=bool(args.heatmap), batch_size=args.batch_size)
+        records = attribute_paths(client, [str(path) for path, _ in expand_image_paths(args.paths)],
+                                  heatmap=bool(args.heatmap), batch_size=args.batch_size)
     heatmap_dir = Path(args.heatmap) if args.heatmap else None
     written: set[str] = set()
     for position, record in enumerate(records):
