@@ -186,6 +186,14 @@ def test_query_cli_json_lines(network, zoo_test_split, tmp_path, capsys):
     assert "cannot read file" in lines[3]["error"]
     assert main(["query", "--gateway", network.target, *paths[:1]]) == 0
     assert "calibrated" in capsys.readouterr().out
+    folder = tmp_path / "folder" / "nested"
+    folder.mkdir(parents=True)
+    copies = [folder / f"{i}-{sample.path.name}" for i, sample in enumerate(samples[:2])]
+    for copy, sample in zip(copies, samples):
+        copy.write_bytes(sample.path.read_bytes())
+    assert main(["query", "--gateway", network.target, "--json", str(tmp_path / "folder")]) == 0
+    listed = [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()]
+    assert listed == sorted(str(copy) for copy in copies)
 
 
 def test_query_cli_equals_predict_cli(network, zoo_test_split, zoo_heads, keypair, capsys):
