@@ -28,7 +28,7 @@ class CommandError(Exception):
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
