@@ -8,16 +8,16 @@ coordinator for averaging; the images never leave.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from node.train_head import scan_node_folder, split_node_folder
 from shared_backbone import training
 from shared_backbone.bundle import Bundle
 from shared_backbone.config import NodeConfig, to_dict
-from shared_backbone.datasets import Sample, scan_dataset, split_samples
+from shared_backbone.datasets import Sample
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ RUNS_DIR = "finetune-runs"
 
 
 def _split(root: str, config: NodeConfig) -> dict[str, list[Sample]]:
-    data = config.data
-    index = scan_dataset(dataclasses.replace(data, root=root, real_sources=[], source_ids=""))
-    return split_samples(index, data.split_seed, data.val_fraction, data.test_fraction)
+    return split_node_folder(scan_node_folder(root, config.data), config.data)
 
 
 def detection_splits(config: NodeConfig, real_sources: list[str]) -> dict[str, tuple[list[Sample], np.ndarray]]:

@@ -20,7 +20,7 @@ from shared_backbone.attribution_eval import predict_scores
 from shared_backbone.bundle import Bundle, load_bundle
 from shared_backbone.calibration import fit_calibration
 from shared_backbone.config import DataConfig, NodeConfig, to_dict
-from shared_backbone.datasets import SPLITS, Sample, scan_dataset, split_samples
+from shared_backbone.datasets import SPLITS, DatasetIndex, Sample, scan_dataset, split_samples
 from shared_backbone.evaluation import binary_metrics
 from shared_backbone.heads import Head, save_head
 
@@ -46,9 +46,17 @@ def load_verified_bundle(config: NodeConfig) -> Bundle:
     return load_bundle(config.backbone, signing.load_public_key(config.public_key))
 
 
-def _scan_any(root: str, data: DataConfig):
-    """Scans a folder-per-source set; which sources are real does not matter to a head."""
+def scan_node_folder(root: str, data: DataConfig) -> DatasetIndex:
+    """Scans a folder-per-source set of this node (local data or the reference set).
+
+    Which sources are real is the caller's business (a head does not care), so none is required.
+    """
     return scan_dataset(dataclasses.replace(data, root=root, real_sources=[], source_ids=""))
+
+
+def split_node_folder(index: DatasetIndex, data: DataConfig) -> dict[str, list[Sample]]:
+    """The node's deterministic train/val/test split of a scanned folder."""
+    return split_samples(index, data.split_seed, data.val_fraction, data.test_fraction)
 
 
 def head_splits(config: NodeConfig) -> dict[str, tuple[list[Sample], np.ndarray]]:
@@ -56,13 +64,12 @@ def head_splits(config: NodeConfig) -> dict[str, tuple[list[Sample], np.ndarray]
     data = config.data
     if not config.source:
         raise ValueError("node config: source (this node's generator folder name) is not set")
-    local = _scan_any(data.root, data)
+    local = scan_node_folder(data.root, data)
     if config.source not in local.sources:
         raise ValueError(f"{local.root}: no folder for source {config.source!r} (have {', '.join(local.sources)})")
-    sets = [split_samples(local, data.split_seed, data.val_fraction, data.test_fraction)]
+    sets = [split_node_folder(local, data)]
     if config.reference:
-        reference = _scan_any(config.reference, data)
-        sets.append(split_samples(reference, data.split_seed, data.val_fraction, data.test_fraction))
+        sets.append(split_node_folder(scan_node_folder(config.reference, data), data))
     result = {}
     for split in SPLITS:
         samples = [s for parts in sets for s in parts[split]]
