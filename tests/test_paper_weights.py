@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
@@ -15,26 +14,9 @@ from coordinator.import_weights import import_paper_weights
 from node.import_head import import_paper_head
 from shared_backbone import bundle as bundle_lib
 from shared_backbone import heads, paper_weights, signing
+from tests.paper_reference import NORMSTATS, PAPER, hdf5_arrays, requires_paper_weights
 
-PAPER = Path(__file__).resolve().parents[2] / "shared/reference/paper_weights"
-NORMSTATS = PAPER / "ganfp_dctnorm"
-
-pytestmark = pytest.mark.skipif(
-    not PAPER.is_dir(), reason=f"the paper's weights are not at {PAPER} (they live in ../shared, outside the repo)"
-)
-
-
-def hdf5_arrays(path: Path) -> dict[tuple[str, str], np.ndarray]:
-    """Every stored array keyed by (layer, variable), read straight from the file, independently of the importer."""
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        group = handle["model_weights"]
-        for layer in group:
-            if layer not in group[layer]:
-                continue
-            for variable, dataset in group[layer][layer].items():
-                arrays[(layer, variable.split(":")[0])] = np.asarray(dataset)
-    return arrays
+pytestmark = requires_paper_weights
 
 
 def model_arrays(model) -> dict[tuple[str, str], np.ndarray]:

@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import scipy.fft
@@ -17,28 +16,14 @@ from attribnet.cli import main
 from coordinator.import_weights import import_paper_weights
 from node.import_head import import_paper_head
 from shared_backbone import signing
+from tests.paper_reference import NORMSTATS, PAPER, hdf5_arrays, requires_paper_weights
 
-PAPER = Path(__file__).resolve().parents[2] / "shared/reference/paper_weights"
-NORMSTATS = PAPER / "ganfp_dctnorm"
 TOLERANCE = 1e-4
 BN_EPSILON = 1e-3
 
-pytestmark = pytest.mark.skipif(
-    not PAPER.is_dir(), reason=f"the paper's weights are not at {PAPER} (they live in ../shared, outside the repo)"
-)
+pytestmark = requires_paper_weights
 
 # ----------------------------------------------------------------------------- numpy reference
-
-
-def read_arrays(path: Path) -> dict[tuple[str, str], np.ndarray]:
-    arrays = {}
-    with h5py.File(path, "r") as handle:
-        group = handle["model_weights"]
-        for layer in group:
-            if layer in group[layer]:
-                for variable, dataset in group[layer][layer].items():
-                    arrays[(layer, variable.split(":")[0])] = np.asarray(dataset, dtype=np.float64)
-    return arrays
 
 
 def conv2d_same(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int) -> np.ndarray:
@@ -86,13 +71,13 @@ def model_input(path: Path, mode: str) -> np.ndarray:
 
 
 def reference(path: Path, mode: str, primary_file: str, head_files: dict[str, str]) -> dict:
-    primary = read_arrays(PAPER / primary_file)
+    primary = hdf5_arrays(PAPER / primary_file, np.float64)
     features = trunk(model_input(path, mode), primary)
     wire = features.astype(np.float16).astype(np.float64)  # the documented fp16 wire format
     gap = mode == "pixel"
     return {
         "fake_score": tail(features, primary, "d", "05", "06", gap),
-        "heads": {s: tail(wire, read_arrays(PAPER / f), "a", "01", "02", gap) for s, f in head_files.items()},
+        "heads": {s: tail(wire, hdf5_arrays(PAPER / f, np.float64), "a", "01", "02", gap) for s, f in head_files.items()},
     }
 
 
