@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2
 from PIL import Image
 
 from coordinator.registry import HEALTHY, IdentityMismatch, NodeEntry, Registry, RegistryError, SourceTaken, UnknownNode
-from shared_backbone import attribution, heatmaps, models, preprocessing, rpc, signing
+from shared_backbone import attribution, heatmaps, models, preprocessing, rpc
 from shared_backbone import bundle as bundle_lib
 from shared_backbone.calibration import Calibration
 from shared_backbone.config import CoordinatorConfig, GatewayConfig, TLSConfig
@@ -408,13 +408,9 @@ class CoordinatorServer:
 
 
 def load_bundle_verified(config: CoordinatorConfig) -> bundle_lib.Bundle:
-    if not config.bundle:
-        raise GatewayStartError("bundle must be set (the published backbone bundle to serve)")
-    if not config.public_key:
-        raise GatewayStartError("public_key must be set to verify the bundle")
     try:
-        return bundle_lib.load_bundle(config.bundle, signing.load_public_key(config.public_key))
-    except (bundle_lib.BundleError, signing.SignatureError, FileNotFoundError) as exc:
+        return bundle_lib.load_configured_bundle(config.bundle, config.public_key)
+    except bundle_lib.BundleError as exc:
         raise GatewayStartError(str(exc)) from None
 
 

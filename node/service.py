@@ -21,7 +21,7 @@ import numpy as np
 from grpc_health.v1.health import HealthServicer
 
 from shared_backbone import bundle as bundle_lib
-from shared_backbone import heads, rpc, signing
+from shared_backbone import heads, rpc
 from shared_backbone.config import NodeConfig
 from shared_backbone.proto import wire
 from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
@@ -211,14 +211,10 @@ def node_secret(config: NodeConfig) -> str:
 
 def load_verified(config: NodeConfig) -> tuple[bundle_lib.Bundle, heads.Head]:
     """The bundle verified with the coordinator's key and the head bound to it."""
-    if not config.public_key:
-        raise NodeStartError("public_key must be set (the coordinator's coordinator.pub) to verify the backbone")
-    if not config.backbone:
-        raise NodeStartError("backbone must be set (the path of the coordinator's bundle)")
     try:
-        bundle = bundle_lib.load_bundle(config.backbone, signing.load_public_key(config.public_key))
+        bundle = bundle_lib.load_configured_bundle(config.backbone, config.public_key, keys=("backbone", "public_key"))
         head = heads.load_head(Path(config.state_dir) / HEAD_DIR, bundle)
-    except (bundle_lib.BundleError, heads.HeadError, signing.SignatureError, FileNotFoundError) as exc:
+    except (bundle_lib.BundleError, heads.HeadError) as exc:
         raise NodeStartError(str(exc)) from None
     return bundle, head
 

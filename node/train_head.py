@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from shared_backbone import models, signing, training
+from shared_backbone import models, training
 from shared_backbone.attribution_eval import predict_scores
-from shared_backbone.bundle import Bundle, load_bundle
+from shared_backbone.bundle import Bundle, load_configured_bundle
 from shared_backbone.calibration import fit_calibration
 from shared_backbone.config import DataConfig, NodeConfig, to_dict
 from shared_backbone.datasets import SPLITS, DatasetIndex, Sample, scan_dataset, split_samples
@@ -39,11 +39,7 @@ class HeadTrainingResult:
 
 def load_verified_bundle(config: NodeConfig) -> Bundle:
     """The node's bundle, refused unless its signature verifies with the configured key."""
-    if not config.backbone:
-        raise ValueError("node config: backbone (the bundle folder) is not set")
-    if not config.public_key:
-        raise ValueError("node config: public_key is not set; a node only trusts signed bundles")
-    return load_bundle(config.backbone, signing.load_public_key(config.public_key))
+    return load_configured_bundle(config.backbone, config.public_key, keys=("backbone", "public_key"))
 
 
 def scan_node_folder(root: str, data: DataConfig) -> DatasetIndex:

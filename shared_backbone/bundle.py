@@ -175,3 +175,19 @@ def load_bundle(path: str | Path, public_key: signing.Ed25519PublicKey | None) -
         if actual != expected:
             raise BundleError(f"{path}: {name} has sha256 {actual[:12]}…, manifest says {expected[:12]}… (tampered?)")
     return Bundle(path, manifest, hashlib.sha256(manifest_bytes).hexdigest(), signed=public_key is not None)
+
+
+def load_configured_bundle(bundle_path: str, public_key_path: str, *, keys: tuple[str, str] = ("bundle", "public_key")) -> Bundle:
+    """The bundle a server or trainer is configured with, verified with the configured public key.
+
+    Missing settings, a missing or malformed key file and every verification failure become one
+    BundleError whose message names the setting (`keys` = the config names of the two paths).
+    """
+    if not bundle_path:
+        raise BundleError(f"{keys[0]} is not set (the coordinator's published bundle folder)")
+    if not public_key_path:
+        raise BundleError(f"{keys[1]} is not set (the coordinator's coordinator.pub): only signed bundles are trusted")
+    try:
+        return load_bundle(bundle_path, signing.load_public_key(public_key_path))
+    except (signing.SignatureError, FileNotFoundError) as exc:
+        raise BundleError(str(exc)) from None
