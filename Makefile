@@ -33,7 +33,7 @@ test: $(STAMP)
 
 # Regenerate the gRPC/protobuf code beside its .proto (a test checks it is current).
 proto: $(STAMP)
-	$(BIN)/python -m shared_backbone.proto.generate
+	$(BIN)/python -m shared_backbone.protocol.proto.generate
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

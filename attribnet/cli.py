@@ -21,10 +21,6 @@ import sys
 COMMAND_MODULES = ("data", "coordinator", "node", "predict", "query", "bench", "federation", "demo")
 
 
-class CommandError(Exception):
-    """An error to report as one line and a non-zero exit, without a traceback."""
-
-
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -1,1 +1,3 @@
-"""The network's coordinator: primary-module training, backbone publishing, registry, gateway."""
+"""The network's coordinator: primary-module training, signed backbone publishing, the registry,
+the query gateway and the Flower ServerApp. Run by the network's admin; never imports `node`.
+"""

@@ -23,24 +23,26 @@ from typing import Any, Protocol
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from shared_backbone import bundle_transport
-from shared_backbone.bundle import Bundle
-from shared_backbone.config import CoordinatorConfig, TrainConfig
+from coordinator.config import CoordinatorConfig
+from shared_backbone.config import TrainConfig
+from shared_backbone.data import reference_set
+from shared_backbone.model.bundle import Bundle
+from shared_backbone.protocol import flower_messages
+from shared_backbone.protocol.flower_messages import (
+    ALLOWED_FIT_HEAD_REPLY,
+    FINETUNE,
+    FINETUNE_RESULT,
+    FINETUNE_WEIGHTS,
+    FIT_HEAD,
+    RESULT_RECORD,
+    RUN_RECORD,
+    TRAIN_RECORD,
+)
 
 log = logging.getLogger(__name__)
 
-FIT_HEAD = "train.fit_head"
-FINETUNE = "train.finetune"
-TRAIN_RECORD = "train.config"  # TrainConfig fields for this round
-RUN_RECORD = "run.config"  # calibration method, reference pointer, round label
-RESULT_RECORD = "fit_head.result"  # node identity, head digest, calibration, metrics JSON
-METRICS_RECORD = "fit_head.metrics"  # flat numbers, for Flower's own aggregation/logs
-FINETUNE_WEIGHTS = "finetune.weights"
-FINETUNE_RESULT = "finetune.result"
 
 REGISTERED, FAILED, TIMED_OUT, REJECTED = "registered", "failed", "timed_out", "rejected"
-# What a reply to `train.fit_head` may carry: a reply with model arrays is refused (heads stay local).
-ALLOWED_REPLY_RECORDS = {RESULT_RECORD, METRICS_RECORD}
 
 
 class FederationError(RuntimeError):
@@ -161,7 +163,7 @@ def train_record(train: TrainConfig) -> ConfigRecord:
 def fit_head_content(bundle: Bundle, train: TrainConfig, *, calibration: str = "", reference: dict[str, str] | None = None,
                      round_label: str = "heads") -> RecordDict:
     """The `train.fit_head` payload: bundle files + signed manifest, training config, reference pointer."""
-    content = bundle_transport.pack_bundle(bundle)
+    content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
     run: dict[str, Any] = {"calibration": calibration, "round": round_label}
     if reference:
@@ -175,7 +177,7 @@ def reference_pointer(config: CoordinatorConfig) -> dict[str, str] | None:
     if not config.federation.reference:
         return None
     path = Path(config.federation.reference).resolve()
-    return {"path": str(path), "digest": bundle_transport.folder_digest(path)}
+    return {"path": str(path), "digest": reference_set.folder_digest(path)}
 
 
 def send_and_collect(grid: GridLike, contents: dict[int, RecordDict], message_type: str, *, timeout: float,
@@ -231,7 +233,7 @@ def parse_fit_head_reply(node: int, reply: Message | None, bundle: Bundle, secon
         return NodeResult(node, FAILED, error=str(reply.error.reason or f"error code {reply.error.code}"), seconds=seconds)
     records = sorted([*reply.content.array_records, *reply.content.config_records, *reply.content.metric_records])
     result = NodeResult(node, REJECTED, seconds=seconds, reply_bytes=_reply_size(reply), reply_records=records)
-    if reply.content.array_records or set(records) - ALLOWED_REPLY_RECORDS:
+    if reply.content.array_records or set(records) - ALLOWED_FIT_HEAD_REPLY:
         result.error = f"reply carries records {records}; a head reply may carry only metrics and identity"
         return result
     if RESULT_RECORD not in reply.content.config_records:
@@ -329,21 +331,21 @@ def finetune_content(bundle: Bundle, config: CoordinatorConfig, weights: list[np
     fed = config.federation
     train = dataclasses.replace(config.train, epochs=fed.finetune_epochs, learning_rate=fed.finetune_learning_rate,
                                 min_epochs=min(config.train.min_epochs, fed.finetune_epochs))
-    content = bundle_transport.pack_bundle(bundle)
+    content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
     run: dict[str, Any] = {"round": f"finetune-{round_number}", "real_sources": list(fed.reference_real_sources)}
     if reference:
         run.update({"reference_path": reference["path"], "reference_digest": reference["digest"]})
     content[RUN_RECORD] = ConfigRecord(run)
     if weights is not None:
-        content[FINETUNE_WEIGHTS] = bundle_transport.weights_to_record(weights)
+        content[FINETUNE_WEIGHTS] = flower_messages.weights_to_record(weights)
     return content
 
 
 def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, nodes: list[int], private_key: Any,
                  out_dir: str | Path) -> tuple[Bundle, dict[str, Any]]:
     """FedAvg rounds over opted-in nodes; publishes the average as a new bundle (parent = `bundle`)."""
-    from shared_backbone.bundle import write_bundle
+    from shared_backbone.model.bundle import write_bundle
 
     fed = config.federation
     reference = reference_pointer(config)
@@ -363,7 +365,7 @@ def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, node
                 report[str(node)] = "declined"
             else:
                 info = reply.content.config_records.get(FINETUNE_RESULT, ConfigRecord())
-                update = bundle_transport.record_to_weights(reply.content.array_records[FINETUNE_WEIGHTS])
+                update = flower_messages.record_to_weights(reply.content.array_records[FINETUNE_WEIGHTS])
                 updates.append(update)
                 counts.append(int(info.get("num_examples", 0)))
                 report[str(node)] = f"updated ({counts[-1]} examples)"
@@ -388,36 +390,17 @@ def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, node
 # ----------------------------------------------------------------------------- the whole run
 
 
-def resolve_paths(config: CoordinatorConfig, base: str | Path) -> CoordinatorConfig:
-    """Relative paths in the config are relative to `base` (the folder the user ran from)."""
-    base = Path(base)
-
-    def absolute(value: str) -> str:
-        return str(base / value) if value and not Path(value).is_absolute() else value
-
-    fed = dataclasses.replace(
-        config.federation, reference=absolute(config.federation.reference), result_file=absolute(config.federation.result_file),
-        bundles_dir=absolute(config.federation.bundles_dir),
-    )
-    return dataclasses.replace(
-        config, bundle=absolute(config.bundle), registry=absolute(config.registry), public_key=absolute(config.public_key),
-        private_key=absolute(config.private_key), federation=fed,
-    )
-
-
 def run_federation_round(grid: GridLike, config: CoordinatorConfig) -> FederationResult:
     """Everything one ServerApp run does; always writes `federation.result_file`, even on failure."""
     from coordinator.registry import Registry
-    from shared_backbone import signing
-    from shared_backbone.bundle import load_bundle
+    from shared_backbone.model import signing
+    from shared_backbone.model.bundle import load_configured_bundle
 
     fed = config.federation
     result = FederationResult(started=_now())
     started = time.monotonic()
     try:
-        if not config.bundle:
-            raise FederationError("coordinator config: bundle (the published bundle folder) is not set")
-        bundle = load_bundle(config.bundle, signing.load_public_key(config.public_key))
+        bundle = load_configured_bundle(config.bundle, config.public_key)
         result.backbone = {"path": str(bundle.path), "digest": bundle.digest, "version": bundle.version}
         nodes = wait_for_nodes(grid, fed.min_nodes, fed.wait_for_nodes)
         if fed.finetune_rounds > 0:

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from coordinator.train_primary import read_run
-from shared_backbone import signing
-from shared_backbone.bundle import Bundle, write_bundle
-from shared_backbone.training import timestamp
+from shared_backbone.experiments.training import timestamp
+from shared_backbone.model import signing
+from shared_backbone.model.bundle import Bundle, write_bundle
 
 log = logging.getLogger(__name__)
 

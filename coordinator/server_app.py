@@ -15,8 +15,9 @@ import os
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.federation import resolve_paths, run_federation_round
-from shared_backbone.config import CoordinatorConfig, load_config
+from coordinator.config import CoordinatorConfig
+from coordinator.federation import run_federation_round
+from shared_backbone.config import load_config, resolve_paths
 
 log = logging.getLogger(__name__)
 

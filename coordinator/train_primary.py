@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared_backbone import models, training
-from shared_backbone.attribution_eval import predict_scores
-from shared_backbone.config import CoordinatorConfig, to_dict
-from shared_backbone.datasets import DatasetIndex, Sample, load_split
-from shared_backbone.evaluation import binary_metrics
-from shared_backbone.preprocessing import InputSpec, Normstats
+from coordinator.config import CoordinatorConfig
+from shared_backbone.config import to_dict
+from shared_backbone.data.datasets import DatasetIndex, Sample, load_split
+from shared_backbone.experiments import training
+from shared_backbone.experiments.evaluation import predict_scores
+from shared_backbone.experiments.metrics import binary_metrics
+from shared_backbone.model import networks
+from shared_backbone.model.preprocessing import InputSpec, Normstats
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def read_run(run_dir: str | Path) -> tuple[Any, InputSpec, dict[str, Any]]:
     spec_data = json.loads(input_path.read_text())
     normstats = Normstats.load(run_dir / NORMSTATS_DIR) if spec_data["mode"] == "dct" else None
     spec = InputSpec(int(spec_data["image_size"]), spec_data["mode"], normstats)
-    model = models.build_primary(spec.image_size, spec.mode)
+    model = networks.build_primary(spec.image_size, spec.mode)
     model.load_weights(run_dir / PRIMARY_WEIGHTS)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -68,7 +70,7 @@ def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> Primar
         raise ValueError(f"{index.root}: detection needs real and fake sources (real: {sorted(index.real_sources)})")
     spec = training.input_spec(config.data, splits["train"])
     training.set_seed(config.train.seed)
-    model = models.build_primary(spec.image_size, spec.mode, seed=models.DEFAULT_SEED + config.train.seed)
+    model = networks.build_primary(spec.image_size, spec.mode, seed=networks.DEFAULT_SEED + config.train.seed)
     result = training.fit(
         model,
         splits["train"], training.detection_labels(index, splits["train"]),

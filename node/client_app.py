@@ -28,20 +28,25 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from shared_backbone import bundle_transport, signing
-from shared_backbone.config import ConfigError, NodeConfig, TrainConfig, build, load_config
+from node import state
+from node.config import NodeConfig
+from shared_backbone.config import ConfigError, TrainConfig, build, load_config, resolve_paths
+from shared_backbone.data import reference_set
+from shared_backbone.model import signing
+from shared_backbone.protocol import flower_messages
+from shared_backbone.protocol.flower_messages import (
+    FINETUNE_ACTION,
+    FINETUNE_RESULT,
+    FINETUNE_WEIGHTS,
+    FIT_HEAD_ACTION,
+    METRICS_RECORD,
+    RESULT_RECORD,
+    RUN_RECORD,
+    TRAIN_RECORD,
+)
 
 log = logging.getLogger(__name__)
 
-# Must match coordinator.federation (the two roles share only the wire format).
-TRAIN_RECORD = "train.config"
-RUN_RECORD = "run.config"
-RESULT_RECORD = "fit_head.result"
-METRICS_RECORD = "fit_head.metrics"
-FINETUNE_WEIGHTS = "finetune.weights"
-FINETUNE_RESULT = "finetune.result"
-BUNDLES_DIR = "bundles"
-CURRENT_BUNDLE = "bundle"  # STATE_DIR/bundle -> bundles/<digest>, the last verified bundle
 ERROR_CODE = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 NODE_KEYS = {
@@ -67,25 +72,12 @@ def node_config_from_settings(settings: Mapping[str, Any]) -> NodeConfig:
     path = str(settings.get("config", "") or "") or None
     config = load_config(NodeConfig, path, overrides)
     if settings.get("workdir"):
-        config = _resolve_paths(config, Path(str(settings["workdir"])))
+        config = resolve_paths(config, str(settings["workdir"]))
     if not config.public_key:
         raise ConfigError("node config: public-key is not set; a node only trusts bundles signed by the coordinator")
     if not config.source:
         raise ConfigError("node config: source is not set")
     return config
-
-
-def _resolve_paths(config: NodeConfig, base: Path) -> NodeConfig:
-    """Relative paths in a node config are relative to `base` (where the operator started the SuperNode)."""
-
-    def absolute(value: str) -> str:
-        return str(base / value) if value and not Path(value).is_absolute() else value
-
-    return dataclasses.replace(
-        config, data=dataclasses.replace(config.data, root=absolute(config.data.root), normstats=absolute(config.data.normstats)),
-        state_dir=absolute(config.state_dir), public_key=absolute(config.public_key), reference=absolute(config.reference),
-        backbone=absolute(config.backbone), serve=dataclasses.replace(config.serve, secret_file=absolute(config.serve.secret_file)),
-    )
 
 
 def _endpoint(config: NodeConfig) -> str:
@@ -99,13 +91,13 @@ def _opted_in(settings: Mapping[str, Any]) -> bool:
 
 def receive_bundle(content: RecordDict, config: NodeConfig):
     """Verifies the received bundle against the node's own key; stores it under STATE_DIR/bundles."""
-    state = Path(config.state_dir)
-    bundle = bundle_transport.unpack_bundle(content, state / BUNDLES_DIR, signing.load_public_key(config.public_key))
-    link = state / CURRENT_BUNDLE
-    staging = state / f".{CURRENT_BUNDLE}.tmp"
+    state_dir = Path(config.state_dir)
+    bundle = flower_messages.unpack_bundle(content, state_dir / state.BUNDLES_DIR, signing.load_public_key(config.public_key))
+    link = state_dir / state.CURRENT_BUNDLE
+    staging = state_dir / f".{state.CURRENT_BUNDLE}.tmp"
     if staging.is_symlink() or staging.exists():
         staging.unlink()
-    staging.symlink_to(Path(BUNDLES_DIR) / bundle.digest)
+    staging.symlink_to(Path(state.BUNDLES_DIR) / bundle.digest)
     os.replace(staging, link)
     return bundle
 
@@ -118,7 +110,7 @@ def _round_settings(content: RecordDict, config: NodeConfig) -> NodeConfig:
     run = content.config_records.get(RUN_RECORD, ConfigRecord())
     reference = config.reference
     if run.get("reference_digest"):
-        reference = str(bundle_transport.verify_reference(reference or str(run["reference_path"]), str(run["reference_digest"])))
+        reference = str(reference_set.verify_reference(reference or str(run["reference_path"]), str(run["reference_digest"])))
     calibration = str(run.get("calibration", "") or "") or config.calibration
     return dataclasses.replace(config, train=train, reference=reference, calibration=calibration)
 
@@ -140,7 +132,6 @@ def _flat_metrics(metrics: dict[str, Any]) -> MetricRecord:
 
 def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     """Verifies the bundle, trains + calibrates the head (same code as `attribnet node train`)."""
-    from node.service import node_secret
     from node.train_head import train_head
 
     config = node_config_from_settings(settings)
@@ -161,7 +152,7 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
             "calibration": json.dumps(head.calibration.to_dict()),
             "threshold": float(head.threshold),
             "metrics": json.dumps(result.metrics),
-            "secret": node_secret(config),
+            "secret": state.node_secret(config),
         }
     )
     reply[METRICS_RECORD] = _flat_metrics(result.metrics)
@@ -181,9 +172,9 @@ def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     config = _round_settings(message.content, config)
     run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
     real_sources = [str(s) for s in run.get("real_sources", ["real"])]
-    weights = bundle_transport.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
+    weights = flower_messages.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
     new_weights, num_examples = finetune_primary(config, bundle, weights, real_sources)
-    reply[FINETUNE_WEIGHTS] = bundle_transport.weights_to_record(new_weights)
+    reply[FINETUNE_WEIGHTS] = flower_messages.weights_to_record(new_weights)
     reply[FINETUNE_RESULT] = ConfigRecord({"num_examples": int(num_examples), "source": config.source})
     return reply
 
@@ -215,11 +206,11 @@ def make_client_app(nodes: Sequence[Mapping[str, Any]] | None = None) -> ClientA
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply naming the node
             return _error_reply(message, settings, exc)
 
-    @client_app.train("fit_head")
+    @client_app.train(FIT_HEAD_ACTION)
     def _fit_head(message: Message, context: Context) -> Message:
         return handle(fit_head, message, context)
 
-    @client_app.train("finetune")
+    @client_app.train(FINETUNE_ACTION)
     def _finetune(message: Message, context: Context) -> Message:
         return handle(finetune, message, context)
 

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from node import state
+from node.config import NodeConfig
 from node.train_head import scan_node_folder, split_node_folder
-from shared_backbone import training
-from shared_backbone.bundle import Bundle
-from shared_backbone.config import NodeConfig, to_dict
-from shared_backbone.datasets import Sample
+from shared_backbone.config import to_dict
+from shared_backbone.data.datasets import Sample
+from shared_backbone.experiments import training
+from shared_backbone.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = "finetune-runs"
 
 
 def _split(root: str, config: NodeConfig) -> dict[str, list[Sample]]:
@@ -52,7 +53,7 @@ def finetune_primary(config: NodeConfig, bundle: Bundle, weights: list[np.ndarra
     splits = detection_splits(config, real_sources)
     primary = bundle.load_primary()
     primary.set_weights(weights)
-    run_dir = training.prepare_run_dir(Path(config.state_dir) / RUNS_DIR / training.timestamp(), to_dict(config),
+    run_dir = training.prepare_run_dir(Path(config.state_dir) / state.FINETUNE_RUNS_DIR / training.timestamp(), to_dict(config),
                                        config.train.seed, exist_ok=True)
     (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
     training.fit(primary, train_x, train_y, val_x, val_y, bundle.input_spec, config.train, run_dir,

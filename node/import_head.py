@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shared_backbone import bundle, heads, paper_weights, signing
-from shared_backbone.calibration import Calibration
+from shared_backbone.experiments import paper_weights
+from shared_backbone.model import bundle, heads, signing
+from shared_backbone.model.calibration import Calibration
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from shared_backbone import models, training
-from shared_backbone.attribution_eval import predict_scores
-from shared_backbone.bundle import Bundle, load_configured_bundle
-from shared_backbone.calibration import fit_calibration
-from shared_backbone.config import DataConfig, NodeConfig, to_dict
-from shared_backbone.datasets import SPLITS, DatasetIndex, Sample, scan_dataset, split_samples
-from shared_backbone.evaluation import binary_metrics
-from shared_backbone.heads import Head, save_head
+from node import state
+from node.config import BUNDLE_KEYS, NodeConfig
+from shared_backbone.config import DataConfig, to_dict
+from shared_backbone.data.datasets import SPLITS, DatasetIndex, Sample, scan_dataset, split_samples
+from shared_backbone.experiments import training
+from shared_backbone.experiments.evaluation import predict_scores
+from shared_backbone.experiments.metrics import binary_metrics
+from shared_backbone.model import networks
+from shared_backbone.model.bundle import Bundle, load_configured_bundle
+from shared_backbone.model.calibration import fit_calibration
+from shared_backbone.model.heads import Head, save_head
 
 log = logging.getLogger(__name__)
 
-HEAD_DIR = "head"
-RUNS_DIR = "runs"
 
 
 @dataclass
@@ -35,11 +36,6 @@ class HeadTrainingResult:
     head_dir: Path
     head: Head
     metrics: dict[str, Any]
-
-
-def load_verified_bundle(config: NodeConfig) -> Bundle:
-    """The node's bundle, refused unless its signature verifies with the configured key."""
-    return load_configured_bundle(config.backbone, config.public_key, keys=("backbone", "public_key"))
 
 
 def scan_node_folder(root: str, data: DataConfig) -> DatasetIndex:
@@ -87,17 +83,17 @@ def head_splits(config: NodeConfig) -> dict[str, tuple[list[Sample], np.ndarray]
 
 def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bool = True) -> HeadTrainingResult:
     """Trains, calibrates and saves this node's head into `state_dir/head`."""
-    bundle = bundle or load_verified_bundle(config)
+    bundle = bundle or load_configured_bundle(config.backbone, config.public_key, keys=BUNDLE_KEYS)
     spec = bundle.input_spec
     splits = head_splits(config)
     state_dir = Path(config.state_dir)
-    run_dir = training.prepare_run_dir(state_dir / RUNS_DIR / training.timestamp(), to_dict(config), config.train.seed, exist_ok=True)
+    run_dir = training.prepare_run_dir(state_dir / state.RUNS_DIR / training.timestamp(), to_dict(config), config.train.seed, exist_ok=True)
     training.set_seed(config.train.seed)
-    trunk = models.build_trunk(bundle.load_primary())
-    head_model = models.build_head(
-        spec.image_size, pooling=models.pooling_for_mode(spec.mode), seed=models.DEFAULT_SEED + 1000 + config.train.seed
+    trunk = networks.build_trunk(bundle.load_primary())
+    head_model = networks.build_head(
+        spec.image_size, pooling=networks.pooling_for_mode(spec.mode), seed=networks.DEFAULT_SEED + 1000 + config.train.seed
     )
-    model = models.build_attribution_model(trunk, head_model)
+    model = networks.build_attribution_model(trunk, head_model)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (splits[s] for s in SPLITS)
     result = training.fit(
         model, train_x, train_y, val_x, val_y, spec, config.train, run_dir, perturb=config.perturb, progress=progress,
@@ -120,16 +116,16 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
             "calibrated": binary_metrics(test_y, calibration.apply(raw_test)),
         }
     head = save_head(
-        state_dir / HEAD_DIR, head_model, source=config.source, bundle=bundle, calibration=calibration,
+        state_dir / state.HEAD_DIR, head_model, source=config.source, bundle=bundle, calibration=calibration,
         threshold=config.threshold, metrics=metrics,
     )
     shown = metrics.get("test", metrics["val"])["calibrated"]
     log.info(
         "head %s: accuracy %.3f F1 %.3f AUC %.3f (calibrated, %s); saved to %s",
         config.source, shown["accuracy"], shown["f1"], shown["roc_auc"], "test" if "test" in metrics else "val",
-        state_dir / HEAD_DIR,
+        state_dir / state.HEAD_DIR,
     )
-    return HeadTrainingResult(state_dir / HEAD_DIR, head, metrics)
+    return HeadTrainingResult(state_dir / state.HEAD_DIR, head, metrics)
 
 
 def evaluate_head(
@@ -141,15 +137,15 @@ def evaluate_head(
     split: str = "test",
 ) -> dict[str, Any]:
     """One-vs-rest metrics of the stored head (calibrated, and raw under `raw`) on a split of its data."""
-    from shared_backbone.attribution_eval import evaluate_binary
-    from shared_backbone.heads import load_head
+    from shared_backbone.experiments.evaluation import evaluate_binary
+    from shared_backbone.model.heads import load_head
 
-    bundle = bundle or load_verified_bundle(config)
-    head = load_head(Path(config.state_dir) / HEAD_DIR, bundle)
+    bundle = bundle or load_configured_bundle(config.backbone, config.public_key, keys=BUNDLE_KEYS)
+    head = load_head(state.head_dir(config), bundle)
     samples, labels = head_splits(config)[split]
     if not samples:
         raise ValueError(f"node {config.source}: the {split} split is empty")
-    model = models.build_attribution_model(models.build_trunk(bundle.load_primary()), head.model)
+    model = networks.build_attribution_model(networks.build_trunk(bundle.load_primary()), head.model)
     return evaluate_binary(
         model, samples, labels, bundle.input_spec, list(perturbations), out_dir,
         ids=[str(s.path) for s in samples], positive=config.source, negative="rest",

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared_backbone.config import CoordinatorConfig, NodeConfig, TrainConfig
+from coordinator.config import CoordinatorConfig
+from node.config import NodeConfig
+from shared_backbone.config import TrainConfig
 
 __all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_bundle", "zoo_heads"]
 
@@ -21,7 +23,7 @@ HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=4, patience=3)
 def zoo_primary_run(tiny_zoo, tmp_path_factory: pytest.TempPathFactory):
     """A primary module trained briefly on tiny_zoo (PrimaryTrainingResult; run folder read-only)."""
     from coordinator.train_primary import train_primary
-    from shared_backbone.zoo import zoo_data_config
+    from shared_backbone.data.zoo import zoo_data_config
 
     config = CoordinatorConfig(
         data=zoo_data_config(tiny_zoo),
@@ -35,8 +37,8 @@ def zoo_primary_run(tiny_zoo, tmp_path_factory: pytest.TempPathFactory):
 def zoo_bundle(zoo_primary_run, keypair, tmp_path_factory: pytest.TempPathFactory):
     """The published, signed bundle of zoo_primary_run, loaded back with signature verification."""
     from coordinator.publish import publish
-    from shared_backbone.bundle import load_bundle
-    from shared_backbone.signing import load_public_key
+    from shared_backbone.model.bundle import load_bundle
+    from shared_backbone.model.signing import load_public_key
 
     private_key, public_key = keypair
     out = tmp_path_factory.mktemp("bundle") / "bundle"
@@ -48,7 +50,7 @@ def zoo_bundle(zoo_primary_run, keypair, tmp_path_factory: pytest.TempPathFactor
 def zoo_heads(zoo_bundle, tiny_zoo, keypair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """source -> head folder, one head per zoo generator, each trained by node.train_head."""
     from node.train_head import train_head
-    from shared_backbone.zoo import read_manifest, zoo_data_config, zoo_sources
+    from shared_backbone.data.zoo import read_manifest, zoo_data_config, zoo_sources
 
     root = tmp_path_factory.mktemp("heads")
     heads = {}

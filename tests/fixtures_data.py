@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from shared_backbone.config import DataConfig
-from shared_backbone.signing import generate_keypair
-from shared_backbone.zoo import quick_settings, write_zoo, zoo_data_config
+from shared_backbone.data.zoo import quick_settings, write_zoo, zoo_data_config
+from shared_backbone.model.signing import generate_keypair
 
 TINY_ZOO_SIZE = 32
 TINY_ZOO_PER_SOURCE = 40

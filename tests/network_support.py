@@ -50,20 +50,20 @@ def png_bytes(rng: np.random.Generator, size: int = IMAGE_SIZE, fmt: str = "PNG"
 
 def make_bundle(out: Path, private_key: Path, public_key: Path, version: str = "net-1"):
     """A signed bundle of an untrained 32 px primary module, loaded back with verification."""
-    from shared_backbone import bundle, models, signing
-    from shared_backbone.preprocessing import InputSpec
+    from shared_backbone.model import bundle, networks, signing
+    from shared_backbone.model.preprocessing import InputSpec
 
-    primary = models.build_primary(IMAGE_SIZE, "pixel")
+    primary = networks.build_primary(IMAGE_SIZE, "pixel")
     bundle.write_bundle(out, primary, InputSpec(IMAGE_SIZE, "pixel"), signing.load_private_key(private_key), version=version)
     return bundle.load_bundle(out, signing.load_public_key(public_key))
 
 
 def make_head(state_dir: Path, bundle, source: str, seed: int, a: float = 1.0, b: float = 0.0, threshold: float = 0.5):
     """STATE_DIR/head: an untrained head (distinct seed) with a given Platt calibration."""
-    from shared_backbone import heads, models
-    from shared_backbone.calibration import Calibration
+    from shared_backbone.model import heads, networks
+    from shared_backbone.model.calibration import Calibration
 
-    model = models.build_head(IMAGE_SIZE, seed=seed)
+    model = networks.build_head(IMAGE_SIZE, seed=seed)
     return heads.save_head(
         state_dir / "head", model, source=source, bundle=bundle,
         calibration=Calibration("platt", a, b), threshold=threshold, metrics={"auroc": 0.5 + seed % 7 / 100},
@@ -98,7 +98,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0, sig: int = si
 def healthy(target: str, timeout: float = 0.5) -> bool:
     import grpc
 
-    from shared_backbone import rpc
+    from shared_backbone.protocol import rpc
 
     channel = rpc.open_channel(target)
     try:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from attribnet.cli import main
-from shared_backbone import bundle as bundle_lib
-from shared_backbone import heads, models, signing
-from shared_backbone.attribution import OfflineAttributor
-from shared_backbone.calibration import Calibration
-from shared_backbone.preprocessing import InputSpec, Normstats
+from shared_backbone.model import bundle as bundle_lib
+from shared_backbone.model import heads, networks, signing
+from shared_backbone.model.attributor import OfflineAttributor
+from shared_backbone.model.calibration import Calibration
+from shared_backbone.model.preprocessing import InputSpec, Normstats
 
 SIZE = 32
 
@@ -40,7 +40,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def primary():
-    return randomised(models.build_primary(SIZE, "pixel"), 0)
+    return randomised(networks.build_primary(SIZE, "pixel"), 0)
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_round_trip(published, keys, primary):
 def test_dct_round_trip_keeps_normstats(tmp_path, keys):
     rng = np.random.default_rng(1)
     normstats = Normstats(mean=rng.normal(0, 1, (SIZE, SIZE)), std=rng.random((SIZE, SIZE)) + 0.1)
-    dct = randomised(models.build_primary(SIZE, "dct"), 2)
+    dct = randomised(networks.build_primary(SIZE, "dct"), 2)
     written = bundle_lib.write_bundle(tmp_path / "dct", dct, InputSpec(SIZE, "dct", normstats), keys["private"], version="d1")
     spec = bundle_lib.load_bundle(written.path, keys["public"]).input_spec
     np.testing.assert_array_equal(spec.normstats.mean, normstats.mean)
@@ -140,10 +140,10 @@ def test_head_round_trip_and_binding(tmp_path, published, keys, primary, pooling
     heads.save_head(tmp_path / "head", head_model, source="progan", bundle=published, calibration=calibration, threshold=0.7)
     loaded = heads.load_head(tmp_path / "head", published)
     assert (loaded.source, loaded.calibration, loaded.threshold) == ("progan", calibration, 0.7)
-    features = np.random.default_rng(4).random((2, *models.feature_shape(SIZE))).astype(np.float32)
+    features = np.random.default_rng(4).random((2, *networks.feature_shape(SIZE))).astype(np.float32)
     np.testing.assert_allclose(loaded.raw_scores(features), np.asarray(head_model(features))[:, 0], rtol=1e-6)
 
-    other = bundle_lib.write_bundle(tmp_path / "other", randomised(models.build_primary(SIZE), 5), InputSpec(SIZE), keys["private"], version="v9")
+    other = bundle_lib.write_bundle(tmp_path / "other", randomised(networks.build_primary(SIZE), 5), InputSpec(SIZE), keys["private"], version="v9")
     with pytest.raises(heads.HeadError, match=rf"trained on backbone {published.digest[:12]}, not on {other.short_digest}"):
         heads.load_head(tmp_path / "head", other)
     with pytest.raises(ValueError, match="belongs to backbone"):

@@ -9,55 +9,57 @@ import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from shared_backbone import bundle_transport, signing
-from shared_backbone.bundle import MANIFEST, SIGNATURE, WEIGHTS, BundleError, load_bundle
+from shared_backbone.data import reference_set
+from shared_backbone.model import signing
+from shared_backbone.model.bundle import MANIFEST, SIGNATURE, WEIGHTS, BundleError, load_bundle
+from shared_backbone.protocol import flower_messages
 
 
 def _packed(zoo_bundle) -> RecordDict:
-    return bundle_transport.pack_bundle(zoo_bundle)
+    return flower_messages.pack_bundle(zoo_bundle)
 
 
 def test_round_trip_is_byte_identical_and_verified(zoo_bundle, keypair, tmp_path):
     content = _packed(zoo_bundle)
-    assert set(content.array_records[bundle_transport.FILES_RECORD]) == set(zoo_bundle.manifest["files"])
-    received = bundle_transport.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
+    assert set(content.array_records[flower_messages.FILES_RECORD]) == set(zoo_bundle.manifest["files"])
+    received = flower_messages.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
     assert received.digest == zoo_bundle.digest and received.signed
     assert received.path == tmp_path / "cache" / zoo_bundle.digest
     for name in [*zoo_bundle.manifest["files"], MANIFEST, SIGNATURE]:
         assert (received.path / name).read_bytes() == (zoo_bundle.path / name).read_bytes()
-    again = bundle_transport.unpack_bundle(_packed(zoo_bundle), tmp_path / "cache", signing.load_public_key(keypair[1]))
+    again = flower_messages.unpack_bundle(_packed(zoo_bundle), tmp_path / "cache", signing.load_public_key(keypair[1]))
     assert again.path == received.path
 
 
 def test_tampered_weights_are_refused(zoo_bundle, keypair, tmp_path):
     content = _packed(zoo_bundle)
-    files = content.array_records[bundle_transport.FILES_RECORD]
+    files = content.array_records[flower_messages.FILES_RECORD]
     data = files[WEIGHTS].numpy().copy()
     data[len(data) // 2] ^= 0xFF
     files[WEIGHTS] = Array(data)
     with pytest.raises(BundleError, match="sha256"):
-        bundle_transport.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
+        flower_messages.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
     assert not (tmp_path / "cache" / zoo_bundle.digest).exists()
 
 
 def test_other_key_and_missing_signature_are_refused(zoo_bundle, tmp_path):
     _, other_public = signing.generate_keypair(tmp_path / "other")
     with pytest.raises(BundleError, match="signature does not verify"):
-        bundle_transport.unpack_bundle(_packed(zoo_bundle), tmp_path / "cache", signing.load_public_key(other_public))
+        flower_messages.unpack_bundle(_packed(zoo_bundle), tmp_path / "cache", signing.load_public_key(other_public))
     content = _packed(zoo_bundle)
-    meta = dict(content.config_records[bundle_transport.META_RECORD])
+    meta = dict(content.config_records[flower_messages.META_RECORD])
     meta["signature"] = b""
-    content[bundle_transport.META_RECORD] = ConfigRecord(meta)
+    content[flower_messages.META_RECORD] = ConfigRecord(meta)
     with pytest.raises(BundleError, match="unsigned"):
-        bundle_transport.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(other_public))
+        flower_messages.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(other_public))
     assert not list(tmp_path.rglob(WEIGHTS)), "a refused bundle leaves no files behind"
 
 
 def test_extra_or_path_escaping_files_are_refused(zoo_bundle, keypair, tmp_path):
     content = _packed(zoo_bundle)
-    content.array_records[bundle_transport.FILES_RECORD]["../evil.py"] = Array(np.frombuffer(b"x", dtype=np.uint8))
+    content.array_records[flower_messages.FILES_RECORD]["../evil.py"] = Array(np.frombuffer(b"x", dtype=np.uint8))
     with pytest.raises(BundleError, match="not listed in the signed manifest"):
-        bundle_transport.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
+        flower_messages.unpack_bundle(content, tmp_path / "cache", signing.load_public_key(keypair[1]))
     assert not (tmp_path / "evil.py").exists()
 
 
@@ -65,17 +67,17 @@ def test_reference_pointer_detects_changed_content(tmp_path):
     root = tmp_path / "reference" / "real"
     root.mkdir(parents=True)
     (root / "a.png").write_bytes(b"one")
-    digest = bundle_transport.folder_digest(tmp_path / "reference")
-    assert bundle_transport.verify_reference(tmp_path / "reference", digest) == tmp_path / "reference"
+    digest = reference_set.folder_digest(tmp_path / "reference")
+    assert reference_set.verify_reference(tmp_path / "reference", digest) == tmp_path / "reference"
     (root / "b.png").write_bytes(b"two")
-    with pytest.raises(bundle_transport.ReferenceSetError, match="differs"):
-        bundle_transport.verify_reference(tmp_path / "reference", digest)
+    with pytest.raises(reference_set.ReferenceSetError, match="differs"):
+        reference_set.verify_reference(tmp_path / "reference", digest)
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "real").symlink_to(root, target_is_directory=True)
-    assert bundle_transport.folder_digest(linked) == bundle_transport.folder_digest(tmp_path / "reference")
-    with pytest.raises(bundle_transport.ReferenceSetError, match="not found"):
-        bundle_transport.folder_digest(tmp_path / "missing")
+    assert reference_set.folder_digest(linked) == reference_set.folder_digest(tmp_path / "reference")
+    with pytest.raises(reference_set.ReferenceSetError, match="not found"):
+        reference_set.folder_digest(tmp_path / "missing")
 
 
 def test_client_app_refuses_a_tampered_bundle(zoo_bundle, keypair, tmp_path):

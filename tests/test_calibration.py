@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from shared_backbone.calibration import Calibration, fit_calibration
-from shared_backbone.evaluation import log_loss, roc_auc
+from shared_backbone.experiments.metrics import log_loss, roc_auc
+from shared_backbone.model.calibration import Calibration, fit_calibration
 
 
 def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared_backbone.config import ConfigError, CoordinatorConfig, DataConfig, NodeConfig, ZooConfig, load_config, to_dict
+from coordinator.config import CoordinatorConfig
+from node.config import NodeConfig
+from shared_backbone.config import ConfigError, DataConfig, load_config, to_dict
+from shared_backbone.data.zoo import ZooConfig
 
 
 def write(tmp_path, text: str):

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from attribnet.cli import main
-from shared_backbone.datasets import load_split
-from shared_backbone.preprocessing import Normstats, NormstatsAccumulator, load_image
-from shared_backbone.zoo import read_manifest, zoo_data_config
+from shared_backbone.data.datasets import load_split
+from shared_backbone.data.zoo import read_manifest, zoo_data_config
+from shared_backbone.model.preprocessing import Normstats, NormstatsAccumulator, load_image
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shared_backbone.config import DataConfig, PerturbConfig
-from shared_backbone.datasets import (
+from shared_backbone.data.datasets import (
     DatasetError,
     load_split,
     make_tf_dataset,
@@ -21,7 +21,7 @@ from shared_backbone.datasets import (
     scan_dataset,
     split_samples,
 )
-from shared_backbone.preprocessing import InputSpec
+from shared_backbone.model.preprocessing import InputSpec
 
 
 def copy_sources(tiny_zoo: Path, out: Path, sources: dict[str, int]) -> Path:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared_backbone import dct_regression
-from shared_backbone.datasets import load_split
-from shared_backbone.dct_regression import DctLinearModel, dct_features, fit, iter_dct_features, predict_proba
-from shared_backbone.perturbations import jpeg
-from shared_backbone.preprocessing import load_image, log_dct_spectrum
-from shared_backbone.zoo import zoo_data_config
+from shared_backbone.data.datasets import load_split
+from shared_backbone.data.perturbations import jpeg
+from shared_backbone.data.zoo import zoo_data_config
+from shared_backbone.experiments import dct_regression
+from shared_backbone.experiments.dct_regression import DctLinearModel, dct_features, fit, iter_dct_features, predict_proba
+from shared_backbone.model.preprocessing import load_image, log_dct_spectrum
 
 
 def blobs(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

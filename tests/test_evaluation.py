@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from shared_backbone import evaluation, reports
+from shared_backbone.experiments import metrics as evaluation
+from shared_backbone.experiments import reports
 
 
 def test_binary_metrics_hand_computed():

@@ -6,14 +6,14 @@ import os
 import time
 from pathlib import Path
 
-from attribnet import flower_processes as fp
+from attribnet.launch import flower_processes as fp
 from tests.test_federation_sim import check_registered, coordinator_config, make_node_folders, make_reference
 
 SOURCES = ("tconv_a", "nnconv_a")
 
 
 def test_deployment_trains_and_registers_both_nodes(tiny_zoo, zoo_bundle, keypair, tmp_path):
-    from attribnet.federation import run_federation
+    from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES, keypair)
     reference = make_reference(tiny_zoo, tmp_path / "reference")
@@ -83,9 +83,9 @@ def write_test_tls(out: Path) -> tuple[str, str, str]:
 def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_foreign_bundle(tiny_zoo, zoo_bundle, keypair, tmp_path):
     """Over HTTPS with SuperNode authentication: an unregistered SuperNode never joins; the registered
     node trusts another coordinator key, so it refuses the bundle; the run still completes and says so."""
-    from attribnet.federation import submit_run, write_coordinator_yaml
+    from attribnet.launch.flower_runs import submit_run, write_coordinator_yaml
     from coordinator.registry import Registry
-    from shared_backbone.signing import generate_keypair
+    from shared_backbone.model.signing import generate_keypair
 
     _, other_public = generate_keypair(tmp_path / "other-coordinator")
     nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES[:1], keypair)

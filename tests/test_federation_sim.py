@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shared_backbone.bundle import load_bundle, sha256_file
-from shared_backbone.config import CoordinatorConfig, FederationConfig, TrainConfig
-from shared_backbone.heads import HEAD_WEIGHTS, load_head
-from shared_backbone.zoo import ZooSettings, write_zoo
+from coordinator.config import CoordinatorConfig, FederationConfig
+from shared_backbone.config import TrainConfig
+from shared_backbone.data.zoo import ZooSettings, write_zoo
+from shared_backbone.model.bundle import load_bundle, sha256_file
+from shared_backbone.model.heads import HEAD_WEIGHTS, load_head
 
 # Eight generators, several per architecture (instances), as eight organisations.
 SOURCES = ("tconv_a", "tconv_b", "tconv_c", "nnconv_a", "nnconv_b", "bilinear_a", "pixshuffle_a", "pixshuffle_b")
@@ -93,7 +94,7 @@ def check_registered(result, config: CoordinatorConfig, nodes: list[dict], bundl
 
 
 def test_simulation_registers_every_node_and_reports_the_crashed_one(federation_zoo, zoo_bundle, keypair, tmp_path):
-    from attribnet.federation import run_federation
+    from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES, keypair, broken=BROKEN)
     reference = make_reference(federation_zoo, tmp_path / "reference")
@@ -143,8 +144,8 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation
     """One node opts in, one declines; the averaged primary becomes version `<old>-ft1` with parent recorded."""
     import numpy as np
 
-    from attribnet.federation import run_federation
-    from shared_backbone.signing import load_public_key
+    from attribnet.launch.flower_runs import run_federation
+    from shared_backbone.model.signing import load_public_key
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)
     nodes[0]["finetune"] = True
@@ -166,7 +167,7 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation
 
 def test_a_node_that_misses_the_round_deadline_is_reported_as_timed_out(federation_zoo, zoo_bundle, keypair, tmp_path):
     """The round waits `round_timeout`, not for the slowest node; the run completes without it."""
-    from attribnet.federation import run_federation
+    from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
     config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=1)
@@ -201,7 +202,7 @@ def test_cli_names_the_bad_input_in_one_line(tmp_path, capsys):
 
 
 def test_too_few_nodes_fails_the_run_after_a_bounded_wait_and_says_so(federation_zoo, zoo_bundle, keypair, tmp_path):
-    from attribnet.federation import run_federation
+    from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
     config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=2)

@@ -37,7 +37,7 @@ class Net:
 
 
 def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair, **serve):
-    from shared_backbone.config import NodeConfig, NodeServeConfig
+    from node.config import NodeConfig, NodeServeConfig
 
     return NodeConfig(
         source=source,
@@ -53,9 +53,9 @@ def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair,
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, keypair):
-    from coordinator.gateway import start_coordinator
-    from node.service import start_node
-    from shared_backbone.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.gateway.server import start_coordinator
+    from node.server import start_node
 
     root = tmp_path_factory.mktemp("gateway")
     bundle = make_bundle(root / "bundle", *keypair)
@@ -87,21 +87,21 @@ def net(tmp_path_factory, keypair):
 
 @pytest.fixture(scope="module")
 def offline(net):
-    from shared_backbone.attribution import OfflineAttributor
-    from shared_backbone.heads import load_head
+    from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.heads import load_head
 
     heads = [load_head(net.root / source / "head", net.bundle) for source in SOURCES]
     return OfflineAttributor(net.bundle, heads)
 
 
 def client(net, token=QUERY_TOKEN, timeout=10.0):
-    from shared_backbone.client import AttributionClient
+    from shared_backbone.protocol.gateway_client import AttributionClient
 
     return AttributionClient(net.target, token=token, timeout=timeout)
 
 
 def test_answers_match_offline_attributor(net, offline):
-    from shared_backbone.preprocessing import preprocess
+    from shared_backbone.model.preprocessing import preprocess
 
     rng = np.random.default_rng(0)
     images = [png_bytes(rng) for _ in range(6)] + [png_bytes(rng, 48, "JPEG")]
@@ -124,7 +124,7 @@ def test_answers_match_offline_attributor(net, offline):
 
 
 def _bad(net, images, fragment):
-    from shared_backbone.client import GatewayError
+    from shared_backbone.protocol.gateway_client import GatewayError
 
     with client(net) as c, pytest.raises(GatewayError) as info:
         c.attribute(images)
@@ -150,7 +150,7 @@ def test_bad_images_are_invalid_argument_and_server_keeps_serving(net):
 
 
 def test_query_token_is_required(net):
-    from shared_backbone.client import GatewayError
+    from shared_backbone.protocol.gateway_client import GatewayError
 
     for token in (None, "wrong"):
         with client(net, token=token) as c, pytest.raises(GatewayError) as info:
@@ -186,7 +186,7 @@ def test_heatmap_png_per_image(net):
 
 
 def test_concurrent_requests_share_trunk_runs(net, offline):
-    from shared_backbone.preprocessing import preprocess
+    from shared_backbone.model.preprocessing import preprocess
 
     rng = np.random.default_rng(4)
     requests = [[png_bytes(rng) for _ in range(2)] for _ in range(6)]
@@ -204,15 +204,15 @@ def test_concurrent_requests_share_trunk_runs(net, offline):
 
 
 def _registry_stub(net):
-    from shared_backbone import rpc
-    from shared_backbone.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+    from shared_backbone.protocol import rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(net.target)
     return channel, pb_grpc.RegistryServiceStub(channel)
 
 
 def _register_request(net, node_id: str, source: str, endpoint: str = "127.0.0.1:1"):
-    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     return pb.RegisterRequest(
         node_id=node_id, source=source, endpoint=endpoint, backbone_digest=net.bundle.digest,
@@ -228,8 +228,8 @@ def _code(call) -> grpc.StatusCode:
 
 
 def test_registration_needs_token_and_cannot_take_over_another_node(net):
-    from shared_backbone import rpc
-    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+    from shared_backbone.protocol import rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     channel, stub = _registry_stub(net)
     good = (*rpc.bearer(REGISTRATION_TOKEN), (rpc.NODE_SECRET, "intruder-secret"))
@@ -259,7 +259,7 @@ def test_registration_needs_token_and_cannot_take_over_another_node(net):
 
 
 def test_incompatible_backbone_is_registered_but_never_queried(net, tmp_path, keypair):
-    from shared_backbone import rpc
+    from shared_backbone.protocol import rpc
 
     other = make_bundle(tmp_path / "other", *keypair, version="other")
     assert other.digest != net.bundle.digest
@@ -282,7 +282,7 @@ def test_incompatible_backbone_is_registered_but_never_queried(net, tmp_path, ke
 def test_stopped_node_is_missing_then_used_again_after_restart(net, keypair):
     import time
 
-    from node.service import start_node
+    from node.server import start_node
 
     rng = np.random.default_rng(6)
     image = png_bytes(rng)
@@ -303,7 +303,7 @@ def test_stopped_node_is_missing_then_used_again_after_restart(net, keypair):
 
 
 def test_wrong_registration_token_stops_node(net, keypair):
-    from node.service import start_node
+    from node.server import start_node
 
     config = net.node_configs["alpha"]
     bad = dataclasses.replace(
@@ -361,10 +361,11 @@ def _write_certificates(folder: Path) -> dict[str, str]:
 
 def test_mutual_tls_network(net, tmp_path, keypair):
     """Coordinator and node with mTLS: registration, scoring and queries all need a CA-signed cert."""
-    from coordinator.gateway import start_coordinator
-    from node.service import start_node
-    from shared_backbone.client import AttributionClient, GatewayError
-    from shared_backbone.config import CoordinatorConfig, GatewayConfig, TLSConfig
+    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.gateway.server import start_coordinator
+    from node.server import start_node
+    from shared_backbone.config import TLSConfig
+    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
 
     pem = _write_certificates(tmp_path / "pki")
     tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)
@@ -394,8 +395,8 @@ def test_mutual_tls_network(net, tmp_path, keypair):
 def test_gateway_refuses_bad_settings_and_tampered_bundle(net, tmp_path, keypair):
     import shutil
 
-    from coordinator.gateway import GatewayStartError, start_coordinator
-    from shared_backbone.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.gateway.server import GatewayStartError, start_coordinator
 
     def config(**gateway) -> CoordinatorConfig:
         return CoordinatorConfig(

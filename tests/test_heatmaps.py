@@ -8,7 +8,7 @@ import pytest
 import scipy.special
 from PIL import Image
 
-from shared_backbone import heads, heatmaps, models
+from shared_backbone.model import heads, heatmaps, networks
 
 SIZE = 32
 
@@ -31,7 +31,7 @@ def random_inputs(shape, seed: int, n: int = 3) -> np.ndarray:
 
 def test_cam_mean_plus_bias_is_the_logit():
     """GAP + Dense: the decision's logit is the spatial mean of the unnormalised CAM plus the bias."""
-    primary = scaled_decision(models.build_primary(SIZE, "pixel"), "dDecision", 0)
+    primary = scaled_decision(networks.build_primary(SIZE, "pixel"), "dDecision", 0)
     inputs = random_inputs((SIZE, SIZE, 3), 1)
     maps, method = heatmaps.raw_heatmaps(primary, inputs)
     assert method == heatmaps.CAM and maps.shape == (3, SIZE // 8, SIZE // 8)
@@ -41,8 +41,8 @@ def test_cam_mean_plus_bias_is_the_logit():
 
 
 def test_head_cam_uses_the_head_decision():
-    head = scaled_decision(models.build_head(SIZE), "aDecision", 2)
-    features = np.abs(random_inputs(models.feature_shape(SIZE), 3))
+    head = scaled_decision(networks.build_head(SIZE), "aDecision", 2)
+    features = np.abs(random_inputs(networks.feature_shape(SIZE), 3))
     maps, method = heatmaps.raw_heatmaps(head, features)
     assert method == heatmaps.CAM
     logits = scipy.special.logit(np.asarray(head(features, training=False), dtype=np.float64)[:, 0])
@@ -54,11 +54,11 @@ def test_head_cam_uses_the_head_decision():
 def test_grad_cam_on_flatten_models_uses_the_mean_kernel(kind):
     """Flatten + Dense: d logit / d A is the Dense kernel reshaped, so alpha_k is its spatial mean."""
     if kind == "primary":
-        model = scaled_decision(models.build_primary(SIZE, "dct"), "dDecision", 4)
+        model = scaled_decision(networks.build_primary(SIZE, "dct"), "dDecision", 4)
         inputs, conv, decision = random_inputs((SIZE, SIZE, 1), 5), "dRelu_06", "dDecision"
     else:
         model = scaled_decision(heads.build_head_model(SIZE, "flatten"), "aDecision", 6)
-        inputs, conv, decision = np.abs(random_inputs(models.feature_shape(SIZE), 7)), "aRelu_02", "aDecision"
+        inputs, conv, decision = np.abs(random_inputs(networks.feature_shape(SIZE), 7)), "aRelu_02", "aDecision"
     maps, method = heatmaps.raw_heatmaps(model, inputs)
     assert method == heatmaps.GRAD_CAM
     activations = np.asarray(keras.Model(model.input, model.get_layer(conv).output)(inputs), dtype=np.float64)
@@ -70,7 +70,7 @@ def test_grad_cam_on_flatten_models_uses_the_mean_kernel(kind):
 
 
 def test_normalised_maps_span_zero_to_one_and_differ():
-    primary = scaled_decision(models.build_primary(SIZE, "pixel"), "dDecision", 8)
+    primary = scaled_decision(networks.build_primary(SIZE, "pixel"), "dDecision", 8)
     maps, _ = heatmaps.compute_heatmaps(primary, random_inputs((SIZE, SIZE, 3), 9))
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     for heat in maps:
@@ -79,7 +79,7 @@ def test_normalised_maps_span_zero_to_one_and_differ():
 
 
 def test_model_without_decision_is_refused():
-    trunk = models.build_trunk(models.build_primary(SIZE, "pixel"))
+    trunk = networks.build_trunk(networks.build_primary(SIZE, "pixel"))
     with pytest.raises(ValueError, match="neither dDecision nor aDecision"):
         heatmaps.raw_heatmaps(trunk, random_inputs((SIZE, SIZE, 3), 10))
 

@@ -89,7 +89,7 @@ def read_lines(stream, lines: "queue.Queue[str]") -> None:
 @pytest.fixture
 def served_demo(tmp_path):
     """Starts the demo with serve=True; yields (process, gateway, out, log lines); always ends it."""
-    from attribnet.flower_processes import free_port
+    from attribnet.launch.flower_processes import free_port
 
     out = tmp_path / "out"
     port = free_port()
@@ -130,9 +130,9 @@ def served_demo(tmp_path):
 
 
 def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
-    from shared_backbone.client import AttributionClient
-    from shared_backbone.datasets import load_split
-    from shared_backbone.zoo import zoo_data_config
+    from shared_backbone.data.datasets import load_split
+    from shared_backbone.data.zoo import zoo_data_config
+    from shared_backbone.protocol.gateway_client import AttributionClient
 
     process, gateway, out, lines, seen = served_demo
     host, port = gateway.rsplit(":", 1)
@@ -200,7 +200,7 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
 
 
 def answer(attribution: str, scores: dict[str, float], fake_score: float = 0.9, missing: tuple[str, ...] = ()):
-    from shared_backbone.client import Attribution
+    from shared_backbone.protocol.gateway_client import Attribution
 
     return Attribution(
         index=0, fake_score=fake_score, scores=scores, raw_scores=scores, thresholds={s: 0.5 for s in scores},
@@ -210,7 +210,7 @@ def answer(attribution: str, scores: dict[str, float], fake_score: float = 0.9, 
 
 def test_report_counts_a_missing_node_and_unknown_answers_as_wrong(tmp_path):
     """b's node never registered: its images can only be wrong; `unknown` is its own confusion column."""
-    from attribnet.network_demo import attribution_report, missing_nodes
+    from attribnet.demo.network import attribution_report, missing_nodes
 
     answers = [
         answer("real", {"a": 0.2}, fake_score=0.1, missing=("b",)),

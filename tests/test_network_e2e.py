@@ -57,7 +57,7 @@ class Network:
 
 
 def client(net: Network, timeout: float = 20.0):
-    from shared_backbone.client import AttributionClient
+    from shared_backbone.protocol.gateway_client import AttributionClient
 
     return AttributionClient(net.target, timeout=timeout)
 
@@ -114,8 +114,8 @@ def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
 
 @pytest.fixture(scope="module")
 def zoo_test_split(zoo_bundle, tiny_zoo):
-    from shared_backbone.datasets import load_split
-    from shared_backbone.zoo import zoo_data_config
+    from shared_backbone.data.datasets import load_split
+    from shared_backbone.data.zoo import zoo_data_config
 
     index, splits = load_split(zoo_data_config(tiny_zoo))
     return index, splits["test"]
@@ -123,14 +123,14 @@ def zoo_test_split(zoo_bundle, tiny_zoo):
 
 @pytest.fixture(scope="module")
 def offline(zoo_bundle, zoo_heads, network):
-    from shared_backbone.attribution import OfflineAttributor
-    from shared_backbone.heads import load_head
+    from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.heads import load_head
 
     return OfflineAttributor(zoo_bundle, [load_head(zoo_heads[source], zoo_bundle) for source in network.sources])
 
 
 def test_network_equals_offline_on_the_zoo_test_split(network, offline, zoo_test_split, zoo_bundle):
-    from shared_backbone.preprocessing import preprocess
+    from shared_backbone.model.preprocessing import preprocess
 
     index, samples = zoo_test_split
     images = [sample.path.read_bytes() for sample in samples]

@@ -15,8 +15,8 @@ from tests.network_support import IMAGE_SIZE, free_port, make_bundle, make_head,
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, keypair):
     """A node serving an untrained head; its coordinator address has nobody listening."""
-    from node.service import start_node
-    from shared_backbone.config import NodeConfig, NodeServeConfig
+    from node.config import NodeConfig, NodeServeConfig
+    from node.server import start_node
 
     root = tmp_path_factory.mktemp("node")
     bundle = make_bundle(root / "bundle", *keypair)
@@ -33,8 +33,8 @@ def node(tmp_path_factory, keypair):
 
 @pytest.fixture
 def stub(node):
-    from shared_backbone import rpc
-    from shared_backbone.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+    from shared_backbone.protocol import rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(f"127.0.0.1:{node[0].port}")
     yield pb_grpc.HeadServiceStub(channel)
@@ -47,7 +47,7 @@ def features(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_score_equals_the_heads_own_output(node, stub):
-    from shared_backbone.proto import wire
+    from shared_backbone.protocol import wire
 
     _, bundle, head, _ = node
     batch = features(5)
@@ -64,7 +64,7 @@ def _invalid(stub, request) -> str:
 
 
 def test_wrong_shape_dtype_or_size_is_invalid_argument(node, stub):
-    from shared_backbone.proto import wire
+    from shared_backbone.protocol import wire
 
     good = wire.features_to_request(features(2))
     assert "shape must be [batch, 8, 8, 16]" in _invalid(stub, wire.features_to_request(np.zeros((2, 4, 4, 16))))
@@ -82,7 +82,7 @@ def test_wrong_shape_dtype_or_size_is_invalid_argument(node, stub):
 
 
 def test_features_of_another_backbone_are_refused(stub):
-    from shared_backbone.proto import wire
+    from shared_backbone.protocol import wire
 
     with pytest.raises(grpc.RpcError) as info:
         stub.Score(wire.features_to_request(features(1), "f" * 64), timeout=10)
@@ -92,8 +92,8 @@ def test_features_of_another_backbone_are_refused(stub):
 def test_describe_health_and_reflection(node, stub):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    from shared_backbone import rpc
-    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+    from shared_backbone.protocol import rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     server, bundle, head, _ = node
     description = stub.Describe(pb.DescribeRequest(), timeout=10)
@@ -116,7 +116,7 @@ def test_registrar_keeps_retrying_while_coordinator_is_away(node):
 
 
 def test_start_refuses_tampered_bundle_foreign_head_and_missing_token(node, tmp_path, keypair):
-    from node.service import NodeStartError, start_node
+    from node.server import NodeStartError, start_node
 
     _, bundle, _, config = node
     tampered = tmp_path / "tampered"

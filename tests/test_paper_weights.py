@@ -12,8 +12,9 @@ import pytest
 from attribnet.cli import main
 from coordinator.import_weights import import_paper_weights
 from node.import_head import import_paper_head
-from shared_backbone import bundle as bundle_lib
-from shared_backbone import heads, paper_weights, signing
+from shared_backbone.experiments import paper_weights
+from shared_backbone.model import bundle as bundle_lib
+from shared_backbone.model import heads, signing
 from tests.paper_reference import NORMSTATS, PAPER, hdf5_arrays, requires_paper_weights
 
 pytestmark = requires_paper_weights

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from shared_backbone.config import PerturbConfig
-from shared_backbone.perturbations import (
+from shared_backbone.data.perturbations import (
     check_config,
     gaussian_blur,
     gaussian_noise,

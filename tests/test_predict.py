@@ -15,7 +15,7 @@ from PIL import Image
 from attribnet.cli import main
 from coordinator.import_weights import import_paper_weights
 from node.import_head import import_paper_head
-from shared_backbone import signing
+from shared_backbone.model import signing
 from tests.paper_reference import NORMSTATS, PAPER, hdf5_arrays, requires_paper_weights
 
 TOLERANCE = 1e-4

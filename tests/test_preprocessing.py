@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared_backbone.preprocessing import (
+from shared_backbone.model.preprocessing import (
     ImageDecodeError,
     InputSpec,
     Normstats,

@@ -17,7 +17,7 @@ from tests.network_support import make_bundle
 
 
 def test_generated_code_is_current(tmp_path):
-    from shared_backbone.proto import generate
+    from shared_backbone.protocol.proto import generate
 
     written = generate.generate(tmp_path)
     assert len(written) == 3
@@ -27,7 +27,7 @@ def test_generated_code_is_current(tmp_path):
 
 
 def test_services_and_package_are_versioned():
-    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     assert pb.DESCRIPTOR.package == "attribution.v1"
     services = {name: [m.name for m in service.methods] for name, service in pb.DESCRIPTOR.services_by_name.items()}
@@ -41,8 +41,8 @@ def test_services_and_package_are_versioned():
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, keypair):
     """A gateway with no nodes (attribution still answers, from the detector alone)."""
-    from coordinator.gateway import start_coordinator
-    from shared_backbone.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.gateway.server import start_coordinator
 
     root = tmp_path_factory.mktemp("proto")
     bundle = make_bundle(root / "bundle", *keypair)
@@ -89,7 +89,7 @@ def test_reflection_only_client_can_call_attribute(gateway):
 def test_message_size_limit_is_enforced_and_server_keeps_serving(gateway):
     import grpc
 
-    from shared_backbone.client import AttributionClient, GatewayError
+    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
 
     server, _ = gateway
     buffer = io.BytesIO()

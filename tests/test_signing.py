@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from attribnet.cli import main
-from shared_backbone import signing
+from shared_backbone.model import signing
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path):

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared_backbone import models, training
-from shared_backbone.config import NodeConfig, TrainConfig
-from shared_backbone.datasets import load_split
-from shared_backbone.preprocessing import InputSpec
+from node.config import NodeConfig
+from shared_backbone.config import TrainConfig
+from shared_backbone.data.datasets import load_split
+from shared_backbone.experiments import training
+from shared_backbone.model import networks
+from shared_backbone.model.preprocessing import InputSpec
 
 
 def _weights_bytes(model) -> list[bytes]:
@@ -30,7 +32,7 @@ def test_early_stopping_never_stops_before_min_epochs(tiny_zoo_config, tmp_path)
     min_epochs, patience = 4, 1
     index, splits = load_split(dataclasses.replace(tiny_zoo_config, image_size=16, max_per_source=12))
     spec = InputSpec(16)
-    model = models.build_baseline("gdaconv", 16, "pixel", "detection")  # no BatchNorm: val loss exactly constant
+    model = networks.build_baseline("gdaconv", 16, "pixel", "detection")  # no BatchNorm: val loss exactly constant
     train = TrainConfig(epochs=30, batch_size=32, learning_rate=0.0, patience=patience, min_epochs=min_epochs)
     result = training.fit(
         model, splits["train"], training.detection_labels(index, splits["train"]),
@@ -64,7 +66,7 @@ def test_trained_detector_is_not_constant(zoo_primary_run):
 def test_publish_load_bundle_round_trip(zoo_primary_run, zoo_bundle, tiny_zoo_config):
     assert zoo_bundle.signed and zoo_bundle.version == "test-1"
     assert zoo_bundle.manifest["metrics"]["test"]["roc_auc"] == pytest.approx(zoo_primary_run.metrics["test"]["roc_auc"])
-    assert zoo_bundle.manifest["trainable_parameters"]["head"] == models.trainable_parameter_count(models.build_head(32))
+    assert zoo_bundle.manifest["trainable_parameters"]["head"] == networks.trainable_parameter_count(networks.build_head(32))
     batch = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     reloaded = zoo_bundle.load_primary()
     np.testing.assert_array_equal(np.asarray(reloaded(batch, training=False)), np.asarray(zoo_primary_run.model(batch, training=False)))
@@ -82,9 +84,9 @@ def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, 
 
     splits = head_splits(NodeConfig(source="tconv_a", data=tiny_zoo_config))
     (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
-    trunk = models.build_trunk(zoo_bundle.load_primary())
-    head = models.build_head(32)
-    model = models.build_attribution_model(trunk, head)
+    trunk = networks.build_trunk(zoo_bundle.load_primary())
+    head = networks.build_head(32)
+    model = networks.build_attribution_model(trunk, head)
     trunk_before, head_before = _weights_bytes(trunk), _weights_bytes(head)
     batch = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(trunk(batch, training=True)), np.asarray(trunk(batch, training=False)))
@@ -97,7 +99,7 @@ def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, 
 
 
 def test_heads_are_trained_calibrated_and_bound_to_the_bundle(zoo_bundle, zoo_heads):
-    from shared_backbone.heads import load_head
+    from shared_backbone.model.heads import load_head
 
     assert sorted(zoo_heads) == ["bilinear_a", "nnconv_a", "pixshuffle_a", "tconv_a", "tconv_b"]
     for source, head_dir in zoo_heads.items():
@@ -113,8 +115,8 @@ def test_heads_are_trained_calibrated_and_bound_to_the_bundle(zoo_bundle, zoo_he
 
 def test_train_head_refuses_bad_configs(tiny_zoo_config, zoo_bundle, keypair, tmp_path):
     from node.train_head import train_head
-    from shared_backbone.bundle import BundleError
-    from shared_backbone.signing import generate_keypair
+    from shared_backbone.model.bundle import BundleError
+    from shared_backbone.model.signing import generate_keypair
 
     base = NodeConfig(source="tconv_a", data=tiny_zoo_config, backbone=str(zoo_bundle.path), public_key=str(keypair[1]), state_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no folder for source 'stylegan'"):

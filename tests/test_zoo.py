@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared_backbone.config import ZooConfig
-from shared_backbone.datasets import scan_dataset
-from shared_backbone.preprocessing import log_dct_spectrum
-from shared_backbone.zoo import (
+from shared_backbone.data import zoo as zoo_module
+from shared_backbone.data.datasets import scan_dataset
+from shared_backbone.data.zoo import (
     ARCHITECTURES,
     DEFAULT_SOURCES,
     REAL_SOURCE,
+    ZooConfig,
     ZooSettings,
     make_generator,
     read_manifest,
@@ -24,7 +24,7 @@ from shared_backbone.zoo import (
     write_zoo,
     zoo_data_config,
 )
-from shared_backbone import zoo as zoo_module
+from shared_backbone.model.preprocessing import log_dct_spectrum
 
 SMALL = ZooSettings(image_size=16, per_source=6, seed=11)
 

@@ -50,12 +50,12 @@ def register(actions: argparse._SubParsersAction) -> None:
 def run_attribution(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from shared_backbone.attribution_eval import evaluate_network
-    from shared_backbone.benchmark import DEFAULT_PERTURBATIONS
-    from shared_backbone.bundle import load_bundle
     from shared_backbone.config import DataConfig
-    from shared_backbone.heads import read_head_meta
-    from shared_backbone.signing import load_public_key
+    from shared_backbone.experiments.baselines import DEFAULT_PERTURBATIONS
+    from shared_backbone.experiments.evaluation import evaluate_network
+    from shared_backbone.model.bundle import load_bundle
+    from shared_backbone.model.heads import read_head_meta
+    from shared_backbone.model.signing import load_public_key
 
     bundle = load_bundle(args.backbone, load_public_key(args.public_key) if args.public_key else None)
     heads = {read_head_meta(path)["source"]: Path(path) for path in args.heads}
@@ -76,8 +76,8 @@ def run_attribution(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared_backbone.benchmark import DEFAULT_PERTURBATIONS, run_baseline
-    from shared_backbone.config import BaselineConfig, load_config
+    from shared_backbone.config import load_config
+    from shared_backbone.experiments.baselines import DEFAULT_PERTURBATIONS, BaselineConfig, run_baseline
 
     config = load_config(BaselineConfig, args.config, {
         "model": args.model, "task": args.task, "positive_source": args.source, "data.root": args.data,

@@ -25,14 +25,14 @@ def register(actions: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from attribnet.perf import PerfSettings, run_perf
-    from shared_backbone.device import configure_tensorflow
+    from attribnet.bench.perf import PerfSettings, run_perf
+    from shared_backbone.model.device import configure_tensorflow
 
     if bool(args.bundle) != bool(args.heads) or (args.bundle and not args.public_key):
         raise ValueError("--bundle, --public-key and --heads go together (or give none for synthetic models)")
     head_dirs = None
     if args.heads:
-        from shared_backbone.heads import read_head_meta
+        from shared_backbone.model.heads import read_head_meta
 
         head_dirs = {read_head_meta(path)["source"]: Path(path) for path in args.heads}
     configure_tensorflow()

@@ -38,7 +38,8 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, overrides: dict):
-    from shared_backbone.config import CoordinatorConfig, load_config
+    from coordinator.config import CoordinatorConfig
+    from shared_backbone.config import load_config
 
     return load_config(CoordinatorConfig, getattr(args, "config", None), overrides)
 
@@ -84,7 +85,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
-    from shared_backbone import signing
+    from shared_backbone.model import signing
 
     out = args.out or str(Path(_config(args, {}).private_key).parent)
     private_path, public_path = signing.generate_keypair(out, overwrite=args.overwrite)
@@ -105,8 +106,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from shared_backbone import bundle as bundle_lib
-    from shared_backbone import signing
+    from shared_backbone.model import bundle as bundle_lib
+    from shared_backbone.model import signing
 
     config = _config(args, {"public_key": args.public_key}) if (args.config or args.public_key) else None
     key = signing.load_public_key(config.public_key) if config and config.public_key else None

@@ -29,7 +29,8 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from shared_backbone.config import CoordinatorConfig, load_config
+    from coordinator.config import CoordinatorConfig
+    from shared_backbone.config import load_config
 
     overrides = {
         "bundle": getattr(args, "bundle", None),
@@ -44,8 +45,8 @@ def _config(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from coordinator.gateway import serve_forever
-    from shared_backbone.device import configure_tensorflow
+    from coordinator.gateway.server import serve_forever
+    from shared_backbone.model.device import configure_tensorflow
 
     config = _config(args)
     configure_tensorflow()

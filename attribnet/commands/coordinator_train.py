@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from shared_backbone.evaluation import describe_binary
+from shared_backbone.experiments.metrics import describe_binary
 
 log = logging.getLogger("attribnet.coordinator")
 
@@ -58,7 +58,8 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, extra: dict | None = None):
-    from shared_backbone.config import CoordinatorConfig, load_config
+    from coordinator.config import CoordinatorConfig
+    from shared_backbone.config import load_config
 
     overrides = {
         "data.root": getattr(args, "data", None),
@@ -92,12 +93,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from coordinator.train_primary import read_run
-    from shared_backbone import training
-    from shared_backbone.attribution_eval import evaluate_binary, sample_ids
-    from shared_backbone.bundle import load_bundle
-    from shared_backbone.datasets import load_split
-    from shared_backbone.reports import write_json
-    from shared_backbone.signing import load_public_key
+    from shared_backbone.data.datasets import load_split
+    from shared_backbone.experiments import training
+    from shared_backbone.experiments.evaluation import evaluate_binary, sample_ids
+    from shared_backbone.experiments.reports import write_json
+    from shared_backbone.model.bundle import load_bundle
+    from shared_backbone.model.signing import load_public_key
 
     config = _config(args)
     if args.bundle:

@@ -147,8 +147,8 @@ def _progress(label: str):
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from shared_backbone.config import ZooConfig, build
-    from shared_backbone.zoo import REAL_SOURCE, settings_from_config, write_zoo
+    from shared_backbone.config import build
+    from shared_backbone.data.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
     values, where = _section(args.config, "zoo")
     flags = {
@@ -177,7 +177,7 @@ def run_zoo(args: argparse.Namespace) -> int:
 
 
 def run_normstats(args: argparse.Namespace) -> int:
-    from shared_backbone.dataset_stats import normstats_for
+    from shared_backbone.data.stats import normstats_for
 
     config = data_config(args)
     stats, used, skipped = normstats_for(config, args.split, progress=_progress("normstats"))
@@ -201,7 +201,7 @@ def run_normstats(args: argparse.Namespace) -> int:
 
 
 def run_perturb(args: argparse.Namespace) -> int:
-    from shared_backbone.perturbations import perturb_dataset
+    from shared_backbone.data.perturbed_copy import perturb_dataset
 
     config = data_config(args)
     record = perturb_dataset(
@@ -220,7 +220,7 @@ def run_perturb(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Exit code 1 when any file is unreadable, so scripts can check a dataset before a long run."""
-    from shared_backbone.dataset_stats import describe_dataset
+    from shared_backbone.data.stats import describe_dataset
 
     config = data_config(args)
     summary = describe_dataset(config, check=not args.no_check, progress=None if args.no_check else _progress("check"))

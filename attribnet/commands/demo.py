@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-log = logging.getLogger("attribnet.demo")
+log = logging.getLogger("attribnet.demo.offline")
 
 # A few-seconds-per-step variant for CI and a first look (`--tiny`).
 TINY = {
@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared_backbone.config import DemoConfig, load_config
+    from attribnet.config import DemoConfig
+    from shared_backbone.config import load_config
 
     if args.offline and (args.serve or args.port):
         raise ValueError("--serve/--port keep the network up; the --offline demo has no network")
@@ -66,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.offline:
-        from attribnet.demo import run_demo
+        from attribnet.demo.offline import run_demo
 
         run_demo(config, out, step=step)
         report = out / "report"
     else:
-        from attribnet.network_demo import run_network_demo
+        from attribnet.demo.network import run_network_demo
 
         run_network_demo(config, out, serve=args.serve, port=args.port, step=step)
         report = out / "network-report"

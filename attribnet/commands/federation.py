@@ -38,8 +38,8 @@ def _read_nodes(path: str) -> list[dict[str, Any]]:
 
 
 def _coordinator_config(args: argparse.Namespace):
-    from coordinator.federation import resolve_paths
-    from shared_backbone.config import CoordinatorConfig, load_config
+    from coordinator.config import CoordinatorConfig
+    from shared_backbone.config import load_config, resolve_paths
 
     overrides = {
         "bundle": args.bundle,
@@ -66,8 +66,8 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from attribnet import federation
-    from attribnet import flower_processes as fp
+    from attribnet.launch import flower_processes as fp
+    from attribnet.launch import flower_runs
 
     config = _coordinator_config(args)
     modes = [m for m in ("simulation", "local", "superlink") if getattr(args, m)]
@@ -78,16 +78,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{modes[0]} needs --nodes nodes.yaml (one node-config mapping per node)")
         nodes = _read_nodes(args.nodes)
         if modes[0] == "simulation":
-            result = federation.run_simulation(config, nodes, cpus_per_node=args.cpus_per_node)
+            result = flower_runs.run_simulation(config, nodes, cpus_per_node=args.cpus_per_node)
         else:
             workdir = Path(args.workdir or Path(config.federation.result_file).parent / "flower")
-            result = federation.run_local_deployment(config, nodes, workdir, timeout=args.timeout)
+            result = flower_runs.run_local_deployment(config, nodes, workdir, timeout=args.timeout)
     else:
         workdir = Path(args.workdir or Path(config.federation.result_file).parent / "flower").resolve()
         flwr_home = workdir / "flwr-home"
         fp.write_connection(flwr_home, args.superlink, insecure=args.insecure, root_certificates=args.root_certificates)
-        config_path = federation.write_coordinator_yaml(config, workdir / "coordinator.yaml")
-        result = federation.submit_run(config_path, config.federation.result_file, fp.flower_env(flwr_home), timeout=args.timeout)
+        config_path = flower_runs.write_coordinator_yaml(config, workdir / "coordinator.yaml")
+        result = flower_runs.submit_run(config_path, config.federation.result_file, fp.flower_env(flwr_home), timeout=args.timeout)
     _print_result(result, args.json)
     return 0 if result.status == "completed" else 1
 
@@ -110,7 +110,7 @@ def _wait_for_signal(processes) -> int:
 
 
 def _superlink(args: argparse.Namespace) -> int:
-    from attribnet import flower_processes as fp
+    from attribnet.launch import flower_processes as fp
 
     ssl = (args.ssl_ca, args.ssl_cert, args.ssl_key) if args.ssl_cert else None
     if not ssl and not args.insecure:
@@ -125,7 +125,7 @@ def _superlink(args: argparse.Namespace) -> int:
 
 
 def _supernode(args: argparse.Namespace) -> int:
-    from attribnet import flower_processes as fp
+    from attribnet.launch import flower_processes as fp
 
     node_config: dict[str, Any] = {"config": str(Path(args.node_config).resolve()), "workdir": os.getcwd()}
     if args.finetune:

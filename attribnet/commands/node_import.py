@@ -24,8 +24,9 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from node.config import NodeConfig
     from node.import_head import import_paper_head
-    from shared_backbone.config import NodeConfig, load_config
+    from shared_backbone.config import load_config
 
     config = load_config(
         NodeConfig,

@@ -21,9 +21,10 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from node.service import serve_forever
-    from shared_backbone.config import NodeConfig, load_config
-    from shared_backbone.device import configure_tensorflow
+    from node.config import NodeConfig
+    from node.server import serve_forever
+    from shared_backbone.config import load_config
+    from shared_backbone.model.device import configure_tensorflow
 
     config = load_config(
         NodeConfig,

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from shared_backbone.evaluation import describe_binary
+from shared_backbone.experiments.metrics import describe_binary
 
 log = logging.getLogger("attribnet.node")
 
@@ -45,7 +45,8 @@ def register(actions: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, extra: dict | None = None):
-    from shared_backbone.config import NodeConfig, load_config
+    from node.config import NodeConfig
+    from shared_backbone.config import load_config
 
     overrides = {
         "source": args.source, "data.root": args.data, "backbone": args.backbone, "public_key": args.public_key,
@@ -78,7 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from node.train_head import evaluate_head
-    from shared_backbone.reports import write_json
+    from shared_backbone.experiments.reports import write_json
 
     config = _config(args)
     out = Path(args.out) if args.out else Path(config.state_dir) / "evaluation"

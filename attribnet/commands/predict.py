@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def collect_items(paths: list[str]) -> list[Item]:
     """Files as given, folders expanded recursively to their images (sorted); missing paths become errors."""
-    from shared_backbone.datasets import expand_image_paths
+    from shared_backbone.data.datasets import expand_image_paths
 
     return [Item(path, error=error) for path, error in expand_image_paths(paths)]
 
@@ -84,7 +84,7 @@ def _emit(record: dict[str, Any], as_json: bool) -> None:
 
 def _heatmap_targets(answers, heads_by_source) -> list[str]:
     """Which model explains each image: the attributed head, else the best head if the image is fake, else the primary."""
-    from shared_backbone.attribution import REAL
+    from shared_backbone.model.rule import REAL
 
     targets = []
     for answer in answers:
@@ -100,7 +100,7 @@ def _heatmap_targets(answers, heads_by_source) -> list[str]:
 def _write_heatmaps(batch, answers, features, attributor, heads_by_source, directory: Path, used: set[Path]) -> list[dict]:
     import numpy as np
 
-    from shared_backbone import heatmaps
+    from shared_backbone.model import heatmaps
 
     targets = _heatmap_targets(answers, heads_by_source)
     extras: list[dict] = [{} for _ in batch]
@@ -148,13 +148,14 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared_backbone import bundle as bundle_lib
-    from shared_backbone import heads as heads_lib
-    from shared_backbone import signing
-    from shared_backbone.attribution import OfflineAttributor
-    from shared_backbone.config import PredictConfig, load_config
-    from shared_backbone.device import configure_tensorflow
-    from shared_backbone.preprocessing import ImageDecodeError, load_image, to_model_input
+    from attribnet.config import PredictConfig
+    from shared_backbone.config import load_config
+    from shared_backbone.model import bundle as bundle_lib
+    from shared_backbone.model import heads as heads_lib
+    from shared_backbone.model import signing
+    from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.model.preprocessing import ImageDecodeError, load_image, to_model_input
 
     config = load_config(
         PredictConfig,

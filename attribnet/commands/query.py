@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int) -> list[dict]:
     """One record per path, in order: the gateway's answer, or {'path', 'error'}."""
-    from shared_backbone.client import GatewayError
+    from shared_backbone.protocol.gateway_client import GatewayError
 
     records: dict[int, dict] = {}
     pending: list[tuple[int, bytes]] = []
@@ -88,10 +88,10 @@ def _table(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared_backbone.client import AttributionClient
     from shared_backbone.config import TLSConfig
-    from shared_backbone.datasets import expand_image_paths
-    from shared_backbone.rpc import read_secret
+    from shared_backbone.data.datasets import expand_image_paths
+    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.protocol.rpc import read_secret
 
     token = read_secret(args.token or "", args.token_file or "", "token")
     tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None

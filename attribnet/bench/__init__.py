@@ -1,0 +1,1 @@
+"""The benchmarks behind `attribnet bench …`: each writes JSON and a Markdown table."""

@@ -1,0 +1,147 @@
+"""A whole attribution network on this machine: one gateway and one process per node, on loopback.
+
+Each role runs as its own `attribnet ... serve` process from a YAML config written here, exactly as
+an operator would start it, so whatever uses this (the performance benchmark, the demo) measures
+the real thing: separate processes talking gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from attribnet.launch.flower_processes import FlowerProcess, flower_env, free_port, start_process
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0
+
+
+class LocalNetworkError(RuntimeError):
+    """A process that did not come up in time or exited; the message carries its log tail."""
+
+
+@dataclass
+class LocalNetwork:
+    """Running gateway + nodes; `stop()` ends every process (also on exceptions via `with`)."""
+
+    workdir: Path
+    gateway: str
+    processes: dict[str, FlowerProcess] = field(default_factory=dict)
+
+    def __enter__(self) -> "LocalNetwork":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+
+def _serving(target: str) -> bool:
+    import grpc
+
+    from shared_backbone.protocol import rpc
+
+    channel = rpc.open_channel(target)
+    try:
+        return rpc.check_health(channel, timeout=1.0) == "SERVING"
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
+def _wait_serving(target: str, process: FlowerProcess, deadline: float) -> None:
+    while not _serving(target):
+        if not process.alive():
+            raise LocalNetworkError(f"{process.name} exited with code {process.popen.returncode}:\n{process.log_tail()}")
+        if time.monotonic() > deadline:
+            raise LocalNetworkError(f"{process.name} not serving on {target} in time:\n{process.log_tail()}")
+        time.sleep(0.2)
+
+
+def _registered(gateway: str, count: int) -> bool:
+    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+
+    with AttributionClient(gateway, timeout=2.0) as client:
+        try:
+            return sum(s["status"] == "healthy" for s in client.list_sources()) >= count
+        except GatewayError:
+            return False
+
+
+def start_local_network(
+    workdir: str | Path,
+    bundle: str | Path,
+    public_key: str | Path,
+    head_dirs: dict[str, Path],
+    *,
+    gateway_settings: dict | None = None,
+    timeout: float = START_TIMEOUT,
+    port: int = 0,
+    node_ports: dict[str, int] | None = None,
+) -> LocalNetwork:
+    """Starts the gateway and one node per head (head folders are copied into node state folders).
+
+    `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port); an
+    existing WORKDIR/registration.token is kept (else a random one is written).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "registration.token"
+    if not token_file.is_file():
+        token_file.write_text(secrets.token_urlsafe(32) + "\n")
+    port = port or free_port()
+    gateway = f"127.0.0.1:{port}"
+    coordinator_yaml = workdir / "coordinator.yaml"
+    coordinator_yaml.write_text(yaml.safe_dump({
+        "bundle": str(bundle),
+        "public_key": str(public_key),
+        "registry": str(workdir / "registry.sqlite"),
+        "gateway": {"host": "127.0.0.1", "port": port, "registration_token_file": str(token_file),
+                    "heartbeat_interval": 1.0, **(gateway_settings or {})},
+    }))
+    env = flower_env()
+    python = [sys.executable, "-m", "attribnet.cli"]
+    network = LocalNetwork(workdir, gateway)
+    deadline = time.monotonic() + timeout
+    try:
+        network.processes["coordinator"] = start_process(
+            "coordinator", [*python, "coordinator", "serve", "--config", str(coordinator_yaml)], env, workdir / "coordinator.log"
+        )
+        targets = {"coordinator": gateway}
+        for source, head_dir in sorted(head_dirs.items()):
+            state = workdir / f"node-{source}"
+            if not (state / "head").exists():
+                shutil.copytree(head_dir, state / "head")
+            node_port = (node_ports or {}).get(source) or free_port()
+            node_yaml = workdir / f"node-{source}.yaml"
+            node_yaml.write_text(yaml.safe_dump({
+                "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),
+                "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway,
+                          "token_file": str(token_file), "max_backoff": 1.0},
+            }))
+            name = f"node-{source}"
+            network.processes[name] = start_process(name, [*python, "node", "serve", "--config", str(node_yaml)], env, workdir / f"{name}.log")
+            targets[name] = f"127.0.0.1:{node_port}"
+        for name, target in targets.items():
+            _wait_serving(target, network.processes[name], deadline)
+        while not _registered(gateway, len(head_dirs)):
+            if time.monotonic() > deadline:
+                raise LocalNetworkError(f"nodes did not register in time:\n{network.processes['coordinator'].log_tail()}")
+            time.sleep(0.2)
+    except BaseException:
+        network.stop()
+        raise
+    log.info("local network up: gateway %s with %d node(s)", gateway, len(head_dirs))
+    return network

@@ -1,0 +1,116 @@
+"""The coordinator's server bootstrap: verify the bundle, open the registry, wire the servicers, serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1.health import HealthServicer
+
+from coordinator.config import CoordinatorConfig, GatewayConfig
+from coordinator.gateway.attribution_service import Gateway
+from coordinator.gateway.registry_service import RegistryServicer
+from coordinator.registry import Registry, RegistryError
+from shared_backbone.model import bundle as bundle_lib
+from shared_backbone.protocol import rpc
+from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
+from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_SERVICE = pb.DESCRIPTOR.services_by_name["AttributionService"].full_name
+REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway cannot start (bundle, key, token, registry or port); the message says which."""
+
+
+@dataclass
+class CoordinatorServer:
+    """A running coordinator server: gateway + registry service + health + reflection."""
+
+    server: grpc.Server
+    port: int
+    gateway: Gateway
+    registry: Registry
+    health: HealthServicer
+
+    def stop(self, grace: float = 2.0) -> None:
+        rpc.set_not_serving(self.health)
+        self.server.stop(grace).wait(grace + 1)
+        self.gateway.close()
+        self.registry.close()
+
+
+def check_gateway_config(config: GatewayConfig) -> None:
+    """Refuses settings that would make the gateway misbehave, naming the key."""
+    positive = ("max_message_mb", "max_images", "max_pixels", "node_timeout", "heartbeat_interval", "stale_after",
+                "max_batch", "workers")
+    for key in positive:
+        if getattr(config, key) <= 0:
+            raise GatewayStartError(f"gateway.{key} must be positive, got {getattr(config, key)}")
+    if config.batch_window_ms < 0:
+        raise GatewayStartError(f"gateway.batch_window_ms must be >= 0, got {config.batch_window_ms}")
+    if config.stale_after <= config.heartbeat_interval:
+        raise GatewayStartError(
+            f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
+        )
+    if not 0.0 <= config.fake_threshold <= 1.0:
+        raise GatewayStartError(f"gateway.fake_threshold must be in [0, 1], got {config.fake_threshold}")
+
+
+def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
+    """Verifies the bundle, opens the registry and serves; returns once listening."""
+    gateway_config = config.gateway
+    check_gateway_config(gateway_config)
+    try:
+        bundle = bundle_lib.load_configured_bundle(config.bundle, config.public_key)
+        registration_token = rpc.read_secret(
+            gateway_config.registration_token, gateway_config.registration_token_file, "gateway.registration_token"
+        )
+        query_token = rpc.read_secret(gateway_config.query_token, gateway_config.query_token_file, "gateway.query_token")
+    except (bundle_lib.BundleError, rpc.RpcConfigError) as exc:
+        raise GatewayStartError(str(exc)) from None
+    if not registration_token:
+        raise GatewayStartError(
+            "gateway.registration_token (or gateway.registration_token_file) must be set: nodes register with it"
+        )
+    try:
+        registry = Registry(config.registry, stale_after=gateway_config.stale_after)
+    except RegistryError as exc:
+        raise GatewayStartError(str(exc)) from None
+    gateway = Gateway(bundle, registry, gateway_config)
+    server = rpc.create_server(
+        workers=gateway_config.workers,
+        max_message_mb=gateway_config.max_message_mb,
+        tokens={REGISTRY_SERVICE: registration_token, ATTRIBUTION_SERVICE: query_token},
+    )
+    pb_grpc.add_AttributionServiceServicer_to_server(gateway, server)
+    pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, gateway, gateway_config), server)
+    health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
+    try:
+        port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls)
+    except rpc.RpcConfigError as exc:
+        gateway.close()
+        registry.close()
+        raise GatewayStartError(str(exc)) from None
+    server.start()
+    nodes = registry.list()
+    log.info(
+        "coordinator serving backbone %s (%s) on %s:%d; registry %s holds %d node(s)%s",
+        bundle.version, bundle.short_digest, gateway_config.host, port, config.registry, len(nodes),
+        "; queries need a token" if query_token else "",
+    )
+    return CoordinatorServer(server, port, gateway, registry, health)
+
+
+def serve_forever(config: CoordinatorConfig) -> int:
+    """`attribnet coordinator serve`: runs until SIGINT/SIGTERM."""
+    stop = rpc.stop_on_signals()
+    coordinator = start_coordinator(config)
+    while not stop.wait(0.5):
+        pass
+    coordinator.stop()
+    return 0

@@ -1,0 +1,218 @@
+"""The one training loop every trainer uses (primary module, heads, baselines).
+
+Each run gets its own folder holding `config.yaml`, `seed.txt`, `history.csv`, TensorBoard logs
+and checkpoints. Early stopping watches the validation loss but may not stop, nor pick its "best"
+epoch, before `min_epochs`: with BatchNorm moving averages still settling, early epochs' val loss
+is an artifact, and keeping such an epoch once produced a detector that called everything fake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
+from shared_backbone.data.datasets import DatasetIndex, Sample, make_tf_dataset
+from shared_backbone.data.stats import compute_normstats
+from shared_backbone.model.preprocessing import InputSpec, Normstats
+
+log = logging.getLogger(__name__)
+
+MIN_PATIENCE = 3
+BINARY = "binary"
+MULTICLASS = "multiclass"
+BEST_WEIGHTS = "best.weights.h5"
+LAST_WEIGHTS = "last.weights.h5"
+
+
+@dataclass
+class FitResult:
+    """What a training run produced; `model` holds the restored best weights."""
+
+    model: Any
+    run_dir: Path
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0  # 1-based; the epoch whose weights the model now holds
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+
+def _tensorboard_callback_class():
+    import keras
+
+    class TensorBoardScalars(keras.callbacks.Callback):
+        """Per-epoch train/val scalars as TensorBoard event files.
+
+        Keras' own TensorBoard callback needs the `tensorboard` package for `tf.summary.scalar`;
+        `tf.summary.write` with the scalars plugin's metadata is in TensorFlow itself.
+        """
+
+        def __init__(self, log_dir: Path) -> None:
+            super().__init__()
+            self.log_dir = Path(log_dir)
+
+        def on_train_begin(self, logs=None):
+            import tensorflow as tf
+
+            self._writers = {
+                name: tf.summary.create_file_writer(str(self.log_dir / name)) for name in ("train", "validation")
+            }
+
+        def on_epoch_end(self, epoch, logs=None):
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+            )
+            for key, value in (logs or {}).items():
+                writer, tag = (self._writers["validation"], key[4:]) if key.startswith("val_") else (self._writers["train"], key)
+                with writer.as_default():
+                    tf.summary.write(f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=metadata)
+
+        def on_train_end(self, logs=None):
+            for writer in self._writers.values():
+                writer.close()
+
+    return TensorBoardScalars
+
+
+def tensorboard_scalars(log_dir: Path):
+    """A Keras callback writing epoch scalars for TensorBoard (built lazily: Keras imports late)."""
+    return _tensorboard_callback_class()(log_dir)
+
+
+def timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(run_dir: str | Path, config: dict[str, Any], seed: int, *, exist_ok: bool = False) -> Path:
+    """Creates the run folder and records the full config and seed, so a run can be repeated."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
+        raise FileExistsError(f"run folder {run_dir} exists and is not empty; choose another (--out)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / "seed.txt").write_text(f"{seed}\n")
+    return run_dir
+
+
+def input_spec(data: DataConfig, train_samples: list[Sample]) -> InputSpec:
+    """The model input of a run: DCT runs use data.normstats, else normstats of the training split."""
+    if data.mode != "dct":
+        return InputSpec(data.image_size, data.mode)
+    if data.normstats:
+        return InputSpec(data.image_size, "dct", Normstats.load(data.normstats))
+    log.info("computing DCT normstats from %d training images", len(train_samples))
+    normstats, _ = compute_normstats([s.path for s in train_samples], data.image_size)
+    return InputSpec(data.image_size, "dct", normstats)
+
+
+def set_seed(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def detection_labels(index: DatasetIndex, samples: list[Sample]) -> np.ndarray:
+    """1 = fake, 0 = real (the primary module's convention)."""
+    return np.array([0.0 if index.is_real(s.source) else 1.0 for s in samples], dtype=np.float32)
+
+
+def class_weights(labels: np.ndarray, num_classes: int = 2) -> dict[int, float]:
+    """Balanced weights n / (k * n_c), so a 1:9 split trains like 1:1; absent classes get 1."""
+    labels = np.asarray(labels).astype(int).ravel()
+    counts = np.bincount(labels, minlength=num_classes)
+    present = int((counts > 0).sum())
+    return {c: (float(len(labels) / (present * counts[c])) if counts[c] else 1.0) for c in range(num_classes)}
+
+
+def compile_model(model, train: TrainConfig, task: str = BINARY) -> None:
+    import keras
+
+    if task == MULTICLASS:
+        loss, metrics = "sparse_categorical_crossentropy", ["sparse_categorical_accuracy"]
+    else:
+        loss, metrics = "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=loss, metrics=metrics)
+
+
+def early_stopping_start(train: TrainConfig) -> int:
+    """0-based epoch index from which val loss counts (epoch `min_epochs` in 1-based terms)."""
+    return max(0, train.min_epochs - 1)
+
+
+def fit(
+    model,
+    train_samples: list[Sample],
+    train_labels: np.ndarray,
+    val_samples: list[Sample],
+    val_labels: np.ndarray,
+    spec: InputSpec,
+    train: TrainConfig,
+    run_dir: str | Path,
+    *,
+    task: str = BINARY,
+    num_classes: int = 2,
+    perturb: PerturbConfig | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Trains `model` (compiled here) with early stopping and best-weight restore; logs to run_dir."""
+    import keras
+
+    from shared_backbone.model.device import configure_tensorflow
+
+    configure_tensorflow()
+    set_seed(train.seed)
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    compile_model(model, train, task)
+    steps = train.steps_per_epoch or None
+    train_ds = make_tf_dataset(
+        train_samples, train_labels, spec, batch_size=train.batch_size, shuffle=True, seed=train.seed,
+        perturb=perturb, repeat=bool(steps),
+    )
+    val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size)
+    start = early_stopping_start(train)
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=max(MIN_PATIENCE, train.patience), restore_best_weights=True,
+            start_from_epoch=start,
+        ),
+        keras.callbacks.ModelCheckpoint(str(checkpoints / LAST_WEIGHTS), save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        tensorboard_scalars(run_dir / "tensorboard"),
+    ]
+    weights = class_weights(train_labels, num_classes) if train.class_weighting else None
+    log.info(
+        "training %s on %d images (val %d) for up to %d epochs, class weights %s, run folder %s",
+        model.name, len(train_samples), len(val_samples), train.epochs, weights, run_dir,
+    )
+    began = time.monotonic()
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=train.epochs, steps_per_epoch=steps,
+        class_weight=weights, callbacks=callbacks, verbose=1 if progress else 0, shuffle=False,  # tf.data shuffles
+    ).history
+    seconds = time.monotonic() - began
+    val_loss = history.get("val_loss", [])
+    epochs_run = len(val_loss)
+    if epochs_run > start:
+        best_epoch = start + int(np.argmin(val_loss[start:])) + 1
+    else:
+        best_epoch = epochs_run
+    model.save_weights(checkpoints / BEST_WEIGHTS)
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    (run_dir / "fit.json").write_text(
+        json.dumps({"best_epoch": best_epoch, "epochs_run": epochs_run, "seconds": round(seconds, 2), "history": history}, indent=2)
+    )
+    log.info("stopped after %d epochs (%.0f s); kept epoch %d", epochs_run, seconds, best_epoch)
+    return FitResult(model, run_dir, history, best_epoch, epochs_run, seconds)

@@ -1,0 +1,134 @@
+"""A trained head as stored in a node's state folder, bound to one backbone digest.
+
+Layout of HEAD/:
+  head.weights.h5   the secondary module's weights (`aConv_01` .. `aDecision`)
+  head.json         source, backbone digest and version, feature shape, pooling, calibration,
+                    threshold, metrics, sha256 of the weights
+
+Heads pool with `aGAP` on pixel backbones and flatten (`aFlatten`) on DCT backbones, as in the
+paper; head.json records which, so `load_head` rebuilds the same graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from shared_backbone.model import networks
+from shared_backbone.model.bundle import Bundle, sha256_file
+from shared_backbone.model.calibration import Calibration
+
+HEAD_WEIGHTS = "head.weights.h5"
+HEAD_META = "head.json"
+DEFAULT_THRESHOLD = 0.5
+
+
+class HeadError(ValueError):
+    """A head that is missing, corrupt or bound to another backbone."""
+
+
+@dataclass
+class Head:
+    """A head's model and metadata, ready to score trunk features."""
+
+    source: str
+    model: keras.Model
+    backbone_digest: str
+    calibration: Calibration = field(default_factory=Calibration)
+    threshold: float = DEFAULT_THRESHOLD
+    metrics: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        """Sigmoid outputs for a batch of trunk features (N, H/4, W/4, 16)."""
+        return np.asarray(self.model(features, training=False)).reshape(-1).astype(np.float64)
+
+
+def build_head_model(image_size: int, pooling: str = "gap") -> keras.Model:
+    """`networks.build_head` with the error type of this module for a bad `pooling` in head.json."""
+    if pooling not in networks.POOLINGS:
+        raise HeadError(f"unknown head pooling {pooling!r}; expected one of {networks.POOLINGS}")
+    return networks.build_head(image_size, pooling=pooling)
+
+
+def head_pooling(model: keras.Model) -> str:
+    """"flatten" for a head whose decision reads `aFlatten`, else "gap"."""
+    return "flatten" if any(layer.name == "aFlatten" for layer in model.layers) else "gap"
+
+
+def save_head(
+    directory: str | Path,
+    model: keras.Model,
+    *,
+    source: str,
+    bundle: Bundle,
+    calibration: Calibration,
+    threshold: float = DEFAULT_THRESHOLD,
+    metrics: dict[str, Any] | None = None,
+) -> Head:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_weights(directory / HEAD_WEIGHTS)
+    digest = sha256_file(directory / HEAD_WEIGHTS)
+    meta = {
+        "source": source,
+        "backbone_digest": bundle.digest,
+        "backbone_version": bundle.version,
+        "image_size": bundle.manifest["input"]["image_size"],
+        "feature_shape": bundle.manifest["feature_shape"],
+        "pooling": head_pooling(model),
+        "calibration": calibration.to_dict(),
+        "threshold": threshold,
+        "metrics": metrics or {},
+        "weights_sha256": digest,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (directory / HEAD_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return Head(source, model, bundle.digest, calibration, threshold, metrics or {}, digest)
+
+
+def read_head_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / HEAD_META
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HeadError(f"{directory}: not a head folder ({HEAD_META} missing)") from None
+    except json.JSONDecodeError as exc:
+        raise HeadError(f"{path}: invalid JSON ({exc.msg})") from None
+
+
+def load_head(directory: str | Path, bundle: Bundle) -> Head:
+    """Loads a head and refuses it unless it was trained on exactly this bundle."""
+    directory = Path(directory)
+    meta = read_head_meta(directory)
+    if meta.get("backbone_digest") != bundle.digest:
+        raise HeadError(
+            f"{directory}: head for source {meta.get('source')!r} was trained on backbone "
+            f"{str(meta.get('backbone_digest'))[:12]}, not on {bundle.short_digest} ({bundle.path})"
+        )
+    weights = directory / HEAD_WEIGHTS
+    if not weights.is_file():
+        raise HeadError(f"{directory}: {HEAD_WEIGHTS} missing")
+    digest = sha256_file(weights)
+    if digest != meta.get("weights_sha256"):
+        raise HeadError(f"{directory}: {HEAD_WEIGHTS} does not match its recorded sha256 (tampered?)")
+    model = build_head_model(int(meta["image_size"]), meta.get("pooling", "gap"))
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError) as exc:
+        raise HeadError(f"{weights}: cannot load the head's weights ({exc})") from None
+    return Head(
+        source=meta["source"],
+        model=model,
+        backbone_digest=meta["backbone_digest"],
+        calibration=Calibration.from_dict(meta["calibration"]),
+        threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
+        metrics=meta.get("metrics", {}),
+        digest=digest,
+    )

@@ -1,5 +1,0 @@
-"""The network's wire protocol (`attribution.v1`) and its generated Python code.
-
-    from shared_backbone.proto.attribution.v1 import attribution_pb2 as pb
-    from shared_backbone.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-"""
