@@ -4,7 +4,7 @@ Deployment (`flwr run`): settings come from the run config (`[tool.flwr.app.conf
 pyproject.toml, overridden by `--run-config`): `coordinator-config` (the coordinator YAML),
 `workdir` (what relative paths in it are relative to), `result-file`, `min-nodes`.
 Simulation: `make_server_app(config)` closes over a ready CoordinatorConfig instead.
-The logic itself is in `coordinator.federation`.
+The logic itself is in `coordinator.flower`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import CoordinatorConfig
-from coordinator.federation import run_federation_round
+from coordinator.flower.run import run_federation_round
 from shared_backbone.config import load_config, resolve_paths
 
 log = logging.getLogger(__name__)

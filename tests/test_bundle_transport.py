@@ -82,7 +82,7 @@ def test_reference_pointer_detects_changed_content(tmp_path):
 
 def test_client_app_refuses_a_tampered_bundle(zoo_bundle, keypair, tmp_path):
     """The real ClientApp, called as Flower calls it, answers a forged bundle with an error reply."""
-    from coordinator.federation import fit_head_content
+    from coordinator.flower.head_round import fit_head_content
     from node.client_app import make_client_app
     from shared_backbone.config import TrainConfig
 

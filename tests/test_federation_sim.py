@@ -121,7 +121,7 @@ def test_simulation_registers_every_node_and_reports_the_crashed_one(federation_
     assert stale_node.status == "failed" and "differs from the coordinator's" in stale_node.error
     for node in nodes[-2:]:
         assert not (Path(node["state-dir"]) / "head").exists()
-    from coordinator.federation import read_result
+    from coordinator.flower.results import read_result
 
     assert read_result(config.federation.result_file).to_dict() == result.to_dict()
 
@@ -129,7 +129,8 @@ def test_simulation_registers_every_node_and_reports_the_crashed_one(federation_
 def test_fedavg_weights_by_example_count():
     import numpy as np
 
-    from coordinator.federation import FederationError, fedavg
+    from coordinator.flower.fedavg import fedavg
+    from coordinator.flower.results import FederationError
 
     a = [np.array([0.0, 4.0], dtype=np.float32), np.array([[1.0]], dtype=np.float32)]
     b = [np.array([3.0, 0.0], dtype=np.float32), np.array([[5.0]], dtype=np.float32)]

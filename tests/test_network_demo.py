@@ -129,14 +129,10 @@ def served_demo(tmp_path):
         process.wait(timeout=10)
 
 
-def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
+def _check_report(out: Path) -> tuple[list, list[dict]]:
+    """The report agrees with the test split and its own predictions file; returns (test samples, rows)."""
     from shared_backbone.data.datasets import load_split
     from shared_backbone.data.zoo import zoo_data_config
-    from shared_backbone.protocol.gateway_client import AttributionClient
-
-    process, gateway, out, lines, seen = served_demo
-    host, port = gateway.rsplit(":", 1)
-    assert host == "127.0.0.1" and int(port) > 0
 
     report = json.loads((out / "network-report.json").read_text())
     index, splits = load_split(zoo_data_config(out / "zoo"))
@@ -164,8 +160,13 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
     assert attribution["accuracy"] == pytest.approx(correct / len(rows))
     matrix = attribution["confusion_matrix"]
     assert sum(map(sum, matrix)) == len(rows) and sum(matrix[i][i] for i in range(len(attribution["classes"]))) == correct
+    return test, rows
 
-    # The network still serves: its answers now are the ones the report was computed from.
+
+def _check_live_answers(gateway: str, out: Path, test: list, rows: list[dict]) -> None:
+    """The network still serves: its answers now are the ones the report was computed from."""
+    from shared_backbone.protocol.gateway_client import AttributionClient
+
     by_image = {r["image"]: r for r in rows}
     probe = test[:6]
     with AttributionClient(gateway, timeout=30.0) as client:
@@ -178,6 +179,8 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
         for source in SOURCES:
             assert answer.scores[source] == pytest.approx(float(row[f"score_{source}"]), abs=1e-4)
 
+
+def _check_sigterm_stops_everything(process, out: Path, lines, seen: list[str]) -> None:
     children = descendants(process.pid)
     assert len(children) >= 3, f"expected the gateway and {len(SOURCES)} node processes, found {sorted(children)}"
     process.send_signal(signal.SIGTERM)
@@ -199,30 +202,10 @@ def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_de
     assert any(line.startswith("report: ") for line in tail), "".join(seen[-10:] + tail[-10:])
 
 
-def answer(attribution: str, scores: dict[str, float], fake_score: float = 0.9, missing: tuple[str, ...] = ()):
-    from shared_backbone.protocol.gateway_client import Attribution
-
-    return Attribution(
-        index=0, fake_score=fake_score, scores=scores, raw_scores=scores, thresholds={s: 0.5 for s in scores},
-        attribution=attribution, fake_threshold=0.5, backbone_version="v", backbone_digest="d", missing_nodes=list(missing),
-    )
-
-
-def test_report_counts_a_missing_node_and_unknown_answers_as_wrong(tmp_path):
-    """b's node never registered: its images can only be wrong; `unknown` is its own confusion column."""
-    from attribnet.demo.network import attribution_report, missing_nodes
-
-    answers = [
-        answer("real", {"a": 0.2}, fake_score=0.1, missing=("b",)),
-        answer("a", {"a": 0.9}, missing=("b",)),
-        answer("unknown", {"a": 0.4}, missing=("b",)),  # closed set: argmax picks a
-        answer("a", {"a": 0.8}, missing=("b",)),  # truly b
-    ]
-    truths = ["real", "a", "a", "b"]
-    report = attribution_report(answers, truths, [f"img{i}" for i in range(4)], ["a", "b"], tmp_path)
-    assert report["accuracy"] == pytest.approx(2 / 4) and report["closed_set"]["accuracy"] == pytest.approx(3 / 4)
-    assert report["per_source"] == {"real": {"accuracy": 1.0, "n": 1}, "a": {"accuracy": 0.5, "n": 2}, "b": {"accuracy": 0.0, "n": 1}}
-    assert report["unknown"] == 1 and report["predicted_classes"] == ["real", "a", "b", "unknown"]
-    assert report["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]]
-    assert Path(report["files"]["confusion_matrix"]).is_file()
-    assert missing_nodes(answers, ["a", "b", "c"], {"a", "b"}) == {"b": 4, "c": 4}
+def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
+    process, gateway, out, lines, seen = served_demo
+    host, port = gateway.rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+    test, rows = _check_report(out)
+    _check_live_answers(gateway, out, test, rows)
+    _check_sigterm_stops_everything(process, out, lines, seen)

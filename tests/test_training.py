@@ -56,7 +56,7 @@ def test_primary_run_folder_records_everything(zoo_primary_run):
 
 
 def test_trained_detector_is_not_constant(zoo_primary_run):
-    """DESIGN.md's pitfall: a detector that calls everything fake. It must separate real from fake."""
+    """docs/design-notes.md's pitfall: a detector that calls everything fake. It must separate real from fake."""
     test = zoo_primary_run.metrics["test"]
     assert test["score_std"] > 0.05
     assert test["tp"] > 0 and test["tn"] > 0, test

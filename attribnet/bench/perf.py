@@ -129,7 +129,7 @@ def run_perf(
     """Runs the three variants and writes out/perf.json and out/BENCHMARKS.md; returns the report."""
     from attribnet.launch.local_network import start_local_network
     from shared_backbone.model import bundle as bundle_lib
-    from shared_backbone.model import networks, signing
+    from shared_backbone.model import signing
     from shared_backbone.model.attributor import OfflineAttributor
     from shared_backbone.model.heads import load_head
     from shared_backbone.model.preprocessing import preprocess
@@ -152,23 +152,14 @@ def run_perf(
     def shared_local(batch: list[bytes]) -> object:
         return shared.attribute(np.stack([preprocess(data, bundle.input_spec) for data in batch]))
 
-    rows = []
     with start_local_network(out / "network", bundle.path, public_key, head_dirs) as network, \
             AttributionClient(network.gateway, timeout=60.0) as client:
-        for batch_size in settings.batch_sizes:
-            batch = images[:batch_size]
-            row = {"batch": batch_size}
-            for name, call in (
-                ("network", lambda: client.attribute(batch)),
-                ("shared_local", lambda: shared_local(batch)),
-                ("full_models", lambda: full(batch)),
-            ):
-                row[name] = time_calls(call, settings.repeats, settings.warmup)
-                row[name]["images_per_s"] = batch_size / (row[name]["median_ms"] / 1000)
-                log.info("batch %d %-12s median %.1f ms", batch_size, name, row[name]["median_ms"])
-            row["network_vs_full"] = row["network"]["median_ms"] / row["full_models"]["median_ms"]
-            row["shared_local_vs_full"] = row["shared_local"]["median_ms"] / row["full_models"]["median_ms"]
-            rows.append(row)
+        variants = {
+            "network": client.attribute,
+            "shared_local": lambda batch: shared.attribute(np.stack([preprocess(data, bundle.input_spec) for data in batch])),
+            "full_models": full,
+        }
+        rows = [_latency_row(variants, images[:batch_size], settings) for batch_size in settings.batch_sizes]
         concurrent = _concurrent_throughput(client, images[:1], settings.concurrency, settings.repeats)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -177,17 +168,35 @@ def run_perf(
         "bundle": {"version": bundle.version, "digest": bundle.digest, "image_size": size},
         "nodes": len(heads),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-        "parameters": {
-            "trunk": networks.trainable_parameter_count(networks.build_trunk(shared.primary)),
-            "primary": networks.trainable_parameter_count(shared.primary),
-            "head": networks.trainable_parameter_count(heads[0].model),
-        },
+        "parameters": _parameter_counts(shared.primary, heads[0].model),
         "latency": rows,
         "network_concurrent": concurrent,
     }
     (out / "perf.json").write_text(json.dumps(report, indent=2))
     (out / "BENCHMARKS.md").write_text(render_markdown(report))
     return report
+
+
+def _latency_row(variants: dict[str, Callable[[list[bytes]], object]], batch: list[bytes], settings: PerfSettings) -> dict[str, Any]:
+    """Median latency of every variant on one batch, measured back to back, and the ratios to full models."""
+    row: dict[str, Any] = {"batch": len(batch)}
+    for name, call in variants.items():
+        row[name] = time_calls(lambda: call(batch), settings.repeats, settings.warmup)
+        row[name]["images_per_s"] = len(batch) / (row[name]["median_ms"] / 1000)
+        log.info("batch %d %-12s median %.1f ms", len(batch), name, row[name]["median_ms"])
+    row["network_vs_full"] = row["network"]["median_ms"] / row["full_models"]["median_ms"]
+    row["shared_local_vs_full"] = row["shared_local"]["median_ms"] / row["full_models"]["median_ms"]
+    return row
+
+
+def _parameter_counts(primary, head) -> dict[str, int]:
+    from shared_backbone.model import networks
+
+    return {
+        "trunk": networks.trainable_parameter_count(networks.build_trunk(primary)),
+        "primary": networks.trainable_parameter_count(primary),
+        "head": networks.trainable_parameter_count(head),
+    }
 
 
 def _concurrent_throughput(client, batch: list[bytes], concurrency: int, repeats: int) -> dict[str, float]:

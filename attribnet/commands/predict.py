@@ -147,15 +147,9 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
         item.rgb = item.model_input = None
 
 
-def run(args: argparse.Namespace) -> int:
+def _load_config(args: argparse.Namespace):
     from attribnet.config import PredictConfig
     from shared_backbone.config import load_config
-    from shared_backbone.model import bundle as bundle_lib
-    from shared_backbone.model import heads as heads_lib
-    from shared_backbone.model import signing
-    from shared_backbone.model.attributor import OfflineAttributor
-    from shared_backbone.model.device import configure_tensorflow
-    from shared_backbone.model.preprocessing import ImageDecodeError, load_image, to_model_input
 
     config = load_config(
         PredictConfig,
@@ -173,7 +167,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no backbone bundle given (--backbone or `backbone:` in --config)")
     if config.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
-    configure_tensorflow()
+    return config
+
+
+def _load_attributor(config):
+    """The bundle (signature checked when a public key is given) and its heads, ready to decide."""
+    from shared_backbone.model import bundle as bundle_lib
+    from shared_backbone.model import heads as heads_lib
+    from shared_backbone.model import signing
+    from shared_backbone.model.attributor import OfflineAttributor
+
     if config.public_key:
         key = signing.load_public_key(config.public_key)
     else:
@@ -182,37 +185,47 @@ def run(args: argparse.Namespace) -> int:
     backbone = bundle_lib.load_bundle(config.backbone, key)
     heads = [heads_lib.load_head(path, backbone) for path in config.heads]
     attributor = OfflineAttributor(backbone, heads, fake_threshold=config.fake_threshold)
-    heads_by_source = {head.source: head for head in heads}
+    log.info(
+        "backbone %s (%s, %s %dpx), heads: %s", backbone.version, backbone.short_digest, attributor.spec.mode,
+        attributor.spec.image_size, ", ".join(head.source for head in heads) or "none",
+    )
+    return attributor
+
+
+def _read_chunk(chunk: list[Item], spec) -> None:
+    """Decodes and preprocesses every readable item of a chunk; a bad file keeps its error."""
+    from shared_backbone.model.preprocessing import ImageDecodeError, load_image, to_model_input
+
+    for item in chunk:
+        if item.error is None:
+            try:
+                item.rgb = load_image(item.path, spec.image_size)
+                item.model_input = to_model_input(item.rgb, spec)
+            except ImageDecodeError as exc:
+                item.error = str(exc)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared_backbone.model.device import configure_tensorflow
+
+    config = _load_config(args)
+    configure_tensorflow()
+    attributor = _load_attributor(config)
+    heads_by_source = {head.source: head for head in attributor.heads}
     heatmap_dir = Path(config.heatmap_dir) if config.heatmap_dir else None
     used: set[Path] = set()
     if heatmap_dir:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    log.info(
-        "backbone %s (%s, %s %dpx), heads: %s",
-        backbone.version,
-        backbone.short_digest,
-        attributor.spec.mode,
-        attributor.spec.image_size,
-        ", ".join(heads_by_source) or "none",
-    )
-
     items = collect_items(args.paths)
     for start in range(0, len(items), config.batch_size):
         chunk = items[start : start + config.batch_size]
-        for item in chunk:
-            if item.error is None:
-                try:
-                    item.rgb = load_image(item.path, attributor.spec.image_size)
-                    item.model_input = to_model_input(item.rgb, attributor.spec)
-                except ImageDecodeError as exc:
-                    item.error = str(exc)
+        _read_chunk(chunk, attributor.spec)
         _process_chunk(chunk, attributor, heads_by_source, heatmap_dir, used, args.json)
     failed = sum(item.error is not None for item in items)
-    answered = len(items) - failed
     if failed:
         print(f"attribnet predict: {failed} of {len(items)} file(s) could not be read", file=sys.stderr)
     elif not items:
         print("attribnet predict: no image files found", file=sys.stderr)
         return 1
-    log.info("answered %d image(s), %d failed", answered, failed)
+    log.info("answered %d image(s), %d failed", len(items) - failed, failed)
     return 1 if failed else 0

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from attribnet.config import DemoConfig
+from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig, FederationConfig
 from shared_backbone.config import DataConfig
 from shared_backbone.experiments import reports
@@ -222,13 +223,82 @@ def run_network_demo(
         return _run(config, out, serve=serve, port=port, progress=progress, step=step)
 
 
-def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: bool, step: Callable[[str], None] | None) -> dict[str, Any]:
-    from attribnet.demo.offline import check_config, generator_sources, make_keys, make_zoo, train_and_publish
+def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfig, tuple[Path, Path], Path]:
+    """The dataset (written unless given), the coordinator's keys and the network folder with its token."""
+    from attribnet.demo.offline import make_keys, make_zoo
+    from shared_backbone.data.zoo import zoo_data_config
+
+    if config.data_root:
+        data = zoo_data_config(config.data_root)
+    else:
+        data = timer.run("zoo", f"zoo ({config.zoo.preset} preset, {config.zoo.per_source} images/source, {config.zoo.image_size} px)",
+                         make_zoo, config.zoo, out / "zoo")
+    keys = make_keys(out / "keys")
+    network_dir = out / "network"
+    network_dir.mkdir(parents=True, exist_ok=True)
+    token = network_dir / "registration.token"
+    if not token.is_file():
+        token.write_text(secrets.token_urlsafe(32) + "\n")
+        token.chmod(0o600)
+    return data, keys, network_dir
+
+
+def _federate(config: DemoConfig, data: DataConfig, bundle: Any, keys: tuple[Path, Path], out: Path, network_dir: Path,
+              timer: StepTimer) -> tuple[Any, str, dict[str, int]]:
+    """One Flower simulation in which every generator's node trains its head: (result, result file, node ports)."""
+    from attribnet.demo.offline import generator_sources
     from attribnet.launch.flower_processes import free_port
     from attribnet.launch.flower_runs import run_federation
-    from attribnet.launch.local_network import start_local_network
+
+    sources = generator_sources(data)
+    ports = {source: free_port() for source in sources}
+    nodes = node_settings(sources, data, keys[1], network_dir, ports)
+    fed_config = federation_config(config, bundle.path, keys, out, len(nodes))
+    result_file = fed_config.federation.result_file
+    federation = timer.run("federation", f"federation (Flower simulation, {len(nodes)} nodes train their heads)", run_federation,
+                           fed_config, nodes, mode="simulation")
+    if federation.status != "completed":
+        raise RuntimeError(f"federation {federation.status}: {federation.error} (see {result_file})")
+    if not federation.registered:
+        raise RuntimeError(f"no node registered a head in the federation (see {result_file})")
+    return federation, result_file, ports
+
+
+def _query_and_report(network: Any, data: DataConfig, bundle: Any, primary: Any, federation: Any, result_file: str,
+                      head_dirs: dict[str, Path], out: Path, timer: StepTimer, began: float) -> dict[str, Any]:
+    """Sends the held-out test split through the gateway and writes the report from its answers only."""
+    from attribnet.demo.offline import generator_sources
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.data.zoo import zoo_data_config
+
+    index, splits = load_split(data)
+    test = splits["test"]
+    sources = generator_sources(data)
+    answers, latencies = timer.run("queries", f"query {len(test)} test images through the gateway", query_network,
+                                   network.gateway, [s.path for s in test])
+    truths = [index.class_of(s.source) for s in test]
+    ids = [str(Path(s.path).relative_to(data.root)) for s in test]
+    attribution = attribution_report(answers, truths, ids, sources, out / "network-report")
+    report = {
+        "dataset": {"root": data.root, "image_size": data.image_size, "test_counts": _counts(truths)},
+        "bundle": {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest,
+                   "primary_best_epoch": primary.metrics.get("best_epoch")},
+        "federation": federation_summary(federation, result_file),
+        "network": {"gateway": network.gateway, "nodes": len(head_dirs), "workdir": str(network.workdir)},
+        "attribution": attribution,
+        "offline_agreement": offline_agreement(bundle, head_dirs, [s.path for s in test], answers),
+        "missing_nodes": missing_nodes(answers, sources, {n.source for n in federation.registered}),
+        "latency": latency_summary(latencies, len(answers)),
+        "timings_seconds": timer.seconds,
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    reports.write_json(out / "network-report.json", report)
+    (out / "network-report.md").write_text(render_markdown(report))
+    return report
+
+
+def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: bool, step: Callable[[str], None] | None) -> dict[str, Any]:
+    from attribnet.demo.offline import check_config, train_and_publish
+    from attribnet.launch.local_network import start_local_network
 
     check_config(config)
     out = Path(out).resolve()
@@ -237,74 +307,22 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     step = step or (lambda label: log.info("network demo: %s", label))
     began = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def timed(key: str, label: str, fn, *args, **kwargs):
-        step(label)
-        started = time.monotonic()
-        value = fn(*args, **kwargs)
-        timings[key] = round(time.monotonic() - started, 1)
-        return value
-
-    if config.data_root:
-        data = zoo_data_config(config.data_root)
-    else:
-        data = timed("zoo", f"zoo ({config.zoo.preset} preset, {config.zoo.per_source} images/source, {config.zoo.image_size} px)",
-                     make_zoo, config.zoo, out / "zoo")
-    keys = make_keys(out / "keys")
-    network_dir = out / "network"
-    network_dir.mkdir(parents=True, exist_ok=True)
-    token = network_dir / "registration.token"
-    if not token.is_file():
-        token.write_text(secrets.token_urlsafe(32) + "\n")
-        token.chmod(0o600)
-    primary, bundle = timed(
+    timer = StepTimer(step)
+    data, keys, network_dir = _prepare(config, out, timer)
+    primary, bundle = timer.run(
         "primary + bundle", f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
         dataclasses.replace(data, mode=config.mode), dataclasses.replace(config.primary, seed=config.seeds[0]), config.perturb,
         keys[0], keys[1], out, version=f"network-demo-seed{config.seeds[0]}", progress=progress,
     )
-    sources = generator_sources(data)
-    ports = {source: free_port() for source in sources}
-    nodes = node_settings(sources, data, keys[1], network_dir, ports)
-    fed_config = federation_config(config, bundle.path, keys, out, len(nodes))
-    federation = timed("federation", f"federation (Flower simulation, {len(nodes)} nodes train their heads)", run_federation,
-                       fed_config, nodes, mode="simulation")
-    if federation.status != "completed":
-        raise RuntimeError(f"federation {federation.status}: {federation.error} (see {fed_config.federation.result_file})")
-    registered = {n.source: n for n in federation.registered}
-    if not registered:
-        raise RuntimeError(f"no node registered a head in the federation (see {fed_config.federation.result_file})")
-    head_dirs = {s: network_dir / f"node-{s}" / "head" for s in sorted(registered)}
-    index, splits = load_split(data)
-    test = splits["test"]
-    step(f"start gateway + {len(head_dirs)} node services")
-    started = time.monotonic()
+    federation, result_file, ports = _federate(config, data, bundle, keys, out, network_dir, timer)
+    head_dirs = {s: network_dir / f"node-{s}" / "head" for s in sorted(n.source for n in federation.registered)}
     with _sigterm_interrupts():  # again: Flower's simulation replaces the process's signal handlers
-        network = start_local_network(network_dir, bundle.path, keys[1], head_dirs, port=port,
-                                      node_ports={s: ports[s] for s in head_dirs})
+        network = timer.run("network start", f"start gateway + {len(head_dirs)} node services", start_local_network,
+                            network_dir, bundle.path, keys[1], head_dirs, port=port, node_ports={s: ports[s] for s in head_dirs})
         with network:
-            timings["network start"] = round(time.monotonic() - started, 1)
-            answers, latencies = timed("queries", f"query {len(test)} test images through the gateway", query_network,
-                                       network.gateway, [s.path for s in test])
-            truths = [index.class_of(s.source) for s in test]
-            ids = [str(Path(s.path).relative_to(data.root)) for s in test]
-            attribution = attribution_report(answers, truths, ids, sources, out / "network-report")
-            report = {
-                "dataset": {"root": data.root, "image_size": data.image_size, "test_counts": _counts(truths)},
-                "bundle": {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest,
-                           "primary_best_epoch": primary.metrics.get("best_epoch")},
-                "federation": federation_summary(federation, fed_config.federation.result_file),
-                "network": {"gateway": network.gateway, "nodes": len(head_dirs), "workdir": str(network_dir)},
-                "attribution": attribution,
-                "offline_agreement": offline_agreement(bundle, head_dirs, [s.path for s in test], answers),
-                "missing_nodes": missing_nodes(answers, sources, set(registered)),
-                "latency": latency_summary(latencies, len(answers)),
-                "timings_seconds": timings,
-                "seconds": round(time.monotonic() - began, 1),
-            }
-            reports.write_json(out / "network-report.json", report)
-            (out / "network-report.md").write_text(render_markdown(report))
-            step(f"report {out / 'network-report.md'}: accuracy {attribution['accuracy']:.3f} on {attribution['n']} test images")
+            report = _query_and_report(network, data, bundle, primary, federation, result_file, head_dirs, out, timer, began)
+            step(f"report {out / 'network-report.md'}: accuracy {report['attribution']['accuracy']:.3f} "
+                 f"on {report['attribution']['n']} test images")
             if serve:
                 _serve_until_interrupted(network.gateway, step)
     return report

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from attribnet.config import DemoConfig
+from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig
 from coordinator.publish import publish
 from coordinator.train_primary import PrimaryTrainingResult, train_primary
@@ -143,14 +144,10 @@ def summarise(
 def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key: Path, out: Path, seed: int,
              step: Step, *, progress: bool = False) -> dict[str, Any]:
     """One full pass of the workflow with every trainer seeded by `seed`."""
-    timings: dict[str, float] = {}
+    timer = StepTimer(step)
 
     def timed(label: str, fn, *args, **kwargs):
-        step(label)
-        began = time.monotonic()
-        value = fn(*args, **kwargs)
-        timings[label] = round(time.monotonic() - began, 1)
-        return value
+        return timer.run(label, label, fn, *args, **kwargs)
 
     primary, bundle = timed(
         f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
@@ -176,7 +173,7 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
     summary = summarise(network, heads, baselines, primary)
     summary["seed"] = seed
     summary["bundle"] = {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest}
-    summary["timings_seconds"] = timings
+    summary["timings_seconds"] = timer.seconds
     summary["files"] = {name: result["files"] for name, result in network.items()}
     return summary
 

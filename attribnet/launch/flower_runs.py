@@ -1,6 +1,6 @@
 """Running one federation (the coordinator's ServerApp + every node's ClientApp) from Python.
 
-Three ways, one result (`coordinator.federation.FederationResult`, also written as JSON):
+Three ways, one result (`coordinator.flower.results.FederationResult`, also written as JSON):
   simulation   Flower's Simulation Engine in this process (Ray), one virtual node per settings dict
   local        a real SuperLink + one SuperNode per node on loopback, the app submitted by `flwr run`
   superlink    an existing SuperLink (SuperNodes started elsewhere, by each organisation)
@@ -21,7 +21,7 @@ import yaml
 
 from attribnet.launch import flower_processes as fp
 from coordinator.config import CoordinatorConfig
-from coordinator.federation import FederationError, FederationResult, read_result, write_result
+from coordinator.flower.results import FederationError, FederationResult, read_result, write_result
 from shared_backbone.config import to_dict
 
 log = logging.getLogger(__name__)

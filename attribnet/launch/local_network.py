@@ -80,6 +80,44 @@ def _registered(gateway: str, count: int) -> bool:
             return False
 
 
+def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str | Path, port: int, token_file: Path,
+                            gateway_settings: dict | None) -> Path:
+    path = workdir / "coordinator.yaml"
+    path.write_text(yaml.safe_dump({
+        "bundle": str(bundle),
+        "public_key": str(public_key),
+        "registry": str(workdir / "registry.sqlite"),
+        "gateway": {"host": "127.0.0.1", "port": port, "registration_token_file": str(token_file),
+                    "heartbeat_interval": 1.0, **(gateway_settings or {})},
+    }))
+    return path
+
+
+def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | Path, public_key: str | Path,
+                     node_port: int, gateway: str, token_file: Path) -> Path:
+    """The node's config, with the head copied into its own state folder (kept when already there)."""
+    state = workdir / f"node-{source}"
+    if not (state / "head").exists():
+        shutil.copytree(head_dir, state / "head")
+    path = workdir / f"node-{source}.yaml"
+    path.write_text(yaml.safe_dump({
+        "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),
+        "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway,
+                  "token_file": str(token_file), "max_backoff": 1.0},
+    }))
+    return path
+
+
+def _wait_ready(network: LocalNetwork, targets: dict[str, str], nodes: int, deadline: float) -> None:
+    """Every process reports SERVING, then every node has registered with the gateway."""
+    for name, target in targets.items():
+        _wait_serving(target, network.processes[name], deadline)
+    while not _registered(network.gateway, nodes):
+        if time.monotonic() > deadline:
+            raise LocalNetworkError(f"nodes did not register in time:\n{network.processes['coordinator'].log_tail()}")
+        time.sleep(0.2)
+
+
 def start_local_network(
     workdir: str | Path,
     bundle: str | Path,
@@ -103,14 +141,7 @@ def start_local_network(
         token_file.write_text(secrets.token_urlsafe(32) + "\n")
     port = port or free_port()
     gateway = f"127.0.0.1:{port}"
-    coordinator_yaml = workdir / "coordinator.yaml"
-    coordinator_yaml.write_text(yaml.safe_dump({
-        "bundle": str(bundle),
-        "public_key": str(public_key),
-        "registry": str(workdir / "registry.sqlite"),
-        "gateway": {"host": "127.0.0.1", "port": port, "registration_token_file": str(token_file),
-                    "heartbeat_interval": 1.0, **(gateway_settings or {})},
-    }))
+    coordinator_yaml = _write_coordinator_yaml(workdir, bundle, public_key, port, token_file, gateway_settings)
     env = flower_env()
     python = [sys.executable, "-m", "attribnet.cli"]
     network = LocalNetwork(workdir, gateway)
@@ -121,25 +152,12 @@ def start_local_network(
         )
         targets = {"coordinator": gateway}
         for source, head_dir in sorted(head_dirs.items()):
-            state = workdir / f"node-{source}"
-            if not (state / "head").exists():
-                shutil.copytree(head_dir, state / "head")
             node_port = (node_ports or {}).get(source) or free_port()
-            node_yaml = workdir / f"node-{source}.yaml"
-            node_yaml.write_text(yaml.safe_dump({
-                "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),
-                "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway,
-                          "token_file": str(token_file), "max_backoff": 1.0},
-            }))
+            node_yaml = _write_node_yaml(workdir, source, head_dir, bundle, public_key, node_port, gateway, token_file)
             name = f"node-{source}"
             network.processes[name] = start_process(name, [*python, "node", "serve", "--config", str(node_yaml)], env, workdir / f"{name}.log")
             targets[name] = f"127.0.0.1:{node_port}"
-        for name, target in targets.items():
-            _wait_serving(target, network.processes[name], deadline)
-        while not _registered(gateway, len(head_dirs)):
-            if time.monotonic() > deadline:
-                raise LocalNetworkError(f"nodes did not register in time:\n{network.processes['coordinator'].log_tail()}")
-            time.sleep(0.2)
+        _wait_ready(network, targets, len(head_dirs), deadline)
     except BaseException:
         network.stop()
         raise

@@ -7,7 +7,7 @@ x2 upsampling network (transposed conv, nearest+conv, bilinear+conv, pixel shuff
 half-resolution real-model image, so every source leaves the kind of spectral fingerprint Frank
 et al. measured on real GANs (uneven polyphase gains, checkerboard energy at Nyquist).
 
-Two knobs keep it from being trivially separable (both measured on a prototype, see DESIGN.md):
+Two knobs keep it from being trivially separable (both measured on a prototype, see docs/design-notes.md):
 the networks' weights are centred on an identity-like interpolation (bilinear), so a fake is
 about as faithful as plain upsampling and its fingerprint is weak; and the real images' optical
 blur matches the fakes' bandwidth, so "missing fine detail" alone does not give fakes away.

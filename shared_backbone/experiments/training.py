@@ -150,6 +150,28 @@ def early_stopping_start(train: TrainConfig) -> int:
     return max(0, train.min_epochs - 1)
 
 
+def _callbacks(train: TrainConfig, run_dir: Path, checkpoints: Path) -> list:
+    """Early stopping with best-weight restore (never before `min_epochs`), checkpoints and logs."""
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=max(MIN_PATIENCE, train.patience), restore_best_weights=True,
+            start_from_epoch=early_stopping_start(train),
+        ),
+        keras.callbacks.ModelCheckpoint(str(checkpoints / LAST_WEIGHTS), save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        tensorboard_scalars(run_dir / "tensorboard"),
+    ]
+
+
+def best_epoch_of(val_loss: list[float], start: int) -> int:
+    """1-based epoch whose weights early stopping restored: the lowest val loss from `start` on."""
+    if len(val_loss) > start:
+        return start + int(np.argmin(val_loss[start:])) + 1
+    return len(val_loss)
+
+
 def fit(
     model,
     train_samples: list[Sample],
@@ -166,7 +188,6 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Trains `model` (compiled here) with early stopping and best-weight restore; logs to run_dir."""
-    import keras
 
     from shared_backbone.model.device import configure_tensorflow
 
@@ -183,15 +204,7 @@ def fit(
     )
     val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size)
     start = early_stopping_start(train)
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=max(MIN_PATIENCE, train.patience), restore_best_weights=True,
-            start_from_epoch=start,
-        ),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / LAST_WEIGHTS), save_weights_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        tensorboard_scalars(run_dir / "tensorboard"),
-    ]
+    callbacks = _callbacks(train, run_dir, checkpoints)
     weights = class_weights(train_labels, num_classes) if train.class_weighting else None
     log.info(
         "training %s on %d images (val %d) for up to %d epochs, class weights %s, run folder %s",
@@ -205,10 +218,7 @@ def fit(
     seconds = time.monotonic() - began
     val_loss = history.get("val_loss", [])
     epochs_run = len(val_loss)
-    if epochs_run > start:
-        best_epoch = start + int(np.argmin(val_loss[start:])) + 1
-    else:
-        best_epoch = epochs_run
+    best_epoch = best_epoch_of(val_loss, start)
     model.save_weights(checkpoints / BEST_WEIGHTS)
     history = {k: [float(v) for v in values] for k, values in history.items()}
     (run_dir / "fit.json").write_text(

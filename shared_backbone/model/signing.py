@@ -34,30 +34,27 @@ def generate_keypair(directory: str | Path, *, overwrite: bool = False) -> tuple
     return private_path, public_path
 
 
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+def _load_pem(path: str | Path, kind: str, load, expected: type, missing_hint: str = ""):
+    """A PEM key of type `expected` from `path`; a clear error for a missing, malformed or other-type key."""
     path = Path(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = load(path.read_bytes())
     except FileNotFoundError:
-        raise FileNotFoundError(f"private key {path} not found (attribnet coordinator keygen)") from None
+        raise FileNotFoundError(f"{kind} key {path} not found{missing_hint}") from None
     except ValueError as exc:
-        raise SignatureError(f"{path}: not a PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path}: not an Ed25519 private key")
+        raise SignatureError(f"{path}: not a PEM {kind} key ({exc})") from None
+    if not isinstance(key, expected):
+        raise SignatureError(f"{path}: not an Ed25519 {kind} key")
     return key
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    return _load_pem(path, "private", lambda data: serialization.load_pem_private_key(data, password=None),
+                     Ed25519PrivateKey, " (attribnet coordinator keygen)")
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    path = Path(path)
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"public key {path} not found") from None
-    except ValueError as exc:
-        raise SignatureError(f"{path}: not a PEM public key ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{path}: not an Ed25519 public key")
-    return key
+    return _load_pem(path, "public", serialization.load_pem_public_key, Ed25519PublicKey)
 
 
 def public_key_pem(key: Ed25519PublicKey) -> bytes:
