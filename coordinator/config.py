@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
+from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
 
 
 @dataclass
@@ -27,7 +28,9 @@ class GatewayConfig:
     node_timeout: float = 2.0  # seconds a node has to answer Score
     heartbeat_interval: float = 5.0  # told to nodes at registration
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
-    fake_threshold: float = 0.5
+    fake_threshold: float = DEFAULT_FAKE_THRESHOLD
+    alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
+    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this: "ambiguous"
     batch_window_ms: float = 5.0  # micro-batching: how long the trunk waits for more requests
     max_batch: int = 256  # images per trunk run
     workers: int = 16

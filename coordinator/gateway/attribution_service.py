@@ -26,7 +26,7 @@ from coordinator.registry import HEALTHY, NodeEntry, Registry
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heatmaps, networks, preprocessing
 from shared_backbone.model.calibration import Calibration
-from shared_backbone.model.rule import decide
+from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
@@ -54,6 +54,7 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         self.serving = networks.build_serving_model(self.primary)
         self.batcher = TrunkBatcher(self.serving, window=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
         self.pool = NodePool(config.tls, config.max_message_mb)
+        self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
 
     def close(self) -> None:
         self.batcher.close()
@@ -109,29 +110,32 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         answered, failed = self.pool.collect(calls, len(inputs))
         missing = sorted({entry.node_id for entry in nodes if entry.status != HEALTHY} | set(failed))
         scoring = [entry for entry in healthy if entry.node_id in answered]
-        calibrations = {entry.node_id: Calibration.from_dict(entry.calibration) for entry in scoring}
         thresholds = {entry.source: entry.threshold for entry in scoring}
-        results = []
-        for i, fake in enumerate(fake_scores):
-            raw = {entry.source: float(answered[entry.node_id][i]) for entry in scoring}
-            calibrated = {
-                entry.source: float(calibrations[entry.node_id].apply(raw[entry.source])) for entry in scoring
-            }
-            results.append(
-                pb.ImageResult(
-                    index=i,
-                    fake_score=float(fake),
-                    scores=calibrated,
-                    raw_scores=raw,
-                    thresholds=thresholds,
-                    attribution=decide(float(fake), calibrated, thresholds, self.config.fake_threshold),
-                    fake_threshold=self.config.fake_threshold,
-                    backbone=self.backbone,
-                    missing_nodes=missing,
-                    heatmap_png=pngs[i],
-                )
-            )
-        return pb.AttributeResponse(results=results)
+        raw = {entry.source: answered[entry.node_id] for entry in scoring}
+        calibrations = {entry.source: Calibration.from_dict(entry.calibration) for entry in scoring}
+        answers = attribute_batch(fake_scores, raw, calibrations, thresholds, self.rule)
+        return pb.AttributeResponse(results=[
+            self.image_result(i, answer, thresholds, missing, pngs[i]) for i, answer in enumerate(answers)
+        ])
+
+    def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: list[str],
+                     heatmap_png: bytes) -> pb.ImageResult:
+        """One image's answer on the wire (the decision itself is `rule.attribute_batch`'s)."""
+        return pb.ImageResult(
+            index=index,
+            fake_score=answer.fake_score,
+            scores=answer.calibrated,
+            raw_scores=answer.raw,
+            thresholds=thresholds,
+            attribution=answer.attribution,
+            fake_threshold=self.rule.fake_threshold,
+            backbone=self.backbone,
+            missing_nodes=missing,
+            heatmap_png=heatmap_png,
+            p_values=answer.p_values,
+            prediction_set=answer.prediction_set,
+            alpha=self.rule.alpha,
+        )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:
         return pb.ListSourcesResponse(
