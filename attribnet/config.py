@@ -19,7 +19,7 @@ class PredictConfig:
     batch_size: int = 32
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set
-    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this: "ambiguous"
+    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
     heatmap_dir: str = ""
 
 
@@ -35,6 +35,7 @@ class DemoConfig:
     head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, patience=3))
     baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    access: str = "strict"  # the nodes' data access; "shared" = the paper's comparison setting (opt-in)
     calibration: str = "platt"
     threshold: float = 0.5
     baselines: list[str] = field(default_factory=lambda: ["gdaconv", "dctlinear"])

@@ -30,7 +30,7 @@ class GatewayConfig:
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
-    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this: "ambiguous"
+    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
     batch_window_ms: float = 5.0  # micro-batching: how long the trunk waits for more requests
     max_batch: int = 256  # images per trunk run
     workers: int = 16
@@ -54,7 +54,6 @@ class FederationConfig:
     poll_interval: float = 1.0  # seconds between reply polls
     head_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32))
     calibration: str = ""  # "" = each node's own setting; platt / temperature
-    reference: str = field(default="", metadata=PATH)  # folder of reference negatives (one sub-folder per source) nodes may use
     reference_real_sources: list[str] = field(default_factory=lambda: ["real"])
     result_file: str = field(default="coordinator-state/federation-result.json", metadata=PATH)
     finetune_rounds: int = 0
@@ -72,9 +71,12 @@ class CoordinatorConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     run_dir: str = field(default="runs/primary", metadata=PATH)
+    init_from: str = field(default="", metadata=PATH)  # a run or bundle to retrain from (e.g. on perturbed data)
+    source_aware_trunk: bool = True  # train the trunk to tell sources apart first, then the detector's tail on it
     private_key: str = field(default="keys/coordinator.key", metadata=PATH)
     public_key: str = field(default="keys/coordinator.pub", metadata=PATH)
     bundle: str = field(default="", metadata=PATH)
+    reference: str = field(default="", metadata=PATH)  # the reference set (coordinator reference): signed into bundles, announced to nodes
     registry: str = field(default="coordinator-state/registry.sqlite", metadata=PATH)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)

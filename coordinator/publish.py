@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from coordinator.reference import describe_reference_set
 from coordinator.train_primary import read_run
 from shared_backbone.experiments.training import timestamp
 from shared_backbone.model import signing
@@ -20,10 +21,13 @@ def publish(
     *,
     version: str | None = None,
     parent: str | None = None,
+    reference: str | Path | None = None,
 ) -> Bundle:
     """Reads the run's primary module and writes it, signed, as a bundle in out_dir.
 
-    The manifest carries the run's validation/test metrics so nodes can see what they get.
+    The manifest carries the run's validation/test metrics so nodes can see what they get, and,
+    with `reference` (a folder written by `write_reference_set`), the reference set's digest and
+    sources, so every node can verify its copy.
     """
     model, spec, metrics = read_run(run_dir)
     key = signing.load_private_key(private_key_path)
@@ -31,6 +35,7 @@ def publish(
     bundle = write_bundle(
         out_dir, model, spec, key, version=version, parent=parent, metrics=metrics,
         source={"run_dir": str(Path(run_dir).resolve())},
+        reference=describe_reference_set(reference) if reference else None,
     )
     log.info("published bundle %s version %s (digest %s)", bundle.path, bundle.version, bundle.short_digest)
     return bundle

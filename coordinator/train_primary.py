@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coordinator.config import CoordinatorConfig
 from shared_backbone.config import to_dict
-from shared_backbone.data.datasets import DatasetIndex, Sample, load_split
+from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
 from shared_backbone.experiments import training
 from shared_backbone.experiments.evaluation import predict_scores
 from shared_backbone.experiments.metrics import binary_metrics
@@ -62,21 +64,69 @@ def read_run(run_dir: str | Path) -> tuple[Any, InputSpec, dict[str, Any]]:
     return model, spec, metrics
 
 
+def initial_model(path: str | Path) -> tuple[Any, InputSpec]:
+    """(primary module, input spec) of a finished run or a bundle, to retrain (the paper's robustness retraining).
+
+    The input spec (size, mode, DCT normstats) is kept: the retrained module reads what the
+    original read.
+    """
+    path = Path(path)
+    if (path / INPUT_FILE).is_file():
+        model, spec, _ = read_run(path)
+        return model, spec
+    from shared_backbone.model.bundle import load_bundle
+
+    bundle = load_bundle(path, None)  # the coordinator's own bundle: file digests checked
+    return bundle.load_primary(), bundle.input_spec
+
+
+def source_labels(index: DatasetIndex, samples: list[Sample]) -> tuple[np.ndarray, list[str]]:
+    """Class ids over real + every fake class of the coordinator's data (arch-level grouping applied)."""
+    classes = [REAL_CLASS, *index.fake_classes]
+    position = {name: i for i, name in enumerate(classes)}
+    return np.array([position[index.class_of(s.source)] for s in samples], dtype=np.float32), classes
+
+
+def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec,
+                   config: CoordinatorConfig, run_dir: Path, *, progress: bool) -> None:
+    """Trains the trunk to tell the coordinator's sources apart, then freezes it for the detector's tail.
+
+    A detector trained only on real vs fake needs no fingerprint beyond "fake", and its trunk then
+    carries little that separates one generator from another: every head reads these features.
+    """
+    labels, classes = source_labels(index, splits["train"])
+    classifier = networks.build_source_classifier(model, len(classes), seed=networks.DEFAULT_SEED + 500 + config.train.seed)
+    log.info("source-aware trunk: %d classes (%s)", len(classes), ", ".join(classes))
+    training.fit(
+        classifier, splits["train"], labels, splits["val"], source_labels(index, splits["val"])[0], spec, config.train,
+        training.prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True),
+        task=training.MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress,
+    )
+    networks.set_trunk_trainable(model, False)
+
+
 def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> PrimaryTrainingResult:
     """Trains, evaluates (val + test) and saves the primary module into `config.run_dir`."""
     run_dir = training.prepare_run_dir(config.run_dir, to_dict(config), config.train.seed)
     index, splits = load_split(config.data)
     if not index.real_sources or len(index.real_sources) == len(index.sources):
         raise ValueError(f"{index.root}: detection needs real and fake sources (real: {sorted(index.real_sources)})")
-    spec = training.input_spec(config.data, splits["train"])
     training.set_seed(config.train.seed)
-    model = networks.build_primary(spec.image_size, spec.mode, seed=networks.DEFAULT_SEED + config.train.seed)
+    if config.init_from:
+        model, spec = initial_model(config.init_from)
+        log.info("retraining the primary module of %s", config.init_from)
+    else:
+        spec = training.input_spec(config.data, splits["train"])
+        model = networks.build_primary(spec.image_size, spec.mode, seed=networks.DEFAULT_SEED + config.train.seed)
+    if config.source_aware_trunk:
+        pretrain_trunk(model, index, splits, spec, config, run_dir / "trunk", progress=progress)
     result = training.fit(
         model,
         splits["train"], training.detection_labels(index, splits["train"]),
         splits["val"], training.detection_labels(index, splits["val"]),
         spec, config.train, run_dir, perturb=config.perturb, progress=progress,
     )
+    networks.set_trunk_trainable(model, True)
     model.save_weights(run_dir / PRIMARY_WEIGHTS)
     if spec.normstats is not None:
         spec.normstats.save(run_dir / NORMSTATS_DIR)

@@ -7,6 +7,7 @@ Node settings come from the SuperNode's `--node-config` (TOML values), keys:
   reference    local copy of the coordinator's reference set (default: the path in the message)
   endpoint     host:port the gateway dials for HeadService     node-id     registry id (default: source)
   secret-file  identity secret (default STATE_DIR/node.secret)  finetune    true = take part in FedAvg
+  access       strict (default: own images, reference set, self-made negatives) or shared (the paper's opt-in)
   workdir      what relative paths in the settings and the YAML are relative to
 In simulation, `make_client_app(nodes)` gives partition i the settings `nodes[i]`.
 
@@ -52,6 +53,7 @@ ERROR_CODE = 2  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 NODE_KEYS = {
     "source": "source",
     "node-id": "node_id",
+    "access": "access",
     "data-dir": "data.root",
     "state-dir": "state_dir",
     "public-key": "public_key",
@@ -117,7 +119,7 @@ def _round_settings(content: RecordDict, config: NodeConfig) -> NodeConfig:
 
 def _flat_metrics(metrics: dict[str, Any]) -> MetricRecord:
     flat: dict[str, float] = {}
-    for split in ("val", "test"):
+    for split in ("calib", "test"):
         for key, value in metrics.get(split, {}).get("calibrated", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 flat[f"{split}_{key}"] = float(value)
@@ -138,7 +140,8 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     bundle = receive_bundle(message.content, config)
     config = dataclasses.replace(_round_settings(message.content, config), backbone=str(bundle.path))
     log.info("node %s: training head on bundle %s (version %s)", config.source, bundle.short_digest, bundle.version)
-    result = train_head(config, bundle, progress=False)
+    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
+    result = train_head(config, bundle, progress=False, announced_reference_digest=str(run.get("reference_digest", "") or ""))
     head = result.head
     reply = RecordDict()
     reply[RESULT_RECORD] = ConfigRecord(

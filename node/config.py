@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
+from shared_backbone.model.rule import DEFAULT_THRESHOLD
 
 # The config names of the bundle and key paths, for messages about them.
 BUNDLE_KEYS = ("backbone", "public_key")
@@ -36,22 +37,43 @@ class NodeServeConfig:
 
 
 @dataclass
+class NegativesConfig:
+    """Negatives the node makes itself (`shared_backbone.data.negatives`): its own and the reference
+    set's images re-rendered by `generators` random upsamplers of the common families."""
+
+    count: int = 1200
+    generators: int = 12
+    strength: list[float] = field(default_factory=lambda: [0.003, 0.05])  # log-uniform weight deviation per network
+    families: list[str] = field(default_factory=lambda: ["tconv", "nnconv", "bilinear", "pixshuffle"])
+    seed: int = 0
+    match_bandwidth: bool = True  # pre-sharpen so negatives keep the bandwidth of the node's own images
+
+
+@dataclass
 class NodeConfig:
     """One node.yaml for `attribnet node train|evaluate|serve` (and the Flower ClientApp).
 
-    Positives are the images of `source` under `data.root`; negatives are every other source
-    folder there (local negatives) plus every source of the coordinator's `reference` set.
+    Strict access (the default, the network's rule): the head trains on the node's own images
+    (`data.root/<source>`), the coordinator's reference set (`reference`, verified against the
+    digest its signed bundle announces) and negatives it makes itself (`negatives`); other source
+    folders under `data.root` are reported and ignored. `access: shared` is the paper's setting
+    for comparison only: every other folder under `data.root` is a negative too.
     """
 
     source: str = ""
     node_id: str = ""  # defaults to the source name
+    access: str = "strict"  # or "shared": the paper's comparison setting (opt-in)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=64, patience=5))
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    perturb_copies: int = 2  # with perturb.kinds: perturbed versions of each image, besides the clean one
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    calibration_fraction: float = 0.15  # carved out of train: fits calibration + the conformal reference
     backbone: str = field(default="", metadata=PATH)
     public_key: str = field(default="", metadata=PATH)
     reference: str = field(default="", metadata=PATH)
+    init_head: str = field(default="", metadata=PATH)  # retrain from this head (e.g. on perturbed data)
     calibration: str = "platt"
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     state_dir: str = field(default="node-state", metadata=PATH)
     serve: NodeServeConfig = field(default_factory=NodeServeConfig)

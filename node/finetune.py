@@ -15,7 +15,7 @@ import numpy as np
 
 from node import state
 from node.config import NodeConfig
-from node.train_head import scan_node_folder, split_node_folder
+from node.head_data import node_splits, scan_node_folder
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import Sample
 from shared_backbone.experiments import training
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _split(root: str, config: NodeConfig) -> dict[str, list[Sample]]:
-    return split_node_folder(scan_node_folder(root, config.data), config.data)
+    return node_splits(scan_node_folder(root, config), config)
 
 
 def detection_splits(config: NodeConfig, real_sources: list[str]) -> dict[str, tuple[list[Sample], np.ndarray]]:

@@ -1,13 +1,17 @@
 """A node's head training: verify the bundle, train on the frozen trunk, calibrate, store.
 
-Positives are the images of the node's own `source` under `data.root`; negatives are every other
-source folder there (local negatives) plus every source of the coordinator's reference set.
-The Flower ClientApp calls `train_head` too, so it needs nothing but the config and the bundle.
+What the head sees is `node.head_data`'s business (the who-sees-what rule): the node's own images
+(positives), the coordinator's verified reference set and, in the paper's opt-in shared setting,
+other local sources (negatives), plus negatives the node makes itself by re-rendering those images
+through random upsamplers. Trunk features are computed once (the trunk is frozen), the head trains
+on them with class weighting, early stopping on the class-weighted validation loss, and is then
+calibrated on the calib split (own held-out images vs the common calibration negatives), which
+neither training nor model selection saw; the calibrated scores of the own held-out images are the
+head's conformal reference. The Flower ClientApp calls `train_head` too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +21,25 @@ import numpy as np
 
 from node import state
 from node.config import BUNDLE_KEYS, NodeConfig
-from shared_backbone.config import DataConfig, to_dict
-from shared_backbone.data.datasets import SPLITS, DatasetIndex, Sample, scan_dataset, split_samples
+from node.head_data import SPLITS, DataAccessError, HeadData, head_data
+from shared_backbone.config import to_dict
+from shared_backbone.data.negatives import MATCH_SAMPLE, NegativeSettings, make_negatives, matched_settings
+from shared_backbone.experiments import features as trunk_cache
 from shared_backbone.experiments import training
-from shared_backbone.experiments.evaluation import predict_scores
 from shared_backbone.experiments.metrics import binary_metrics
 from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, load_configured_bundle
-from shared_backbone.model.calibration import fit_calibration
-from shared_backbone.model.heads import Head, save_head
+from shared_backbone.model.calibration import Calibration, fit_calibration
+from shared_backbone.model.heads import Head, load_head, save_head
 
 log = logging.getLogger(__name__)
 
+PERTURBED_SPLITS = ("train", "val", "calib")  # a robust head is selected and calibrated on what it will see
+# Self-made negatives join every split, calibration included: calibrated against reals alone, a
+# head's map learns "anything unlike a real image is mine" and lifts foreign fakes to high scores.
+# They are made by the same families and strength range on every node, so the negatives every
+# head is calibrated against (the common reference set plus such re-renderings) are alike.
+SELF_MADE_SPLITS = ("train", "val", "calib", "test")
 
 
 @dataclass
@@ -38,93 +49,151 @@ class HeadTrainingResult:
     metrics: dict[str, Any]
 
 
-def scan_node_folder(root: str, data: DataConfig) -> DatasetIndex:
-    """Scans a folder-per-source set of this node (local data or the reference set).
+@dataclass
+class FeatureSet:
+    """One split as the head sees it: trunk features and 1 = own source / 0 = not."""
 
-    Which sources are real is the caller's business (a head does not care), so none is required.
-    """
-    return scan_dataset(dataclasses.replace(data, root=root, real_sources=[], source_ids=""))
-
-
-def split_node_folder(index: DatasetIndex, data: DataConfig) -> dict[str, list[Sample]]:
-    """The node's deterministic train/val/test split of a scanned folder."""
-    return split_samples(index, data.split_seed, data.val_fraction, data.test_fraction)
+    x: np.ndarray
+    y: np.ndarray
+    files: int = 0  # images read from the node's folders and the reference set (before perturbed copies)
+    self_made: int = 0  # negatives the node rendered itself
 
 
-def head_splits(config: NodeConfig) -> dict[str, tuple[list[Sample], np.ndarray]]:
-    """(samples, 0/1 labels) per split: local data plus the optional reference set."""
-    data = config.data
-    if not config.source:
-        raise ValueError("node config: source (this node's generator folder name) is not set")
-    local = scan_node_folder(data.root, data)
-    if config.source not in local.sources:
-        raise ValueError(f"{local.root}: no folder for source {config.source!r} (have {', '.join(local.sources)})")
-    sets = [split_node_folder(local, data)]
-    if config.reference:
-        sets.append(split_node_folder(scan_node_folder(config.reference, data), data))
-    result = {}
-    for split in SPLITS:
-        samples = [s for parts in sets for s in parts[split]]
-        labels = np.array([1.0 if s.source == config.source else 0.0 for s in samples], dtype=np.float32)
-        result[split] = (samples, labels)
-    train_labels = result["train"][1]
-    if not train_labels.any() or train_labels.all():
-        raise ValueError(
-            f"node {config.source}: training needs positives and negatives "
-            f"(positives {int(train_labels.sum())}, negatives {int((1 - train_labels).sum())}); "
-            "add other source folders under data.root or set reference"
-        )
-    for split in ("val",):
-        labels = result[split][1]
-        if not labels.any() or labels.all():
-            raise ValueError(f"node {config.source}: the {split} split needs both positives and negatives to calibrate")
-    return result
+def negative_settings(config: NodeConfig) -> NegativeSettings:
+    n = config.negatives
+    return NegativeSettings(count=n.count, generators=n.generators, strength=tuple(n.strength), seed=n.seed + config.train.seed,
+                            families=tuple(n.families))
 
 
-def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bool = True) -> HeadTrainingResult:
+def _self_made(own: list[np.ndarray], others: list[np.ndarray], settings: NegativeSettings, count: int) -> list[np.ndarray]:
+    """Negatives re-rendered from the node's own and the reference images (half each when both exist)."""
+    if count <= 0:
+        return []
+    own_count = count // 2 if others else count
+    return make_negatives(own, settings, own_count) + (make_negatives(others, settings, count - own_count) if others else [])
+
+
+def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, FeatureSet]:
+    """Trunk features of every split: own images, negatives, self-made negatives, perturbed copies."""
+    settings = negative_settings(config)
+    train_size = max(len(data.positives["train"]) + len(data.negatives["train"]), 1)
+    if config.negatives.match_bandwidth:
+        settings = matched_settings(trunk_cache.load_images(data.positives["train"][:MATCH_SAMPLE], spec.image_size), settings)
+        log.info("node %s: negatives pre-compensate %.2f px^2 of resampling blur (matched to its own images)",
+                 config.source, settings.resampling_blur)
+    sets = {}
+    for index, split in enumerate(SPLITS):
+        own = trunk_cache.load_images(data.positives[split], spec.image_size)
+        others = trunk_cache.load_images(data.negatives[split], spec.image_size)
+        made = []
+        if split in SELF_MADE_SPLITS:
+            count = settings.count if split == "train" else round(settings.count * (len(own) + len(others)) / train_size)
+            made = _self_made(own, others, settings, count)
+        copies = config.perturb_copies if split in PERTURBED_SPLITS else 0
+        positives = trunk_cache.versions(own, config.perturb, copies, config.train.seed + index)
+        negatives = trunk_cache.versions(others + made, config.perturb, copies, config.train.seed + 10 + index)
+        x = trunk_cache.trunk_features(trunk, positives + negatives, spec)
+        y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))].astype(np.float32)
+        sets[split] = FeatureSet(x, y, files=len(own) + len(others), self_made=len(made))
+    return sets
+
+
+def _check(config: NodeConfig, sets: dict[str, FeatureSet]) -> None:
+    for split in ("train", "val", "calib"):
+        y = sets[split].y
+        if not y.any() or y.all():
+            raise DataAccessError(
+                f"node {config.source}: the {split} split needs positives and negatives (positives {int(y.sum())}, "
+                f"negatives {int((1 - y).sum())}); set `reference` to the coordinator's reference set"
+                + (" or give more images" if y.any() else "")
+            )
+
+
+def _head_model(config: NodeConfig, spec):
+    model = networks.build_head(spec.image_size, pooling=networks.pooling_for_mode(spec.mode),
+                                seed=networks.DEFAULT_SEED + 1000 + config.train.seed)
+    if config.init_head:  # the paper's retraining: start from an existing head
+        model.set_weights(load_head_weights(config.init_head, spec))
+    return model
+
+
+def load_head_weights(directory: str, spec) -> list[np.ndarray]:
+    """An existing head's weights (any backbone), for retraining on perturbed data."""
+    from shared_backbone.model.heads import HEAD_WEIGHTS, build_head_model, read_head_meta
+
+    meta = read_head_meta(directory)
+    model = build_head_model(int(meta["image_size"]), meta.get("pooling", "gap"))
+    if int(meta["image_size"]) != spec.image_size:
+        raise DataAccessError(f"init_head {directory}: a {meta['image_size']} px head cannot start a {spec.image_size} px one")
+    model.load_weights(Path(directory) / HEAD_WEIGHTS)
+    return model.get_weights()
+
+
+def calibrate(model, calib: FeatureSet, method: str) -> tuple[Calibration, np.ndarray]:
+    """The calibration map and the conformal reference, both from the calib split; and its raw scores."""
+    raw = predict(model, calib.x)
+    calibration = fit_calibration(raw, calib.y, method)
+    return calibration.with_positives(calibration.apply(raw[calib.y > 0.5])), raw
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(x.astype(np.float32), batch_size=1024, verbose=0)).reshape(-1).astype(np.float64)
+
+
+def _metrics(config: NodeConfig, data: HeadData, sets: dict[str, FeatureSet], model, calibration: Calibration,
+             raw_calib: np.ndarray, fit: training.FitResult) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "source": config.source,
+        "data_access": data.report,
+        "counts": {s: {"positives": len(data.positives[s]), "total": sets[s].files, "self_made_negatives": sets[s].self_made,
+                       "with_perturbed_copies": len(sets[s].y)} for s in SPLITS},
+        "self_made_negatives": negative_settings(config).count,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "train_seconds": round(fit.seconds, 1),
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "positive_scores"},
+        "val": {"raw": binary_metrics(sets["val"].y, predict(model, sets["val"].x))},
+        "calib": {"raw": binary_metrics(sets["calib"].y, raw_calib),
+                  "calibrated": binary_metrics(sets["calib"].y, calibration.apply(raw_calib))},
+    }
+    test = sets["test"]  # own test images, then negatives from files, then self-made ones (no perturbed copies)
+    if test.y[: test.files].any() and not test.y[: test.files].all():
+        raw_test = predict(model, test.x)
+        for key, count in (("test", test.files), ("test_with_self_made", len(test.y))):
+            y, raw = test.y[:count], raw_test[:count]
+            metrics[key] = {"raw": binary_metrics(y, raw), "calibrated": binary_metrics(y, calibration.apply(raw))}
+    return metrics
+
+
+def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bool = True,
+               announced_reference_digest: str = "") -> HeadTrainingResult:
     """Trains, calibrates and saves this node's head into `state_dir/head`."""
     bundle = bundle or load_configured_bundle(config.backbone, config.public_key, keys=BUNDLE_KEYS)
     spec = bundle.input_spec
-    splits = head_splits(config)
+    data = head_data(config, bundle, announced_reference_digest=announced_reference_digest)
+    if not data.positives["train"] or not data.negatives["train"]:
+        raise DataAccessError(
+            f"node {config.source}: training needs positives and negatives (positives {len(data.positives['train'])}, "
+            f"negatives {len(data.negatives['train'])} besides self-made ones); set `reference` to the coordinator's "
+            "reference set (or keep public real images in a real source folder under data.root)"
+        )
     state_dir = Path(config.state_dir)
     run_dir = training.prepare_run_dir(state_dir / state.RUNS_DIR / training.timestamp(), to_dict(config), config.train.seed, exist_ok=True)
     training.set_seed(config.train.seed)
     trunk = networks.build_trunk(bundle.load_primary())
-    head_model = networks.build_head(
-        spec.image_size, pooling=networks.pooling_for_mode(spec.mode), seed=networks.DEFAULT_SEED + 1000 + config.train.seed
-    )
-    model = networks.build_attribution_model(trunk, head_model)
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (splits[s] for s in SPLITS)
-    result = training.fit(
-        model, train_x, train_y, val_x, val_y, spec, config.train, run_dir, perturb=config.perturb, progress=progress,
-    )
-    raw_val = predict_scores(model, val_x, spec)
-    calibration = fit_calibration(raw_val, val_y, config.calibration)
-    metrics: dict[str, Any] = {
-        "source": config.source,
-        "counts": {s: {"positives": int(splits[s][1].sum()), "total": len(splits[s][0])} for s in SPLITS},
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "train_seconds": round(result.seconds, 1),
-        "calibration": calibration.to_dict(),
-        "val": {"raw": binary_metrics(val_y, raw_val), "calibrated": binary_metrics(val_y, calibration.apply(raw_val))},
-    }
-    if test_x and test_y.any() and not test_y.all():
-        raw_test = predict_scores(model, test_x, spec)
-        metrics["test"] = {
-            "raw": binary_metrics(test_y, raw_test),
-            "calibrated": binary_metrics(test_y, calibration.apply(raw_test)),
-        }
-    head = save_head(
-        state_dir / state.HEAD_DIR, head_model, source=config.source, bundle=bundle, calibration=calibration,
-        threshold=config.threshold, metrics=metrics,
-    )
-    shown = metrics.get("test", metrics["val"])["calibrated"]
-    log.info(
-        "head %s: accuracy %.3f F1 %.3f AUC %.3f (calibrated, %s); saved to %s",
-        config.source, shown["accuracy"], shown["f1"], shown["roc_auc"], "test" if "test" in metrics else "val",
-        state_dir / state.HEAD_DIR,
-    )
+    sets = feature_sets(config, data, trunk, spec)
+    _check(config, sets)
+    model = _head_model(config, spec)
+    fit = training.fit_arrays(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, config.train, run_dir,
+                              progress=progress)
+    calibration, raw_calib = calibrate(model, sets["calib"], config.calibration)
+    metrics = _metrics(config, data, sets, model, calibration, raw_calib, fit)
+    head = save_head(state_dir / state.HEAD_DIR, model, source=config.source, bundle=bundle, calibration=calibration,
+                     threshold=config.threshold, metrics=metrics)
+    shown = metrics.get("test", metrics["calib"])["calibrated"]
+    log.info("head %s (%s access): accuracy %.3f F1 %.3f AUC %.3f (calibrated, %s); saved to %s", config.source,
+             config.access, shown["accuracy"], shown["f1"], shown["roc_auc"], "test" if "test" in metrics else "calib",
+             state_dir / state.HEAD_DIR)
     return HeadTrainingResult(state_dir / state.HEAD_DIR, head, metrics)
 
 
@@ -138,13 +207,14 @@ def evaluate_head(
 ) -> dict[str, Any]:
     """One-vs-rest metrics of the stored head (calibrated, and raw under `raw`) on a split of its data."""
     from shared_backbone.experiments.evaluation import evaluate_binary
-    from shared_backbone.model.heads import load_head
 
     bundle = bundle or load_configured_bundle(config.backbone, config.public_key, keys=BUNDLE_KEYS)
     head = load_head(state.head_dir(config), bundle)
-    samples, labels = head_splits(config)[split]
+    data = head_data(config, bundle)
+    samples = data.positives[split] + data.negatives[split]
     if not samples:
-        raise ValueError(f"node {config.source}: the {split} split is empty")
+        raise DataAccessError(f"node {config.source}: the {split} split is empty")
+    labels = np.r_[np.ones(len(data.positives[split])), np.zeros(len(data.negatives[split]))].astype(np.float32)
     model = networks.build_attribution_model(networks.build_trunk(bundle.load_primary()), head.model)
     return evaluate_binary(
         model, samples, labels, bundle.input_spec, list(perturbations), out_dir,

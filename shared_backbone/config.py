@@ -184,10 +184,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """defaults < YAML file < overrides (dotted keys like `train.epochs`; None values ignored)."""
-    values = read_yaml(path) if path else {}
-    where = str(path) if path else "config"
+def read_section(path: str | Path | None, name: str) -> tuple[dict[str, Any], str]:
+    """The YAML's `name:` section when it has one (one file can configure several commands), else
+    its top level; and where the values came from, for error messages."""
+    if not path:
+        return {}, "flags"
+    values = read_yaml(path)
+    if name not in values:
+        return values, str(path)
+    if not isinstance(values[name], dict):
+        raise ConfigError(f"{path}: {name}: expected a mapping")
+    return values[name], f"{path}: {name}"
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                *, section: str | None = None) -> T:
+    """defaults < YAML file (or its `section:`) < overrides (dotted keys like `train.epochs`; None values ignored)."""
+    values, where = read_section(path, section) if section else (read_yaml(path) if path else {}, str(path or "config"))
     return build(schema, _merge(values, overrides or {}), where)
 
 

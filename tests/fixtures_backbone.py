@@ -11,14 +11,14 @@ from coordinator.config import CoordinatorConfig
 from node.config import NodeConfig
 from shared_backbone.config import TrainConfig
 
-__all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_bundle", "zoo_heads"]
+__all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_reference", "zoo_bundle", "zoo_heads"]
 
 # Measured on tiny_zoo (easy preset, 80 images per source): 20 epochs of batch 16 at lr 3e-3 give a
 # detector with test AUC 0.99-1.00 over 3 seeds in ~17 s. With 40 per source (5 real validation
 # images) the validation loss was noise and test AUC ranged 0.65-0.92 over seeds; 8 epochs of
 # batch 32 left it constant ("fake" for all), which tests must catch.
 FIXTURE_TRAIN = TrainConfig(epochs=20, batch_size=16, learning_rate=3e-3, patience=5, min_epochs=3, seed=1)
-HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=4, patience=3)
+HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=20, patience=4)  # on cached trunk features: seconds
 
 
 @pytest.fixture(scope="session")
@@ -36,21 +36,33 @@ def zoo_primary_run(tiny_zoo, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def zoo_bundle(zoo_primary_run, keypair, tmp_path_factory: pytest.TempPathFactory):
-    """The published, signed bundle of zoo_primary_run, loaded back with signature verification."""
+def zoo_reference(tiny_zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The coordinator's reference set for tiny_zoo: its real images, test split left out (read-only)."""
+    from coordinator.reference import write_reference_set
+    from shared_backbone.data.zoo import zoo_data_config
+
+    out = tmp_path_factory.mktemp("reference") / "reference"
+    write_reference_set(zoo_data_config(tiny_zoo), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoo_bundle(zoo_primary_run, zoo_reference, keypair, tmp_path_factory: pytest.TempPathFactory):
+    """The published, signed bundle of zoo_primary_run (announcing zoo_reference), loaded back verified."""
     from coordinator.publish import publish
     from shared_backbone.model.bundle import load_bundle
     from shared_backbone.model.signing import load_public_key
 
     private_key, public_key = keypair
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    publish(zoo_primary_run.run_dir, out, private_key, version="test-1")
+    publish(zoo_primary_run.run_dir, out, private_key, version="test-1", reference=zoo_reference)
     return load_bundle(out, load_public_key(public_key))
 
 
 @pytest.fixture(scope="session")
-def zoo_heads(zoo_bundle, tiny_zoo, keypair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """source -> head folder, one head per zoo generator, each trained by node.train_head."""
+def zoo_heads(zoo_bundle, zoo_reference, tiny_zoo, keypair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """source -> head folder, one head per zoo generator, each trained by node.train_head (strict access:
+    own images, the reference set, self-made negatives; the zoo's other folders are ignored)."""
     from node.train_head import train_head
     from shared_backbone.data.zoo import read_manifest, zoo_data_config, zoo_sources
 
@@ -64,6 +76,7 @@ def zoo_heads(zoo_bundle, tiny_zoo, keypair, tmp_path_factory: pytest.TempPathFa
             train=HEAD_TRAIN,
             backbone=str(zoo_bundle.path),
             public_key=str(keypair[1]),
+            reference=str(zoo_reference),
             state_dir=str(root / source),
         )
         heads[source] = train_head(config, progress=False).head_dir

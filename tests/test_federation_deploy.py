@@ -7,16 +7,16 @@ import time
 from pathlib import Path
 
 from attribnet.launch import flower_processes as fp
-from tests.test_federation_sim import check_registered, coordinator_config, make_node_folders, make_reference
+from tests.test_federation_sim import check_registered, coordinator_config, make_node_folders
 
 SOURCES = ("tconv_a", "nnconv_a")
 
 
-def test_deployment_trains_and_registers_both_nodes(tiny_zoo, zoo_bundle, keypair, tmp_path):
+def test_deployment_trains_and_registers_both_nodes(zoo_reference, tiny_zoo, zoo_bundle, keypair, tmp_path):
     from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES, keypair)
-    reference = make_reference(tiny_zoo, tmp_path / "reference")
+    reference = zoo_reference
     config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=len(nodes))
     started = time.monotonic()
     result = run_federation(config, nodes, mode="local", workdir=tmp_path / "deploy", timeout=150.0)
@@ -80,7 +80,7 @@ def write_test_tls(out: Path) -> tuple[str, str, str]:
     return tuple(str(p) for p in paths)
 
 
-def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_foreign_bundle(tiny_zoo, zoo_bundle, keypair, tmp_path):
+def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_foreign_bundle(zoo_reference, tiny_zoo, zoo_bundle, keypair, tmp_path):
     """Over HTTPS with SuperNode authentication: an unregistered SuperNode never joins; the registered
     node trusts another coordinator key, so it refuses the bundle; the run still completes and says so."""
     from attribnet.launch.flower_runs import submit_run, write_coordinator_yaml
@@ -90,7 +90,7 @@ def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_forei
     _, other_public = generate_keypair(tmp_path / "other-coordinator")
     nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
     nodes[0]["public-key"] = str(other_public)
-    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(tiny_zoo, tmp_path / "reference"), min_nodes=1)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, zoo_reference, min_nodes=1)
     config_path = write_coordinator_yaml(config, tmp_path / "coordinator.yaml")
     tls = write_test_tls(tmp_path / "tls")
     started = time.monotonic()

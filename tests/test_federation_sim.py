@@ -42,27 +42,20 @@ def make_node_folders(zoo: Path, root: Path, sources, keypair, broken: str | Non
     return nodes
 
 
-def make_reference(zoo: Path, root: Path) -> Path:
-    """The coordinator's reference negatives: the real images."""
-    (root / "real").parent.mkdir(parents=True, exist_ok=True)
-    (root / "real").symlink_to(zoo / "real", target_is_directory=True)
-    return root
-
-
 @pytest.fixture(scope="module")
 def federation_zoo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fedzoo") / "zoo"
-    write_zoo(root, ZooSettings(image_size=32, per_source=20, seed=7, sources=(*SOURCES, BROKEN)), workers=1)
+    write_zoo(root, ZooSettings(image_size=32, per_source=40, seed=7, sources=(*SOURCES, BROKEN)), workers=1)
     return root
 
 
 def coordinator_config(bundle, keypair, tmp: Path, reference: Path, min_nodes: int) -> CoordinatorConfig:
     return CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(keypair[1]), private_key=str(keypair[0]),
-        registry=str(tmp / "coordinator" / "registry.sqlite"),
+        registry=str(tmp / "coordinator" / "registry.sqlite"), reference=str(reference),
         federation=FederationConfig(
             min_nodes=min_nodes, wait_for_nodes=60.0, round_timeout=200.0, poll_interval=0.5, head_train=NODE_TRAIN,
-            reference=str(reference), result_file=str(tmp / "coordinator" / "result.json"),
+            result_file=str(tmp / "coordinator" / "result.json"),
         ),
     )
 
@@ -85,7 +78,7 @@ def check_registered(result, config: CoordinatorConfig, nodes: list[dict], bundl
         assert entry.head_digest == sha256_file(state / "head" / HEAD_WEIGHTS) == by_source[source].head_digest
         assert entry.backbone_digest == bundle.digest and entry.endpoint == node["endpoint"]
         assert entry.calibration == head.calibration.to_dict()
-        assert 0.0 <= entry.metrics["val"]["calibrated"]["accuracy"] <= 1.0
+        assert 0.0 <= entry.metrics["calib"]["calibrated"]["accuracy"] <= 1.0
         assert load_bundle(state / "bundle", None).digest == bundle.digest  # the node's verified copy
         reply = by_source[source]
         assert reply.reply_records == ["fit_head.metrics", "fit_head.result"]
@@ -93,11 +86,11 @@ def check_registered(result, config: CoordinatorConfig, nodes: list[dict], bundl
         assert reply.reply_bytes < head_bytes / 2, "a reply must not carry head weights"
 
 
-def test_simulation_registers_every_node_and_reports_the_crashed_one(federation_zoo, zoo_bundle, keypair, tmp_path):
+def test_simulation_registers_every_node_and_reports_the_crashed_one(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
     from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES, keypair, broken=BROKEN)
-    reference = make_reference(federation_zoo, tmp_path / "reference")
+    reference = zoo_reference
     stale = tmp_path / "stale-reference" / "real"
     stale.mkdir(parents=True)
     for image in sorted((federation_zoo / "real").iterdir())[:5]:
@@ -141,7 +134,7 @@ def test_fedavg_weights_by_example_count():
         fedavg([a, [b[0]]], [1, 1])
 
 
-def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation_zoo, zoo_bundle, keypair, tmp_path):
+def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
     """One node opts in, one declines; the averaged primary becomes version `<old>-ft1` with parent recorded."""
     import numpy as np
 
@@ -150,7 +143,7 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)
     nodes[0]["finetune"] = True
-    reference = make_reference(federation_zoo, tmp_path / "reference")
+    reference = zoo_reference
     config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=2)
     config = dataclasses.replace(config, federation=dataclasses.replace(
         config.federation, finetune_rounds=1, finetune_epochs=1, bundles_dir=str(tmp_path / "bundles")))
@@ -166,12 +159,12 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(federation
     check_registered(result, config, nodes, child)
 
 
-def test_a_node_that_misses_the_round_deadline_is_reported_as_timed_out(federation_zoo, zoo_bundle, keypair, tmp_path):
+def test_a_node_that_misses_the_round_deadline_is_reported_as_timed_out(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
     """The round waits `round_timeout`, not for the slowest node; the run completes without it."""
     from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
-    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=1)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, zoo_reference, min_nodes=1)
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, round_timeout=1.0))
     result = run_federation(config, nodes, mode="simulation")
     assert result.status == "completed", result.error
@@ -202,11 +195,11 @@ def test_cli_names_the_bad_input_in_one_line(tmp_path, capsys):
     assert "coordinator.yaml.federation: unknown key 'min_node'" in err
 
 
-def test_too_few_nodes_fails_the_run_after_a_bounded_wait_and_says_so(federation_zoo, zoo_bundle, keypair, tmp_path):
+def test_too_few_nodes_fails_the_run_after_a_bounded_wait_and_says_so(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
     from attribnet.launch.flower_runs import run_federation
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
-    config = coordinator_config(zoo_bundle, keypair, tmp_path, make_reference(federation_zoo, tmp_path / "reference"), min_nodes=2)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, zoo_reference, min_nodes=2)
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, wait_for_nodes=2.0))
     started = time.monotonic()
     result = run_federation(config, nodes, mode="simulation")

@@ -175,13 +175,16 @@ def test_list_sources_shows_registered_nodes(net):
 
 
 def test_heatmap_png_per_image(net):
+    from shared_backbone.model.heatmaps import DISPLAY_SIDE
+
     rng = np.random.default_rng(3)
     with client(net) as c:
         results = c.attribute([png_bytes(rng), png_bytes(rng)], heatmap=True)
         plain = c.attribute([png_bytes(rng)])
     for result in results:
         image = Image.open(io.BytesIO(result.heatmap_png))
-        assert image.format == "PNG" and image.size == (IMAGE_SIZE, IMAGE_SIZE)
+        side = IMAGE_SIZE * -(-DISPLAY_SIDE // IMAGE_SIZE)  # enlarged to be looked at (nearest neighbour)
+        assert image.format == "PNG" and image.size == (side, side) and side >= DISPLAY_SIDE
     assert plain[0].heatmap_png == b""
 
 

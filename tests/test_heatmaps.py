@@ -99,9 +99,16 @@ def test_overlay_colours_follow_the_map():
 def test_render_and_save(tmp_path):
     rgb = np.random.default_rng(11).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     heat = np.random.default_rng(12).random((4, 4)).astype(np.float32)
-    assert heatmaps.render(rgb, heat, "pixel").shape == (SIZE, SIZE, 3)
+    factor = -(-heatmaps.DISPLAY_SIDE // SIZE)  # enlarged to be looked at, by a whole factor
+    assert heatmaps.render(rgb, heat, "pixel").shape == (factor * SIZE, factor * SIZE, 3)
+    assert heatmaps.render(rgb, heat, "pixel", min_side=SIZE).shape == (SIZE, SIZE, 3)
     dct = heatmaps.render(rgb, heat, "dct")
-    assert dct.shape == (SIZE, 2 * SIZE, 3) and np.array_equal(dct[:, :SIZE], rgb)
+    big = rgb.repeat(factor, axis=0).repeat(factor, axis=1)  # nearest neighbour: no smoothing
+    assert dct.shape == (factor * SIZE, 2 * factor * SIZE, 3) and np.array_equal(dct[:, : factor * SIZE], big)
+    cells = heatmaps.overlay(rgb, heat)  # each of the 4x4 map's cells is one flat block of colour
+    block = SIZE // 4
+    overlay_only = heatmaps.overlay(np.zeros_like(rgb), heat)
+    assert len(np.unique(overlay_only[:block, :block].reshape(-1, 3), axis=0)) == 1 and cells.shape == rgb.shape
     path = heatmaps.save_heatmap(tmp_path / "deep" / "x_heatmap.png", rgb, heat, "dct")
     with Image.open(path) as saved:
         assert saved.format == "PNG" and np.array_equal(np.asarray(saved), dct)

@@ -218,7 +218,7 @@ def test_heatmaps_written_and_differ(capsys, setup, tmp_path, mode, method):
         assert record["heatmap_method"] == method
         with Image.open(path) as picture:
             assert picture.format == "PNG"
-            assert picture.size == ((128, 128) if mode == "pixel" else (256, 128))
+            assert picture.size == ((256, 256) if mode == "pixel" else (512, 256))  # 128 px models, enlarged x2
             pictures.append(np.asarray(picture.convert("RGB"), dtype=np.int16))
     for i in range(len(pictures)):
         for j in range(i + 1, len(pictures)):

@@ -34,10 +34,14 @@ def test_ties_and_near_ties_are_ambiguous_never_decided_by_name():
     for names in (("a", "b"), ("b", "a")):
         scores = {names[0]: 0.9, names[1]: 0.9}
         assert decide(0.9, scores, thresholds).attribution == AMBIGUOUS
-    assert decide(0.9, {"a": 0.905, "b": 0.9}, thresholds, margin=0.01).attribution == AMBIGUOUS
-    assert decide(0.9, {"a": 0.93, "b": 0.9}, thresholds, margin=0.01).attribution == "a"
+    # the margin is on the log-odds scale: 0.905 vs 0.9 is odds 9.5 vs 9 (0.054 apart): a near-tie
+    assert decide(0.9, {"a": 0.905, "b": 0.9}, thresholds, margin=0.1).attribution == AMBIGUOUS
+    assert decide(0.9, {"a": 0.93, "b": 0.9}, thresholds, margin=0.1).attribution == "a"
+    # near 1 the log-odds still tell 0.999 from 0.9999 (odds 999 vs 9999), where a margin on the
+    # probability would call every confident pair a tie
+    assert decide(0.9, {"a": 0.9999, "b": 0.999}, thresholds, margin=0.1).attribution == "a"
     # a near-tie with a source that does not clear its threshold is no tie
-    assert decide(0.9, {"a": 0.9, "b": 0.899}, {"a": 0.5, "b": 0.95}, margin=0.01).attribution == "a"
+    assert decide(0.9, {"a": 0.9, "b": 0.899}, {"a": 0.5, "b": 0.95}, margin=0.1).attribution == "a"
     assert closed_set(0.9, {"a": 0.7, "b": 0.7}).attribution == AMBIGUOUS
     assert closed_set(0.9, {"a": 0.7, "b": 0.69}).attribution == "a"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.config import NodeConfig
+from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
 from shared_backbone.data.datasets import load_split
+from shared_backbone.data.zoo import zoo_data_config
 from shared_backbone.experiments import training
 from shared_backbone.model import networks
 from shared_backbone.model.preprocessing import InputSpec
@@ -79,11 +80,13 @@ def test_publish_refuses_a_folder_that_is_no_run(tmp_path, keypair):
         publish(tmp_path, tmp_path / "bundle", keypair[0])
 
 
-def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, tiny_zoo_config, tmp_path):
-    from node.train_head import head_splits
+def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, zoo_reference, tiny_zoo_config, tmp_path):
+    from node.head_data import head_data
 
-    splits = head_splits(NodeConfig(source="tconv_a", data=tiny_zoo_config))
-    (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
+    data = head_data(NodeConfig(source="tconv_a", data=tiny_zoo_config, reference=str(zoo_reference)), zoo_bundle)
+    train_x, val_x = data.positives["train"] + data.negatives["train"], data.positives["val"] + data.negatives["val"]
+    train_y = np.r_[np.ones(len(data.positives["train"])), np.zeros(len(data.negatives["train"]))].astype(np.float32)
+    val_y = np.r_[np.ones(len(data.positives["val"])), np.zeros(len(data.negatives["val"]))].astype(np.float32)
     trunk = networks.build_trunk(zoo_bundle.load_primary())
     head = networks.build_head(32)
     model = networks.build_attribution_model(trunk, head)
@@ -98,19 +101,55 @@ def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, 
     assert _weights_bytes(head) != head_before
 
 
-def test_heads_are_trained_calibrated_and_bound_to_the_bundle(zoo_bundle, zoo_heads):
+def test_heads_are_trained_strictly_calibrated_and_bound_to_the_bundle(zoo_bundle, zoo_heads):
     from shared_backbone.model.heads import load_head
 
-    assert sorted(zoo_heads) == ["bilinear_a", "nnconv_a", "pixshuffle_a", "tconv_a", "tconv_b"]
+    sources = ["bilinear_a", "nnconv_a", "pixshuffle_a", "tconv_a", "tconv_b"]
+    assert sorted(zoo_heads) == sources
     for source, head_dir in zoo_heads.items():
         head = load_head(head_dir, zoo_bundle)
         assert head.source == source and head.backbone_digest == zoo_bundle.digest
-        assert head.calibration.method == "platt"
-        val = head.metrics["val"]
-        # Platt scaling minimises val log-loss over (a, b), and (1, 0) is the raw score: never worse.
-        assert val["calibrated"]["log_loss"] <= val["raw"]["log_loss"] + 1e-6
+        assert head.calibration.method == "platt" and 0 < head.calibration.a <= 50
+        access = head.metrics["data_access"]
+        # strict: the zoo's other generators sit in the node's folder but are never trained on
+        assert access["access"] == "strict" and access["reference_sources"] == ["real"]
+        assert sorted(access["ignored_local_sources"]) == [s for s in sources if s != source]
+        assert access["reference_digest"] == zoo_bundle.manifest["reference"]["digest"]
+        counts = head.metrics["counts"]
+        assert len(head.calibration.positive_scores) == counts["calib"]["positives"] > 0
+        assert counts["train"]["self_made_negatives"] >= 1000 and counts["train"]["total"] > counts["train"]["positives"]
         assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(head.metrics["test"]["calibrated"])
         assert head.metrics["best_epoch"] >= 3  # min_epochs of the fixture
+
+
+def _checkerboard_source(zoo: Path, out: Path, count: int) -> Path:
+    """A generator with an unmistakable fingerprint: real images plus a faint Nyquist checkerboard."""
+    from PIL import Image
+
+    folder = out / "checker"
+    folder.mkdir(parents=True)
+    for path in sorted((zoo / "real").glob("*.png"))[:count]:
+        rgb = np.asarray(Image.open(path), dtype=np.int16)
+        y, x = np.indices(rgb.shape[:2])
+        pattern = np.where((x + y) % 2 == 0, 14, -14)[..., None]
+        Image.fromarray(np.clip(rgb + pattern, 0, 255).astype(np.uint8)).save(folder / path.name)
+    return out
+
+
+def test_a_head_learns_a_separable_source_far_above_chance(zoo_bundle, zoo_reference, tiny_zoo, keypair, tmp_path):
+    """Own images (a checkerboard fingerprint) vs the reference reals and self-made negatives: chance is 0.5."""
+    from node.train_head import train_head
+
+    root = _checkerboard_source(tiny_zoo, tmp_path / "data", 80)
+    config = NodeConfig(
+        source="checker", data=dataclasses.replace(zoo_data_config(tiny_zoo), root=str(root)), backbone=str(zoo_bundle.path),
+        public_key=str(keypair[1]), reference=str(zoo_reference), state_dir=str(tmp_path / "state"),
+        train=TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3, patience=5, min_epochs=3, seed=0),
+        negatives=NegativesConfig(count=400),
+    )
+    metrics = train_head(config, zoo_bundle, progress=False).metrics
+    assert metrics["test"]["raw"]["roc_auc"] >= 0.95, metrics["test"]
+    assert metrics["test"]["calibrated"]["accuracy"] >= 0.85, metrics["test"]
 
 
 def test_train_head_refuses_bad_configs(tiny_zoo_config, zoo_bundle, keypair, tmp_path):

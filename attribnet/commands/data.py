@@ -13,7 +13,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("attribnet.data")
 
@@ -68,32 +67,15 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, help="data.split_seed")
 
 
-def _section(path: str | None, name: str) -> tuple[dict[str, Any], str]:
-    """The YAML's `name:` section when it has one, else its top level."""
-    from shared_backbone.config import read_yaml
-
-    if not path:
-        return {}, "flags"
-    values = read_yaml(path)
-    if name in values:
-        section = values[name]
-        if not isinstance(section, dict):
-            from shared_backbone.config import ConfigError
-
-            raise ConfigError(f"{path}: {name}: expected a mapping")
-        return section, f"{path}: {name}"
-    return values, str(path)
-
-
 def _split_list(text: str | None) -> list[str] | None:
     return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
 def data_config(args: argparse.Namespace):
     """DataConfig from --config (top level or `data:` section) overridden by the flags."""
-    from shared_backbone.config import ConfigError, DataConfig, build
+    from shared_backbone.config import ConfigError, DataConfig, build, read_section
 
-    values, where = _section(args.config, "data")
+    values, where = read_section(args.config, "data")
     flags = {
         "root": args.data,
         "image_size": args.image_size,
@@ -147,10 +129,10 @@ def _progress(label: str):
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from shared_backbone.config import build
+    from shared_backbone.config import build, read_section
     from shared_backbone.data.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
-    values, where = _section(args.config, "zoo")
+    values, where = read_section(args.config, "zoo")
     flags = {
         "out": args.out,
         "image_size": args.image_size,

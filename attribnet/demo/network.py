@@ -30,7 +30,7 @@ from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig, FederationConfig
 from shared_backbone.config import DataConfig
 from shared_backbone.experiments import reports
-from shared_backbone.model.rule import REAL, UNKNOWN
+from shared_backbone.model.rule import AMBIGUOUS, REAL, UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,35 @@ QUERY_BATCH = 32  # images per Attribute request (the gateway allows max_images,
 QUERY_TIMEOUT = 60.0  # seconds per request: the first one waits for the gateway's TensorFlow warm-up
 
 
-def node_settings(sources: list[str], data: DataConfig, public_key: Path, network_dir: Path, ports: dict[str, int]) -> list[dict[str, Any]]:
+def node_settings(sources: list[str], data: DataConfig, public_key: Path, network_dir: Path, ports: dict[str, int],
+                  access: str = "strict") -> list[dict[str, Any]]:
     """One Flower node config per generator, sharing its state folder and node id with the node service.
 
-    The service started later (`attribnet.local_network`) uses NETWORK/node-SOURCE as state and the
-    source as node id, so it finds the head the ClientApp saved there and proves the same identity
-    secret when it registers (the registry refuses a node id claimed with another secret). Each
-    node's local data is the zoo folder (own source positive, every other folder negative), as in
-    the offline demo.
+    The service started later (`attribnet.launch.local_network`) uses NETWORK/node-SOURCE as state
+    and the source as node id, so it finds the head the ClientApp saved there and proves the same
+    identity secret when it registers (the registry refuses a node id claimed with another
+    secret). Strict (the network's rule): each node's data folder holds only its own generator's
+    images, and the reference set comes from the coordinator's announcement; `shared` (the paper's
+    comparison setting) gives every node the whole dataset.
     """
+    from attribnet.demo.offline import node_folders
+
+    folders = node_folders(data, sources, network_dir / "node-data")
     return [
         {
-            "source": source, "node-id": source, "data-dir": data.root, "state-dir": str(network_dir / f"node-{source}"),
-            "public-key": str(public_key), "endpoint": f"127.0.0.1:{ports[source]}",
+            "source": source, "node-id": source, "data-dir": data.root if access == "shared" else str(folders[source]),
+            "state-dir": str(network_dir / f"node-{source}"), "public-key": str(public_key),
+            "endpoint": f"127.0.0.1:{ports[source]}", "access": access,
         }
         for source in sources
     ]
 
 
-def federation_config(config: DemoConfig, bundle_path: Path, keys: tuple[Path, Path], out: Path, nodes: int) -> CoordinatorConfig:
-    """The coordinator's side of the run: the published bundle, the shared registry, the demo's head settings."""
+def federation_config(config: DemoConfig, bundle_path: Path, keys: tuple[Path, Path], out: Path, nodes: int,
+                      reference: Path) -> CoordinatorConfig:
+    """The coordinator's side of the run: the published bundle, its reference set, the shared registry, head settings."""
     return CoordinatorConfig(
-        bundle=str(bundle_path), private_key=str(keys[0]), public_key=str(keys[1]),
+        bundle=str(bundle_path), private_key=str(keys[0]), public_key=str(keys[1]), reference=str(reference),
         registry=str(out / "network" / "registry.sqlite"),
         federation=FederationConfig(
             min_nodes=nodes, wait_for_nodes=120.0, round_timeout=900.0, poll_interval=0.5,
@@ -99,27 +106,29 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     position = {name: i for i, name in enumerate(classes)}
     unknown = len(classes)
     true = np.array([position[t] for t in truths])
-    predicted = np.array([position.get(a.attribution, unknown) for a in answers])
+    extra = {UNKNOWN: unknown, AMBIGUOUS: unknown + 1}  # answers that name no class: wrong for every class
+    predicted = np.array([position.get(a.attribution, extra.get(a.attribution, unknown)) for a in answers])
     scores = np.array([[a.scores.get(s, 0.0) for s in sources] for a in answers])  # a missing node's score counts as 0
     metrics = multiclass_metrics(true, predicted, classes)
     closed = np.array([position.get(closed_set(a.fake_score, a.scores, a.fake_threshold).attribution, unknown) for a in answers])
     closed_metrics = multiclass_metrics(true, closed, classes)
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",
-        scores=scores, score_names=sources, extra_predicted=[UNKNOWN],
+        scores=scores, score_names=sources, extra_predicted=[UNKNOWN, AMBIGUOUS],
     )
     return {
         "n": int(len(answers)),
         "accuracy": metrics["accuracy"],
         "per_source": {name: {"accuracy": v["recall"], "n": v["support"]} for name, v in metrics["per_class"].items()},
         "unknown": int((predicted == unknown).sum()),
+        "ambiguous": int((predicted == unknown + 1).sum()),
         "closed_set": {  # the paper's rule without `unknown`: argmax of the heads' calibrated scores
             "accuracy": closed_metrics["accuracy"],
             "per_source": {name: v["recall"] for name, v in closed_metrics["per_class"].items()},
         },
         "confusion_matrix": metrics["confusion_matrix"],
         "classes": classes,
-        "predicted_classes": [*classes, UNKNOWN][: len(metrics["confusion_matrix"][0])],  # columns of the matrix
+        "predicted_classes": [*classes, UNKNOWN, AMBIGUOUS][: len(metrics["confusion_matrix"][0])],  # matrix columns
         "files": files,
     }
 
@@ -151,7 +160,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{att['n']} held-out test images of `{report['dataset']['root']}` sent to the gateway "
              f"`{report['network']['gateway']}` ({report['network']['nodes']} node processes), "
              f"backbone {report['bundle']['version']} ({report['bundle']['digest'][:12]}).", "",
-             f"**Overall accuracy: {att['accuracy']:.3f}** ({att['unknown']} answered `unknown`); "
+             f"**Overall accuracy: {att['accuracy']:.3f}** ({att['unknown']} answered `unknown`, {att['ambiguous']} `ambiguous`); "
              f"closed set (argmax, no `unknown`): {att['closed_set']['accuracy']:.3f}", "",
              "| class | test images | accuracy | closed-set accuracy |", "|---|---|---|---|"]
     for name, row in att["per_source"].items():
@@ -242,8 +251,8 @@ def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfi
     return data, keys, network_dir
 
 
-def _federate(config: DemoConfig, data: DataConfig, bundle: Any, keys: tuple[Path, Path], out: Path, network_dir: Path,
-              timer: StepTimer) -> tuple[Any, str, dict[str, int]]:
+def _federate(config: DemoConfig, data: DataConfig, bundle: Any, keys: tuple[Path, Path], reference: Path, out: Path,
+              network_dir: Path, timer: StepTimer) -> tuple[Any, str, dict[str, int]]:
     """One Flower simulation in which every generator's node trains its head: (result, result file, node ports)."""
     from attribnet.demo.offline import generator_sources
     from attribnet.launch.flower_processes import free_port
@@ -251,8 +260,8 @@ def _federate(config: DemoConfig, data: DataConfig, bundle: Any, keys: tuple[Pat
 
     sources = generator_sources(data)
     ports = {source: free_port() for source in sources}
-    nodes = node_settings(sources, data, keys[1], network_dir, ports)
-    fed_config = federation_config(config, bundle.path, keys, out, len(nodes))
+    nodes = node_settings(sources, data, keys[1], network_dir, ports, config.access)
+    fed_config = federation_config(config, bundle.path, keys, out, len(nodes), reference)
     result_file = fed_config.federation.result_file
     federation = timer.run("federation", f"federation (Flower simulation, {len(nodes)} nodes train their heads)", run_federation,
                            fed_config, nodes, mode="simulation")
@@ -296,7 +305,7 @@ def _query_and_report(network: Any, data: DataConfig, bundle: Any, primary: Any,
 
 
 def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: bool, step: Callable[[str], None] | None) -> dict[str, Any]:
-    from attribnet.demo.offline import check_config, train_and_publish
+    from attribnet.demo.offline import check_config, make_reference, train_and_publish
     from attribnet.launch.local_network import start_local_network
 
     check_config(config)
@@ -308,12 +317,13 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     began = time.monotonic()
     timer = StepTimer(step)
     data, keys, network_dir = _prepare(config, out, timer)
+    reference = make_reference(data, out / "reference")
     primary, bundle = timer.run(
         "primary + bundle", f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
         dataclasses.replace(data, mode=config.mode), dataclasses.replace(config.primary, seed=config.seeds[0]), config.perturb,
-        keys[0], keys[1], out, version=f"network-demo-seed{config.seeds[0]}", progress=progress,
+        keys[0], keys[1], out, reference=reference, version=f"network-demo-seed{config.seeds[0]}", progress=progress,
     )
-    federation, result_file, ports = _federate(config, data, bundle, keys, out, network_dir, timer)
+    federation, result_file, ports = _federate(config, data, bundle, keys, reference, out, network_dir, timer)
     head_dirs = {s: network_dir / f"node-{s}" / "head" for s in sorted(n.source for n in federation.registered)}
     with _sigterm_interrupts():  # again: Flower's simulation replaces the process's signal handlers
         network = timer.run("network start", f"start gateway + {len(head_dirs)} node services", start_local_network,
@@ -334,7 +344,7 @@ def federation_summary(federation: Any, result_file: str) -> dict[str, Any]:
         "engine": federation.flower.get("engine", "simulation"), "result_file": result_file,
         "registered": sorted(registered),
         "problems": {n.source or str(n.flower_node_id): f"{n.status}: {n.error}" for n in federation.problems},
-        "head_val_accuracy": {s: n.metrics.get("val", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
+        "head_test_accuracy": {s: n.metrics.get("test", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
     }
 
 

@@ -22,6 +22,7 @@ from attribnet.config import DemoConfig
 from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig
 from coordinator.publish import publish
+from coordinator.reference import DESCRIPTION, write_reference_set
 from coordinator.train_primary import PrimaryTrainingResult, train_primary
 from node.config import NodeConfig
 from node.train_head import HeadTrainingResult, train_head
@@ -55,15 +56,35 @@ def make_keys(out: Path) -> tuple[Path, Path]:
     return generate_keypair(out)
 
 
+def make_reference(data: DataConfig, out: Path) -> Path:
+    """The coordinator's reference set: the dataset's real images, its test split left out (reused when there)."""
+    if not (out / DESCRIPTION).is_file():
+        write_reference_set(data, out)
+    return out
+
+
+def node_folders(data: DataConfig, sources: list[str], out: Path) -> dict[str, Path]:
+    """One data folder per node holding only its own generator's images (a link to the dataset's folder)."""
+    folders = {}
+    for source in sources:
+        folder = out / source
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / source).exists():
+            (folder / source).symlink_to(Path(data.root).resolve() / source, target_is_directory=True)
+        folders[source] = folder
+    return folders
+
+
 def train_and_publish(
     data: DataConfig, train: TrainConfig, perturb: PerturbConfig, private_key: Path, public_key: Path, out: Path,
-    *, version: str = "1", progress: bool = False,
+    *, reference: Path | None = None, version: str = "1", progress: bool = False,
 ) -> tuple[PrimaryTrainingResult, Bundle]:
-    """Coordinator side: train the primary module into out/primary, publish out/bundle, verify it."""
+    """Coordinator side: train the primary module into out/primary, publish out/bundle (announcing the
+    reference set), verify it."""
     result = train_primary(
         CoordinatorConfig(data=data, train=train, perturb=perturb, run_dir=str(out / "primary")), progress=progress
     )
-    publish(result.run_dir, out / "bundle", private_key, version=version)
+    publish(result.run_dir, out / "bundle", private_key, version=version, reference=reference)
     return result, load_bundle(out / "bundle", load_public_key(public_key))
 
 
@@ -75,21 +96,23 @@ def generator_sources(data: DataConfig) -> list[str]:
 
 def train_all_heads(
     bundle: Bundle, data: DataConfig, sources: list[str], public_key: Path, train: TrainConfig, state_root: Path,
-    *, calibration: str = "platt", threshold: float = 0.5, perturb: PerturbConfig | None = None,
-    reference: str = "", progress: bool = False,
+    *, reference: Path, access: str = "strict", calibration: str = "platt", threshold: float = 0.5,
+    perturb: PerturbConfig | None = None, progress: bool = False,
 ) -> dict[str, HeadTrainingResult]:
     """Node side, once per source: the exact `node.train_head` a node (or Flower client) runs.
 
-    Each node's local data here is the whole zoo folder: its own source is positive and every
-    other folder (real and the other generators) serves as its negatives, as if every source had
-    shared samples into the coordinator's reference set.
+    Strict (the network's rule): each node's folder holds only its own generator's images; it
+    also has the coordinator's reference set and makes its own negatives. `access="shared"` is the
+    paper's comparison setting: the node's folder is the whole dataset, every other source a negative.
     """
+    folders = node_folders(data, sources, state_root / "data")
     results = {}
     for source in sources:
+        root = data.root if access == "shared" else str(folders[source])
         config = NodeConfig(
-            source=source, node_id=source, data=data, train=train, perturb=perturb or PerturbConfig(),
-            backbone=str(bundle.path), public_key=str(public_key), reference=reference,
-            calibration=calibration, threshold=threshold, state_dir=str(state_root / source),
+            source=source, node_id=source, access=access, data=dataclasses.replace(data, root=root), train=train,
+            perturb=perturb or PerturbConfig(), backbone=str(bundle.path), public_key=str(public_key),
+            reference=str(reference), calibration=calibration, threshold=threshold, state_dir=str(state_root / source),
         )
         results[source] = train_head(config, progress=progress)
     return results
@@ -142,7 +165,7 @@ def summarise(
 
 
 def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key: Path, out: Path, seed: int,
-             step: Step, *, progress: bool = False) -> dict[str, Any]:
+             step: Step, *, reference: Path, progress: bool = False) -> dict[str, Any]:
     """One full pass of the workflow with every trainer seeded by `seed`."""
     timer = StepTimer(step)
 
@@ -152,13 +175,14 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
     primary, bundle = timed(
         f"train primary module ({config.mode}) + publish signed bundle", train_and_publish,
         dataclasses.replace(data, mode=config.mode), dataclasses.replace(config.primary, seed=seed), config.perturb, private_key, public_key, out,
-        version=f"demo-seed{seed}", progress=progress,
+        reference=reference, version=f"demo-seed{seed}", progress=progress,
     )
     sources = generator_sources(data)
     heads = timed(
-        f"train {len(sources)} heads (one per generator)", train_all_heads,
+        f"train {len(sources)} heads (one per generator, {config.access} access)", train_all_heads,
         bundle, data, sources, public_key, dataclasses.replace(config.head, seed=seed), out / "nodes",
-        calibration=config.calibration, threshold=config.threshold, perturb=config.perturb, progress=progress,
+        reference=reference, access=config.access, calibration=config.calibration, threshold=config.threshold,
+        perturb=config.perturb, progress=progress,
     )
     network = timed(
         "evaluate bundle + heads", evaluate_network,
@@ -216,10 +240,11 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
             f"{len(config.zoo.sources) + 1} sources, {config.zoo.image_size} px)"
         )
         data = make_zoo(config.zoo, out / "zoo")
-    step("coordinator key pair")
+    step("coordinator key pair and reference set (real images, test split left out)")
     private_key, public_key = make_keys(out / "keys")
+    reference = make_reference(data, out / "reference")
     runs = [
-        run_seed(config, data, private_key, public_key, out / f"seed-{seed}", seed, step, progress=progress)
+        run_seed(config, data, private_key, public_key, out / f"seed-{seed}", seed, step, reference=reference, progress=progress)
         for seed in config.seeds
     ]
     manifest_path = Path(data.root) / "manifest.json"

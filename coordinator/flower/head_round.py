@@ -50,9 +50,9 @@ def fit_head_content(bundle: Bundle, train: TrainConfig, *, calibration: str = "
 
 def reference_pointer(config: CoordinatorConfig) -> dict[str, str] | None:
     """{path, digest} of the coordinator's reference set, or None when none is configured."""
-    if not config.federation.reference:
+    if not config.reference:
         return None
-    path = Path(config.federation.reference).resolve()
+    path = Path(config.reference).resolve()
     return {"path": str(path), "digest": reference_set.folder_digest(path)}
 
 

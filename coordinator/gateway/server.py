@@ -57,9 +57,11 @@ def check_gateway_config(config: GatewayConfig) -> None:
         raise GatewayStartError(
             f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
         )
-    for key in ("fake_threshold", "alpha", "tie_margin"):
+    for key in ("fake_threshold", "alpha"):
         if not 0.0 <= getattr(config, key) <= 1.0:
             raise GatewayStartError(f"gateway.{key} must be in [0, 1], got {getattr(config, key)}")
+    if not 0.0 <= config.tie_margin <= 5.0:
+        raise GatewayStartError(f"gateway.tie_margin must be in [0, 5] (log-odds), got {config.tie_margin}")
 
 
 def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:

@@ -161,6 +161,18 @@ def split_samples(
     return splits
 
 
+def split_off(samples: list[Sample], fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """(kept, carved) with a seeded hash of each file name deciding, independent of the main split.
+
+    A fixed `fraction` of `samples`, the same files for every caller with the same seed, e.g. the
+    calibration split a node carves out of its training split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DatasetError(f"invalid fraction {fraction} to split off")
+    carved = {id(s) for s in samples if _split_key(s.path, seed + 7919) / 2**64 < fraction}
+    return [s for s in samples if id(s) not in carved], [s for s in samples if id(s) in carved]
+
+
 def load_split(config: DataConfig) -> tuple[DatasetIndex, dict[str, list[Sample]]]:
     index = scan_dataset(config)
     return index, split_samples(index, config.split_seed, config.val_fraction, config.test_fraction)

@@ -13,10 +13,12 @@ another source's generator; the families are generic knowledge, not anyone's dat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 from shared_backbone.data.zoo import Generator, make_generator
 
@@ -33,6 +35,7 @@ class NegativeSettings:
     strength: tuple[float, float] = (0.003, 0.05)  # log-uniform per network
     seed: int = 0
     families: tuple[str, ...] = FAMILIES
+    resampling_blur: float = 1.0  # px^2 of blur that halving + re-upsampling adds; pre-compensated
 
     def __post_init__(self) -> None:
         if self.count < 0 or self.generators < 1:
@@ -56,15 +59,35 @@ def negative_generators(settings: NegativeSettings) -> list[Generator]:
     return generators
 
 
+MAX_SHARPENING_GAIN = 4.0
+BLUR_CANDIDATES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # px^2
+MATCH_SAMPLE = 64
+RADIAL_BINS = 8
+MATCHED_BINS = slice(1, 4)  # the low and middle frequencies: the image's bandwidth, not its fingerprint
+
+
 def _area_half(rgb: np.ndarray) -> np.ndarray:
     h, w, _ = rgb.shape
     cropped = rgb[: h - h % 2, : w - w % 2].astype(np.float64) / 255.0
     return cropped.reshape(cropped.shape[0] // 2, 2, cropped.shape[1] // 2, 2, 3).mean(axis=(1, 3))
 
 
-def render_negative(rgb: np.ndarray, generator: Generator) -> np.ndarray:
+def _unblur(low: np.ndarray, variance: float) -> np.ndarray:
+    """Undoes a Gaussian blur of `variance` (in full-resolution pixels squared) on a half-size image,
+    gain capped: a re-rendered image then keeps the bandwidth of the image it came from, so a head
+    cannot reject negatives for being blurrier than its own images (a cue no real generator shares)."""
+    if variance <= 0:
+        return low
+    fy = np.fft.fftfreq(low.shape[0])[:, None] / 2.0  # cycles per full-resolution pixel
+    fx = np.fft.fftfreq(low.shape[1])[None, :] / 2.0
+    gain = np.minimum(np.exp(2 * np.pi**2 * (fy**2 + fx**2) * variance), MAX_SHARPENING_GAIN)
+    spectrum = np.fft.fft2(low, axes=(0, 1)) * gain[..., None]
+    return np.real(np.fft.ifft2(spectrum, axes=(0, 1)))
+
+
+def render_negative(rgb: np.ndarray, generator: Generator, resampling_blur: float = 0.0) -> np.ndarray:
     """One uint8 image at the input's size: halved (area) and upsampled again by `generator`."""
-    out = generator(_area_half(rgb))
+    out = generator(_unblur(_area_half(rgb), resampling_blur))
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -80,4 +103,32 @@ def make_negatives(images: Sequence[np.ndarray], settings: NegativeSettings, cou
     generators = negative_generators(settings)
     rng = np.random.default_rng([settings.seed, 11, count])
     picks = rng.permutation(np.resize(np.arange(len(images)), count)) if count else []
-    return [render_negative(images[int(pick)], generators[i % len(generators)]) for i, pick in enumerate(picks)]
+    return [render_negative(images[int(pick)], generators[i % len(generators)], settings.resampling_blur)
+            for i, pick in enumerate(picks)]
+
+
+def radial_log_power(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean DCT power of greyscale images in RADIAL_BINS rings of frequency, log10."""
+    size = images[0].shape[0]
+    fy, fx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    rings = np.minimum((np.sqrt(fy**2 + fx**2) / size * RADIAL_BINS / np.sqrt(2)).astype(int), RADIAL_BINS - 1)
+    total = np.zeros(RADIAL_BINS)
+    for rgb in images:
+        grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        total += np.bincount(rings.ravel(), weights=(scipy.fft.dctn(grey, norm="ortho") ** 2).ravel(), minlength=RADIAL_BINS)
+    return np.log10(total / len(images) + 1e-12)
+
+
+def matched_settings(own: Sequence[np.ndarray], settings: NegativeSettings) -> NegativeSettings:
+    """`settings` with the resampling pre-compensation whose negatives best match the bandwidth
+    (low and middle frequencies) of the node's own images: measured on its own images only."""
+    if not own:
+        return settings
+    sample = list(own[:MATCH_SAMPLE])
+    target = radial_log_power(sample)[MATCHED_BINS]
+
+    def mismatch(variance: float) -> float:
+        trial = dataclasses.replace(settings, resampling_blur=variance)
+        return float(np.abs(radial_log_power(make_negatives(sample, trial, len(sample)))[MATCHED_BINS] - target).sum())
+
+    return dataclasses.replace(settings, resampling_blur=min(BLUR_CANDIDATES, key=mismatch))

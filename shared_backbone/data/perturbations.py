@@ -9,8 +9,10 @@ JPEG compression (a real Pillow encode/decode at the given quality) and Gaussian
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 KINDS = ("blur", "crop", "jpeg", "noise")
 ALL_KINDS = (*KINDS, "multi")
 RESAMPLE = Image.Resampling.BICUBIC
+
+
+def image_rng(path: str | Path, seed: int = 0) -> np.random.Generator:
+    """The random stream that perturbs one image: a function of (seed, its source folder, its file
+    name), so every evaluator perturbs a given test image identically, whatever list it is in."""
+    path = Path(path)
+    key = int.from_bytes(hashlib.sha256(f"{path.parent.name}/{path.name}".encode()).digest()[:8], "big")
+    return np.random.default_rng([seed, key])
 
 
 def _check(rgb: np.ndarray) -> None:
@@ -84,9 +94,15 @@ def gaussian_noise(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> n
 def perturb_fixed(rgb: np.ndarray, kind: str, value: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """One perturbation at one setting (for writing a perturbed test set).
 
-    `value` is the blur sigma, crop fraction, JPEG quality or noise sigma.
+    `value` is the blur sigma, crop fraction, JPEG quality or noise sigma; for `multi`, the
+    probability with which each of blur, crop, JPEG and noise is applied, at parameters drawn
+    from the default ranges of `PerturbConfig` (the combined test of Wang et al. and Frank et al.).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
+    if kind == "multi":
+        if not 0 <= value <= 1:
+            raise ValueError(f"multi: the probability per perturbation must be in [0, 1], got {value}")
+        return perturb_randomly(rgb, PerturbConfig(kinds=["multi"], probability=float(value)), rng)
     if kind == "blur":
         return gaussian_blur(rgb, float(value))
     if kind == "crop":
@@ -95,7 +111,7 @@ def perturb_fixed(rgb: np.ndarray, kind: str, value: float, rng: np.random.Gener
         return jpeg(rgb, int(round(value)))
     if kind == "noise":
         return gaussian_noise(rgb, float(value), rng)
-    raise ValueError(f"unknown perturbation {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown perturbation {kind!r}; expected one of {ALL_KINDS}")
 
 
 def _draw(rng: np.random.Generator, bounds: list[float], name: str) -> float:

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 REAL_SOURCE = "real"
 MANIFEST_FILE = "manifest.json"
 ZOO_FORMAT = 1
-ARCHITECTURES = ("tconv", "nnconv", "bilinear", "pixshuffle")
+# modconv is StyleGAN2-like (modulated, demodulated conv with noise injection): a family of its
+# own, for the open-set benchmark's generator that no training set and no node's self-made
+# negatives contain.
+ARCHITECTURES = ("tconv", "nnconv", "bilinear", "pixshuffle", "modconv")
 DEFAULT_SOURCES = ("tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a")
 HIDDEN_CHANNELS = 8
 LEAKY_SLOPE = 0.2
@@ -294,8 +297,11 @@ class Generator:
     strength: float
     weights: dict[str, np.ndarray]
 
-    def __call__(self, low: np.ndarray) -> np.ndarray:
+    def __call__(self, low: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The x2 image of a low-resolution one; `rng` draws modconv's per-image style and noise."""
         w = self.weights
+        if self.architecture == "modconv":
+            return self._modconv(low, rng if rng is not None else np.random.default_rng(0))
         if self.architecture == "tconv":
             hidden = _tconv2(low, w["up"]) + w["up_bias"]
         elif self.architecture == "nnconv":
@@ -306,6 +312,16 @@ class Generator:
             hidden = _pixel_shuffle(_conv(low, w["up"], w["up_bias"]), HIDDEN_CHANNELS)
         else:
             raise ValueError(f"unknown architecture {self.architecture!r}")
+        return _conv(_leaky_relu(hidden), w["out"], w["out_bias"])
+
+    def _modconv(self, low: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Bilinear x2, a modulated + demodulated 3x3 conv (style drawn per image), per-pixel noise
+        injection scaled per channel, LeakyReLU, 3x3 conv to RGB: StyleGAN2's synthesis block."""
+        w = self.weights
+        upsampled = _tconv2(low, _identity_kernel(np.outer(_BILINEAR_TCONV, _BILINEAR_TCONV), 3, 3))
+        style = 1.0 + rng.standard_normal(3) * self.strength * 4.0
+        hidden = _modulated_conv(upsampled, w["up"], style) + w["up_bias"]
+        hidden = hidden + rng.standard_normal(hidden.shape[:2] + (1,)) * w["noise"]
         return _conv(_leaky_relu(hidden), w["out"], w["out_bias"])
 
     def describe(self) -> dict:
@@ -324,13 +340,21 @@ class Generator:
         }
 
 
+def _modulated_conv(x: np.ndarray, w: np.ndarray, style: np.ndarray) -> np.ndarray:
+    """StyleGAN2's modulated conv: input channels scaled by a per-image style, then each output
+    channel demodulated back to the base kernel's norm (a style of 1 leaves the kernel as is)."""
+    modulated = w * style[None, None, :, None]
+    norm = np.sqrt((w**2).sum(axis=(0, 1, 2)) + 1e-8)
+    return _conv(x, modulated / np.sqrt((modulated**2).sum(axis=(0, 1, 2)) + 1e-8) * norm)
+
+
 def _up_base(architecture: str) -> np.ndarray:
     """The identity-like (bilinear-equivalent) first-layer kernel of each architecture."""
     if architecture == "tconv":
         return _identity_kernel(np.outer(_BILINEAR_TCONV, _BILINEAR_TCONV), 3, HIDDEN_CHANNELS)
     if architecture == "nnconv":
         return _identity_kernel(np.outer(_SMOOTH_3, _SMOOTH_3), 3, HIDDEN_CHANNELS)
-    if architecture == "bilinear":
+    if architecture in ("bilinear", "modconv"):
         delta = np.zeros((3, 3))
         delta[1, 1] = 1.0
         return _identity_kernel(delta, 3, HIDDEN_CHANNELS)
@@ -363,6 +387,8 @@ def make_generator(name: str, zoo_seed: int, strength: float) -> Generator:
         "out": out,
         "out_bias": rng.standard_normal(3) * strength * 0.1,
     }
+    if architecture == "modconv":  # per-channel noise strength, in [0, 1] image units
+        weights["noise"] = np.abs(rng.standard_normal(up.shape[3])) * strength
     return Generator(name, architecture, instance_seed, strength, weights)
 
 
@@ -386,7 +412,7 @@ def render(settings: ZooSettings, source: str, index: int, generator: Generator 
     offset = RESAMPLING_BLUR_VARIANCE if settings.match_bandwidth else 0.0
     scene = real_image(rng, size, settings.real, blur_variance_offset=offset)
     low = _area_downsample(scene, 2)
-    return _quantise(generator(low))
+    return _quantise(generator(low, rng))
 
 
 def _write_chunk(job: tuple[ZooSettings, str, str, int, int]) -> int:

@@ -153,15 +153,24 @@ def _keras_scorer(config: BaselineConfig, splits, labels, classes, run_dir: Path
 
 
 def _dctlinear_scorer(config: BaselineConfig, index: DatasetIndex, splits, labels, classes):
-    """Frank et al.'s DCT regression: fitted on train+val (it has no early stopping to feed)."""
+    """Frank et al.'s DCT regression: fitted on train+val (it has no early stopping to feed); with
+    `perturb.kinds`, on each image clean and once through the perturbation pipeline."""
     from shared_backbone.data.perturbations import perturb_fixed
     from shared_backbone.experiments import dct_regression
 
     size = config.data.image_size
     fit_samples = splits["train"] + splits["val"]
     fit_labels = np.concatenate([labels["train"], labels["val"]]).astype(np.int64)
-    features, kept = dct_regression.dct_features([s.path for s in fit_samples], size, seed=config.train.seed)
+    paths = [s.path for s in fit_samples]
+    features, kept = dct_regression.dct_features(paths, size, seed=config.train.seed)
     fit_labels = fit_labels[kept]
+    if config.perturb.kinds:  # robust training: each image clean and once perturbed by the pipeline
+        from shared_backbone.data.perturbations import perturb_randomly
+
+        perturbed, again = dct_regression.dct_features(
+            paths, size, perturb=lambda rgb, rng: perturb_randomly(rgb, config.perturb, rng), seed=config.train.seed + 1
+        )
+        features, fit_labels = np.concatenate([features, perturbed]), np.concatenate([fit_labels, fit_labels[np.searchsorted(kept, again)]])
     num_classes = len(classes)
     weights = None
     if config.train.class_weighting:

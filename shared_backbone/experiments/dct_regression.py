@@ -17,6 +17,7 @@ import numpy as np
 import scipy.optimize
 from scipy.special import log_softmax, softmax
 
+from shared_backbone.data.perturbations import image_rng
 from shared_backbone.model.preprocessing import ImageDecodeError, load_image, log_dct_spectrum
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ def iter_dct_features(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (position, flattened log-DCT spectrum) per readable image, one file at a time.
 
-    `perturb(rgb, rng)` is applied to the uint8 image first (rng seeded per position, so a
-    perturbed feature set is reproducible). Unreadable files are reported to `on_error` (default:
+    `perturb(rgb, rng)` is applied to the uint8 image first (rng seeded per image by
+    `perturbations.image_rng`, so a perturbed feature set is reproducible and every evaluator
+    perturbs an image the same way). Unreadable files are reported to `on_error` (default:
     a warning with the path) and skipped.
     """
     for position, path in enumerate(paths):
@@ -72,7 +74,7 @@ def iter_dct_features(
                 log.warning("skipping unreadable image %s: %s", path, exc)
             continue
         if perturb is not None:
-            rgb = perturb(rgb, np.random.default_rng([seed, position]))
+            rgb = perturb(rgb, image_rng(path, seed))
         yield position, log_dct_spectrum(rgb).astype(np.float32).ravel()
 
 

@@ -21,7 +21,7 @@ from shared_backbone.model.attributor import OfflineAttributor
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.heads import load_head
 from shared_backbone.model.preprocessing import InputSpec, load_image, to_model_input
-from shared_backbone.model.rule import REAL, closed_set
+from shared_backbone.model.rule import AMBIGUOUS, REAL, UNKNOWN, closed_set
 
 EVAL_BATCH = 128
 # name -> (kind, value) for perturbations.perturb_fixed; None = clean.
@@ -55,7 +55,7 @@ def iter_inputs(
 ) -> Iterator[np.ndarray]:
     """Model-input batches in sample order; a file that cannot be read is an error naming it."""
     if perturbation is not None:
-        from shared_backbone.data.perturbations import perturb_fixed
+        from shared_backbone.data.perturbations import image_rng, perturb_fixed
     for start in range(0, len(samples), batch_size):
         batch = []
         for i, sample in enumerate(samples[start : start + batch_size], start):
@@ -65,7 +65,7 @@ def iter_inputs(
                 raise ValueError(f"test image {i} ({sample.path}): {exc}") from None
             if perturbation is not None:
                 kind, value = perturbation
-                rgb = perturb_fixed(rgb, kind, value, np.random.default_rng([seed, i]))
+                rgb = perturb_fixed(rgb, kind, value, image_rng(sample.path, seed))
             batch.append(to_model_input(rgb, spec))
         yield np.stack(batch).astype(np.float32)
 
@@ -122,11 +122,12 @@ def evaluate_attribution(
     fake_scores = np.array([r.fake_score for r in results])
     raw = np.array([[r.raw[s] for s in sources] for r in results])
     calibrated = np.array([[r.calibrated[s] for s in sources] for r in results])
-    predicted = np.array([position.get(r.attribution, unknown_index) for r in results])  # unknown, ambiguous: no class
-    closed = np.array(
-        [position.get(closed_set(r.fake_score, r.calibrated, attributor.settings.fake_threshold).attribution, unknown_index)
-         for r in results]
-    )
+    extra = {UNKNOWN: unknown_index, AMBIGUOUS: unknown_index + 1}  # no class: count as wrong
+    predicted = np.array([position.get(r.attribution, extra.get(r.attribution, unknown_index)) for r in results])
+    closed = np.array([  # the closed-set rule answers a class or, for an exact tie, ambiguous
+        position.get(closed_set(r.fake_score, r.calibrated, attributor.settings.fake_threshold).attribution, unknown_index)
+        for r in results
+    ])
     is_fake = true > 0
     metrics: dict[str, Any] = {
         "n": int(len(known)),
@@ -206,11 +207,11 @@ def evaluate_network(
                 out, ids, evaluation.classes, evaluation.true, evaluation.closed_predicted, metrics["multiclass"],
                 name=f"{name}_multiclass", title=f"bundle + heads, {name}",
                 scores=np.column_stack([evaluation.fake_scores, evaluation.calibrated]),
-                score_names=["fake_score", *sources],
+                score_names=["fake_score", *sources], extra_predicted=[AMBIGUOUS],
             ),
             "open_set": write_multiclass_report(
                 out, ids, evaluation.classes, evaluation.true, evaluation.predicted, metrics["open_set"],
-                name=f"{name}_open_set", title=f"bundle + heads (open set), {name}", extra_predicted=["unknown"],
+                name=f"{name}_open_set", title=f"bundle + heads (open set), {name}", extra_predicted=[UNKNOWN, AMBIGUOUS],
             ),
             "detection": write_binary_report(
                 out, ids, evaluation.true > 0, evaluation.fake_scores, metrics["detection"],

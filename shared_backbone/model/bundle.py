@@ -87,8 +87,13 @@ def write_bundle(
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> Bundle:
-    """Writes a complete, signed bundle atomically (to a temp folder, then renamed)."""
+    """Writes a complete, signed bundle atomically (to a temp folder, then renamed).
+
+    `reference` ({digest, sources}) announces the coordinator's reference set: the signature then
+    covers its digest, so a node can verify its copy of the set.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise BundleError(f"{out_dir} exists and is not empty; choose a new bundle folder")
@@ -122,6 +127,7 @@ def write_bundle(
             },
             "metrics": metrics or {},
             "source": source or {},
+            "reference": reference,
             "files": files,
         }
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()

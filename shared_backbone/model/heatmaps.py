@@ -25,6 +25,7 @@ CAM = "cam"
 GRAD_CAM = "grad-cam"
 DEFAULT_ALPHA = 0.45
 COLORMAP = "jet"
+DISPLAY_SIDE = 256  # rendered overlays are enlarged (nearest neighbour) to at least this many pixels a side
 
 
 def _layer_names(model: keras.Model) -> tuple[str, str]:
@@ -87,10 +88,14 @@ def compute_heatmaps(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray
 
 
 def overlay(background: np.ndarray, heat: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """Blends a [0, 1] map (upsampled bilinearly) in the `jet` colormap over a uint8 RGB image."""
+    """Blends a [0, 1] map in the `jet` colormap over a uint8 RGB image.
+
+    The map is enlarged by nearest neighbour: each cell of the model's map stays one visible block,
+    so the overlay shows the map's real resolution and invents no detail between cells.
+    """
     height, width = background.shape[:2]
     resized = np.asarray(
-        Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+        Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.Resampling.NEAREST)
     )
     colours = matplotlib.colormaps[COLORMAP](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
     blended = (1.0 - alpha) * background.astype(np.float64) + alpha * colours
@@ -105,11 +110,15 @@ def spectrum_image(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def render(rgb: np.ndarray, heat: np.ndarray, mode: str) -> np.ndarray:
-    """Pixel: the overlay on the image. DCT: the image beside the overlay on its spectrum."""
-    if mode == "pixel":
-        return overlay(rgb, heat)
-    return np.concatenate([rgb, overlay(spectrum_image(rgb), heat)], axis=1)
+def render(rgb: np.ndarray, heat: np.ndarray, mode: str, min_side: int = DISPLAY_SIDE) -> np.ndarray:
+    """Pixel: the overlay on the image. DCT: the image beside the overlay on its spectrum.
+
+    Drawn at the model's size, then enlarged by a whole factor (nearest neighbour, no smoothing)
+    so a 64 px model's map is large enough to look at and every model pixel stays a square.
+    """
+    panel = overlay(rgb, heat) if mode == "pixel" else np.concatenate([rgb, overlay(spectrum_image(rgb), heat)], axis=1)
+    factor = max(1, -(-min_side // rgb.shape[0]))
+    return panel.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def save_heatmap(path: str | Path, rgb: np.ndarray, heat: np.ndarray, mode: str) -> Path:

@@ -99,6 +99,30 @@ def build_primary(
     return keras.Model(inputs, outputs, name=f"primary_{mode}_{image_size}")
 
 
+def build_source_classifier(primary: keras.Model, num_classes: int, *, seed: int = DEFAULT_SEED + 500) -> keras.Model:
+    """The primary module's trunk (its layers, shared) + a multiclass block (`sConv_*` .. `sSource`).
+
+    Training it teaches the trunk to tell the coordinator's sources apart, so the features every
+    head reads carry fingerprints, not only "fake". The block is discarded afterwards: the
+    published primary module keeps the paper's layers exactly.
+    """
+    mode = "pixel" if primary.input.shape[-1] == 3 else "dct"
+    x = primary.get_layer(BRANCH_LAYER).output
+    for i, spec in enumerate(HEAD_BLOCKS):
+        x = _conv_block(x, "s", spec, seed + i, DEFAULT_BN_MOMENTUM)
+    x = layers.GlobalAveragePooling2D(name="sGAP")(x) if pooling_for_mode(mode) == "gap" else layers.Flatten(name="sFlatten")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=_init(seed + 99), name="sSource")(x)
+    return keras.Model(primary.input, outputs, name="source_classifier")
+
+
+def set_trunk_trainable(primary: keras.Model, trainable: bool) -> None:
+    """Freezes (BatchNorm then in inference mode) or unfreezes the layers up to the branch point."""
+    names = {f"d{kind}_{spec.index}" for spec in PRIMARY_TRUNK for kind in ("Conv", "BNorm", "Relu")}
+    for layer in primary.layers:
+        if layer.name in names:
+            layer.trainable = trainable
+
+
 def build_trunk(primary: keras.Model) -> keras.Model:
     """The shared backbone: the primary module's layers up to the branch point."""
     return keras.Model(primary.input, primary.get_layer(BRANCH_LAYER).output, name="trunk")

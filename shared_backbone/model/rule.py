@@ -8,8 +8,9 @@
 3. The **candidates** are the sources of the set whose calibrated score also reaches their own
    head's threshold (each head has its own).
 4. No candidate: `unknown` (no head recognises the image, or no head answered).
-5. The two best candidates within `margin` of each other: `ambiguous`. A tie is never decided
-   by name order.
+5. The two best candidates within `margin` of each other on the log-odds scale (`margin` 0.1:
+   odds within about 10%): `ambiguous`. A tie is never decided by name order, and two heads
+   saturated at the calibration's cap tie exactly.
 6. Otherwise the best candidate.
 
 The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0 and no margin
@@ -18,6 +19,7 @@ The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +33,7 @@ RESERVED = (REAL, UNKNOWN, AMBIGUOUS)  # never a source name
 DEFAULT_FAKE_THRESHOLD = 0.5
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ALPHA = 0.05
-DEFAULT_MARGIN = 0.01
+DEFAULT_MARGIN = 0.1  # log-odds
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,14 @@ def decide(
     candidates = [s for s in kept if calibrated[s] >= thresholds.get(s, DEFAULT_THRESHOLD)]
     if not candidates:
         return Decision(UNKNOWN, kept)
-    if len(candidates) > 1 and calibrated[candidates[0]] - calibrated[candidates[1]] <= margin:
+    if len(candidates) > 1 and _log_odds(calibrated[candidates[0]]) - _log_odds(calibrated[candidates[1]]) <= margin:
         return Decision(AMBIGUOUS, kept)
     return Decision(candidates[0], kept)
+
+
+def _log_odds(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
 
 
 def closed_set(fake_score: float, calibrated: dict[str, float], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> Decision:
@@ -80,10 +87,12 @@ class RuleSettings:
     margin: float = DEFAULT_MARGIN
 
     def __post_init__(self) -> None:
-        for name in ("fake_threshold", "alpha", "margin"):
+        for name in ("fake_threshold", "alpha"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= self.margin <= 5.0:
+            raise ValueError(f"margin must be in [0, 5] (log-odds), got {self.margin}")
 
 
 @dataclass

@@ -27,6 +27,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, help="train.batch_size")
     train.add_argument("--seed", type=int, help="train.seed")
     train.add_argument("--out", help="new run folder (run_dir)")
+    train.add_argument("--init-from", help="start from this run or bundle's primary module (retraining, e.g. on perturbed data)")
+    train.add_argument("--perturb", action="append", metavar="KIND", help="train on perturbations: blur, crop, jpeg, noise or multi (perturb.kinds)")
     train.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(handler=run_train)
@@ -53,6 +55,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     publish.add_argument("--key", help="coordinator private key (default: private_key of --config)")
     publish.add_argument("--version", help="bundle version (default: UTC timestamp)")
     publish.add_argument("--parent", help="version of the bundle this one replaces")
+    publish.add_argument("--reference", help="reference set folder whose digest the bundle announces (default: `reference` of --config)")
     publish.add_argument("--json", action="store_true", help="print the bundle summary as JSON")
     publish.set_defaults(handler=run_publish)
 
@@ -76,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = _config(args, {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.seed": args.seed, "run_dir": args.out,
+        "init_from": args.init_from, "perturb.kinds": args.perturb,
     })
     if not config.data.root:
         raise ValueError("no dataset: set data.root in --config or pass --data")
@@ -139,10 +143,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_publish(args: argparse.Namespace) -> int:
     from coordinator.publish import publish
 
-    key = args.key
-    if not key:
-        key = _config(args).private_key
-    bundle = publish(args.run, args.out, key, version=args.version, parent=args.parent)
+    config = _config(args) if args.config or not args.key else None
+    key = args.key or config.private_key
+    reference = args.reference or (config.reference if config else "")
+    bundle = publish(args.run, args.out, key, version=args.version, parent=args.parent, reference=reference or None)
     summary = {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest, "parent": bundle.manifest.get("parent")}
     if args.json:
         print(json.dumps(summary, indent=2))

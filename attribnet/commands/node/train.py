@@ -29,6 +29,12 @@ def register(actions: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, help="train.batch_size")
     train.add_argument("--seed", type=int, help="train.seed")
     train.add_argument("--calibration", choices=("platt", "temperature", "identity"), help="calibration")
+    train.add_argument("--access", choices=("strict", "shared"),
+                       help="strict (default): own images, reference set, self-made negatives; shared: the paper's "
+                            "comparison setting, every other folder under --data is a negative too")
+    train.add_argument("--init-head", help="retrain from this head folder (init_head), e.g. on perturbed data")
+    train.add_argument("--perturb", action="append", metavar="KIND", help="train on perturbations: blur, crop, jpeg, noise or multi (perturb.kinds)")
+    train.add_argument("--negatives", type=int, help="self-made negatives (negatives.count; 0 = none)")
     train.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
     train.add_argument("--json", action="store_true", help="print the head's metrics as JSON")
     train.set_defaults(handler=run_train)
@@ -38,7 +44,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--perturbation", action="append", metavar="P", help="clean, jpeg75, blur1 or KIND:VALUE (repeatable; default clean)"
     )
-    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
+    evaluate.add_argument("--split", choices=("test", "calib", "val", "train"), default="test")
     evaluate.add_argument("--out", help="report folder (default: STATE/evaluation)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=run_evaluate)
@@ -63,17 +69,22 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = _config(args, {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.seed": args.seed,
-        "calibration": args.calibration,
+        "calibration": args.calibration, "access": args.access, "init_head": args.init_head,
+        "perturb.kinds": args.perturb, "negatives.count": args.negatives,
     })
     result = train_head(config, progress=not args.no_progress)
     if args.json:
         print(json.dumps({"head_dir": str(result.head_dir), "metrics": result.metrics}, indent=2))
         return 0
     print(f"head for {config.source} in {result.head_dir} (backbone {result.head.backbone_digest[:12]})")
-    for split in ("val", "test"):
+    access = result.metrics["data_access"]
+    print(f"access {access['access']}: own images, reference sources {', '.join(access['reference_sources']) or 'none'}, "
+          f"{result.metrics['self_made_negatives']} self-made negatives"
+          + (f"; ignored local folders: {', '.join(access['ignored_local_sources'])}" if access["ignored_local_sources"] else ""))
+    for split in ("calib", "test"):
         if split in result.metrics:
             for kind in ("raw", "calibrated"):
-                print(f"{split:4s} {kind:10s} {describe_binary(result.metrics[split][kind])}")
+                print(f"{split:5s} {kind:10s} {describe_binary(result.metrics[split][kind])}")
     return 0
 
 

@@ -1,0 +1,2 @@
+"""The accuracy benchmark (`attribnet bench accuracy`): configuration and roles, the data protocol,
+training per seed with the network's own code, evaluation, and the report."""

@@ -1,0 +1,72 @@
+"""The accuracy benchmark's settings: which source plays which role, how everything trains, and the profiles.
+
+Roles (the who-sees-what rule, made explicit):
+  nodes        one strict node per source: its own images, the reference set, negatives it makes
+  late         nodes left out of the late-join detector: they join afterwards with one head each
+  coordinator  the coordinator's own generators: in the detector's training and published in the
+               reference set (never a node's images)
+  held_out     in no training set at all: the open-set generators
+Real sources are the dataset's (`data.real_sources`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from node.config import NegativesConfig
+from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
+from shared_backbone.data.zoo import ZooConfig
+
+ZOO_NODES = ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"]
+ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]
+ZOO_HELD_OUT = ["modconv_a"]
+METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear")
+BASELINES = ("gdaconv", "postpool", "dctlinear")
+
+
+@dataclass
+class Roles:
+    nodes: list[str] = field(default_factory=lambda: list(ZOO_NODES))
+    late: list[str] = field(default_factory=lambda: ["tconv_b", "pixshuffle_a"])
+    coordinator: list[str] = field(default_factory=lambda: list(ZOO_COORDINATOR))
+    held_out: list[str] = field(default_factory=lambda: list(ZOO_HELD_OUT))
+
+
+@dataclass
+class AccuracyConfig:
+    """`attribnet bench accuracy` (YAML: these keys, or an `accuracy:` section of configs/bench.yaml)."""
+
+    dataset: str = "zoo"  # "zoo": written by the benchmark from `zoo`; "folder": an existing dataset at data.root
+    zoo: ZooConfig = field(default_factory=lambda: ZooConfig(
+        image_size=64, per_source=600, sources=[*ZOO_NODES, *ZOO_COORDINATOR, *ZOO_HELD_OUT]))
+    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=64, mode="dct"))
+    roles: Roles = field(default_factory=Roles)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=2e-3, patience=4, min_epochs=4))
+    robust_primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, learning_rate=1e-3, patience=3, min_epochs=3))
+    head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=64, learning_rate=1e-3, patience=5, min_epochs=3))
+    baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=2e-3, patience=4, min_epochs=4))
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    robust: PerturbConfig = field(default_factory=lambda: PerturbConfig(kinds=["multi"]))
+    perturb_copies: int = 2
+    test_perturbations: dict[str, float] = field(default_factory=lambda: {
+        "jpeg": 75, "blur": 1.0, "crop": 0.75, "noise": 0.05, "multi": 0.5})
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    calibration: str = "platt"
+    alpha: float = 0.05
+    out: str = "bench/results"
+    workdir: str = ""  # default OUT/work (datasets, bundles, heads, baseline runs)
+
+
+# --profile quick: every protocol and field of the full benchmark, small enough for 15 minutes on 2 cores.
+QUICK = {
+    "zoo.per_source": 240,
+    "seeds": [0],
+    "primary.epochs": 12,
+    "robust_primary.epochs": 4,
+    "head.epochs": 20,
+    "baseline.epochs": 10,
+    "negatives.count": 600,
+    "perturb_copies": 1,
+}
+PROFILES = {"full": {}, "quick": QUICK}

@@ -1,0 +1,119 @@
+"""Scoring bundles and heads on the test images, clean and perturbed, and the metrics of each protocol.
+
+Every test image is read once per perturbation (the same perturbation every evaluator applies,
+`perturbations.image_rng`); a bundle's trunk runs once per image, and every head set of that
+bundle is scored on the same float16 features, exactly as the gateway would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared_backbone.data.datasets import DatasetIndex, Sample
+from shared_backbone.data.perturbations import image_rng, perturb_fixed
+from shared_backbone.experiments.metrics import roc_auc
+from shared_backbone.model import networks
+from shared_backbone.model.bundle import Bundle
+from shared_backbone.model.features import as_head_features
+from shared_backbone.model.heads import Head
+from shared_backbone.model.preprocessing import load_image, to_model_input
+from shared_backbone.model.rule import REAL, ImageAttribution, RuleSettings, attribute_batch, closed_set
+
+BATCH = 256
+CLEAN = "clean"
+
+
+class TestImages:
+    """uint8 test images per perturbation name, made once and shared by every model."""
+
+    def __init__(self, samples: list[Sample], size: int, perturbations: dict[str, float]) -> None:
+        self.samples = samples
+        self.size = size
+        self.perturbations = perturbations
+        self._cache: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [CLEAN, *self.perturbations]
+
+    def images(self, name: str) -> list[np.ndarray]:
+        if name not in self._cache:
+            clean = self._cache.get(CLEAN) or [load_image(s.path, self.size) for s in self.samples]
+            self._cache[CLEAN] = clean
+            if name != CLEAN:
+                value = self.perturbations[name]
+                self._cache[name] = [perturb_fixed(rgb, name, value, image_rng(s.path)) for rgb, s in zip(clean, self.samples)]
+        return self._cache[name]
+
+
+@dataclass
+class BackboneOutputs:
+    """The primary module's fake scores and the heads' float16 input for every test image."""
+
+    fake: np.ndarray
+    features: np.ndarray
+
+
+def run_backbone(bundle: Bundle, images: list[np.ndarray]) -> BackboneOutputs:
+    serving = networks.build_serving_model(bundle.load_primary())
+    fakes, features = [], []
+    for start in range(0, len(images), BATCH):
+        batch = np.stack([to_model_input(rgb, bundle.input_spec) for rgb in images[start : start + BATCH]])
+        fake, trunk = serving(batch, training=False)
+        fakes.append(np.asarray(fake).reshape(-1))
+        features.append(as_head_features(np.asarray(trunk)))
+    return BackboneOutputs(np.concatenate(fakes).astype(np.float64), np.concatenate(features))
+
+
+def answers(outputs: BackboneOutputs, heads: list[Head], settings: RuleSettings) -> list[ImageAttribution]:
+    """Every image's answer by the network's rule (raw and calibrated scores, p-values kept)."""
+    features = outputs.features.astype(np.float32)
+    raw = {head.source: head.raw_scores(features) for head in heads}
+    return attribute_batch(outputs.fake, raw, {h.source: h.calibration for h in heads}, {h.source: h.threshold for h in heads}, settings)
+
+
+def truths(index: DatasetIndex, samples: list[Sample]) -> list[str]:
+    return [index.class_of(s.source) for s in samples]
+
+
+def accuracy(predicted: list[str], truth: list[str], mask: list[bool] | None = None) -> float:
+    pairs = [(p, t) for i, (p, t) in enumerate(zip(predicted, truth)) if mask is None or mask[i]]
+    return float(np.mean([p == t for p, t in pairs])) if pairs else float("nan")
+
+
+def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *, raw: bool = False) -> list[str]:
+    """The paper's rule: the detector, then the argmax of the (calibrated, or raw) head scores."""
+    return [closed_set(r.fake_score, r.raw if raw else r.calibrated, fake_threshold).attribution for r in results]
+
+
+def detection_accuracy(outputs: BackboneOutputs, truth: list[str], fake_threshold: float) -> float:
+    called_fake = outputs.fake >= fake_threshold
+    return float(np.mean([fake == (t != REAL) for fake, t in zip(called_fake, truth)]))
+
+
+def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: list[str], alpha: float,
+                     fake_threshold: float) -> dict[str, float]:
+    """Known sources vs generators no training set held, with the full rule (conformal sets)."""
+    is_known = [t in known or t == REAL for t in truth]
+    is_new = [t not in known and t != REAL for t in truth]
+    fakes = [t in known for t in truth]
+    full = [r.attribution for r in results]
+    closed = closed_set_answers(results, fake_threshold)
+    knownness = np.array([max(r.p_values.values(), default=0.0) for r in results])  # best p-value: how "known"
+    auroc_mask = np.array(fakes) | np.array(is_new)
+    return {
+        "alpha": alpha,
+        "auroc": roc_auc(np.array(fakes)[auroc_mask].astype(float), knownness[auroc_mask]),
+        "unknown_rate": float(np.mean([a == "unknown" for a, new in zip(full, is_new) if new])),
+        "answered_real_rate": float(np.mean([a == REAL for a, new in zip(full, is_new) if new])),
+        "known_accuracy_closed": accuracy(closed, truth, is_known),
+        "known_accuracy_open": accuracy(full, truth, is_known),
+        "known_accuracy_drop": accuracy(closed, truth, is_known) - accuracy(full, truth, is_known),
+        "coverage": float(np.mean([t in r.prediction_set for r, t, f in zip(results, truth, fakes) if f])),
+    }
+
+
+def per_source_recall(predicted: list[str], truth: list[str], sources: list[str]) -> dict[str, float]:
+    return {s: accuracy(predicted, truth, [t == s for t in truth]) for s in sources}

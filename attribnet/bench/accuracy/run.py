@@ -1,0 +1,127 @@
+"""`attribnet bench accuracy`: every protocol of the accuracy benchmark, over seeds, into one report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from attribnet.bench.accuracy import evaluate as ev
+from attribnet.bench.accuracy import report as rep
+from attribnet.bench.accuracy.config import AccuracyConfig
+from attribnet.bench.accuracy.protocol import BenchData, prepare, reference_set
+from attribnet.bench.accuracy.seed_metrics import seed_metrics
+from attribnet.bench.accuracy.train import SeedTrainer
+from shared_backbone.config import DataConfig, to_dict
+from shared_backbone.data.perturbations import check_config as check_perturb
+from shared_backbone.model.rule import RuleSettings
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "accuracy.json"
+SECTION = "## Accuracy"
+
+
+def dataset(config: AccuracyConfig, workdir: Path, step: Callable[[str], None]) -> DataConfig:
+    """The zoo (written, or reused when identical) or the given folder-per-source dataset."""
+    if config.dataset == "folder":
+        if not config.data.root:
+            raise ValueError("dataset: folder needs data.root (a folder with one sub-folder per source)")
+        return config.data
+    if config.dataset != "zoo":
+        raise ValueError(f"dataset must be zoo or folder, got {config.dataset!r}")
+    from shared_backbone.data.zoo import settings_from_config, write_zoo, zoo_data_config
+
+    settings = settings_from_config(config.zoo)
+    step(f"fingerprint zoo: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
+    write_zoo(workdir / "zoo", settings, workers=config.zoo.workers)
+    return zoo_data_config(workdir / "zoo", mode=config.data.mode, split_seed=config.data.split_seed)
+
+
+def _keys(workdir: Path) -> tuple[Path, Path]:
+    from attribnet.demo.offline import make_keys
+
+    return make_keys(workdir / "keys")
+
+
+def _describe(bench: BenchData, config: AccuracyConfig, reference: Path) -> dict[str, Any]:
+    counts = bench.index.counts()
+    test_counts: dict[str, int] = {}
+    for sample in bench.test:
+        test_counts[sample.source] = test_counts.get(sample.source, 0) + 1
+    described = json.loads((reference / "reference.json").read_text())["sources"]
+    return {
+        "name": "fingerprint zoo" if config.dataset == "zoo" else Path(bench.data.root).name,
+        "root": bench.data.root, "image_size": bench.data.image_size, "input": bench.data.mode,
+        "per_source": min(counts.values()) if len(set(counts.values())) == 1 else counts, "test_counts": test_counts,
+        "roles": to_dict(config.roles), "real_sources": bench.reals,
+        "reference": ", ".join(f"{s} ({v['images']} images, {v['consent']})" for s, v in described.items()),
+    }
+
+
+def run_accuracy(config: AccuracyConfig, *, profile: str, command: str, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Trains and evaluates every seed, writes OUT/accuracy.json, returns the report."""
+    step = step or (lambda label: log.info("bench accuracy: %s", label))
+    check_perturb(config.robust)
+    began = time.monotonic()
+    out = Path(config.out)
+    workdir = Path(config.workdir or out / "work")
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = prepare(config, dataset(config, workdir, step), workdir)
+    reference, keys = reference_set(bench, workdir), _keys(workdir)
+    settings = RuleSettings(alpha=config.alpha)
+    size = bench.data.image_size
+    known = ev.TestImages(bench.test_samples([*bench.reals, *config.roles.nodes]), size, config.test_perturbations)
+    everything = ev.TestImages(bench.test_samples([*bench.reals, *config.roles.nodes, *config.roles.held_out]), size, {})
+    per_seed = []
+    for number, seed in enumerate(config.seeds, 1):
+        step(f"seed {seed} ({number} of {len(config.seeds)})")
+        models = SeedTrainer(config, bench, keys, reference, seed, workdir / f"seed-{seed}", step).run()
+        step(f"seed {seed}: evaluate on {len(known.samples)} test images x {len(known.names)} test sets")
+        per_seed.append({"seed": seed, **seed_metrics(models, bench, known, everything, settings)})
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "profile": profile, "seeds": list(config.seeds),
+        "machine": f"{platform.machine()}, {platform.system()}",
+        "dataset": _describe(bench, config, reference),
+        "settings": {"negatives": config.negatives.count, "robust": "+".join(config.robust.kinds), "alpha": config.alpha,
+                     "test_perturbations": config.test_perturbations, "config": to_dict(config)},
+        "wall_seconds": round(time.monotonic() - began, 1),
+        "per_seed": per_seed,
+    }
+    report["summary"] = rep.summary(per_seed)
+    report.update({k: report["summary"][k] for k in ("clean", "perturbed", "robust_trained", "open_set", "late_join")})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    return report
+
+
+def _split(text: str, marker: str) -> list[str]:
+    """`text` cut before every line that starts with `marker` (the first piece is what precedes them)."""
+    pieces, current = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(marker) and current:
+            pieces.append("".join(current))
+            current = []
+        current.append(line)
+    pieces.append("".join(current))
+    return pieces
+
+
+def update_benchmarks_md(path: Path, report: dict[str, Any]) -> None:
+    """Writes this dataset's block under `## Accuracy` in BENCHMARKS.md, replacing its previous one."""
+    table = rep.markdown(report).strip() + "\n\n"
+    title = table.split(":", 1)[0]  # "### <dataset name>"
+    sections = _split(path.read_text() if path.is_file() else "# Benchmarks\n\n", "## ")
+    index = next((i for i, sec in enumerate(sections) if sec.startswith(SECTION)), None)
+    if index is None:
+        sections.insert(1, f"{SECTION}\n\n")
+        index = 1
+    blocks = _split(sections[index], "### ")
+    kept = [b for b in blocks[1:] if not b.startswith(title + ":")]
+    sections[index] = blocks[0] + "".join(b if b.endswith("\n\n") else b + "\n" for b in kept) + table
+    path.write_text("".join(sections))

@@ -1,0 +1,73 @@
+"""One seed's numbers: every method on every test set, the open set and the late joiners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attribnet.bench.accuracy import evaluate as ev
+from attribnet.bench.accuracy.protocol import BenchData
+from attribnet.bench.accuracy.train import CLEAN, LATE, ROBUST, SHARED, STRICT, SeedModels
+from shared_backbone.model.rule import RuleSettings
+
+BASELINE_KEYS = {"gdaconv": "gdaconv", "postpool": "postpool", "dctlinear": "dct_linear"}
+
+
+def _baseline_name(perturbation: str, value: float | None) -> str:
+    return "clean" if perturbation == ev.CLEAN else f"{perturbation}:{value}"
+
+
+def test_set_metrics(models: SeedModels, bench: BenchData, images: ev.TestImages, training: str, settings: RuleSettings) -> dict[str, Any]:
+    """{perturbation: {method: accuracy}} of the clean- or robust-trained models on real + node images."""
+    truth = ev.truths(bench.index, images.samples)
+    bundle = models.bundles[ROBUST if training == ROBUST else CLEAN]
+    table: dict[str, Any] = {}
+    for name in images.names:
+        outputs = ev.run_backbone(bundle, images.images(name))
+        strict = ev.answers(outputs, models.heads[f"{STRICT}-{training}"], settings)
+        shared = ev.answers(outputs, models.heads[f"{SHARED}-{training}"], settings)
+        row = {
+            "detection": ev.detection_accuracy(outputs, truth, settings.fake_threshold),
+            "heads_raw": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth),
+            "heads_calibrated": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold), truth),
+            "heads_shared": ev.accuracy(ev.closed_set_answers(shared, settings.fake_threshold), truth),
+        }
+        for model, key in BASELINE_KEYS.items():
+            result = models.baselines.get(f"{model}-{training}")
+            if result is not None:
+                row[key] = result.metrics[_baseline_name(name, images.perturbations.get(name))]["accuracy"]
+        table[name] = row
+    return table
+
+
+def open_set(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, Any]:
+    """Clean-trained strict heads on known images and on generators no training set held."""
+    outputs = ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN))
+    results = ev.answers(outputs, models.heads[f"{STRICT}-{CLEAN}"], settings)
+    return ev.open_set_metrics(results, ev.truths(bench.index, images.samples), bench.roles.nodes, settings.alpha,
+                               settings.fake_threshold)
+
+
+def late_join(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, Any]:
+    """Founding vs late nodes on the detector that never saw the late ones (clean test images)."""
+    outputs = ev.run_backbone(models.bundles[LATE], images.images(ev.CLEAN))
+    truth = ev.truths(bench.index, images.samples)
+    predicted = ev.closed_set_answers(ev.answers(outputs, models.heads[LATE], settings), settings.fake_threshold)
+    recall = ev.per_source_recall(predicted, truth, bench.roles.nodes)
+    detected = {s: float((outputs.fake[[t == s for t in truth]] >= settings.fake_threshold).mean()) for s in bench.roles.nodes}
+    mean = lambda sources: sum(recall[s] for s in sources) / len(sources)  # noqa: E731
+    return {
+        "joined": list(bench.roles.late), "founding": bench.founding,
+        "joined_accuracy": mean(bench.roles.late), "founding_accuracy": mean(bench.founding),
+        "per_source_accuracy": recall, "per_source_detected": detected,
+    }
+
+
+def seed_metrics(models: SeedModels, bench: BenchData, known: ev.TestImages, everything: ev.TestImages,
+                 settings: RuleSettings) -> dict[str, Any]:
+    return {
+        "clean_trained": test_set_metrics(models, bench, known, CLEAN, settings),
+        "robust_trained": test_set_metrics(models, bench, known, ROBUST, settings),
+        "open_set": open_set(models, bench, everything, settings),
+        "late_join": late_join(models, bench, known, settings),
+        "train_seconds": models.seconds,
+    }

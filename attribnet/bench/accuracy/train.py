@@ -1,0 +1,122 @@
+"""Training everything one seed of the benchmark compares, with the code the network itself runs.
+
+Per seed: the detector (clean, then retrained on perturbations as in the paper, and once more
+without the late joiners), signed into bundles that announce the reference set; on each bundle
+one head per node with `node.train_head` (strict access, and the paper's shared setting for
+comparison); the centralized baselines (clean- and robust-trained).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from attribnet.bench.accuracy.config import AccuracyConfig
+from attribnet.bench.accuracy.protocol import BenchData
+from coordinator.config import CoordinatorConfig
+from coordinator.publish import publish
+from coordinator.train_primary import train_primary
+from node.config import NegativesConfig, NodeConfig
+from node.train_head import train_head
+from shared_backbone.config import PerturbConfig
+from shared_backbone.experiments.baselines import BaselineConfig, BaselineResult, run_baseline
+from shared_backbone.model.bundle import Bundle, load_bundle
+from shared_backbone.model.heads import Head, load_head
+from shared_backbone.model.signing import load_public_key
+
+CLEAN, ROBUST, LATE = "clean", "robust", "late"
+STRICT, SHARED = "strict", "shared"
+
+
+@dataclass
+class SeedModels:
+    """What one seed trained: bundles, head sets (name -> heads), baselines, and wall time per model."""
+
+    bundles: dict[str, Bundle] = field(default_factory=dict)
+    heads: dict[str, list[Head]] = field(default_factory=dict)
+    baselines: dict[str, BaselineResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SeedTrainer:
+    """Trains one seed's models into `out`; `step` tells the user what runs."""
+
+    def __init__(self, config: AccuracyConfig, bench: BenchData, keys: tuple[Path, Path], reference: Path, seed: int,
+                 out: Path, step: Callable[[str], None]) -> None:
+        self.config, self.bench, self.keys, self.reference = config, bench, keys, reference
+        self.seed, self.out, self.step = seed, out, step
+        self.models = SeedModels()
+
+    def _timed(self, key: str, label: str, fn, *args, **kwargs):
+        self.step(f"seed {self.seed}: {label}")
+        began = time.monotonic()
+        value = fn(*args, **kwargs)
+        self.models.seconds[key] = self.models.seconds.get(key, 0.0) + round(time.monotonic() - began, 1)
+        return value
+
+    def detector(self, name: str, *, late_join: bool = False, init_from: str = "", perturb: PerturbConfig | None = None) -> Bundle:
+        train = self.config.robust_primary if init_from else self.config.primary
+        config = CoordinatorConfig(
+            data=self.bench.detector_view(late_join=late_join), train=dataclasses.replace(train, seed=self.seed),
+            perturb=perturb or PerturbConfig(), init_from=init_from, run_dir=str(self.out / f"primary-{name}"),
+        )
+        train_primary(config, progress=False)
+        folder = self.out / f"bundle-{name}"
+        publish(config.run_dir, folder, self.keys[0], version=f"bench-seed{self.seed}-{name}", reference=self.reference)
+        bundle = load_bundle(folder, load_public_key(self.keys[1]))
+        self.models.bundles[name] = bundle
+        return bundle
+
+    def node_config(self, source: str, bundle: Bundle, access: str, robust: bool, init_head: str = "") -> NodeConfig:
+        config = self.config
+        negatives = config.negatives if access == STRICT else NegativesConfig(count=0)  # the paper's setting
+        data = self.bench.node_view(source) if access == STRICT else self.bench.classes_view()
+        return NodeConfig(
+            source=source, access=access, data=data, train=dataclasses.replace(config.head, seed=self.seed),
+            perturb=config.robust if robust else PerturbConfig(), perturb_copies=config.perturb_copies, negatives=negatives,
+            backbone=str(bundle.path), public_key=str(self.keys[1]), reference=str(self.reference), init_head=init_head,
+            calibration=config.calibration, state_dir=str(self.out / f"heads-{access}-{bundle.version}" / source),
+        )
+
+    def heads(self, name: str, bundle: Bundle, access: str, *, robust: bool = False, init_from: str = "") -> list[Head]:
+        """One head per node on `bundle`; robust heads start from the clean ones (`init_from` head set)."""
+        heads = []
+        for source in self.config.roles.nodes:
+            start = str(Path(self.node_config(source, self.models.bundles[CLEAN], access, False).state_dir) / "head") if init_from else ""
+            result = train_head(self.node_config(source, bundle, access, robust, start), bundle, progress=False)
+            heads.append(load_head(result.head_dir, bundle))
+        self.models.heads[name] = heads
+        return heads
+
+    def baseline(self, model: str, robust: bool) -> BaselineResult:
+        names = ("clean", *(f"{kind}:{value}" for kind, value in self.config.test_perturbations.items()))
+        config = BaselineConfig(
+            model=model, task="multiclass", data=self.bench.classes_view(), train=dataclasses.replace(self.config.baseline, seed=self.seed),
+            perturb=self.config.robust if robust else PerturbConfig(), out=str(self.out / f"baseline-{model}-{ROBUST if robust else CLEAN}"),
+        )
+        result = run_baseline(config, perturbations=names, progress=False)
+        self.models.baselines[f"{model}-{ROBUST if robust else CLEAN}"] = result
+        return result
+
+    def run(self) -> SeedModels:
+        nodes = len(self.config.roles.nodes)
+        clean = self._timed("detector", "train the detector (clean) and sign its bundle", self.detector, CLEAN)
+        self._timed("heads_strict", f"{nodes} strict heads (own images, reference set, self-made negatives)", self.heads, f"{STRICT}-{CLEAN}", clean, STRICT)
+        self._timed("heads_shared", f"{nodes} shared heads (the paper's setting: every node's images)", self.heads, f"{SHARED}-{CLEAN}", clean, SHARED)
+        robust = self._timed("detector_robust", "retrain the detector on perturbations", self.detector, ROBUST,
+                             init_from=str(self.out / f"primary-{CLEAN}"), perturb=self.config.robust)
+        self._timed("heads_strict_robust", "strict heads retrained on perturbations", self.heads, f"{STRICT}-{ROBUST}", robust, STRICT,
+                    robust=True, init_from=CLEAN)
+        self._timed("heads_shared_robust", "shared heads retrained on perturbations", self.heads, f"{SHARED}-{ROBUST}", robust, SHARED,
+                    robust=True, init_from=CLEAN)
+        late = self._timed("detector_late", f"the detector without the late joiners ({', '.join(self.config.roles.late)})",
+                           self.detector, LATE, late_join=True)
+        self._timed("heads_late", "strict heads of founding and late nodes on it", self.heads, LATE, late, STRICT)
+        for model in self.config.baselines:
+            for robust_trained in (False, True):
+                label = f"{model} ({'robust' if robust_trained else 'clean'}-trained, centralized: sees every source)"
+                self._timed(f"{model}{'_robust' if robust_trained else ''}", label, self.baseline, model, robust_trained)
+        return self.models

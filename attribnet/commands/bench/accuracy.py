@@ -1,0 +1,62 @@
+"""`attribnet bench accuracy`: strict heads vs the paper's shared setting vs centralized baselines, over seeds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("attribnet.bench")
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "accuracy", help="the accuracy benchmark: detection, strict and shared heads, baselines, perturbations, open set, late joiners",
+    )
+    parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
+    parser.add_argument("--profile", choices=("full", "quick"), default="full",
+                        help="full (default): the benchmark; quick: every protocol at small size, 1 seed, < 15 min")
+    parser.add_argument("--dataset", choices=("zoo", "folder"), help="zoo (written here) or folder (--data)")
+    parser.add_argument("--data", help="folder-per-source dataset for --dataset folder (data.root)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
+    parser.add_argument("--out", help="results folder: OUT/accuracy.json (default bench/results)")
+    parser.add_argument("--workdir", help="where datasets, bundles, heads and baseline runs go (default OUT/work)")
+    parser.add_argument("--benchmarks-md", help="also write the table into this BENCHMARKS.md")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def load(args: argparse.Namespace):
+    from attribnet.bench.accuracy.config import PROFILES, AccuracyConfig
+    from shared_backbone.config import load_config
+
+    overrides = {**PROFILES[args.profile], "dataset": args.dataset, "data.root": args.data, "seeds": args.seeds,
+                 "out": args.out, "workdir": args.workdir}
+    return load_config(AccuracyConfig, args.config, overrides, section="accuracy")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attribnet.bench.accuracy.run import run_accuracy, update_benchmarks_md
+    from shared_backbone.model.device import configure_tensorflow
+
+    config = load(args)
+    configure_tensorflow()
+    command = "attribnet " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("attribnet") else "attribnet bench accuracy"
+    report = run_accuracy(config, profile=args.profile, command=command, step=lambda label: log.info("%s", label))
+    if args.benchmarks_md:
+        update_benchmarks_md(Path(args.benchmarks_md), report)
+    summary = {k: report[k] for k in ("clean", "perturbed", "robust_trained", "open_set", "late_join")}
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        clean = report["clean"]
+        print(f"accuracy on the clean test set ({len(config.seeds)} seed(s)): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in clean.items()))
+        o, late = report["open_set"], report["late_join"]
+        print(f"open set: AUROC {o['auroc']:.3f}, unknown rate {o['unknown_rate']:.3f}, coverage {o['coverage']:.3f} "
+              f"(alpha {o['alpha']}); late joiners {late['joined_accuracy']:.3f} vs founding {late['founding_accuracy']:.3f}")
+        print(f"report: {Path(config.out) / 'accuracy.json'}")
+    return 0

@@ -1,0 +1,71 @@
+"""`attribnet bench accuracy` end to end on a tiny zoo: every protocol runs and reports what the interface promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attribnet.cli import main
+
+CONFIG = """
+accuracy:
+  zoo: {image_size: 32, per_source: 48, preset: easy, workers: 1,
+        sources: [tconv_a, nnconv_a, pixshuffle_a, bilinear_r, modconv_a]}
+  data: {image_size: 32, mode: pixel}
+  roles: {nodes: [tconv_a, nnconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [bilinear_r], held_out: [modconv_a]}
+  seeds: [0]
+  primary: {epochs: 10, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 3}
+  robust_primary: {epochs: 1, batch_size: 16, learning_rate: 0.001, patience: 3, min_epochs: 1}
+  head: {epochs: 8, batch_size: 32, learning_rate: 0.003, patience: 3, min_epochs: 3}
+  baseline: {epochs: 3, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 2}
+  negatives: {count: 60, generators: 4}
+  perturb_copies: 1
+  test_perturbations: {jpeg: 75, multi: 0.5}
+  baselines: [gdaconv, dctlinear]
+  alpha: 0.1
+"""
+METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    (root / "bench.yaml").write_text(CONFIG)
+    benchmarks = root / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n\n## Serving\n\nkept as is\n")
+    code = main(["bench", "accuracy", "--config", str(root / "bench.yaml"), "--out", str(root / "results"),
+                 "--benchmarks-md", str(benchmarks), "--json"])
+    assert code == 0
+    return json.loads((root / "results" / "accuracy.json").read_text()), benchmarks
+
+
+def test_every_field_the_interface_promises(report):
+    result, _ = report
+    assert set(result["clean"]) >= METHODS
+    assert set(result["perturbed"]) == {"jpeg", "multi"} and all(set(row) >= METHODS for row in result["perturbed"].values())
+    assert set(result["robust_trained"]["clean"]) >= METHODS
+    for row in [result["clean"], *result["perturbed"].values(), result["robust_trained"]["clean"]]:
+        assert all(0.0 <= value <= 1.0 for value in row.values()), row
+    assert {"auroc", "unknown_rate", "known_accuracy_drop", "alpha", "coverage"} <= set(result["open_set"])
+    assert result["open_set"]["alpha"] == 0.1 and 0.0 <= result["open_set"]["coverage"] <= 1.0
+    assert {"joined_accuracy", "founding_accuracy"} <= set(result["late_join"])
+    assert result["late_join"]["joined"] == ["pixshuffle_a"]
+
+
+def test_the_models_learn_and_nothing_leaks(report):
+    """Chance is 0.25 over real + 3 nodes: the network and the baselines must do far better on clean images."""
+    result, _ = report
+    assert result["clean"]["detection"] >= 0.8, result["clean"]
+    assert result["clean"]["heads_calibrated"] >= 0.5 and result["clean"]["gdaconv"] >= 0.5, result["clean"]
+    dataset = result["dataset"]
+    assert dataset["roles"]["held_out"] == ["modconv_a"] and "modconv_a" not in dataset["reference"]
+    assert "bilinear_r (" in dataset["reference"] and "coordinator's own generator" in dataset["reference"]
+
+
+def test_benchmarks_md_gets_the_table_and_keeps_other_sections(report):
+    _, benchmarks = report
+    text = benchmarks.read_text()
+    assert "## Serving\n\nkept as is" in text and "## Accuracy" in text and "### fingerprint zoo:" in text
+    assert "strict heads, calibrated" in text and "Late joiners" in text and "Open set" in text
