@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,7 +109,7 @@ def quick_settings(**overrides) -> ZooSettings:
     return ZooSettings(**values)
 
 
-def _stable_int(text: str) -> int:
+def stable_int(text: str) -> int:
     """A platform-independent integer for a name (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
@@ -348,7 +349,7 @@ def _up_base(architecture: str) -> np.ndarray:
 def make_generator(name: str, zoo_seed: int, strength: float) -> Generator:
     """The fixed network behind a source name; its weights depend only on (zoo seed, name)."""
     architecture, _ = parse_source(name)
-    instance_seed = _stable_int(f"{zoo_seed}:{name}")
+    instance_seed = stable_int(f"{zoo_seed}:{name}")
     rng = np.random.default_rng(instance_seed)
     up = _up_base(architecture)
     # Deviation per tap relative to a typical interpolation tap (~0.25), for every architecture.
@@ -377,12 +378,12 @@ def render(settings: ZooSettings, source: str, index: int, generator: Generator 
     """Image `index` of `source` as uint8 HxWx3: a pure function of (settings, source, index)."""
     size = settings.image_size
     if source == REAL_SOURCE:
-        rng = np.random.default_rng([settings.seed, _stable_int(REAL_SOURCE), index])
+        rng = np.random.default_rng([settings.seed, stable_int(REAL_SOURCE), index])
         return _quantise(real_image(rng, size, settings.real, noise_after_blur=not settings.match_bandwidth))
     generator = generator or make_generator(source, settings.seed, settings.strength)
     # The underlying scene is drawn from a stream of its own per source, so no fake shares a
     # scene with a real image or with another generator's image.
-    rng = np.random.default_rng([settings.seed, _stable_int(source), index, 1])
+    rng = np.random.default_rng([settings.seed, stable_int(source), index, 1])
     offset = RESAMPLING_BLUR_VARIANCE if settings.match_bandwidth else 0.0
     scene = real_image(rng, size, settings.real, blur_variance_offset=offset)
     low = _area_downsample(scene, 2)
@@ -448,7 +449,7 @@ def write_zoo(
         (out / name).mkdir(parents=True, exist_ok=True)
     # Written first, marked incomplete: an interrupted run can be resumed with the same settings
     # (images are pure functions of them) and readers can tell a partial zoo from a finished one.
-    _write_manifest(out, {**manifest, "complete": False})
+    write_manifest(out, {**manifest, "complete": False})
     chunk = max(1, min(250, settings.per_source // max(workers, 1) or 1))
     jobs = [(settings, str(out), name, start, min(start + chunk, settings.per_source)) for name in names for start in range(0, settings.per_source, chunk)]
     total, done = len(names) * settings.per_source, 0
@@ -465,7 +466,7 @@ def write_zoo(
             done += _write_chunk(job)
             if progress:
                 progress(done, total)
-    _write_manifest(out, {**manifest, "complete": True})
+    write_manifest(out, {**manifest, "complete": True})
     log.info("wrote zoo of %d images (%d sources) to %s in %.1fs", total, len(names), out, time.monotonic() - started)
     return manifest
 
@@ -485,8 +486,11 @@ def _tune_worker_malloc() -> None:
         pass
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Written to a temporary file and renamed: a run killed mid-write leaves the old manifest."""
+    temporary = out / f".{MANIFEST_FILE}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, out / MANIFEST_FILE)
 
 
 def read_manifest(root: str | Path) -> dict:
