@@ -25,29 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     zoo = actions.add_parser("zoo", help="write the fingerprint zoo (a benchmark that needs no download)")
-    zoo.add_argument("--config", help="YAML with ZooConfig keys (or a zoo: section)")
-    zoo.add_argument("--out", help="output folder, empty or absent (zoo.out)")
-    zoo.add_argument("--image-size", type=int, help="square image size in pixels (zoo.image_size, default 64)")
-    zoo.add_argument("--per-source", type=int, help="images per source (zoo.per_source, default 2000)")
-    zoo.add_argument("--seed", type=int, help="zoo seed: scenes and generator weights (zoo.seed)")
-    zoo.add_argument("--sources", help="comma-separated generator sources <arch>_<instance> (zoo.sources)")
+    _add_builder_flags(
+        zoo, "zoo", "ZooConfig", out="output folder, empty or absent", per_source=2000,
+        seed="zoo seed: scenes and generator weights", sources="comma-separated generator sources <arch>_<instance>",
+    )
     zoo.add_argument("--preset", choices=("benchmark", "easy"), help="zoo.preset (easy = for quick tests)")
     zoo.add_argument("--strength", type=float, help="fingerprint strength, 0 = the preset's (zoo.strength)")
-    zoo.add_argument("--workers", type=int, help="processes (zoo.workers, default 2)")
-    zoo.add_argument("--json", action="store_true", help="print the manifest as JSON")
     zoo.set_defaults(handler=run_zoo)
 
     ups = actions.add_parser("upscalers", help="write the real-generator benchmark: GAN upscalers, real photos")
-    ups.add_argument("--config", help="YAML with UpscalersConfig keys (or an upscalers: section)")
-    ups.add_argument("--out", help="output folder: empty, absent, or an unfinished build of the same settings (upscalers.out)")
-    ups.add_argument("--image-size", type=int, help="square patch size in pixels (upscalers.image_size, default 64)")
-    ups.add_argument("--per-source", type=int, help="images per source (upscalers.per_source, default 1000)")
-    ups.add_argument("--seed", type=int, help="seed: photo split, patch positions (upscalers.seed)")
-    ups.add_argument("--sources", help="comma-separated upscaler sources, see --list (upscalers.sources)")
+    _add_builder_flags(
+        ups, "upscalers", "UpscalersConfig", out="output folder: empty, absent, or an unfinished build of the same settings",
+        per_source=1000, seed="seed: photo split, patch positions", sources="comma-separated upscaler sources, see --list",
+    )
     ups.add_argument("--photos", help="comma-separated photos, default all (upscalers.photos)")
-    ups.add_argument("--workers", type=int, help="processes (upscalers.workers, default 2)")
     ups.add_argument("--list", action="store_true", help="list the available sources and photos, then exit")
-    ups.add_argument("--json", action="store_true", help="print the manifest as JSON")
     ups.set_defaults(handler=run_upscalers)
 
     normstats = actions.add_parser("normstats", help="per-coefficient log-DCT mean/std (mean.npy, std_dev.npy)")
@@ -71,6 +63,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--no-check", action="store_true", help="do not decode every file")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(handler=run_info)
+
+
+def _add_builder_flags(
+    parser: argparse.ArgumentParser, section: str, schema: str, *, out: str, per_source: int, seed: str, sources: str
+) -> None:
+    """The flags every dataset builder shares, each naming its YAML key."""
+    parser.add_argument("--config", help=f"YAML with {schema} keys (or a {section}: section)")
+    parser.add_argument("--out", help=f"{out} ({section}.out)")
+    parser.add_argument("--image-size", type=int, help=f"square image size in pixels ({section}.image_size, default 64)")
+    parser.add_argument("--per-source", type=int, help=f"images per source ({section}.per_source, default {per_source})")
+    parser.add_argument("--seed", type=int, help=f"{seed} ({section}.seed)")
+    parser.add_argument("--sources", help=f"{sources} ({section}.sources)")
+    parser.add_argument("--workers", type=int, help=f"processes ({section}.workers, default 2)")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _builder_config(args: argparse.Namespace, schema: type, section: str, **flags: Any):
+    """A builder's config: --config (top level or `section:`) overridden by the shared and `flags` flags."""
+    from shared_backbone.config import build
+
+    values, where = _section(args.config, section)
+    shared = {
+        "out": args.out,
+        "image_size": args.image_size,
+        "per_source": args.per_source,
+        "seed": args.seed,
+        "sources": _split_list(args.sources),
+        "workers": args.workers,
+    }
+    return build(schema, {**values, **{k: v for k, v in {**shared, **flags}.items() if v is not None}}, where)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -162,21 +184,9 @@ def _progress(label: str):
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from shared_backbone.config import build
     from shared_backbone.data.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
-    values, where = _section(args.config, "zoo")
-    flags = {
-        "out": args.out,
-        "image_size": args.image_size,
-        "per_source": args.per_source,
-        "seed": args.seed,
-        "sources": _split_list(args.sources),
-        "preset": args.preset,
-        "strength": args.strength,
-        "workers": args.workers,
-    }
-    config = build(ZooConfig, {**values, **{k: v for k, v in flags.items() if v is not None}}, where)
+    config = _builder_config(args, ZooConfig, "zoo", preset=args.preset, strength=args.strength)
     settings = settings_from_config(config)
     started = time.monotonic()
     manifest = write_zoo(config.out, settings, workers=max(1, config.workers), progress=_progress("zoo"))
@@ -192,22 +202,11 @@ def run_zoo(args: argparse.Namespace) -> int:
 
 
 def run_upscalers(args: argparse.Namespace) -> int:
-    from shared_backbone.config import build
     from shared_backbone.data.upscalers import UpscalersConfig, settings_from_config, write_upscalers
 
     if args.list:
         return _list_upscalers(args.json)
-    values, where = _section(args.config, "upscalers")
-    flags = {
-        "out": args.out,
-        "image_size": args.image_size,
-        "per_source": args.per_source,
-        "seed": args.seed,
-        "sources": _split_list(args.sources),
-        "photos": _split_list(args.photos),
-        "workers": args.workers,
-    }
-    config = build(UpscalersConfig, {**values, **{k: v for k, v in flags.items() if v is not None}}, where)
+    config = _builder_config(args, UpscalersConfig, "upscalers", photos=_split_list(args.photos))
     started = time.monotonic()
     settings = settings_from_config(config)
     manifest = write_upscalers(config.out, settings, workers=max(1, config.workers), progress=_progress("upscalers"))
