@@ -1,10 +1,16 @@
 # Two entry points for a fresh clone with only Python 3.11+: `make demo` and `make test`.
 # Everything installs into .venv inside the repository. TF=gpu selects tensorflow[and-cuda].
+# `make upscalers` adds the optional real-generator benchmark extra (and, as root, the two Debian
+# libraries its ncnn networks need); `make test` installs it too so its tests run, `make demo` not.
 PYTHON ?= python3
 TF ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TF)
+UPSCALERS_STAMP := $(VENV)/.installed-$(TF)-upscalers
+NATIVE_LIBS := libvulkan.so.1 libomp.so.5
+DEBIAN_LIBS := libvulkan1 libomp5
+LDCONFIG := $(shell command -v ldconfig 2>/dev/null || echo /sbin/ldconfig)
 DEMO_OUT ?= demo-out
 
 export FLWR_TELEMETRY_ENABLED=0
@@ -12,7 +18,7 @@ export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: install demo test proto clean
+.PHONY: install upscalers native-libs demo test proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +29,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(UPSCALERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(TF),dev,upscalers]'
+	touch $@
+
+# Checked on every run (a stamp cannot tell that the machine lost a library): as root with
+# apt-get, installs the Debian packages when a library is missing; otherwise says what to run.
+native-libs:
+	@[ "$$(uname -s)" = Linux ] || exit 0; \
+	missing=""; for lib in $(NATIVE_LIBS); do $(LDCONFIG) -p 2>/dev/null | grep -q "$$lib" || missing="$$missing $$lib"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(DEBIAN_LIBS) (missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_LIBS); \
+	else \
+		echo "warning: missing$$missing: install the Debian/Ubuntu packages $(DEBIAN_LIBS) as root (the upscaler networks will not load)"; \
+	fi
+
+upscalers: $(UPSCALERS_STAMP) native-libs
+
 # The demo refuses to overwrite an earlier run; `make demo` starts afresh in $(DEMO_OUT).
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/attribnet demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: upscalers
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
 
 # Regenerate the gRPC/protobuf code beside its .proto (a test checks it is current).

@@ -91,6 +91,32 @@ def test_real_sources_arch_level_and_source_ids(tiny_zoo, tiny_zoo_config, tmp_p
     assert set(capped.counts().values()) == {5}
 
 
+def test_a_manifest_group_split_sends_every_file_to_its_group(tiny_zoo, tmp_path):
+    """The real-generator benchmark's photo split: `NNNNN-<photo>.png` goes to its photo's split,
+    whatever the split seed; a file of an unlisted group is an error; a zoo splits by hash as before."""
+    import json
+
+    root = tmp_path / "grouped"
+    groups = {"alpha": "train", "beta": "val", "gamma": "test"}
+    for source in ("real", "tconv_a"):
+        (root / source).mkdir(parents=True)
+        for i, path in enumerate(sorted((tiny_zoo / source).glob("*.png"))[:12]):
+            shutil.copy(path, root / source / f"{i:05d}-{sorted(groups)[i % 3]}.png")
+    (root / "manifest.json").write_text(json.dumps({"image_size": 32, "real_sources": ["real"], "group_splits": groups}))
+    for seed in (0, 7):
+        splits = split_samples(scan_dataset(DataConfig(root=str(root), image_size=32)), seed=seed)
+        assert {name: {s.path.stem.split("-", 1)[1] for s in samples} for name, samples in splits.items()} == {
+            "train": {"alpha"}, "val": {"beta"}, "test": {"gamma"}}
+        assert all(len(samples) == 8 for samples in splits.values())
+    shutil.copy(root / "real" / "00000-alpha.png", root / "real" / "00099-delta.png")
+    with pytest.raises(DatasetError, match="delta"):
+        split_samples(scan_dataset(DataConfig(root=str(root), image_size=32)))
+    (root / "manifest.json").write_text(json.dumps({"group_splits": {"alpha": "holdout"}}))
+    with pytest.raises(DatasetError, match="group_splits"):
+        scan_dataset(DataConfig(root=str(root), image_size=32))
+    assert scan_dataset(DataConfig(root=str(tiny_zoo), image_size=32)).group_splits is None
+
+
 def test_read_model_input_applies_the_perturbation(tiny_zoo):
     path = sorted((tiny_zoo / "real").glob("*.png"))[0]
     spec = InputSpec(32)

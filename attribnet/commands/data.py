@@ -1,13 +1,15 @@
-"""`attribnet data zoo | normstats | perturb | info`: datasets, the fingerprint zoo, DCT normstats
-and perturbed test sets.
+"""`attribnet data zoo | upscalers | normstats | perturb | info`: datasets, the fingerprint zoo, the
+real-generator benchmark, DCT normstats and perturbed test sets.
 
 `--config FILE.yaml` is read as a `DataConfig` (its top level, or the `data:` section of a
-coordinator/node/baseline file; `zoo` reads `ZooConfig` keys or a `zoo:` section); flags override it.
+coordinator/node/baseline file; `zoo` reads `ZooConfig` keys or a `zoo:` section, `upscalers`
+`UpscalersConfig` keys or an `upscalers:` section); flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,17 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     zoo = actions.add_parser("zoo", help="write the fingerprint zoo (a benchmark that needs no download)")
-    zoo.add_argument("--config", help="YAML with ZooConfig keys (or a zoo: section)")
-    zoo.add_argument("--out", help="output folder, empty or absent (zoo.out)")
-    zoo.add_argument("--image-size", type=int, help="square image size in pixels (zoo.image_size, default 64)")
-    zoo.add_argument("--per-source", type=int, help="images per source (zoo.per_source, default 2000)")
-    zoo.add_argument("--seed", type=int, help="zoo seed: scenes and generator weights (zoo.seed)")
-    zoo.add_argument("--sources", help="comma-separated generator sources <arch>_<instance> (zoo.sources)")
+    _add_builder_flags(
+        zoo, "zoo", "ZooConfig", out="output folder, empty or absent", per_source=2000,
+        seed="zoo seed: scenes and generator weights", sources="comma-separated generator sources <arch>_<instance>",
+    )
     zoo.add_argument("--preset", choices=("benchmark", "easy"), help="zoo.preset (easy = for quick tests)")
     zoo.add_argument("--strength", type=float, help="fingerprint strength, 0 = the preset's (zoo.strength)")
-    zoo.add_argument("--workers", type=int, help="processes (zoo.workers, default 2)")
-    zoo.add_argument("--json", action="store_true", help="print the manifest as JSON")
     zoo.set_defaults(handler=run_zoo)
+
+    ups = actions.add_parser("upscalers", help="write the real-generator benchmark: GAN upscalers, real photos")
+    _add_builder_flags(
+        ups, "upscalers", "UpscalersConfig", out="output folder: empty, absent, or an unfinished build of the same settings",
+        per_source=1000, seed="seed: photo split, patch positions", sources="comma-separated upscaler sources, see --list",
+    )
+    ups.add_argument("--photos", help="comma-separated photos, default all (upscalers.photos)")
+    ups.add_argument("--list", action="store_true", help="list the available sources and photos, then exit")
+    ups.set_defaults(handler=run_upscalers)
 
     normstats = actions.add_parser("normstats", help="per-coefficient log-DCT mean/std (mean.npy, std_dev.npy)")
     _add_data_flags(normstats)
@@ -55,6 +62,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--no-check", action="store_true", help="do not decode every file")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(handler=run_info)
+
+
+def _add_builder_flags(
+    parser: argparse.ArgumentParser, section: str, schema: str, *, out: str, per_source: int, seed: str, sources: str
+) -> None:
+    """The flags every dataset builder shares, each naming its YAML key."""
+    parser.add_argument("--config", help=f"YAML with {schema} keys (or a {section}: section)")
+    parser.add_argument("--out", help=f"{out} ({section}.out)")
+    parser.add_argument("--image-size", type=int, help=f"square image size in pixels ({section}.image_size, default 64)")
+    parser.add_argument("--per-source", type=int, help=f"images per source ({section}.per_source, default {per_source})")
+    parser.add_argument("--seed", type=int, help=f"{seed} ({section}.seed)")
+    parser.add_argument("--sources", help=f"{sources} ({section}.sources)")
+    parser.add_argument("--workers", type=int, help=f"processes ({section}.workers, default 2)")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _builder_config(args: argparse.Namespace, schema: type, section: str, **flags: Any):
+    """A builder's config: --config (top level or `section:`) overridden by the shared and `flags` flags."""
+    from shared_backbone.config import build, read_section
+
+    values, where = read_section(args.config, section)
+    shared = {
+        "out": args.out,
+        "image_size": args.image_size,
+        "per_source": args.per_source,
+        "seed": args.seed,
+        "sources": _split_list(args.sources),
+        "workers": args.workers,
+    }
+    return build(schema, {**values, **{k: v for k, v in {**shared, **flags}.items() if v is not None}}, where)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -129,21 +166,9 @@ def _progress(label: str):
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from shared_backbone.config import build, read_section
     from shared_backbone.data.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
-    values, where = read_section(args.config, "zoo")
-    flags = {
-        "out": args.out,
-        "image_size": args.image_size,
-        "per_source": args.per_source,
-        "seed": args.seed,
-        "sources": _split_list(args.sources),
-        "preset": args.preset,
-        "strength": args.strength,
-        "workers": args.workers,
-    }
-    config = build(ZooConfig, {**values, **{k: v for k, v in flags.items() if v is not None}}, where)
+    config = _builder_config(args, ZooConfig, "zoo", preset=args.preset, strength=args.strength)
     settings = settings_from_config(config)
     started = time.monotonic()
     manifest = write_zoo(config.out, settings, workers=max(1, config.workers), progress=_progress("zoo"))
@@ -155,6 +180,49 @@ def run_zoo(args: argparse.Namespace) -> int:
         fakes = ", ".join(sorted(s for s in manifest["sources"] if s != REAL_SOURCE))
         print(f"wrote {count} images ({manifest['image_size']} px, {manifest['per_source']} per source) to {config.out} in {seconds:.1f}s")
         print(f"real: {REAL_SOURCE}; generators: {fakes}")
+    return 0
+
+
+def run_upscalers(args: argparse.Namespace) -> int:
+    from shared_backbone.data.upscalers import UpscalersConfig, settings_from_config, write_upscalers
+
+    if args.list:
+        return _list_upscalers(args.json)
+    config = _builder_config(args, UpscalersConfig, "upscalers", photos=_split_list(args.photos))
+    started = time.monotonic()
+    settings = settings_from_config(config)
+    manifest = write_upscalers(config.out, settings, workers=max(1, config.workers), progress=_progress("upscalers"))
+    seconds = time.monotonic() - started
+    if args.json:
+        print(json.dumps({**manifest, "out": config.out, "seconds": round(seconds, 1)}, indent=2))
+        return 0
+    count = manifest["per_source"] * len(manifest["sources"])
+    print(f"wrote {count} images ({settings.image_size} px, {settings.per_source} per source) to {config.out} in {seconds:.1f}s")
+    for name, seconds_spent in sorted(manifest["finished_sources"].items(), key=lambda item: -item[1]):
+        print(f"  {name:<16} {manifest['sources'][name]['architecture']:<8} {seconds_spent:7.1f} worker-s")
+    splits = {name: sorted(p for p, s in manifest["group_splits"].items() if s == name) for name in ("train", "val", "test")}
+    print("photo split: " + "; ".join(f"{name} {', '.join(photos)}" for name, photos in splits.items()))
+    print(f"suggested open-set hold-out architecture: {manifest['holdout_architecture']}")
+    return 0
+
+
+def _list_upscalers(as_json: bool) -> int:
+    from shared_backbone.data.photos import PHOTOS
+    from shared_backbone.data.upscalers import CATALOGUE, DEFAULT_SOURCES, HOLDOUT_ARCHITECTURE
+
+    rows = [{**dataclasses.asdict(spec), "default": name in DEFAULT_SOURCES} for name, spec in CATALOGUE.items()]
+    photos = [dataclasses.asdict(p) for p in PHOTOS]
+    if as_json:
+        print(json.dumps({"sources": rows, "photos": photos, "holdout_architecture": HOLDOUT_ARCHITECTURE}, indent=2))
+        return 0
+    print(f"{'source':<16} {'default':<7} {'arch':<8} {'package':<19} {'model':<24} scale noise")
+    for row in rows:
+        noise = "" if row["noise"] is None else row["noise"]
+        default = "yes" if row["default"] else ""
+        model = f"{row['package']:<19} {row['model']:<24}"
+        print(f"{row['name']:<16} {default:<7} {row['architecture']:<8} {model} {row['scale']:>5} {noise:>5}")
+    print(f"hold-out architecture (open set): {HOLDOUT_ARCHITECTURE}")
+    print("photos: " + ", ".join(f"{p['name']} ({p['distribution']}, {p['colour']})" for p in photos))
     return 0
 
 
@@ -210,7 +278,9 @@ def run_info(args: argparse.Namespace) -> int:
     if manifest.is_file():
         try:
             zoo = json.loads(manifest.read_text())
-            summary["zoo"] = {k: zoo.get(k) for k in ("image_size", "per_source", "seed", "strength", "match_bandwidth", "complete")}
+            keys = ("dataset", "image_size", "per_source", "seed", "strength", "match_bandwidth", "holdout_architecture",
+                    "complete")
+            summary["zoo"] = {k: zoo[k] for k in keys if k in zoo}
         except json.JSONDecodeError as exc:
             summary["zoo"] = {"error": f"{manifest}: invalid JSON ({exc})"}
     if args.json:
@@ -224,7 +294,8 @@ def _print_info(summary: dict) -> None:
     splits = summary["splits"]
     print(f"dataset {summary['root']}: {summary['images']} images, {len(summary['sources'])} sources")
     print(f"classes: {', '.join(summary['classes'])}" + ("  (arch level)" if summary["arch_level"] else ""))
-    print(f"splits (seed {summary['split_seed']}): train {splits['train']}, val {splits['val']}, test {splits['test']}")
+    by = f"seed {summary['split_seed']}" if summary["split_by"] == "file hash" else "the manifest's photo split"
+    print(f"splits ({by}): train {splits['train']}, val {splits['val']}, test {splits['test']}")
     width = max(len(s["name"]) for s in summary["sources"])
     print(f"{'source':<{width}}  kind  class{'':<9} count   train    val   test")
     for s in summary["sources"]:

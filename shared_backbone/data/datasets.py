@@ -4,6 +4,10 @@ A dataset is `ROOT/<source>/*.png|jpg|...`. Which sources are real comes from th
 (`real_sources`) or from a seed-style `source_ids.csv` (listed names are fakes; real is id 0).
 With `arch_level`, sources are grouped by the text before the first `_` (`stylegan_tpdne` and
 `stylegan_100k` are both `stylegan`); real sources are always the class `real`.
+
+A dataset whose `manifest.json` has `group_splits` (group -> split; the real-generator benchmark's
+photo split) is split by it: a file's group is its name after the first '-' (`00012-chelsea.png`
+is in group `chelsea`), so every patch of a photograph lands in that photograph's split.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 REAL_CLASS = "real"
 SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "manifest.json"
+GROUP_SEPARATOR = "-"
 
 
 class DatasetError(ValueError):
@@ -48,6 +55,7 @@ class DatasetIndex:
     samples: list[Sample]
     arch_level: bool = False
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    group_splits: dict[str, str] | None = None  # the dataset's own split of file groups, if it has one
 
     def is_real(self, source: str) -> bool:
         return source in self.real_sources
@@ -129,7 +137,28 @@ def scan_dataset(config: DataConfig) -> DatasetIndex:
         samples.extend(Sample(p, source) for p in files)
     if not samples:
         raise DatasetError(f"{root}: no images found")
-    return DatasetIndex(root, sources, real, samples, config.arch_level)
+    return DatasetIndex(root, sources, real, samples, config.arch_level, group_splits=read_group_splits(root))
+
+
+def read_group_splits(root: Path) -> dict[str, str] | None:
+    """The manifest's `group_splits` (group -> train/val/test), or None when it has none."""
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        groups = json.loads(path.read_text()).get("group_splits")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: not a JSON object ({exc})") from None
+    if groups is None:
+        return None
+    if not isinstance(groups, dict) or not set(groups.values()) <= set(SPLITS):
+        raise DatasetError(f"{path}: group_splits must map each group to one of {', '.join(SPLITS)}")
+    return dict(groups)
+
+
+def group_of(path: Path) -> str:
+    """`00012-chelsea.png` -> `chelsea`: the file's split group (its name after the first '-')."""
+    return path.stem.partition(GROUP_SEPARATOR)[2]
 
 
 def _split_key(path: Path, seed: int) -> int:
@@ -145,9 +174,13 @@ def split_samples(
     test, then val, else train), so adding images to a source never moves another image between
     splits (no test image ever leaks into training as a dataset grows). Every source is split
     with the same fractions, so sizes are proportional per source up to binomial noise.
+
+    A dataset with its own `group_splits` is split by them instead (seed and fractions unused).
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DatasetError(f"invalid split fractions val={val_fraction} test={test_fraction}")
+    if index.group_splits is not None:
+        return split_by_group(index)
     splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     by_source: dict[str, list[Sample]] = {}
     for sample in index.samples:
@@ -165,12 +198,30 @@ def split_off(samples: list[Sample], fraction: float, seed: int = 0) -> tuple[li
     """(kept, carved) with a seeded hash of each file name deciding, independent of the main split.
 
     A fixed `fraction` of `samples`, the same files for every caller with the same seed, e.g. the
-    calibration split a node carves out of its training split.
+    calibration split a node carves out of its training split. Files of a split group (the
+    patches of one photograph) are carved together, so no group straddles the two parts.
     """
     if not 0.0 <= fraction < 1.0:
         raise DatasetError(f"invalid fraction {fraction} to split off")
-    carved = {id(s) for s in samples if _split_key(s.path, seed + 7919) / 2**64 < fraction}
+
+    def key(sample: Sample) -> Path:  # a grouped file (`NNNNN-<group>`) goes with its whole group
+        group = group_of(sample.path)
+        return sample.path.with_name(f"group-{group}") if group else sample.path
+
+    carved = {id(s) for s in samples if _split_key(key(s), seed + 7919) / 2**64 < fraction}
     return [s for s in samples if id(s) not in carved], [s for s in samples if id(s) in carved]
+
+
+def split_by_group(index: DatasetIndex) -> dict[str, list[Sample]]:
+    """Every file to its group's split (sorted by source and name); a file of no listed group is an error."""
+    log.info("%s: split by the manifest's group_splits (split seed and fractions do not apply)", index.root)
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for sample in sorted(index.samples, key=lambda s: (s.source, s.path.name)):
+        group = group_of(sample.path)
+        if group not in index.group_splits:
+            raise DatasetError(f"{sample.path}: group {group!r} is not in the manifest's group_splits")
+        splits[index.group_splits[group]].append(sample)
+    return splits
 
 
 def load_split(config: DataConfig) -> tuple[DatasetIndex, dict[str, list[Sample]]]:

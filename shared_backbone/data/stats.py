@@ -54,6 +54,7 @@ def describe_dataset(config: DataConfig, *, check: bool = True, progress: Progre
         "images": len(index.samples),
         "splits": {name: len(splits[name]) for name in SPLITS},
         "split_seed": config.split_seed,
+        "split_by": "file hash" if index.group_splits is None else "manifest group_splits",
         "sources": sources,
         "checked": check,
         "unreadable": [],

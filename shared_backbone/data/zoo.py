@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ def quick_settings(**overrides) -> ZooSettings:
     return ZooSettings(**values)
 
 
-def _stable_int(text: str) -> int:
+def stable_int(text: str) -> int:
     """A platform-independent integer for a name (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
@@ -372,7 +373,7 @@ def _up_base(architecture: str) -> np.ndarray:
 def make_generator(name: str, zoo_seed: int, strength: float) -> Generator:
     """The fixed network behind a source name; its weights depend only on (zoo seed, name)."""
     architecture, _ = parse_source(name)
-    instance_seed = _stable_int(f"{zoo_seed}:{name}")
+    instance_seed = stable_int(f"{zoo_seed}:{name}")
     rng = np.random.default_rng(instance_seed)
     up = _up_base(architecture)
     # Deviation per tap relative to a typical interpolation tap (~0.25), for every architecture.
@@ -403,12 +404,12 @@ def render(settings: ZooSettings, source: str, index: int, generator: Generator 
     """Image `index` of `source` as uint8 HxWx3: a pure function of (settings, source, index)."""
     size = settings.image_size
     if source == REAL_SOURCE:
-        rng = np.random.default_rng([settings.seed, _stable_int(REAL_SOURCE), index])
+        rng = np.random.default_rng([settings.seed, stable_int(REAL_SOURCE), index])
         return _quantise(real_image(rng, size, settings.real, noise_after_blur=not settings.match_bandwidth))
     generator = generator or make_generator(source, settings.seed, settings.strength)
     # The underlying scene is drawn from a stream of its own per source, so no fake shares a
     # scene with a real image or with another generator's image.
-    rng = np.random.default_rng([settings.seed, _stable_int(source), index, 1])
+    rng = np.random.default_rng([settings.seed, stable_int(source), index, 1])
     offset = RESAMPLING_BLUR_VARIANCE if settings.match_bandwidth else 0.0
     scene = real_image(rng, size, settings.real, blur_variance_offset=offset)
     low = _area_downsample(scene, 2)
@@ -474,7 +475,7 @@ def write_zoo(
         (out / name).mkdir(parents=True, exist_ok=True)
     # Written first, marked incomplete: an interrupted run can be resumed with the same settings
     # (images are pure functions of them) and readers can tell a partial zoo from a finished one.
-    _write_manifest(out, {**manifest, "complete": False})
+    write_manifest(out, {**manifest, "complete": False})
     chunk = max(1, min(250, settings.per_source // max(workers, 1) or 1))
     jobs = [(settings, str(out), name, start, min(start + chunk, settings.per_source)) for name in names for start in range(0, settings.per_source, chunk)]
     total, done = len(names) * settings.per_source, 0
@@ -491,7 +492,7 @@ def write_zoo(
             done += _write_chunk(job)
             if progress:
                 progress(done, total)
-    _write_manifest(out, {**manifest, "complete": True})
+    write_manifest(out, {**manifest, "complete": True})
     log.info("wrote zoo of %d images (%d sources) to %s in %.1fs", total, len(names), out, time.monotonic() - started)
     return manifest
 
@@ -511,8 +512,11 @@ def _tune_worker_malloc() -> None:
         pass
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Written to a temporary file and renamed: a run killed mid-write leaves the old manifest."""
+    temporary = out / f".{MANIFEST_FILE}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, out / MANIFEST_FILE)
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -530,10 +534,11 @@ def zoo_sources(manifest: dict) -> Sequence[str]:
 
 
 def zoo_data_config(root: str | Path, **overrides) -> DataConfig:
-    """A DataConfig for a written zoo: its size and real source come from the manifest."""
+    """A DataConfig for a written zoo (or upscalers dataset): its size and real source come from the manifest."""
     manifest = read_manifest(root)
     if manifest.get("complete") is False:
-        raise ValueError(f"{root}: the zoo is incomplete (its writing was interrupted); run attribnet data zoo again")
+        command = manifest.get("dataset", "zoo")
+        raise ValueError(f"{root}: the dataset is incomplete (its writing was interrupted); run attribnet data {command} again")
     values = {"root": str(root), "real_sources": list(manifest["real_sources"]), "image_size": manifest["image_size"]}
     values.update(overrides)
     return DataConfig(**values)
