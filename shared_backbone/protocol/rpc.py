@@ -152,12 +152,20 @@ def _unauthenticated(message: str) -> grpc.RpcMethodHandler:
 
 
 def create_server(
-    *, workers: int, max_message_mb: int, tokens: dict[str, str] | None = None
+    *,
+    workers: int,
+    max_message_mb: int,
+    tokens: dict[str, str] | None = None,
+    max_concurrent_rpcs: int | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> grpc.Server:
+    """A thread-pool server; past `max_concurrent_rpcs` calls in flight gRPC answers RESOURCE_EXHAUSTED
+    at once instead of queueing them without bound. `interceptors` run before the token check."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=message_options(max_message_mb) + [("grpc.so_reuseport", 0)],
-        interceptors=[TokenInterceptor(tokens or {})],
+        interceptors=[*interceptors, TokenInterceptor(tokens or {})],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 
 
