@@ -214,8 +214,9 @@ def test_rate_limit_per_client_is_resource_exhausted(tmp_path, keypair, load_net
 
 def test_compiled_models_never_retrace(load_net):
     rng = np.random.default_rng(6)
-    with client(load_net) as c, concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(c.attribute, [[png_bytes(rng) for _ in range(1 + i % 4)] for i in range(12)]))
+    with client(load_net) as c:  # one at a time: this gateway's queue holds only MAX_QUEUE images
+        for i in range(8):
+            c.attribute([png_bytes(rng) for _ in range(1 + i % MAX_QUEUE)])
     assert load_net.coordinator.gateway.serving.traces == 1
     assert {source: node.servicer.compiled.traces for source, node in load_net.nodes.items()} == dict.fromkeys(GOOD, 1)
 
