@@ -32,8 +32,9 @@ class GatewayConfig:
     heartbeat_interval: float = 5.0  # told to nodes at registration
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
     fake_threshold: float = 0.5
-    batch_window_ms: float = 2.0  # micro-batching: how long a batch waits for more requests
+    batch_window_ms: float = 0.0  # extra wait of a batch for more requests (0: batches form while nodes work)
     max_batch: int = 256  # images per trunk run (and per Score call)
+    max_inflight_batches: int = 4  # batches at the nodes at once; requests arriving meanwhile form the next
     max_queue_images: int = 2048  # images waiting for the trunk; more is RESOURCE_EXHAUSTED
     request_timeout: float = 30.0  # seconds a request may take when its client set no shorter deadline
     rate_limit: float = 0.0  # images per second per client (peer address + token); 0 = no limit
@@ -41,6 +42,7 @@ class GatewayConfig:
     workers: int = 16  # threads handling RPCs
     max_concurrent_rpcs: int = 64  # RPCs in flight; more is RESOURCE_EXHAUSTED at once
     decode_workers: int = 2  # threads decoding the images of one large request in parallel
+    tf_threads: int = 0  # TensorFlow intra/inter-op threads (`attribnet coordinator serve`); 0 = TensorFlow's default
     metrics_port: int = -1  # Prometheus /metrics port (0 = any free port, -1 = off)
     metrics_host: str = "127.0.0.1"
     access_log: bool = False  # one INFO line per RPC on the attribnet.access logger

@@ -36,6 +36,7 @@ class NodeServeConfig:
     max_message_mb: int = 32
     workers: int = 8  # threads handling RPCs
     max_concurrent_rpcs: int = 64  # RPCs in flight; more is RESOURCE_EXHAUSTED at once
+    tf_threads: int = 1  # TensorFlow intra/inter-op threads (`attribnet node serve`); 0 = TensorFlow's default
     metrics_port: int = -1  # Prometheus /metrics port (0 = any free port, -1 = off)
     metrics_host: str = "127.0.0.1"
     access_log: bool = False  # one INFO line per RPC on the attribnet.access logger

@@ -7,6 +7,8 @@ bounded by the call's deadline (capped by `request_timeout`), a full queue is RE
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 
@@ -43,6 +45,7 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self.max_batch = max_batch
         self.request_timeout = request_timeout
         self.metrics = metrics or ServerMetrics()
+        self._head_seconds = self.metrics.stage(STAGE_HEAD)
         self.feature_shape = tuple(int(s) for s in bundle.manifest["feature_shape"])
         self.compiled = CompiledModel(head.model, name=f"head_{head.source}")
         self.compiled.warm_up()
@@ -56,7 +59,9 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self.batcher.close()
 
     def _run(self, items: list[BatchItem]) -> None:
+        start = time.monotonic()
         raw = np.asarray(self.compiled(concatenate(items).astype(np.float32))).reshape(-1).astype(np.float64)
+        self._head_seconds(time.monotonic() - start)
         for item, (scores,) in zip(items, split(items, raw)):
             item.future.set_result(scores)
 

@@ -52,7 +52,7 @@ def test_concurrent_items_share_a_batch_bounded_by_max_batch():
 
 def test_full_queue_refuses_at_once_and_expired_items_never_run():
     gate = Gate()
-    batcher = MicroBatcher(gate, name="t", window=0.0, max_batch=4, max_queue=3)
+    batcher = MicroBatcher(gate, name="t", window=0.001, max_batch=4, max_queue=3)
     try:
         running = batcher.submit(rows(1), later())
         assert gate.started.wait(WAIT)  # the worker is busy with `running`
@@ -68,6 +68,22 @@ def test_full_queue_refuses_at_once_and_expired_items_never_run():
     finally:
         batcher.close()
     assert gate.batches == [[1], [2]]  # the expired row was never computed
+
+
+def test_without_window_an_idle_batcher_runs_in_the_callers_thread():
+    threads = []
+
+    def record(items) -> None:
+        threads.append(threading.current_thread().name)
+        for item in items:
+            item.future.set_result(item.rows)
+
+    batcher = MicroBatcher(record, name="worker", window=0.0, max_batch=4, max_queue=8)
+    try:
+        assert len(batcher.submit(rows(2), later()).result(WAIT)) == 2
+    finally:
+        batcher.close()
+    assert threads == [threading.current_thread().name]
 
 
 def test_a_failing_batch_fails_its_requests_and_close_fails_the_queue():

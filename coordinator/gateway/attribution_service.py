@@ -14,6 +14,7 @@ RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at on
 from __future__ import annotations
 
 import io
+import time
 
 import grpc
 import numpy as np
@@ -30,7 +31,7 @@ from shared_backbone.model import heatmaps, networks
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.rule import decide
 from shared_backbone.protocol import wire
-from shared_backbone.protocol.metrics import ServerMetrics
+from shared_backbone.protocol.metrics import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from shared_backbone.protocol.serving import answer_or_abort, deadline_of, submit_or_abort
@@ -54,6 +55,8 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         self.registry = registry
         self.config = config
         self.metrics = metrics or ServerMetrics()
+        self._decode_seconds = self.metrics.stage(STAGE_DECODE)
+        self._respond_seconds = self.metrics.stage(STAGE_RESPOND)
         self.backbone = pb.Backbone(version=bundle.version, digest=bundle.digest)
         self.primary = bundle.load_primary()
         self.serving = CompiledModel(networks.build_serving_model(self.primary))
@@ -67,7 +70,8 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         )
         self.pipeline = ServingPipeline(
             self.serving, RoutingTable(registry, bundle.digest), self.pool, window=config.batch_window_ms / 1000.0,
-            max_batch=config.max_batch, max_queue=config.max_queue_images, node_timeout=config.node_timeout,
+            max_batch=config.max_batch, max_queue=config.max_queue_images, max_inflight=config.max_inflight_batches,
+            node_timeout=config.node_timeout,
             metrics=self.metrics,
         )
 
@@ -87,14 +91,19 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         return pngs
 
     def Attribute(self, request: pb.AttributeRequest, context: grpc.ServicerContext) -> pb.AttributeResponse:
+        start = time.monotonic()
         deadline = deadline_of(context.time_remaining(), self.config.request_timeout)
         self.intake.admit(request, context)
         inputs, rgbs = self.intake.decode(list(request.images), context)
+        self._decode_seconds(time.monotonic() - start)
         future = submit_or_abort(self.pipeline.batcher, inputs, deadline, context, self.metrics, "the gateway")
         pngs = self.heatmaps(inputs, rgbs) if request.heatmap else None  # while the batch runs
         answer = answer_or_abort(future, deadline, context, self.metrics)
+        answered = time.monotonic()
+        response = pb.AttributeResponse(results=self.image_results(answer, pngs))
+        self._respond_seconds(time.monotonic() - answered)
         self.metrics.images.inc(len(inputs))
-        return pb.AttributeResponse(results=self.image_results(answer, pngs))
+        return response
 
     def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None) -> list[pb.ImageResult]:
         """The decision for each image: raw scores -> calibrated -> `decide` -> ImageResult.

@@ -4,7 +4,8 @@
 bounded batch, bounded queue, deadlines honoured). Its worker runs the compiled serving model
 once per micro-batch, sends the batch's float16 features to every healthy node once
 (`NodePool.score`, per-node deadlines, cool-down) and goes on to the next batch while the nodes
-work; when the last node has answered or failed, each request gets its slice (`BatchAnswer`).
+work, up to `max_inflight` batches at the nodes; requests arriving meanwhile form the next batch.
+When the last node has answered or failed, each request gets its slice (`BatchAnswer`).
 `RoutingTable` is the registry as the gateway serves it, rebuilt only when the registry changes.
 """
 
@@ -21,7 +22,7 @@ from shared_backbone.model.calibration import Calibration
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
 from shared_backbone.protocol import wire
-from shared_backbone.protocol.metrics import STAGE_TRUNK, ServerMetrics
+from shared_backbone.protocol.metrics import STAGE_NODES, STAGE_QUEUE, STAGE_TRUNK, ServerMetrics
 from shared_backbone.protocol.serving import BatchItem, MicroBatcher, concatenate, split
 
 DEADLINE_MARGIN = 0.05  # seconds kept for the answer's way back after the nodes' deadline
@@ -79,15 +80,18 @@ class ServingPipeline:
 
     def __init__(
         self, serving: CompiledModel, routing: RoutingTable, pool: NodePool, *, window: float, max_batch: int,
-        max_queue: int, node_timeout: float, metrics: ServerMetrics,
+        max_queue: int, max_inflight: int, node_timeout: float, metrics: ServerMetrics,
     ) -> None:
         self.serving = serving
         self.routing = routing
         self.pool = pool
         self.node_timeout = node_timeout
+        self._queue_seconds = metrics.stage(STAGE_QUEUE)
+        self._trunk_seconds = metrics.stage(STAGE_TRUNK)
+        self._nodes_seconds = metrics.stage(STAGE_NODES)
         self.batcher = MicroBatcher(
             self._run, name="trunk-batcher", window=window, max_batch=max_batch, max_queue=max_queue,
-            on_batch=metrics.batch_observer(STAGE_TRUNK), on_depth=metrics.depth_setter(STAGE_TRUNK),
+            max_inflight=max_inflight, on_batch=metrics.batch_observer(STAGE_TRUNK), on_depth=metrics.depth_setter(STAGE_TRUNK),
         )
 
     @property
@@ -99,18 +103,25 @@ class ServingPipeline:
         self.batcher.close()
 
     def _run(self, items: list[BatchItem]) -> None:
+        started = time.monotonic()
+        for item in items:
+            self._queue_seconds(started - item.enqueued)
         inputs = concatenate(items)
         fake, features = self.serving(inputs)
         fake = fake.reshape(-1).astype(np.float64)
+        self._trunk_seconds(time.monotonic() - started)
         healthy, stale = self.routing.current()
         calls, cooled = self.pool.cooling([route.entry for route in healthy])
         earliest = min(item.deadline for item in items) - time.monotonic() - DEADLINE_MARGIN
         timeout = max(min(self.node_timeout, earliest), MIN_NODE_TIMEOUT)
         request = wire.features_to_request(as_head_features(features), self.routing.backbone_digest)
-        self.pool.score(
-            calls, request, len(inputs), timeout,
-            lambda result: self._finish(items, fake, healthy, sorted({*stale, *cooled}), result),
-        )
+        sent = time.monotonic()
+
+        def finish(result: FanoutResult) -> None:
+            self._nodes_seconds(time.monotonic() - sent)
+            self._finish(items, fake, healthy, sorted({*stale, *cooled}), result)
+
+        self.pool.score(calls, request, len(inputs), timeout, finish)
 
     @staticmethod
     def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[Route], missing: list[str],

@@ -2,7 +2,8 @@
 
 `NodePool.score` starts every node's call at once, each under its own deadline, and calls back
 once all have answered or failed; it never blocks the caller, so the gateway's trunk computes the
-next batch meanwhile. A node whose answer is wrong (count, source, head digest, a score that is
+next batch meanwhile. The calls run on one asyncio event loop (grpc.aio) in a thread of the pool:
+measured, a sync-API `future()` per node cost more gateway CPU than the head it waits for. A node whose answer is wrong (count, source, head digest, a score that is
 not a finite number in [0, 1]) counts as failed, exactly like one that is down or too slow.
 
 Cool-down: after `cooldown_failures` failed calls in a row a node sits out `cooldown_seconds`
@@ -12,6 +13,7 @@ query; then one batch probes it again. A re-registration (new endpoint or genera
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -32,11 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Node:
-    """A node's channel and its recent record, for one (node id, endpoint, generation)."""
+    """A node's record for one (node id, endpoint, generation), and its channel (loop thread only)."""
 
     key: tuple[str, str, int]
-    channel: grpc.Channel
-    stub: pb_grpc.HeadServiceStub
+    stub: pb_grpc.HeadServiceStub | None = None
+    channel: grpc.aio.Channel | None = None
     failures: int = 0
     cooled_until: float = 0.0
     ok: bool = True
@@ -51,7 +53,7 @@ class FanoutResult:
 
 
 class NodePool:
-    """gRPC channels to the nodes, renewed when a node re-registers (new endpoint or restart)."""
+    """Channels to the nodes on one event loop, renewed when a node re-registers (new endpoint or restart)."""
 
     def __init__(
         self, tls: TLSConfig, max_message_mb: int, *, metrics: ServerMetrics, cooldown_failures: int = 3,
@@ -63,17 +65,20 @@ class NodePool:
         self.cooldown_failures = cooldown_failures
         self.cooldown_seconds = cooldown_seconds
         self._nodes: dict[str, _Node] = {}
+        self._retired: list[grpc.aio.Channel] = []
         self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="node-fanout", daemon=True)
+        self._thread.start()
 
     def _node(self, entry: NodeEntry) -> _Node:
         key = (entry.node_id, entry.endpoint, entry.generation)
         with self._lock:
             current = self._nodes.get(entry.node_id)
             if current is None or current.key != key:
-                if current is not None:
-                    current.channel.close()
-                channel = rpc.open_channel(entry.endpoint, self.tls, self.max_message_mb)
-                current = _Node(key, channel, pb_grpc.HeadServiceStub(channel))
+                if current is not None and current.channel is not None:
+                    self._retired.append(current.channel)
+                current = _Node(key)
                 self._nodes[entry.node_id] = current
             return current
 
@@ -93,57 +98,56 @@ class NodePool:
         self, entries: list[NodeEntry], request: pb.ScoreRequest, rows: int, timeout: float,
         done: Callable[[FanoutResult], None],
     ) -> None:
-        """Sends `request` to every node at once; `done(result)` runs once every call has ended."""
+        """Sends `request` to every node at once; `done(result)` runs (in the loop's thread) once every call ended."""
+        asyncio.run_coroutine_threadsafe(self._score(entries, request, rows, timeout, done), self._loop)
+
+    async def _score(self, entries: list[NodeEntry], request: pb.ScoreRequest, rows: int, timeout: float,
+                     done: Callable[[FanoutResult], None]) -> None:
         result = FanoutResult()
-        if not entries:
+        try:
+            for channel in self._retired:
+                await channel.close()
+            self._retired.clear()
+            outcomes = await asyncio.gather(*(self._call(entry, request, rows, timeout) for entry in entries))
+            for entry, scores in zip(entries, outcomes):
+                if scores is None:
+                    result.failed.add(entry.node_id)
+                else:
+                    result.answered[entry.node_id] = scores
+        except Exception:  # noqa: BLE001 - the batch must complete whatever happens
+            log.exception("fan-out to %d node(s) failed", len(entries))
+            result.failed.update(entry.node_id for entry in entries)
+            result.answered.clear()
+        finally:
             done(result)
-            return
-        pending = [len(entries)]
-        lock = threading.Lock()
-        start = time.perf_counter()
 
-        def finished(entry: NodeEntry, call: grpc.Future) -> None:
-            scores = None
-            try:
-                scores = self._outcome(entry, call, rows, time.perf_counter() - start)
-            finally:  # whatever happens, the batch completes once every call has ended
-                with lock:
-                    if scores is None:
-                        result.failed.add(entry.node_id)
-                    else:
-                        result.answered[entry.node_id] = scores
-                    pending[0] -= 1
-                    last = pending[0] == 0
-                if last:
-                    done(result)
-
-        for entry in entries:
-            call = self._node(entry).stub.Score.future(request, timeout=timeout)
-            call.add_done_callback(lambda call, entry=entry: finished(entry, call))
-
-    def _outcome(self, entry: NodeEntry, call: grpc.Future, rows: int, seconds: float) -> np.ndarray | None:
+    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
         """The node's checked raw scores, or None (and the failure noted) when it did not answer well."""
+        node = self._node(entry)
+        if node.stub is None:
+            node.channel = rpc.open_aio_channel(entry.endpoint, self.tls, self.max_message_mb)
+            node.stub = pb_grpc.HeadServiceStub(node.channel)
+        start = time.perf_counter()
         reason, problem, scores = "", None, None
         try:
-            response = call.result()
+            response = await node.stub.Score(request, timeout=timeout)
             scores = np.asarray(response.raw_scores, dtype=np.float64)
             problem = check_response(entry, response, scores, rows)
             if problem:
                 reason, scores = "bad_answer", None
-        except grpc.RpcError as exc:
+        except grpc.aio.AioRpcError as exc:
             code = exc.code()
             problem, reason = f"{code.name}: {exc.details()}", code.name.lower()
-        self.metrics.node_latency.labels(node=entry.node_id).observe(seconds)
+        self.metrics.node_latency.labels(node=entry.node_id).observe(time.perf_counter() - start)
         if reason == "deadline_exceeded":
             self.metrics.node_timeouts.labels(node=entry.node_id).inc()
         elif reason:
             self.metrics.node_errors.labels(node=entry.node_id, reason=reason).inc()
-        self._note(entry, problem)
+        self._note(entry, node, problem)
         return scores
 
-    def _note(self, entry: NodeEntry, problem: str | None) -> None:
+    def _note(self, entry: NodeEntry, node: _Node, problem: str | None) -> None:
         """Tracks failures in a row (cool-down) and logs transitions between answering and failing."""
-        node = self._node(entry)
         with self._lock:
             was_ok = node.ok
             node.ok = problem is None
@@ -161,10 +165,18 @@ class NodePool:
                         self.cooldown_seconds)
 
     def close(self) -> None:
-        with self._lock:
-            for node in self._nodes.values():
-                node.channel.close()
-            self._nodes.clear()
+        async def shutdown() -> None:
+            channels = [node.channel for node in self._nodes.values() if node.channel is not None] + self._retired
+            for channel in channels:
+                await channel.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing node channels failed", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._nodes.clear()
 
 
 def check_response(entry: NodeEntry, response: pb.ScoreResponse, scores: np.ndarray, rows: int) -> str | None:

@@ -52,7 +52,7 @@ def check_gateway_config(config: GatewayConfig) -> None:
     """Refuses settings that would make the gateway misbehave, naming the key."""
     positive = ("max_message_mb", "max_images", "max_pixels", "max_request_pixels", "max_heatmap_images", "node_timeout",
                 "node_cooldown_failures", "heartbeat_interval", "stale_after", "max_batch", "max_queue_images",
-                "request_timeout", "workers", "max_concurrent_rpcs", "decode_workers")
+                "max_inflight_batches", "request_timeout", "workers", "max_concurrent_rpcs", "decode_workers")
     for key in positive:
         if getattr(config, key) <= 0:
             raise GatewayStartError(f"gateway.{key} must be positive, got {getattr(config, key)}")

@@ -15,6 +15,8 @@ the tests, never mix counts) and may expose it on `/metrics` (`serve_http`). Exp
   attribnet_node_errors_total{node,reason}      gateway: other failed calls or wrong answers
   attribnet_node_skipped_total{node}            gateway: batches a node sat out in cool-down
   attribnet_trace_count{model}                  traces of the compiled models (stays 1 per model)
+  attribnet_stage_seconds{stage}                histogram of the time spent in each step of a query:
+                                                decode, queue, trunk, nodes, respond (gateway), head (node)
 
 The access log (`access_log: true`) is one INFO line per RPC on the `attribnet.access` logger:
 peer, method, status code, milliseconds, request bytes.
@@ -46,9 +48,15 @@ NODE_TIMEOUTS = f"{PREFIX}_node_timeouts"
 NODE_ERRORS = f"{PREFIX}_node_errors"
 NODE_SKIPPED = f"{PREFIX}_node_skipped"
 TRACES = f"{PREFIX}_trace_count"
+STAGE_SECONDS = f"{PREFIX}_stage_seconds"
 
-STAGE_TRUNK = "trunk"
-STAGE_HEAD = "head"
+STAGE_DECODE = "decode"  # per request: admission, decoding, preprocessing
+STAGE_QUEUE = "queue"  # per request: waiting for its micro-batch to start
+STAGE_TRUNK = "trunk"  # per batch: the serving model
+STAGE_NODES = "nodes"  # per batch: first Score call sent until the last node answered or failed
+STAGE_RESPOND = "respond"  # per request: calibration, the rule, building the response
+STAGE_HEAD = "head"  # per batch on a node: the head
+STAGES = (STAGE_DECODE, STAGE_QUEUE, STAGE_TRUNK, STAGE_NODES, STAGE_RESPOND, STAGE_HEAD)
 REJECT_RATE = "rate_limit"
 REJECT_QUEUE = "queue_full"
 REJECT_EXPIRED = "expired"
@@ -74,6 +82,8 @@ class ServerMetrics:
         self.node_errors = Counter(NODE_ERRORS, "failed Score calls or wrong answers", ["node", "reason"], registry=r)
         self.node_skipped = Counter(NODE_SKIPPED, "batches a node sat out in cool-down", ["node"], registry=r)
         self.traces = Gauge(TRACES, "traces of a compiled model", ["model"], registry=r)
+        self.stage_seconds = Histogram(STAGE_SECONDS, "time in one step of a query", ["stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self._http = None
 
     def batch_observer(self, stage: str) -> Callable[[int], None]:
@@ -81,6 +91,10 @@ class ServerMetrics:
 
     def depth_setter(self, stage: str) -> Callable[[int], None]:
         return self.queue_depth.labels(stage=stage).set
+
+    def stage(self, stage: str) -> Callable[[float], None]:
+        """The observer of one stage's seconds."""
+        return self.stage_seconds.labels(stage=stage).observe
 
     def watch_traces(self, name: str, counter: Callable[[], int]) -> None:
         """Exports a compiled model's trace counter, read at scrape time."""

@@ -4,7 +4,10 @@
 node's head) with every wait bounded: a batch waits at most `window` seconds for more rows and
 holds at most `max_batch` rows; the queue holds at most `max_queue` rows (a full queue refuses at
 once with `QueueFull`, it never blocks); an item whose deadline passed before its batch ran is
-failed with `Expired` and never computed. `RateLimiter` is a token bucket per client.
+failed with `Expired` and never computed. Batching adapts to load: at most `max_inflight`
+batches are unanswered at a time (the gateway's wait for its nodes), and requests arriving
+meanwhile queue into the next batch, so an idle server answers a lone request at once and a busy
+one runs larger batches. `RateLimiter` is a token bucket per client.
 """
 
 from __future__ import annotations
@@ -68,11 +71,13 @@ class MicroBatcher:
         window: float,
         max_batch: int,
         max_queue: int,
+        max_inflight: int = 1,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.window = window
+        self.max_inflight = max_inflight
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.runs = 0
@@ -80,24 +85,44 @@ class MicroBatcher:
         self._on_depth = on_depth or (lambda rows: None)
         self._items: collections.deque[BatchItem] = collections.deque()
         self._queued_rows = 0
+        self._busy = False  # `run_batch` is running (in the worker or inline in a caller)
+        self._inflight = 0  # batches run whose requests are not all answered yet
         self._closed = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, rows: np.ndarray, deadline: float) -> Future:
-        """Queues one request's rows; raises QueueFull instead of waiting for room."""
+        """Queues one request's rows; raises QueueFull instead of waiting for room.
+
+        With `window == 0` an item that finds the batcher idle runs at once in the caller's thread
+        (no hand-off to the worker); items arriving meanwhile queue and run together after it.
+        """
         item = BatchItem(rows, deadline)
         with self._ready:
             if self._closed:
                 raise QueueFull("the server is shutting down")
-            if self._queued_rows + item.count > self.max_queue and self._items:
-                raise QueueFull(f"{self._queued_rows} rows already queued (limit {self.max_queue})")
-            self._items.append(item)
-            self._queued_rows += item.count
-            self._on_depth(self._queued_rows)
-            self._ready.notify()
+            inline = self.window == 0 and not self._busy and not self._items and self._inflight < self.max_inflight
+            if inline:
+                self._busy = True
+            else:
+                if self._queued_rows + item.count > self.max_queue and self._items:
+                    raise QueueFull(f"{self._queued_rows} rows already queued (limit {self.max_queue})")
+                self._items.append(item)
+                self._queued_rows += item.count
+                self._on_depth(self._queued_rows)
+                self._ready.notify()
+        if inline:
+            try:
+                self._run([item])
+            finally:
+                self._idle()
         return item.future
+
+    def _idle(self) -> None:
+        with self._ready:
+            self._busy = False
+            self._ready.notify()
 
     def close(self) -> None:
         """Stops the worker; queued items fail with QueueFull."""
@@ -109,10 +134,11 @@ class MicroBatcher:
     def _take(self) -> list[BatchItem] | None:
         """The next batch: the first item, then more until `window` passes or `max_batch` rows."""
         with self._ready:
-            while not self._items:
-                if self._closed:
+            while not self._items or self._busy or self._inflight >= self.max_inflight:
+                if self._closed and not self._items:
                     return None
                 self._ready.wait(IDLE_POLL)
+            self._busy = True
             batch = [self._pop()]
             rows = batch[0].count
             until = time.monotonic() + self.window
@@ -147,8 +173,11 @@ class MicroBatcher:
                     item.future.set_exception(Expired(f"deadline passed after {now - item.enqueued:.3f}s in the queue"))
                 else:
                     live.append(item)
-            if live:
-                self._run(live)
+            try:
+                if live:
+                    self._run(live)
+            finally:
+                self._idle()
         with self._ready:
             while self._items:
                 self._pop().future.set_exception(QueueFull("the server is shutting down"))
@@ -156,6 +185,7 @@ class MicroBatcher:
     def _run(self, items: list[BatchItem]) -> None:
         self.runs += 1
         self._on_batch(sum(item.count for item in items))
+        self._track(items)
         try:
             self.run_batch(items)
         except Exception as exc:  # noqa: BLE001 - every waiting request must get the error, not hang
@@ -163,6 +193,22 @@ class MicroBatcher:
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(exc)
+
+    def _track(self, items: list[BatchItem]) -> None:
+        """Counts the batch in flight until every one of its requests has its answer."""
+        left = [len(items)]
+        with self._ready:
+            self._inflight += 1
+
+        def answered(_: Future) -> None:
+            with self._ready:
+                left[0] -= 1
+                if left[0] == 0:
+                    self._inflight -= 1
+                    self._ready.notify()
+
+        for item in items:
+            item.future.add_done_callback(answered)
 
 
 def concatenate(items: list[BatchItem]) -> np.ndarray:
