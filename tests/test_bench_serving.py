@@ -40,5 +40,5 @@ def test_bench_serving_writes_the_report_the_checks_read(tmp_path, capsys):
     text = document.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n") and text.endswith("\n\nperf\n") and "old" not in text
     assert "| 2 | 2 | 3 |" in text and "**Transfer**" in text
-    for log_file in out.glob("network-*/*.log"):
+    for log_file in out.glob("work/network-*/*.log"):
         assert "Traceback" not in log_file.read_text(), log_file

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.network_support import make_bundle, make_head, png_bytes, wait_until
+from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
@@ -35,21 +35,16 @@ class LoadNet:
 
 @pytest.fixture(scope="module")
 def load_net(tmp_path_factory, keypair):
-    from coordinator.config import CoordinatorConfig, GatewayConfig
-    from coordinator.gateway.server import start_coordinator
     from node.server import start_node
     from tests.test_gateway import REGISTRATION_TOKEN, node_config
 
     root = tmp_path_factory.mktemp("load")
     bundle = make_bundle(root / "bundle", *keypair)
-    coordinator = start_coordinator(CoordinatorConfig(
-        bundle=str(bundle.path), public_key=str(keypair[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(
-            host="127.0.0.1", port=0, registration_token=REGISTRATION_TOKEN, max_images=4, max_queue_images=MAX_QUEUE,
-            node_timeout=NODE_TIMEOUT, node_cooldown_failures=2, node_cooldown_seconds=600.0, heartbeat_interval=0.3,
-            stale_after=600.0, metrics_port=0, access_log=True,
-        ),
-    ))
+    coordinator = start_gateway(
+        bundle, keypair[1], root / "registry.sqlite", registration_token=REGISTRATION_TOKEN, max_images=4,
+        max_queue_images=MAX_QUEUE, node_timeout=NODE_TIMEOUT, node_cooldown_failures=2, node_cooldown_seconds=600.0,
+        heartbeat_interval=0.3, stale_after=600.0, metrics_port=0, access_log=True,
+    )
     nodes = {}
     for i, source in enumerate(GOOD):
         make_head(root / source, bundle, source, seed=300 + i)
@@ -192,14 +187,9 @@ def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queu
 
 
 def test_rate_limit_per_client_is_resource_exhausted(tmp_path, keypair, load_net):
-    from coordinator.config import CoordinatorConfig, GatewayConfig
-    from coordinator.gateway.server import start_coordinator
     from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
 
-    limited = start_coordinator(CoordinatorConfig(
-        bundle=str(load_net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "r.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token="t", rate_limit=0.01, rate_burst=3),
-    ))
+    limited = start_gateway(load_net.bundle, keypair[1], tmp_path / "r.sqlite", rate_limit=0.01, rate_burst=3)
     image = png_bytes(np.random.default_rng(5))
     try:
         with AttributionClient(f"127.0.0.1:{limited.port}", timeout=10) as c:

@@ -157,18 +157,12 @@ def test_a_request_of_64_bombs_stays_within_its_budget(tmp_path):
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, keypair):
     """A real gateway without nodes: every answer is the detector's alone, which is all decoding needs."""
-    from coordinator.config import CoordinatorConfig, GatewayConfig
-    from coordinator.gateway.server import start_coordinator
     from shared_backbone.protocol.gateway_client import AttributionClient
-    from tests.network_support import make_bundle
+    from tests.network_support import make_bundle, start_gateway
 
     root = tmp_path_factory.mktemp("hostile")
     bundle = make_bundle(root / "bundle", *keypair)
-    server = start_coordinator(CoordinatorConfig(
-        bundle=str(bundle.path), public_key=str(keypair[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token="t", max_pixels=1_000_000,
-                              max_request_pixels=2_000_000),
-    ))
+    server = start_gateway(bundle, keypair[1], root / "registry.sqlite", max_pixels=1_000_000, max_request_pixels=2_000_000)
     client = AttributionClient(f"127.0.0.1:{server.port}", timeout=30)
     yield client
     client.close()

@@ -40,6 +40,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "transfer.per_source": 300, "transfer.primary.epochs": 8, "transfer.train.epochs": 8},
 }
 PROFILE_STAGES = ("decode", "queue", "trunk", "nodes", "respond")
+WORK_DIR = "work"  # OUT/work: models, process logs, the transfer zoo (not results)
 Progress = Callable[[str], None]
 
 
@@ -187,7 +188,7 @@ def measure_network(out: Path, bundle, public_key: Path, head_dirs: dict[str, Pa
 
 
 def run_serving(out: str | Path, config: ServingBenchConfig, progress: Progress = log.info) -> dict[str, Any]:
-    """Runs the whole benchmark; writes OUT/serving.json and OUT/serving.md; returns the report."""
+    """Runs the whole benchmark; writes OUT/serving.json and OUT/serving.md (work files under OUT/work)."""
     from attribnet.bench.perf import random_images, synthetic_models
     from attribnet.bench.transfer import run_transfer
     from shared_backbone.model import bundle as bundle_lib
@@ -195,19 +196,20 @@ def run_serving(out: str | Path, config: ServingBenchConfig, progress: Progress 
     from shared_backbone.model.heads import load_head
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    bundle_path, public_key, head_dirs = synthetic_models(out / "models", config.image_size, max(config.nodes))
+    bundle_path, public_key, head_dirs = synthetic_models(work / "models", config.image_size, max(config.nodes))
     bundle = bundle_lib.load_bundle(bundle_path, signing.load_public_key(public_key))
     heads = [load_head(head_dirs[s], bundle) for s in sorted(head_dirs)]
     images = random_images(config.images, config.image_size, seed=0)
     in_process, network = [], []
     for nodes in config.nodes:  # the limit is measured just before and after its network points, on a shared machine
         before = in_process_limit(bundle, heads[:nodes], images, config.in_process_batch, config)
-        network += measure_network(out, bundle, public_key, head_dirs, nodes, images, config, progress)
+        network += measure_network(work, bundle, public_key, head_dirs, nodes, images, config, progress)
         in_process.append(merge_limits(before, in_process_limit(bundle, heads[:nodes], images, config.in_process_batch, config)))
         progress(f"in-process limit N={nodes}: {in_process[-1]['images_per_s']:.0f} images/s")
-    transfer = None if config.skip_transfer else run_transfer(out / "transfer", config.transfer, config.image_size, progress)
+    transfer = None if config.skip_transfer else run_transfer(work / "transfer", config.transfer, config.image_size, progress)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
