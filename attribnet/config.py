@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from shared_backbone.config import PerturbConfig, TrainConfig
 from shared_backbone.data.zoo import ZooConfig
+from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
 
 
 @dataclass
@@ -16,7 +17,9 @@ class PredictConfig:
     heads: list[str] = field(default_factory=list)
     public_key: str = ""
     batch_size: int = 32
-    fake_threshold: float = 0.5
+    fake_threshold: float = DEFAULT_FAKE_THRESHOLD
+    alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set
+    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this: "ambiguous"
     heatmap_dir: str = ""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
+from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
 
 
 @dataclass
@@ -31,7 +32,9 @@ class GatewayConfig:
     node_cooldown_seconds: float = 5.0  # how long it is skipped (listed missing) before one probe
     heartbeat_interval: float = 5.0  # told to nodes at registration
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
-    fake_threshold: float = 0.5
+    fake_threshold: float = DEFAULT_FAKE_THRESHOLD
+    alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
+    tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this: "ambiguous"
     batch_window_ms: float = 0.0  # extra wait of a batch for more requests (0: batches form while nodes work)
     max_batch: int = 256  # images per trunk run (and per Score call)
     max_inflight_batches: int = 4  # batches at the nodes at once; requests arriving meanwhile form the next

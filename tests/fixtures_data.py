@@ -11,7 +11,7 @@ from shared_backbone.data.zoo import quick_settings, write_zoo, zoo_data_config
 from shared_backbone.model.signing import generate_keypair
 
 TINY_ZOO_SIZE = 32
-TINY_ZOO_PER_SOURCE = 40
+TINY_ZOO_PER_SOURCE = 80
 TINY_ZOO_SEED = 7
 
 __all__ = ["TINY_ZOO_SIZE", "TINY_ZOO_PER_SOURCE", "TINY_ZOO_SEED", "tiny_zoo", "tiny_zoo_config", "keypair", "zoo_data_config"]
@@ -19,7 +19,7 @@ __all__ = ["TINY_ZOO_SIZE", "TINY_ZOO_PER_SOURCE", "TINY_ZOO_SEED", "tiny_zoo", 
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 32 px zoo, 40 images per source (`real` + 5 generators of 4 architectures); read-only.
+    """A 32 px zoo, 80 images per source (`real` + 5 generators of 4 architectures); read-only.
 
     It uses the easy `quick_settings` (strong fingerprints, reals sharper than fakes) so a
     detector trained for seconds is clearly better than chance; the benchmark zoo is harder.

@@ -48,3 +48,50 @@ def test_calibration_refuses_one_class_and_unknown_methods():
         fit_calibration(np.array([0.3, 0.6]), np.array([0, 1]), "isotonic")
     with pytest.raises(ValueError, match="unknown calibration method"):
         Calibration.from_dict({"method": "isotonic", "a": 1, "b": 0})
+
+
+def test_calibration_is_bounded_and_capped_below_one():
+    """A perfectly separated head must not get an infinite slope, and no score may reach 1."""
+    raw = np.concatenate([np.full(50, 0.001), np.full(50, 0.999)])
+    labels = np.concatenate([np.zeros(50), np.ones(50)])
+    calibration = fit_calibration(raw, labels, "platt")
+    assert 0 < calibration.a <= 50 and abs(calibration.b) <= 30
+    scores = calibration.apply(np.array([0.0, 1.0, 1 - 1e-9]))
+    assert scores.max() < 1.0 and scores.min() > 0.0
+    assert scores[1] == scores[2]  # saturated raw scores tie (the rule calls it ambiguous)
+    steep = Calibration("platt", 50.0, 30.0).apply(np.array([0.9, 0.99]))
+    assert steep[0] == steep[1] < 1.0  # the cap: a confident head cannot out-claim another by saturating
+
+
+def test_calibration_is_balanced_so_class_mixes_do_not_shift_the_scale():
+    """Two nodes with the same head but 1:1 and 1:9 held-out mixes get the same map (equal prior)."""
+    rng = np.random.default_rng(3)
+    positives, negatives = rng.beta(6, 2, 400), rng.beta(2, 6, 3600)
+    balanced = fit_calibration(np.concatenate([positives, negatives[:400]]), np.r_[np.ones(400), np.zeros(400)])
+    skewed = fit_calibration(np.concatenate([positives, negatives]), np.r_[np.ones(400), np.zeros(3600)])
+    probe = np.linspace(0.05, 0.95, 10)
+    np.testing.assert_allclose(balanced.apply(probe), skewed.apply(probe), atol=0.05)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"method": "platt", "a": 0.0, "b": 50.0}, "slope"),
+    ({"method": "platt", "a": -1.0, "b": 0.0}, "slope"),
+    ({"method": "platt", "a": float("nan"), "b": 0.0}, "finite"),
+    ({"method": "platt", "a": 1.0, "b": 50.0}, "offset"),
+    ({"method": "platt", "a": 1e6, "b": 0.0}, "slope"),
+    ({"method": "temperature", "a": 1.0, "b": 2.0}, "does not allow"),
+    ({"method": "platt", "a": 1.0, "b": 0.0, "positive_scores": [0.9, 0.1]}, "sorted"),
+    ({"method": "platt", "a": 1.0, "b": 0.0, "positive_scores": [float("nan")]}, r"\[0, 1\]"),
+    ({"method": "platt", "a": "x", "b": 0.0}, "numbers"),
+    ({"method": "platt", "b": 0.0}, "numbers"),
+])
+def test_invalid_calibrations_are_refused(values, match):
+    with pytest.raises(ValueError, match=match):
+        Calibration.from_dict(values)
+
+
+def test_positive_scores_round_trip_and_are_capped_in_number():
+    calibration = Calibration("platt", 1.0, 0.0).with_positives(np.random.default_rng(0).uniform(size=10_000))
+    assert len(calibration.positive_scores) == 4096
+    assert list(calibration.positive_scores) == sorted(calibration.positive_scores)
+    assert Calibration.from_dict(calibration.to_dict()) == calibration

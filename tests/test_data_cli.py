@@ -13,6 +13,7 @@ from attribnet.cli import main
 from shared_backbone.data.datasets import load_split
 from shared_backbone.data.zoo import read_manifest, zoo_data_config
 from shared_backbone.model.preprocessing import Normstats, NormstatsAccumulator, load_image
+from tests.fixtures_data import TINY_ZOO_PER_SOURCE
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -51,12 +52,12 @@ def test_info_reports_sources_splits_and_every_unreadable_file(tiny_zoo, tmp_pat
     code, stdout, _ = run(capsys, "data", "info", "--data", str(tiny_zoo), "--arch-level", "--json")
     assert code == 0
     summary = json.loads(stdout)
-    assert summary["images"] == 240 and summary["unreadable"] == [] and summary["zoo"]["image_size"] == 32
+    assert summary["images"] == 6 * TINY_ZOO_PER_SOURCE and summary["unreadable"] == [] and summary["zoo"]["image_size"] == 32
     assert summary["classes"] == ["real", "bilinear", "nnconv", "pixshuffle", "tconv"]
     by_name = {s["name"]: s for s in summary["sources"]}
-    assert by_name["real"]["kind"] == "real" and by_name["tconv_b"]["class"] == "tconv" and by_name["tconv_b"]["count"] == 40
-    assert sum(summary["splits"].values()) == 240
-    assert sum(by_name["real"]["splits"].values()) == 40
+    assert by_name["real"]["kind"] == "real" and by_name["tconv_b"]["class"] == "tconv" and by_name["tconv_b"]["count"] == TINY_ZOO_PER_SOURCE
+    assert sum(summary["splits"].values()) == 6 * TINY_ZOO_PER_SOURCE
+    assert sum(by_name["real"]["splits"].values()) == TINY_ZOO_PER_SOURCE
     # A copy with an empty, a truncated and a non-image file: all three reported with their paths.
     root = tmp_path / "d"
     for source in ("real", "tconv_a"):
@@ -87,7 +88,7 @@ def test_info_reads_the_data_section_of_a_role_config(tiny_zoo, tmp_path, capsys
 def test_perturb_writes_a_perturbed_copy_with_the_same_layout(tiny_zoo, tmp_path, capsys):
     out = tmp_path / "jpeg75"
     code, stdout, _ = run(capsys, "data", "perturb", "--data", str(tiny_zoo), "--out", str(out), "--kind", "jpeg", "--value", "75", "--json")
-    assert code == 0 and json.loads(stdout)["images"] == 240
+    assert code == 0 and json.loads(stdout)["images"] == 6 * TINY_ZOO_PER_SOURCE
     originals = sorted(p.relative_to(tiny_zoo) for p in tiny_zoo.rglob("*.png"))
     assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == originals
     copied = json.loads((out / "manifest.json").read_text())

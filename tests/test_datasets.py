@@ -22,6 +22,7 @@ from shared_backbone.data.datasets import (
     split_samples,
 )
 from shared_backbone.model.preprocessing import InputSpec
+from tests.fixtures_data import TINY_ZOO_PER_SOURCE
 
 
 def copy_sources(tiny_zoo: Path, out: Path, sources: dict[str, int]) -> Path:
@@ -43,12 +44,14 @@ def test_split_is_deterministic_stratified_and_seeded(tiny_zoo_config):
     assert split_names(first) == split_names(again)
     names = split_names(first)
     assert not (names["train"] & names["val"]) and not (names["train"] & names["test"]) and not (names["val"] & names["test"])
-    assert sum(len(v) for v in names.values()) == 240
-    # Stratified: every source is split with the same fractions (binomial noise: +-4 sd of 240 x 0.15).
-    assert abs(len(first["test"]) - 36) < 22 and abs(len(first["val"]) - 36) < 22
+    total = 6 * TINY_ZOO_PER_SOURCE
+    assert sum(len(v) for v in names.values()) == total
+    # Stratified: every source is split with the same fractions (binomial noise: +-4 sd of total x 0.15).
+    expected, four_sd = 0.15 * total, 4 * (total * 0.15 * 0.85) ** 0.5
+    assert abs(len(first["test"]) - expected) < four_sd and abs(len(first["val"]) - expected) < four_sd
     for source in ("real", "tconv_a", "pixshuffle_a"):
         counts = [sum(1 for s in first[name] if s.source == source) for name in ("train", "val", "test")]
-        assert sum(counts) == 40 and min(counts) > 0 and counts[0] > counts[1] and counts[0] > counts[2]
+        assert sum(counts) == TINY_ZOO_PER_SOURCE and min(counts) > 0 and counts[0] > counts[1] and counts[0] > counts[2]
     _, reseeded = load_split(dataclasses.replace(tiny_zoo_config, split_seed=1))
     assert split_names(reseeded)["test"] != names["test"]
 

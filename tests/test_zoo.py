@@ -25,6 +25,7 @@ from shared_backbone.data.zoo import (
     zoo_data_config,
 )
 from shared_backbone.model.preprocessing import log_dct_spectrum
+from tests.fixtures_data import TINY_ZOO_PER_SOURCE
 
 SMALL = ZooSettings(image_size=16, per_source=6, seed=11)
 
@@ -35,7 +36,7 @@ def digests(root: Path) -> dict[str, str]:
 
 def test_layout_and_manifest(tiny_zoo):
     manifest = read_manifest(tiny_zoo)
-    assert manifest["image_size"] == 32 and manifest["per_source"] == 40 and manifest["seed"] == 7
+    assert manifest["image_size"] == 32 and manifest["per_source"] == TINY_ZOO_PER_SOURCE and manifest["seed"] == 7
     assert manifest["real_sources"] == [REAL_SOURCE]
     sources = manifest["sources"]
     assert set(sources) == {REAL_SOURCE, *DEFAULT_SOURCES}
@@ -52,7 +53,7 @@ def test_layout_and_manifest(tiny_zoo):
     assert fakes["tconv_a"]["parameters"]["weights_sha256"] != fakes["tconv_b"]["parameters"]["weights_sha256"]
     for name in sources:
         files = sorted((tiny_zoo / name).iterdir())
-        assert [f.name for f in files] == [f"{i:05d}.png" for i in range(40)]
+        assert [f.name for f in files] == [f"{i:05d}.png" for i in range(TINY_ZOO_PER_SOURCE)]
         with Image.open(files[0]) as image:
             assert image.size == (32, 32) and image.mode == "RGB"
 
@@ -77,7 +78,7 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
 
 def test_every_image_is_distinct_and_not_shared_between_sources(tiny_zoo):
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_zoo.rglob("*.png")]
-    assert len(hashes) == len(set(hashes)) == 240
+    assert len(hashes) == len(set(hashes)) == 6 * TINY_ZOO_PER_SOURCE
 
 
 def test_refuses_a_non_empty_folder_and_bad_settings(tmp_path):

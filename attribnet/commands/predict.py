@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
     parser.add_argument("--batch-size", type=int, help="images per backbone pass (default 32)")
     parser.add_argument("--fake-threshold", type=float, help="primary score below which an image is `real` (default 0.5)")
+    parser.add_argument("--alpha", type=float, help="significance of the conformal prediction set (default 0.05)")
     parser.set_defaults(handler=run)
 
 
@@ -71,8 +72,10 @@ def _format_line(record: dict[str, Any]) -> str:
         return f"{record['path']}: error: {record['error']}"
     parts = [f"{record['path']}: fake {record['fake_score']:.4f}"]
     for source, scores in record["heads"].items():
-        parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}")
-    line = " | ".join(parts) + f" -> {record['attribution']}"
+        p_value = f" p {scores['p_value']:.3f}" if "p_value" in scores else ""
+        parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}{p_value}")
+    kept = ", ".join(record["prediction_set"]) or "none"
+    line = " | ".join(parts) + f" -> {record['attribution']} (set at alpha {record['alpha']:g}: {kept})"
     if "heatmap" in record:
         line += f"  [{record['heatmap_method']} of {record['heatmap_model']}: {record['heatmap']}]"
     return line
@@ -90,8 +93,8 @@ def _heatmap_targets(answers, heads_by_source) -> list[str]:
     for answer in answers:
         if answer.attribution in heads_by_source:
             targets.append(answer.attribution)
-        elif answer.attribution != REAL and answer.calibrated:
-            targets.append(max(sorted(answer.calibrated), key=lambda s: answer.calibrated[s]))
+        elif answer.attribution != REAL and answer.prediction_set:
+            targets.append(answer.prediction_set[0])  # the best-scoring source still in the set
         else:
             targets.append("primary")
     return targets
@@ -118,6 +121,13 @@ def _write_heatmaps(batch, answers, features, attributor, heads_by_source, direc
     return extras
 
 
+def _head_record(answer, source: str) -> dict[str, float]:
+    record = {"raw": answer.raw[source], "calibrated": answer.calibrated[source]}
+    if source in answer.p_values:
+        record["p_value"] = answer.p_values[source]
+    return record
+
+
 def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, used, as_json: bool) -> None:
     """Answers the readable items of a chunk in one backbone pass; emits every item in input order."""
     import numpy as np
@@ -136,8 +146,10 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
             records[id(item)] = {
                 "path": str(item.path),
                 "fake_score": answer.fake_score,
-                "heads": {s: {"raw": answer.raw[s], "calibrated": answer.calibrated[s]} for s in answer.raw},
+                "heads": {s: _head_record(answer, s) for s in answer.raw},
                 "attribution": answer.attribution,
+                "prediction_set": answer.prediction_set,
+                "alpha": attributor.settings.alpha,
                 "backbone_version": attributor.bundle.version,
                 "backbone_digest": attributor.bundle.digest,
                 **extra,
@@ -160,6 +172,7 @@ def _load_config(args: argparse.Namespace):
             "public_key": args.public_key,
             "batch_size": args.batch_size,
             "fake_threshold": args.fake_threshold,
+            "alpha": args.alpha,
             "heatmap_dir": args.heatmap_dir,
         },
     )
@@ -176,6 +189,7 @@ def _load_attributor(config):
     from shared_backbone.model import heads as heads_lib
     from shared_backbone.model import signing
     from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.rule import RuleSettings
 
     if config.public_key:
         key = signing.load_public_key(config.public_key)
@@ -184,7 +198,7 @@ def _load_attributor(config):
         log.warning("no public key given: %s's file digests are checked, its signature is NOT", config.backbone)
     backbone = bundle_lib.load_bundle(config.backbone, key)
     heads = [heads_lib.load_head(path, backbone) for path in config.heads]
-    attributor = OfflineAttributor(backbone, heads, fake_threshold=config.fake_threshold)
+    attributor = OfflineAttributor(backbone, heads, RuleSettings(config.fake_threshold, config.alpha, config.tie_margin))
     log.info(
         "backbone %s (%s, %s %dpx), heads: %s", backbone.version, backbone.short_digest, attributor.spec.mode,
         attributor.spec.image_size, ", ".join(head.source for head in heads) or "none",

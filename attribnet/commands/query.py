@@ -73,13 +73,16 @@ def _table(record: dict) -> str:
     ]
     if record["scores"]:
         width = max(len("source"), *(len(s) for s in record["scores"]))
-        lines.append(f"  {'source'.ljust(width)}  calibrated     raw  threshold")
+        lines.append(f"  {'source'.ljust(width)}  calibrated     raw  threshold  p-value")
         for source, score in sorted(record["scores"].items(), key=lambda item: -item[1]):
             mark = " <" if source == record["attribution"] else ""
+            p_value = f"{record['p_values'][source]:7.3f}" if source in record["p_values"] else "      -"
             lines.append(
                 f"  {source.ljust(width)}  {score:10.4f}  {record['raw_scores'][source]:6.4f}  "
-                f"{record['thresholds'][source]:9.3f}{mark}"
+                f"{record['thresholds'][source]:9.3f}  {p_value}{mark}"
             )
+        kept = ", ".join(record["prediction_set"]) or "none (no registered source fits)"
+        lines.append(f"  prediction set at alpha {record['alpha']:g}: {kept}")
     else:
         lines.append("  no source answered")
     if record["missing_nodes"]:

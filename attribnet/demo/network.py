@@ -30,11 +30,10 @@ from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig, FederationConfig
 from shared_backbone.config import DataConfig
 from shared_backbone.experiments import reports
+from shared_backbone.model.rule import REAL, UNKNOWN
 
 log = logging.getLogger(__name__)
 
-REAL = "real"
-UNKNOWN = "unknown"
 QUERY_BATCH = 32  # images per Attribute request (the gateway allows max_images, 64 by default)
 QUERY_TIMEOUT = 60.0  # seconds per request: the first one waits for the gateway's TensorFlow warm-up
 
@@ -94,7 +93,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     missing head shows up as that source's images attributed elsewhere.
     """
     from shared_backbone.experiments.metrics import multiclass_metrics
-    from shared_backbone.model.rule import decide
+    from shared_backbone.model.rule import closed_set
 
     classes = [REAL, *sources]
     position = {name: i for i, name in enumerate(classes)}
@@ -103,7 +102,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     predicted = np.array([position.get(a.attribution, unknown) for a in answers])
     scores = np.array([[a.scores.get(s, 0.0) for s in sources] for a in answers])  # a missing node's score counts as 0
     metrics = multiclass_metrics(true, predicted, classes)
-    closed = np.array([position.get(decide(a.fake_score, a.scores, {n: 0.0 for n in a.scores}, a.fake_threshold), unknown) for a in answers])
+    closed = np.array([position.get(closed_set(a.fake_score, a.scores, a.fake_threshold).attribution, unknown) for a in answers])
     closed_metrics = multiclass_metrics(true, closed, classes)
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",

@@ -4,9 +4,9 @@ A query costs one decode, one trunk pass and N tiny heads, not N backbones: the 
 and decodes each image once (`intake.py`: limits, rate, allow-listed decoders, pixel budget), and
 the serving pipeline (`batcher.py`) merges concurrent requests into one micro-batch, runs the
 compiled serving model once and sends the batch's fp16 features to every healthy node once, in
-parallel under per-node deadlines. Back here, each raw score is calibrated with the calibration
-the node registered and `rule.decide` decides, the same rule as offline prediction
-(`image_results`, the one place of that decision). A node that is slow, down, cooling down or
+parallel under per-node deadlines. Back here, `rule.attribute_batch` calibrates each raw score
+with the calibration the node registered, computes the conformal p-values and decides, the same
+rule as offline prediction (`image_results`, the one place of that decision). A node that is slow, down, cooling down or
 broken only shows up in `missing_nodes`; it never fails the query. A full queue is
 RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at once.
 """
@@ -29,7 +29,7 @@ from coordinator.registry import NodeEntry, Registry
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heatmaps, networks
 from shared_backbone.model.compiled import CompiledModel
-from shared_backbone.model.rule import decide
+from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
 from shared_backbone.protocol.metrics import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -74,6 +74,7 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             node_timeout=config.node_timeout,
             metrics=self.metrics,
         )
+        self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
 
     def close(self) -> None:
         self.pipeline.close()
@@ -106,25 +107,34 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         return response
 
     def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None) -> list[pb.ImageResult]:
-        """The decision for each image: raw scores -> calibrated -> `decide` -> ImageResult.
+        """The decision for a request's images: raw scores -> `rule.attribute_batch` (calibration,
+        p-values, the rule) -> one ImageResult each."""
+        routes = answer.routes
+        raw = {route.entry.source: answer.raw[route.entry.node_id] for route in routes}
+        calibrations = {route.entry.source: route.calibration for route in routes}
+        thresholds = {route.entry.source: route.entry.threshold for route in routes}
+        answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule)
+        return [self.image_result(i, result, thresholds, answer.missing, pngs[i] if pngs else b"")
+                for i, result in enumerate(answers)]
 
-        Calibration runs once per node over the request's images (vectorised), the rule per image.
-        """
-        raw = {route.entry.source: answer.raw[route.entry.node_id] for route in answer.routes}
-        calibrated = {route.entry.source: np.asarray(route.calibration.apply(raw[route.entry.source]))
-                      for route in answer.routes}
-        thresholds = {route.entry.source: route.entry.threshold for route in answer.routes}
-        results = []
-        for i, fake in enumerate(answer.fake_scores.tolist()):
-            raw_i = {source: float(scores[i]) for source, scores in raw.items()}
-            calibrated_i = {source: float(scores[i]) for source, scores in calibrated.items()}
-            results.append(pb.ImageResult(
-                index=i, fake_score=fake, scores=calibrated_i, raw_scores=raw_i, thresholds=thresholds,
-                attribution=decide(fake, calibrated_i, thresholds, self.config.fake_threshold),
-                fake_threshold=self.config.fake_threshold, backbone=self.backbone, missing_nodes=answer.missing,
-                heatmap_png=pngs[i] if pngs else b"",
-            ))
-        return results
+    def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: list[str],
+                     heatmap_png: bytes) -> pb.ImageResult:
+        """One image's answer on the wire (the decision itself is `rule.attribute_batch`'s)."""
+        return pb.ImageResult(
+            index=index,
+            fake_score=answer.fake_score,
+            scores=answer.calibrated,
+            raw_scores=answer.raw,
+            thresholds=thresholds,
+            attribution=answer.attribution,
+            fake_threshold=self.rule.fake_threshold,
+            backbone=self.backbone,
+            missing_nodes=missing,
+            heatmap_png=heatmap_png,
+            p_values=answer.p_values,
+            prediction_set=answer.prediction_set,
+            alpha=self.rule.alpha,
+        )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:
         return pb.ListSourcesResponse(

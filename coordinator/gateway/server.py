@@ -63,8 +63,9 @@ def check_gateway_config(config: GatewayConfig) -> None:
         raise GatewayStartError(
             f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
         )
-    if not 0.0 <= config.fake_threshold <= 1.0:
-        raise GatewayStartError(f"gateway.fake_threshold must be in [0, 1], got {config.fake_threshold}")
+    for key in ("fake_threshold", "alpha", "tie_margin"):
+        if not 0.0 <= getattr(config, key) <= 1.0:
+            raise GatewayStartError(f"gateway.{key} must be in [0, 1], got {getattr(config, key)}")
 
 
 def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:

@@ -176,11 +176,15 @@ def read_model_input(
     return to_model_input(rgb, spec)
 
 
-def _was_readable(image, label, ok):
+def _was_readable(image, label, weight, ok):
     return ok
 
 
-def _drop_flag(image, label, ok):
+def _without_flag(image, label, weight, ok):
+    return image, label, weight
+
+
+def _without_weight(image, label, weight):
     return image, label
 
 
@@ -194,8 +198,10 @@ def make_tf_dataset(
     seed: int = 0,
     perturb: PerturbConfig | None = None,
     repeat: bool = False,
+    weights: np.ndarray | None = None,
 ):
-    """Streams (input, label) batches; files are decoded lazily in parallel, never all in memory.
+    """Streams (input, label) batches, or (input, label, weight) with per-example `weights`; files
+    are decoded lazily in parallel, never all in memory.
 
     Unreadable files are logged with their path and dropped from the stream, not fatal.
     """
@@ -220,17 +226,20 @@ def make_tf_dataset(
             return zero, np.bool_(False)
 
     @tf.autograph.experimental.do_not_convert
-    def tf_load(index, label):
+    def tf_load(index, label, weight):
         image, ok = tf.numpy_function(load, [index], [tf.float32, tf.bool], stateful=True)
         image.set_shape(spec.shape)
         ok.set_shape(())
-        return image, label, ok
+        return image, label, weight, ok
 
-    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), labels))
+    weight_column = np.ones(len(paths), dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), labels, weight_column))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(_was_readable).map(_drop_flag)
+    dataset = dataset.filter(_was_readable).map(_without_flag)
+    if weights is None:
+        dataset = dataset.map(_without_weight)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

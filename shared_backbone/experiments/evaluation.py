@@ -21,7 +21,7 @@ from shared_backbone.model.attributor import OfflineAttributor
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.heads import load_head
 from shared_backbone.model.preprocessing import InputSpec, load_image, to_model_input
-from shared_backbone.model.rule import REAL, UNKNOWN, decide
+from shared_backbone.model.rule import REAL, closed_set
 
 EVAL_BATCH = 128
 # name -> (kind, value) for perturbations.perturb_fixed; None = clean.
@@ -102,7 +102,7 @@ def evaluate_attribution(
 
     - `multiclass`: closed set over real + sources: primary decides real/fake, argmax of
       calibrated head scores decides the source (no unknown rejection).
-    - `open_set`: the full rule incl. `unknown` when no head clears its threshold.
+    - `open_set`: the full rule (`unknown` / `ambiguous` count as wrong).
     - `fake_argmax` / `fake_argmax_raw`: among fake test images only, argmax of calibrated /
       raw head scores (the heads' own attribution, independent of the detector).
     - `detection`: the primary module on the same images.
@@ -122,16 +122,16 @@ def evaluate_attribution(
     fake_scores = np.array([r.fake_score for r in results])
     raw = np.array([[r.raw[s] for s in sources] for r in results])
     calibrated = np.array([[r.calibrated[s] for s in sources] for r in results])
-    predicted = np.array([unknown_index if r.attribution == UNKNOWN else position[r.attribution] for r in results])
-    no_threshold = {s: 0.0 for s in sources}
+    predicted = np.array([position.get(r.attribution, unknown_index) for r in results])  # unknown, ambiguous: no class
     closed = np.array(
-        [position[decide(r.fake_score, r.calibrated, no_threshold, attributor.fake_threshold)] for r in results]
+        [position.get(closed_set(r.fake_score, r.calibrated, attributor.settings.fake_threshold).attribution, unknown_index)
+         for r in results]
     )
     is_fake = true > 0
     metrics: dict[str, Any] = {
         "n": int(len(known)),
         "perturbation": list(perturbation) if perturbation else None,
-        "detection": binary_metrics(is_fake, fake_scores, attributor.fake_threshold),
+        "detection": binary_metrics(is_fake, fake_scores, attributor.settings.fake_threshold),
         "multiclass": multiclass_metrics(true, closed, classes),
         "open_set": multiclass_metrics(true, predicted, classes),
     }

@@ -172,6 +172,38 @@ def best_epoch_of(val_loss: list[float], start: int) -> int:
     return len(val_loss)
 
 
+def validation_weights(labels: np.ndarray, weights: dict[int, float] | None) -> np.ndarray | None:
+    """Per-example weights of the validation split: the training class weights, so early stopping
+    and best-epoch selection watch the same (class-weighted) loss that training optimises."""
+    if weights is None:
+        return None
+    return np.array([weights[int(label)] for label in np.asarray(labels).ravel()], dtype=np.float32)
+
+
+def _run(model, train_data, val_data, train: TrainConfig, run_dir: Path, *, class_weight, progress: bool,
+         steps: int | None = None, batch_size: int | None = None) -> FitResult:
+    """The fit every trainer shares: callbacks, early stopping on the weighted val loss, fit.json."""
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    x, y = train_data if isinstance(train_data, tuple) else (train_data, None)
+    began = time.monotonic()
+    history = model.fit(
+        x, y, validation_data=val_data, epochs=train.epochs, steps_per_epoch=steps, batch_size=batch_size,
+        class_weight=class_weight, callbacks=_callbacks(train, run_dir, checkpoints), verbose=1 if progress else 0,
+        shuffle=y is not None,  # arrays: Keras shuffles; tf.data shuffles itself
+    ).history
+    seconds = time.monotonic() - began
+    val_loss = history.get("val_loss", [])
+    best_epoch = best_epoch_of(val_loss, early_stopping_start(train))
+    model.save_weights(checkpoints / BEST_WEIGHTS)
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    (run_dir / "fit.json").write_text(
+        json.dumps({"best_epoch": best_epoch, "epochs_run": len(val_loss), "seconds": round(seconds, 2), "history": history}, indent=2)
+    )
+    log.info("stopped after %d epochs (%.0f s); kept epoch %d", len(val_loss), seconds, best_epoch)
+    return FitResult(model, run_dir, history, best_epoch, len(val_loss), seconds)
+
+
 def fit(
     model,
     train_samples: list[Sample],
@@ -187,42 +219,51 @@ def fit(
     perturb: PerturbConfig | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Trains `model` (compiled here) with early stopping and best-weight restore; logs to run_dir."""
-
+    """Trains `model` (compiled here) on images, with early stopping and best-weight restore; logs to run_dir."""
     from shared_backbone.model.device import configure_tensorflow
 
     configure_tensorflow()
     set_seed(train.seed)
     run_dir = Path(run_dir)
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     compile_model(model, train, task)
     steps = train.steps_per_epoch or None
+    weights = class_weights(train_labels, num_classes) if train.class_weighting else None
     train_ds = make_tf_dataset(
         train_samples, train_labels, spec, batch_size=train.batch_size, shuffle=True, seed=train.seed,
         perturb=perturb, repeat=bool(steps),
     )
-    val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size)
-    start = early_stopping_start(train)
-    callbacks = _callbacks(train, run_dir, checkpoints)
-    weights = class_weights(train_labels, num_classes) if train.class_weighting else None
+    val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size,
+                             weights=validation_weights(val_labels, weights))
     log.info(
         "training %s on %d images (val %d) for up to %d epochs, class weights %s, run folder %s",
         model.name, len(train_samples), len(val_samples), train.epochs, weights, run_dir,
     )
-    began = time.monotonic()
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=train.epochs, steps_per_epoch=steps,
-        class_weight=weights, callbacks=callbacks, verbose=1 if progress else 0, shuffle=False,  # tf.data shuffles
-    ).history
-    seconds = time.monotonic() - began
-    val_loss = history.get("val_loss", [])
-    epochs_run = len(val_loss)
-    best_epoch = best_epoch_of(val_loss, start)
-    model.save_weights(checkpoints / BEST_WEIGHTS)
-    history = {k: [float(v) for v in values] for k, values in history.items()}
-    (run_dir / "fit.json").write_text(
-        json.dumps({"best_epoch": best_epoch, "epochs_run": epochs_run, "seconds": round(seconds, 2), "history": history}, indent=2)
-    )
-    log.info("stopped after %d epochs (%.0f s); kept epoch %d", epochs_run, seconds, best_epoch)
-    return FitResult(model, run_dir, history, best_epoch, epochs_run, seconds)
+    return _run(model, train_ds, val_ds, train, run_dir, class_weight=weights, progress=progress, steps=steps)
+
+
+def fit_arrays(
+    model,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    train: TrainConfig,
+    run_dir: str | Path,
+    *,
+    task: str = BINARY,
+    num_classes: int = 2,
+    progress: bool = True,
+) -> FitResult:
+    """`fit` on arrays held in memory, e.g. a head on trunk features computed once (the trunk is frozen)."""
+    from shared_backbone.model.device import configure_tensorflow
+
+    configure_tensorflow()
+    set_seed(train.seed)
+    compile_model(model, train, task)
+    weights = class_weights(train_y, num_classes) if train.class_weighting else None
+    val_w = validation_weights(val_y, weights)
+    val_data = (val_x, val_y) if val_w is None else (val_x, val_y, val_w)
+    log.info("training %s on %d arrays (val %d) for up to %d epochs, class weights %s", model.name, len(train_x),
+             len(val_x), train.epochs, weights)
+    return _run(model, (train_x, train_y), val_data, train, Path(run_dir), class_weight=weights, progress=progress,
+                batch_size=train.batch_size)

@@ -6,8 +6,6 @@ are rounded to the heads' float16 input exactly as on the wire, so both give ide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from shared_backbone.model import networks
@@ -15,23 +13,13 @@ from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.features import as_head_features
 from shared_backbone.model.heads import Head
 from shared_backbone.model.preprocessing import InputSpec
-from shared_backbone.model.rule import DEFAULT_FAKE_THRESHOLD, UNKNOWN, decide
-
-
-@dataclass
-class ImageAttribution:
-    """One image's answer; offline and network paths both produce this."""
-
-    fake_score: float
-    raw: dict[str, float] = field(default_factory=dict)
-    calibrated: dict[str, float] = field(default_factory=dict)
-    attribution: str = UNKNOWN
+from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 
 
 class OfflineAttributor:
     """Backbone + local heads in one process: `attribnet predict` and the reference for tests."""
 
-    def __init__(self, bundle: Bundle, heads: list[Head], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> None:
+    def __init__(self, bundle: Bundle, heads: list[Head], settings: RuleSettings = RuleSettings()) -> None:
         for head in heads:
             if head.backbone_digest != bundle.digest:
                 raise ValueError(f"head {head.source!r} belongs to backbone {head.backbone_digest[:12]}, not {bundle.short_digest}")
@@ -43,7 +31,7 @@ class OfflineAttributor:
         self.primary = bundle.load_primary()
         self.serving = networks.build_serving_model(self.primary)
         self.heads = heads
-        self.fake_threshold = fake_threshold
+        self.settings = settings
 
     def run_backbone(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fake scores (N,), trunk features as heads read them) for a batch of model inputs."""
@@ -56,18 +44,7 @@ class OfflineAttributor:
     def attribute_features(self, fake_scores: np.ndarray, features: np.ndarray) -> list[ImageAttribution]:
         """The decision from `run_backbone`'s outputs, for callers that also need the features (heatmaps)."""
         features32 = features.astype(np.float32)
-        raw_by_source = {head.source: head.raw_scores(features32) for head in self.heads}
-        results = []
-        for i, fake in enumerate(fake_scores):
-            raw = {source: float(scores[i]) for source, scores in raw_by_source.items()}
-            calibrated = {head.source: float(head.calibration.apply(raw[head.source])) for head in self.heads}
-            thresholds = {head.source: head.threshold for head in self.heads}
-            results.append(
-                ImageAttribution(
-                    fake_score=float(fake),
-                    raw=raw,
-                    calibrated=calibrated,
-                    attribution=decide(float(fake), calibrated, thresholds, self.fake_threshold),
-                )
-            )
-        return results
+        raw = {head.source: head.raw_scores(features32) for head in self.heads}
+        calibrations = {head.source: head.calibration for head in self.heads}
+        thresholds = {head.source: head.threshold for head in self.heads}
+        return attribute_batch(fake_scores, raw, calibrations, thresholds, self.settings)

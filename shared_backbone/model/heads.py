@@ -22,11 +22,11 @@ import numpy as np
 
 from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, sha256_file
-from shared_backbone.model.calibration import Calibration
+from shared_backbone.model.calibration import Calibration, CalibrationError
+from shared_backbone.model.rule import DEFAULT_THRESHOLD
 
 HEAD_WEIGHTS = "head.weights.h5"
 HEAD_META = "head.json"
-DEFAULT_THRESHOLD = 0.5
 
 
 class HeadError(ValueError):
@@ -118,6 +118,10 @@ def load_head(directory: str | Path, bundle: Bundle) -> Head:
     digest = sha256_file(weights)
     if digest != meta.get("weights_sha256"):
         raise HeadError(f"{directory}: {HEAD_WEIGHTS} does not match its recorded sha256 (tampered?)")
+    try:
+        calibration = Calibration.from_dict(meta["calibration"])
+    except (KeyError, CalibrationError) as exc:
+        raise HeadError(f"{directory / HEAD_META}: invalid calibration ({exc})") from None
     model = build_head_model(int(meta["image_size"]), meta.get("pooling", "gap"))
     try:
         model.load_weights(weights)
@@ -127,7 +131,7 @@ def load_head(directory: str | Path, bundle: Bundle) -> Head:
         source=meta["source"],
         model=model,
         backbone_digest=meta["backbone_digest"],
-        calibration=Calibration.from_dict(meta["calibration"]),
+        calibration=calibration,
         threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
         metrics=meta.get("metrics", {}),
         digest=digest,

@@ -48,6 +48,9 @@ class Attribution:
     backbone_digest: str
     missing_nodes: list[str] = field(default_factory=list)
     heatmap_png: bytes = b""
+    p_values: dict[str, float] = field(default_factory=dict)
+    prediction_set: list[str] = field(default_factory=list)
+    alpha: float = 0.0
 
     @classmethod
     def from_proto(cls, message: pb.ImageResult) -> "Attribution":
@@ -63,6 +66,9 @@ class Attribution:
             backbone_digest=message.backbone.digest,
             missing_nodes=list(message.missing_nodes),
             heatmap_png=message.heatmap_png,
+            p_values=dict(sorted(message.p_values.items())),
+            prediction_set=list(message.prediction_set),
+            alpha=message.alpha,
         )
 
     def to_dict(self) -> dict[str, Any]:

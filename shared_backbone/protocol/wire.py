@@ -61,12 +61,14 @@ def features_from_request(
 
 
 def calibration_to_proto(calibration: Calibration) -> pb.Calibration:
-    return pb.Calibration(method=calibration.method, a=calibration.a, b=calibration.b)
+    return pb.Calibration(method=calibration.method, a=calibration.a, b=calibration.b,
+                          positive_scores=list(calibration.positive_scores))
 
 
 def calibration_from_proto(message: pb.Calibration) -> Calibration:
-    """Raises ValueError for an unknown method."""
-    return Calibration.from_dict({"method": message.method, "a": message.a, "b": message.b})
+    """Raises CalibrationError (a ValueError) for anything that is not a valid calibration."""
+    return Calibration.from_dict({"method": message.method, "a": message.a, "b": message.b,
+                                  "positive_scores": list(message.positive_scores)})
 
 
 def metrics_to_struct(metrics: dict[str, Any]) -> struct_pb2.Struct:

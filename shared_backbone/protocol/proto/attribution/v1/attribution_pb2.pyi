@@ -25,7 +25,7 @@ class AttributeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png")
+    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,13 @@ class ImageResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FAKE_SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +64,9 @@ class ImageResult(_message.Message):
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     MISSING_NODES_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
+    P_VALUES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_SET_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     index: int
     fake_score: float
     scores: _containers.ScalarMap[str, float]
@@ -67,7 +77,10 @@ class ImageResult(_message.Message):
     backbone: Backbone
     missing_nodes: _containers.RepeatedScalarFieldContainer[str]
     heatmap_png: bytes
-    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ...) -> None: ...
+    p_values: _containers.ScalarMap[str, float]
+    prediction_set: _containers.RepeatedScalarFieldContainer[str]
+    alpha: float
+    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class Backbone(_message.Message):
     __slots__ = ("version", "digest")
@@ -116,14 +129,16 @@ class SourceInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("method", "a", "b")
+    __slots__ = ("method", "a", "b", "positive_scores")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SCORES_FIELD_NUMBER: _ClassVar[int]
     method: str
     a: float
     b: float
-    def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ...) -> None: ...
+    positive_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., positive_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("node_id", "source", "endpoint", "backbone_digest", "backbone_version", "head_digest", "calibration", "threshold", "metrics")
