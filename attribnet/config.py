@@ -52,6 +52,7 @@ class TransferBenchConfig:
     """
 
     per_source: int = 1000  # zoo images per source (benchmark preset, bench image size)
+    mode: str = "dct"  # input of trunk, head and full model (the zoo workflow's default; normstats from the training split)
     source: str = "tconv_a"  # the node whose head is trained
     zoo_seed: int = 0
     primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=64, patience=3))
@@ -74,5 +75,6 @@ class ServingBenchConfig:
     request_timeout: float = 30.0  # each load-generator request's deadline
     batch_window_ms: float = 0.0  # the gateway's micro-batch window in the benchmark
     max_inflight_batches: int = 4  # the gateway's batches at the nodes at once
+    open_loop_images_per_s: float = 50.0  # offered load of the open-loop tail test (single images), every N alike
     transfer: TransferBenchConfig = field(default_factory=TransferBenchConfig)
     skip_transfer: bool = False

@@ -1,4 +1,5 @@
-"""A closed-loop load generator for the gateway: C clients, each sending its next request when the last returns.
+"""Load generators for the gateway: closed loop (C clients, each sending its next request when the
+last returns) and open loop (requests at a fixed rate, whatever the answers do).
 
 Clients are asyncio tasks on one event loop (grpc.aio), each with its own channel and connection,
 so 32 clients cost one Python thread, not 32 competing for the GIL with the measured servers.
@@ -90,3 +91,50 @@ def closed_loop(target: str, images: list[bytes], *, clients: int, batch: int, w
                 timeout: float = 30.0) -> LoadResult:
     """Runs C clients sending batches of B images for `warmup` (not counted) then `seconds` (measured)."""
     return asyncio.run(_run(target, images, clients, batch, warmup, seconds, timeout))
+
+
+async def _open(target: str, images: list[bytes], rate: float, batch: int, warmup: float, seconds: float,
+                timeout: float, max_inflight: int) -> LoadResult:
+    result = LoadResult(0, batch, seconds)
+    requests = [pb.AttributeRequest(images=[images[(i * batch + j) % len(images)] for j in range(batch)]) for i in range(64)]
+    channels = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(8)]
+    stubs = [pb_grpc.AttributionServiceStub(channel) for channel in channels]
+    start = time.perf_counter()
+    measure_from, until = start + warmup, start + warmup + seconds
+    pending: set[asyncio.Task] = set()
+
+    async def one(index: int, scheduled: float) -> None:
+        try:
+            await stubs[index % len(stubs)].Attribute(requests[index % len(requests)], timeout=timeout)
+            code = None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        done = time.perf_counter()
+        if measure_from <= scheduled and done <= until:
+            if code is None:
+                result.images += batch
+                result.latencies.append(done - scheduled)  # from the scheduled send: no coordinated omission
+            else:
+                result.errors[code] = result.errors.get(code, 0) + 1
+
+    for index in itertools.count():
+        scheduled = start + index / rate
+        if scheduled >= until:
+            break
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        if len(pending) >= max_inflight:
+            result.errors["CLIENT_BACKLOG"] = result.errors.get("CLIENT_BACKLOG", 0) + 1
+            continue
+        task = asyncio.create_task(one(index, scheduled))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    for channel in channels:
+        await channel.close()
+    return result
+
+
+def open_loop(target: str, images: list[bytes], *, rate: float, batch: int, warmup: float, seconds: float,
+              timeout: float = 30.0, max_inflight: int = 256) -> LoadResult:
+    """Sends `rate` requests of B images per second for `warmup` then `seconds` (measured), answers or not."""
+    return asyncio.run(_open(target, images, rate, batch, warmup, seconds, timeout, max_inflight))

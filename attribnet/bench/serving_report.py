@@ -45,6 +45,19 @@ def _network(report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _open_loop(report: dict[str, Any]) -> list[str]:
+    rows = report.get("open_loop") or []
+    if not rows:
+        return []
+    lines = [f"**Tail at the same offered load** (open loop: {rows[0]['offered_images_per_s']:g} single-image requests "
+             "per second, whatever the answers do; latency from each request's scheduled send):", "",
+             "| nodes | answered images/s | p50 ms | p95 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['nodes']} | {row['images_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                     f"{row['p99_ms']:.1f} | {row['errors']} |")
+    return lines + [""]
+
+
 def _targets(report: dict[str, Any]) -> list[str]:
     lines = ["**Targets of issue 11:**", "", "| target | measured | goal | met |", "|---|---:|---:|:---:|"]
     for target in report["targets"]:
@@ -77,7 +90,8 @@ def _transfer(report: dict[str, Any]) -> list[str]:
     if not t:
         return []
     return [
-        f"**Transfer** ({t['data']}, {t['image_size']} px benchmark zoo, {t['per_source']} images per source, "
+        f"**Transfer** ({t['data']}, {t['image_size']} px benchmark zoo, {t.get('mode', 'pixel')} input, "
+        f"{t['per_source']} images per source, "
         f"{t['test_images']} test images; the shared trunk itself took {t['trunk_train_s']:.0f} s once, "
         "on every zoo source):", "",
         "| model | training wall s | of which fit s | epochs | test accuracy | test AUC |", "|---|---:|---:|---:|---:|---:|",
@@ -85,13 +99,23 @@ def _transfer(report: dict[str, Any]) -> list[str]:
         f"| {t['head_accuracy']:.3f} | {t['head_auc']:.3f} |",
         f"| full model from scratch (`coordinator.train_primary`) | {t['full_train_s']:.1f} | {t['full_fit_s']:.1f} | "
         f"{t['full_epochs']} | {t['full_accuracy']:.3f} | {t['full_auc']:.3f} |", "",
+        _reach(t), "",
     ]
+
+
+def _reach(t: dict[str, Any]) -> str:
+    if t.get("head_seconds_to_target") is None:
+        return (f"The head never came within 1 point of the full model's validation accuracy "
+                f"({t['target_val_accuracy'] + 0.01:.3f}).")
+    return (f"The head reached the full model's validation accuracy within 1 point ({t['target_val_accuracy']:.3f}) "
+            f"after {t['head_epochs_to_target']} epoch(s), {t['head_seconds_to_target']:.1f} s of training: "
+            f"{t['head_seconds_to_target'] / t['full_fit_s']:.0%} of the full model's {t['full_fit_s']:.1f} s.")
 
 
 def render(report: dict[str, Any]) -> str:
     """The whole section, between the markers `replace_section` looks for."""
-    parts = [BEGIN, "", *_header(report), *_in_process(report), *_network(report), *_targets(report), *_profile(report),
-             *_transfer(report), END]
+    parts = [BEGIN, "", *_header(report), *_in_process(report), *_network(report), *_open_loop(report), *_targets(report),
+             *_profile(report), *_transfer(report), END]
     return "\n".join(parts) + "\n"
 
 

@@ -6,11 +6,15 @@ data, the node's own source against real images and nothing else, with the same 
   head        `node.train_head.train_head`: the frozen trunk + a head, as a node trains it;
   full model  `coordinator.train_primary.train_primary` on the strict folder: the whole primary
               architecture from scratch, whose "fake" class is then exactly the node's source.
-Both are scored on the same test split (one-vs-rest accuracy at 0.5, before calibration).
+Both are scored on the same test split (one-vs-rest accuracy at 0.5, before calibration). Time to
+accuracy: from each run's per-epoch history (`fit.json`), the training time until the head's
+validation accuracy first comes within 1 point of the full model's at its kept epoch (fit seconds
+x epochs needed / epochs run), against the full model's whole training time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -55,14 +59,28 @@ def _trunk_bundle(zoo: Path, out: Path, config: TransferBenchConfig) -> tuple[An
 
     private_key, public_key = generate_keypair(out / "keys", overwrite=True)
     began = time.monotonic()
-    result = train_primary(
-        CoordinatorConfig(data=zoo_data_config(zoo), train=config.primary, run_dir=str(out / "trunk-run")), progress=False
-    )
+    data = zoo_data_config(zoo, mode=config.mode)
+    result = train_primary(CoordinatorConfig(data=data, train=config.primary, run_dir=str(out / "trunk-run")), progress=False)
     seconds = time.monotonic() - began
     bundle_dir = out / "bundle"
     if not bundle_dir.exists():
         publish(result.run_dir, bundle_dir, private_key, version="bench-transfer")
     return load_bundle(bundle_dir, load_public_key(public_key)), seconds, result.metrics.get("test", {})
+
+
+def _history(run_dir: Path) -> dict[str, Any]:
+    """The `fit.json` a training run wrote (the newest under `run_dir`)."""
+    return json.loads(sorted(run_dir.rglob("fit.json"))[-1].read_text())
+
+
+def time_to_accuracy(head_fit: dict[str, Any], full_fit: dict[str, Any], tolerance: float = 0.01) -> dict[str, Any]:
+    """Head training seconds until its val accuracy is within `tolerance` of the full model's (kept epoch)."""
+    full_val = full_fit["history"]["val_accuracy"]
+    target = full_val[max(full_fit["best_epoch"], 1) - 1] - tolerance
+    head_val = head_fit["history"]["val_accuracy"]
+    epoch = next((i + 1 for i, value in enumerate(head_val) if value >= target), None)
+    seconds = None if epoch is None else head_fit["seconds"] * epoch / len(head_val)
+    return {"target_val_accuracy": target, "head_epochs_to_target": epoch, "head_seconds_to_target": seconds}
 
 
 def run_transfer(out: str | Path, config: TransferBenchConfig, image_size: int,
@@ -82,7 +100,8 @@ def run_transfer(out: str | Path, config: TransferBenchConfig, image_size: int,
     zoo = _zoo(out, config, image_size)
     progress("transfer: training the shared trunk (primary module on every zoo source)")
     bundle, trunk_seconds, trunk_metrics = _trunk_bundle(zoo, out, config)
-    strict = DataConfig(root=str(_strict_folder(zoo, out, config.source)), real_sources=[REAL], image_size=image_size)
+    strict = DataConfig(root=str(_strict_folder(zoo, out, config.source)), real_sources=[REAL], image_size=image_size,
+                        mode=config.mode)
     progress(f"transfer: training the {config.source} head on the frozen trunk ({config.source} vs {REAL})")
     began = time.monotonic()
     head = train_head(NodeConfig(source=config.source, data=strict, train=config.train, state_dir=str(out / "node"),
@@ -93,9 +112,11 @@ def run_transfer(out: str | Path, config: TransferBenchConfig, image_size: int,
     full = train_primary(CoordinatorConfig(data=strict, train=config.train, run_dir=str(out / "full-run")), progress=False)
     full_seconds = time.monotonic() - began
     head_test, full_test = head.metrics["test"]["raw"], full.metrics["test"]
+    reach = time_to_accuracy(_history(out / "node"), _history(out / "full-run"))
     return {
+        **reach,
         "source": config.source, "data": f"{config.source} vs {REAL} (strict: the node's own images only)",
-        "per_source": config.per_source, "image_size": image_size,
+        "per_source": config.per_source, "image_size": image_size, "mode": config.mode,
         "head_train_s": head_seconds, "full_train_s": full_seconds,
         "head_fit_s": head.metrics["train_seconds"], "full_fit_s": full.metrics["train_seconds"],
         "head_epochs": head.metrics["epochs_run"], "full_epochs": full.metrics["epochs_run"],
