@@ -219,11 +219,12 @@ def test_metrics_endpoints_and_access_log(load_net, caplog):
         c.attribute([png_bytes(np.random.default_rng(7))])
     gateway_text = _scrape(load_net.coordinator.metrics_port)
     for name in (metrics.REQUESTS, metrics.LATENCY, metrics.BATCH_SIZE, metrics.QUEUE_DEPTH, metrics.IMAGES,
-                 metrics.NODE_LATENCY, metrics.TRACES):
+                 metrics.NODE_LATENCY, metrics.TRACES, metrics.STAGE_SECONDS):
         assert name in gateway_text, name
     assert 'attribnet_rpc_requests_total{code="OK",method="AttributionService/Attribute"}' in gateway_text
     node_text = _scrape(load_net.nodes["alpha"].metrics_port)
     assert 'method="HeadService/Score"' in node_text and 'attribnet_batch_size_count{stage="head"}' in node_text
+    assert 'attribnet_stage_seconds_count{stage="head"}' in node_text
     lines = [r.getMessage() for r in caplog.records if r.name == "attribnet.access"]
     assert any("AttributionService/Attribute OK" in line for line in lines), lines
 

@@ -215,7 +215,7 @@ def run_serving(out: str | Path, config: ServingBenchConfig, progress: Progress 
     out = Path(out)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
+    began, load_start = time.monotonic(), os.getloadavg()[0]
     bundle_path, public_key, head_dirs = synthetic_models(work / "models", config.image_size, max(config.nodes))
     bundle = bundle_lib.load_bundle(bundle_path, signing.load_public_key(public_key))
     heads = [load_head(head_dirs[s], bundle) for s in sorted(head_dirs)]
@@ -231,7 +231,7 @@ def run_serving(out: str | Path, config: ServingBenchConfig, progress: Progress 
     transfer = None if config.skip_transfer else run_transfer(work / "transfer", config.transfer, config.image_size, progress)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": [load_start, os.getloadavg()[0]]},
         "settings": _settings(config), "in_process": in_process, "network": network, "open_loop": opened,
         "transfer": transfer,
         "wall_seconds": time.monotonic() - began,

@@ -12,11 +12,16 @@ def _spread(row: dict[str, Any]) -> str:
     return f"{row['images_per_s']:.0f} ({row['min_images_per_s']:.0f}–{row['max_images_per_s']:.0f})"
 
 
+def _load(report: dict[str, Any]) -> str:
+    load = report["machine"].get("load_average")
+    return f": 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end" if load else ""
+
+
 def _header(report: dict[str, Any]) -> list[str]:
     s = report["settings"]
     return [
         f"Measured {report['created']} by `attribnet bench serving` on {report['machine']['platform']} "
-        f"({report['machine']['cpus']} CPUs, shared with other jobs), {s['image_size']} px random-noise PNGs, untrained "
+        f"({report['machine']['cpus']} CPUs, shared with other jobs{_load(report)}), {s['image_size']} px random-noise PNGs, untrained "
         f"models; medians of {s['repeats']} window(s) of {s['seconds']:g} s after {s['warmup_seconds']:g} s of warm-up, "
         f"spread min–max in brackets; whole run {report['wall_seconds'] / 60:.1f} min.",
         "",
