@@ -48,7 +48,6 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self._head_seconds = self.metrics.stage(STAGE_HEAD)
         self.feature_shape = tuple(int(s) for s in bundle.manifest["feature_shape"])
         self.compiled = CompiledModel(head.model, name=f"head_{head.source}")
-        self.compiled.warm_up()
         self.metrics.watch_traces("head", lambda: self.compiled.traces)
         self.batcher = MicroBatcher(
             self._run, name=f"head-batcher-{node_id}", window=window, max_batch=max_batch, max_queue=max_queue,

@@ -21,7 +21,7 @@ from tests.network_support import make_bundle, make_head, png_bytes, start_gatew
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
-NODE_TIMEOUT = 2.0
+NODE_TIMEOUT = 4.0
 
 
 @dataclass
@@ -142,7 +142,7 @@ def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
     slow = TamperedHead(load_net, "sloth", lambda response: response, delay=30.0)
     image = [png_bytes(np.random.default_rng(3))]
     try:
-        with client(load_net, timeout=1.0) as c:  # shorter than node_timeout: the node's deadline follows it
+        with client(load_net, timeout=NODE_TIMEOUT / 2) as c:  # shorter than node_timeout: the node's deadline follows it
             first = c.attribute(image)[0]
         with client(load_net) as c:
             answers = [c.attribute(image)[0] for _ in range(3)]

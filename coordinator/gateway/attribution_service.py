@@ -60,7 +60,6 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         self.backbone = pb.Backbone(version=bundle.version, digest=bundle.digest)
         self.primary = bundle.load_primary()
         self.serving = CompiledModel(networks.build_serving_model(self.primary))
-        self.serving.warm_up()
         self.metrics.watch_traces("serving", lambda: self.serving.traces)
         self.heatmapper = heatmaps.HeatmapModel(self.primary, compile=True)
         self.intake = Intake(config, self.spec, self.metrics)

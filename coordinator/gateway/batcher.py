@@ -25,7 +25,10 @@ from shared_backbone.protocol import wire
 from shared_backbone.protocol.metrics import STAGE_NODES, STAGE_QUEUE, STAGE_TRUNK, ServerMetrics
 from shared_backbone.protocol.serving import BatchItem, MicroBatcher, concatenate, split
 
-DEADLINE_MARGIN = 0.05  # seconds kept for the answer's way back after the nodes' deadline
+# Of the time a batch's earliest request has left, the share kept for the answer's way back after
+# the nodes' deadline (at least MIN_MARGIN seconds): a loaded machine needs more than a fixed 50 ms.
+DEADLINE_MARGIN = 0.1
+MIN_MARGIN = 0.05
 MIN_NODE_TIMEOUT = 0.01
 
 
@@ -112,8 +115,8 @@ class ServingPipeline:
         self._trunk_seconds(time.monotonic() - started)
         healthy, stale = self.routing.current()
         calls, cooled = self.pool.cooling([route.entry for route in healthy])
-        earliest = min(item.deadline for item in items) - time.monotonic() - DEADLINE_MARGIN
-        timeout = max(min(self.node_timeout, earliest), MIN_NODE_TIMEOUT)
+        left = min(item.deadline for item in items) - time.monotonic()
+        timeout = max(min(self.node_timeout, left - max(MIN_MARGIN, DEADLINE_MARGIN * left)), MIN_NODE_TIMEOUT)
         request = wire.features_to_request(as_head_features(features), self.routing.backbone_digest)
         sent = time.monotonic()
 

@@ -26,7 +26,11 @@ _exact = False
 
 
 def exact_graphs() -> None:
-    """Switches off Grappler's remapper (fused ops round differently from the eager kernels)."""
+    """Switches off Grappler's remapper for the process (fused ops round differently from eager kernels).
+
+    Per function it cannot be done: a graph is re-optimised for new input shapes, so restoring
+    the option after a warm-up brought the last-bit differences back (measured).
+    """
     global _exact
     if not _exact:
         import tensorflow as tf
@@ -57,6 +61,7 @@ class CompiledModel:
         # signature lookup, about half of a small model's Python-side cost per call.
         self._concrete = function.get_concrete_function()
         self._tf = tf
+        self.warm_up()
 
     def __call__(self, inputs: np.ndarray) -> Any:
         """The model's outputs as numpy arrays (a list for multi-output models)."""
