@@ -41,3 +41,41 @@ class DemoConfig:
     baselines: list[str] = field(default_factory=lambda: ["gdaconv", "dctlinear"])
     perturbations: list[str] = field(default_factory=lambda: ["clean", "jpeg75", "blur1"])
     seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class TransferBenchConfig:
+    """The transfer-learning part of `attribnet bench serving`: a head on the frozen trunk vs a full model.
+
+    Both train on the same strict data (the node's own source against real images) with the same
+    loop settings (`train`); the trunk comes from a primary module trained on the whole zoo
+    (`primary`, the coordinator's shared cost, reported but not compared).
+    """
+
+    per_source: int = 1000  # zoo images per source (benchmark preset, bench image size)
+    mode: str = "dct"  # input of trunk, head and full model (the zoo workflow's default; normstats from the training split)
+    source: str = "tconv_a"  # the node whose head is trained
+    zoo_seed: int = 0
+    primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=64, patience=3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=64, patience=3))
+
+
+@dataclass
+class ServingBenchConfig:
+    """`attribnet bench serving`: the in-process limit, the network under closed-loop load, transfer."""
+
+    image_size: int = 64
+    nodes: list[int] = field(default_factory=lambda: [1, 4, 16])
+    clients: list[int] = field(default_factory=lambda: [1, 8, 32])
+    batches: list[int] = field(default_factory=lambda: [1, 16])
+    repeats: int = 3  # measured windows per point; the table shows medians
+    seconds: float = 6.0  # one measured window
+    warmup_seconds: float = 2.0  # load before each window, not counted
+    images: int = 256  # distinct preloaded encoded images the clients cycle through
+    in_process_batch: int = 64
+    request_timeout: float = 30.0  # each load-generator request's deadline
+    batch_window_ms: float = 0.0  # the gateway's micro-batch window in the benchmark
+    max_inflight_batches: int = 4  # the gateway's batches at the nodes at once
+    open_loop_images_per_s: float = 50.0  # offered load of the open-loop tail test (single images), every N alike
+    transfer: TransferBenchConfig = field(default_factory=TransferBenchConfig)
+    skip_transfer: bool = False

@@ -24,16 +24,31 @@ class GatewayConfig:
     query_token_file: str = field(default="", metadata=PATH)
     max_message_mb: int = 32  # per gRPC message, both directions
     max_images: int = 64  # per Attribute request
-    max_pixels: int = 16_000_000  # per decoded image (width x height)
+    max_pixels: int = 16_000_000  # per decoded image (width x height, after JPEG draft reduction)
+    max_request_pixels: int = 40_000_000  # decoded pixels of all images of one request together
+    max_heatmap_images: int = 8  # images per request that ask for heatmaps
     node_timeout: float = 2.0  # seconds a node has to answer Score
+    node_cooldown_failures: int = 3  # failed Score calls in a row before a node sits out a cool-down
+    node_cooldown_seconds: float = 5.0  # how long it is skipped (listed missing) before one probe
     heartbeat_interval: float = 5.0  # told to nodes at registration
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
     tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
-    batch_window_ms: float = 5.0  # micro-batching: how long the trunk waits for more requests
-    max_batch: int = 256  # images per trunk run
-    workers: int = 16
+    batch_window_ms: float = 0.0  # extra wait of a batch for more requests (0: batches form while nodes work)
+    max_batch: int = 256  # images per trunk run (and per Score call)
+    max_inflight_batches: int = 4  # batches at the nodes at once; requests arriving meanwhile form the next
+    max_queue_images: int = 2048  # images waiting for the trunk; more is RESOURCE_EXHAUSTED
+    request_timeout: float = 30.0  # seconds a request may take when its client set no shorter deadline
+    rate_limit: float = 0.0  # images per second per client (peer address + token); 0 = no limit
+    rate_burst: float = 0.0  # bucket size in images (at least rate_limit)
+    workers: int = 16  # threads handling RPCs
+    max_concurrent_rpcs: int = 64  # RPCs in flight; more is RESOURCE_EXHAUSTED at once
+    decode_workers: int = 2  # threads decoding the images of one large request in parallel
+    tf_threads: int = 0  # TensorFlow intra/inter-op threads (`attribnet coordinator serve`); 0 = TensorFlow's default
+    metrics_port: int = -1  # Prometheus /metrics port (0 = any free port, -1 = off)
+    metrics_host: str = "127.0.0.1"
+    access_log: bool = False  # one INFO line per RPC on the attribnet.access logger
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 

@@ -8,10 +8,16 @@ removes the first (`attribnet coordinator registry remove NODE_ID`).
 
 Status is derived when read: `stale` when the last heartbeat is older than `stale_after` seconds,
 `healthy` otherwise. Every write is committed at once, so a restarted coordinator finds every node.
+
+Reads are served from an in-memory snapshot, not from SQLite: the gateway reads the registry for
+every batch it serves. The snapshot is replaced on every write through this object (`version`
+counts them) and re-read when another process changed the file (`PRAGMA data_version`, checked
+at most every `EXTERNAL_CHECK_SECONDS`), e.g. `attribnet coordinator registry remove`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,6 +30,7 @@ from typing import Any, Callable
 
 HEALTHY = "healthy"
 STALE = "stale"
+EXTERNAL_CHECK_SECONDS = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -100,6 +107,10 @@ class Registry:
             self._db.commit()
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"registry {self.path}: cannot open ({exc})") from None
+        self.version = 0
+        self._snapshot: tuple[NodeEntry, ...] | None = None
+        self._data_version = -1
+        self._checked = 0.0
 
     def close(self) -> None:
         with self._lock:
@@ -152,6 +163,7 @@ class Registry:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*values, node_id, digest, now, now),
                 )
+            self._changed()
         return self.get(node_id)
 
     def heartbeat(self, node_id: str, secret: str) -> NodeEntry:
@@ -163,12 +175,15 @@ class Registry:
             if not hmac.compare_digest(row[0], secret_digest(secret)):
                 raise IdentityMismatch(f"node id {node_id!r} is registered by another node (secret does not match)")
             self._db.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self.clock(), node_id))
+            self._changed()
         return self.get(node_id)
 
     def remove(self, node_id: str) -> bool:
         """Deletes an entry (the operator's tool for a retired node); True when it existed."""
         with self._lock, self._db:
-            return self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+            removed = self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+            self._changed()
+            return removed
 
     def get(self, node_id: str) -> NodeEntry:
         with self._lock:
@@ -178,10 +193,39 @@ class Registry:
         return self._entry(row)
 
     def list(self) -> list[NodeEntry]:
-        """Every entry, ordered by source, with its current status."""
+        """Every entry, ordered by source, with its current status (from the in-memory snapshot)."""
+        now = self.clock()
+        return [dataclasses.replace(entry, status=self.status_at(entry, now)) for entry in self.snapshot()]
+
+    def snapshot(self) -> tuple[NodeEntry, ...]:
+        """The stored entries as last read (status not derived): re-read only after a change."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY source, node_id").fetchall()
-        return [self._entry(row) for row in rows]
+            self._check_external()
+            if self._snapshot is None:
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY source, node_id").fetchall()
+                self._snapshot = tuple(self._entry(row) for row in rows)
+            return self._snapshot
+
+    def status_at(self, entry: NodeEntry, now: float) -> str:
+        """`stale` when the entry's last heartbeat is older than `stale_after` at `now`, else `healthy`."""
+        return STALE if now - entry.last_heartbeat > self.stale_after else HEALTHY
+
+    def _changed(self) -> None:
+        """After a write through this object (lock held): the snapshot must be re-read."""
+        self._snapshot = None
+        self.version += 1
+
+    def _check_external(self) -> None:
+        """Drops the snapshot when another connection committed since the last check (lock held)."""
+        now = time.monotonic()
+        if now - self._checked < EXTERNAL_CHECK_SECONDS:
+            return
+        self._checked = now
+        data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version:
+            if self._data_version != -1:
+                self._changed()
+            self._data_version = data_version
 
     def _entry(self, row: tuple) -> NodeEntry:
         entry = NodeEntry(
@@ -189,7 +233,7 @@ class Registry:
             head_digest=row[5], calibration=json.loads(row[6]), threshold=row[7], metrics=json.loads(row[8]),
             registered_at=row[9], last_heartbeat=row[10], generation=row[11],
         )
-        entry.status = STALE if self.clock() - entry.last_heartbeat > self.stale_after else HEALTHY
+        entry.status = self.status_at(entry, self.clock())
         return entry
 
 

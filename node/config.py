@@ -30,9 +30,17 @@ class NodeServeConfig:
     heartbeat_interval: float = 0.0  # seconds; 0 = what the coordinator asks for at registration
     rpc_timeout: float = 5.0  # deadline of each Register/Heartbeat call
     max_backoff: float = 30.0  # retry delay cap while the coordinator is unreachable
-    max_batch: int = 512  # feature rows per Score request
+    max_batch: int = 512  # feature rows per Score request (and per head run)
+    batch_window_ms: float = 0.0  # how long a head run waits for more concurrent Score calls
+    max_queue_rows: int = 4096  # feature rows waiting for the head; more is RESOURCE_EXHAUSTED
+    request_timeout: float = 30.0  # seconds a Score call may take when the caller set no shorter deadline
     max_message_mb: int = 32
-    workers: int = 8
+    workers: int = 8  # threads handling RPCs
+    max_concurrent_rpcs: int = 64  # RPCs in flight; more is RESOURCE_EXHAUSTED at once
+    tf_threads: int = 1  # TensorFlow intra/inter-op threads (`attribnet node serve`); 0 = TensorFlow's default
+    metrics_port: int = -1  # Prometheus /metrics port (0 = any free port, -1 = off)
+    metrics_host: str = "127.0.0.1"
+    access_log: bool = False  # one INFO line per RPC on the attribnet.access logger
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 

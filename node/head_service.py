@@ -1,17 +1,33 @@
-"""`HeadService`: scores batches of trunk features with this node's head."""
+"""`HeadService`: scores batches of trunk features with this node's head.
+
+Concurrent Score calls (the gateway pipelines its batches) are merged by a `MicroBatcher` into
+one run of the head, traced once as a `CompiledModel`; each call gets its rows back. Waits are
+bounded by the call's deadline (capped by `request_timeout`), a full queue is RESOURCE_EXHAUSTED.
+"""
 
 from __future__ import annotations
 
-import threading
+import time
 
 import grpc
 import numpy as np
 
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heads
+from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.protocol import wire
+from shared_backbone.protocol.metrics import STAGE_HEAD, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from shared_backbone.protocol.serving import (
+    BatchItem,
+    MicroBatcher,
+    answer_or_abort,
+    concatenate,
+    deadline_of,
+    split,
+    submit_or_abort,
+)
 
 HEAD_SERVICE = pb.DESCRIPTOR.services_by_name["HeadService"].full_name
 
@@ -19,15 +35,37 @@ HEAD_SERVICE = pb.DESCRIPTOR.services_by_name["HeadService"].full_name
 class HeadServicer(pb_grpc.HeadServiceServicer):
     """Scores batches of wire features with one head; validates shape and dtype first."""
 
-    def __init__(self, head: heads.Head, bundle: bundle_lib.Bundle, node_id: str, max_batch: int) -> None:
+    def __init__(
+        self, head: heads.Head, bundle: bundle_lib.Bundle, node_id: str, max_batch: int, *,
+        window: float = 0.0, max_queue: int = 4096, request_timeout: float = 30.0, metrics: ServerMetrics | None = None,
+    ) -> None:
         self.head = head
         self.bundle = bundle
         self.node_id = node_id
         self.max_batch = max_batch
+        self.request_timeout = request_timeout
+        self.metrics = metrics or ServerMetrics()
+        self._head_seconds = self.metrics.stage(STAGE_HEAD)
         self.feature_shape = tuple(int(s) for s in bundle.manifest["feature_shape"])
-        self._lock = threading.Lock()
+        self.compiled = CompiledModel(head.model, name=f"head_{head.source}")
+        self.metrics.watch_traces("head", lambda: self.compiled.traces)
+        self.batcher = MicroBatcher(
+            self._run, name=f"head-batcher-{node_id}", window=window, max_batch=max_batch, max_queue=max_queue,
+            on_batch=self.metrics.batch_observer(STAGE_HEAD), on_depth=self.metrics.depth_setter(STAGE_HEAD),
+        )
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def _run(self, items: list[BatchItem]) -> None:
+        start = time.monotonic()
+        raw = np.asarray(self.compiled(concatenate(items).astype(np.float32))).reshape(-1).astype(np.float64)
+        self._head_seconds(time.monotonic() - start)
+        for item, (scores,) in zip(items, split(items, raw)):
+            item.future.set_result(scores)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        deadline = deadline_of(context.time_remaining(), self.request_timeout)
         if request.backbone_digest and request.backbone_digest != self.bundle.digest:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -37,8 +75,9 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
             features = wire.features_from_request(request, self.feature_shape, self.max_batch)
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        with self._lock:
-            raw = self.head.raw_scores(features.astype(np.float32))
+        future = submit_or_abort(self.batcher, features, deadline, context, self.metrics, f"node {self.node_id}")
+        raw = answer_or_abort(future, deadline, context, self.metrics)
+        self.metrics.images.inc(len(raw))
         return pb.ScoreResponse(raw_scores=raw.tolist(), source=self.head.source, head_digest=self.head.digest)
 
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:

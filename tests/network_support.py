@@ -70,6 +70,17 @@ def make_head(state_dir: Path, bundle, source: str, seed: int, a: float = 1.0, b
     )
 
 
+def start_gateway(bundle, public_key: Path, registry: Path, **gateway):
+    """A real coordinator server on a free loopback port serving `bundle`, with these gateway settings."""
+    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.gateway.server import start_coordinator
+
+    settings = {"host": "127.0.0.1", "port": 0, "registration_token": "registration-token", **gateway}
+    return start_coordinator(CoordinatorConfig(
+        bundle=str(bundle.path), public_key=str(public_key), registry=str(registry), gateway=GatewayConfig(**settings),
+    ))
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

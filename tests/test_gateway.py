@@ -188,16 +188,27 @@ def test_heatmap_png_per_image(net):
     assert plain[0].heatmap_png == b""
 
 
+def score_calls(node) -> float:
+    """Score calls a node server answered OK, from its own Prometheus registry."""
+    from shared_backbone.protocol.metrics import REQUESTS
+
+    value = node.metrics.registry.get_sample_value(f"{REQUESTS}_total", {"method": "HeadService/Score", "code": "OK"})
+    return value or 0.0
+
+
 def test_concurrent_requests_share_trunk_runs(net, offline):
     from shared_backbone.model.preprocessing import preprocess
 
     rng = np.random.default_rng(4)
     requests = [[png_bytes(rng) for _ in range(2)] for _ in range(6)]
-    before = net.coordinator.gateway.batcher.runs
+    before = net.coordinator.gateway.pipeline.runs
+    scored = {source: score_calls(node) for source, node in net.nodes.items()}
     with client(net) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(c.attribute, requests))
-    runs = net.coordinator.gateway.batcher.runs - before
+    runs = net.coordinator.gateway.pipeline.runs - before
     assert runs < len(requests), f"{runs} trunk runs for {len(requests)} concurrent requests"
+    # one batch end to end: each node got one Score call per trunk run, not one per request
+    assert {source: score_calls(node) - scored[source] for source, node in net.nodes.items()} == dict.fromkeys(SOURCES, runs)
     for images, results in zip(requests, answers):
         expected = offline.attribute(np.stack([preprocess(d, net.bundle.input_spec) for d in images]))
         for got, want in zip(results, expected):

@@ -106,3 +106,27 @@ def test_registry_cli_lists_and_removes(tmp_path, capsys):
     assert "n2" in out and "stylegan" in out and "n1 " not in out
     assert main(["coordinator", "registry", "remove", "n1", "--registry", str(path)]) == 2
     assert "not in" in capsys.readouterr().err
+
+
+def test_reads_come_from_a_snapshot_renewed_on_every_change(tmp_path):
+    """The gateway reads the registry per batch: no SQL per read, yet every change is seen."""
+    from tests.network_support import wait_until
+
+    clock = Clock()
+    registry = Registry(tmp_path / "r.sqlite", stale_after=10, clock=clock)
+    register(registry)
+    assert [e.node_id for e in registry.list()] == ["n1"]
+    statements: list[str] = []
+    registry._db.set_trace_callback(statements.append)
+    for _ in range(100):
+        snapshot = registry.snapshot()
+    assert snapshot is registry.snapshot() and len(statements) <= 1, statements  # at most one data_version check
+    clock.now += 11
+    assert registry.list()[0].status == "stale"  # status is derived at read time, not cached
+    version = registry.version
+    register(registry, node_id="n2", source="stylegan", secret="s2")
+    assert registry.version > version and [e.node_id for e in registry.list()] == ["n1", "n2"]
+    other = Registry(tmp_path / "r.sqlite")  # another process, e.g. `attribnet coordinator registry remove`
+    assert other.remove("n1")
+    other.close()
+    wait_until(lambda: [e.node_id for e in registry.list()] == ["n2"], 10, "the external removal to be seen")

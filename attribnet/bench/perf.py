@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import platform
+import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,11 +52,11 @@ def synthetic_models(workdir: Path, image_size: int, nodes: int) -> tuple[Path, 
 
     private_key, public_key = signing.generate_keypair(workdir / "keys", overwrite=True)
     bundle_dir = workdir / "bundle"
-    if not bundle_dir.exists():
-        bundle_lib.write_bundle(
-            bundle_dir, networks.build_primary(image_size), InputSpec(image_size), signing.load_private_key(private_key),
-            version="perf-synthetic",
-        )
+    shutil.rmtree(bundle_dir, ignore_errors=True)  # an earlier run's bundle is signed with another key
+    bundle_lib.write_bundle(
+        bundle_dir, networks.build_primary(image_size), InputSpec(image_size), signing.load_private_key(private_key),
+        version="perf-synthetic",
+    )
     bundle = bundle_lib.load_bundle(bundle_dir, signing.load_public_key(public_key))
     head_dirs = {}
     for i in range(nodes):

@@ -94,7 +94,7 @@ def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str |
 
 
 def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | Path, public_key: str | Path,
-                     node_port: int, gateway: str, token_file: Path) -> Path:
+                     node_port: int, gateway: str, token_file: Path, node_settings: dict | None) -> Path:
     """The node's config, with the head copied into its own state folder (kept when already there)."""
     state = workdir / f"node-{source}"
     if not (state / "head").exists():
@@ -103,7 +103,7 @@ def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | P
     path.write_text(yaml.safe_dump({
         "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),
         "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway,
-                  "token_file": str(token_file), "max_backoff": 1.0},
+                  "token_file": str(token_file), "max_backoff": 1.0, **(node_settings or {})},
     }))
     return path
 
@@ -125,6 +125,7 @@ def start_local_network(
     head_dirs: dict[str, Path],
     *,
     gateway_settings: dict | None = None,
+    node_settings: dict | None = None,
     timeout: float = START_TIMEOUT,
     port: int = 0,
     node_ports: dict[str, int] | None = None,
@@ -132,7 +133,8 @@ def start_local_network(
     """Starts the gateway and one node per head (head folders are copied into node state folders).
 
     `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port); an
-    existing WORKDIR/registration.token is kept (else a random one is written).
+    existing WORKDIR/registration.token is kept (else a random one is written). `gateway_settings`
+    and `node_settings` add keys to the coordinator's `gateway:` and every node's `serve:` section.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,8 @@ def start_local_network(
         targets = {"coordinator": gateway}
         for source, head_dir in sorted(head_dirs.items()):
             node_port = (node_ports or {}).get(source) or free_port()
-            node_yaml = _write_node_yaml(workdir, source, head_dir, bundle, public_key, node_port, gateway, token_file)
+            node_yaml = _write_node_yaml(workdir, source, head_dir, bundle, public_key, node_port, gateway, token_file,
+                                         node_settings)
             name = f"node-{source}"
             network.processes[name] = start_process(name, [*python, "node", "serve", "--config", str(node_yaml)], env, workdir / f"{name}.log")
             targets[name] = f"127.0.0.1:{node_port}"

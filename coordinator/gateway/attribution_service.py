@@ -1,18 +1,20 @@
 """`AttributionService`: the query gateway clients call.
 
-A query costs one trunk pass plus N tiny heads in parallel, not N backbones: the gateway decodes
-and preprocesses each image once (`preprocessing.load_image` + `to_model_input`, the steps of the
-shared `preprocessing.preprocess`, keeping the RGB image for heatmaps), runs the serving model
-once per micro-batch (concurrent requests are merged for up to `batch_window_ms`), sends the fp16
-trunk features to every healthy node on the gateway's backbone in parallel under one deadline,
-calibrates each raw score with the calibration the node registered, and decides with
-`rule.decide`, the same rule as offline prediction. A node that is slow, down or broken
-only shows up in `missing_nodes`; it never fails the query.
+A query costs one decode, one trunk pass and N tiny heads, not N backbones: the gateway admits
+and decodes each image once (`intake.py`: limits, rate, allow-listed decoders, pixel budget), and
+the serving pipeline (`batcher.py`) merges concurrent requests into one micro-batch, runs the
+compiled serving model once and sends the batch's fp16 features to every healthy node once, in
+parallel under per-node deadlines. Back here, `rule.attribute_batch` calibrates each raw score
+with the calibration the node registered, computes the conformal p-values and decides, the same
+rule as offline prediction (`image_results`, the one place of that decision). A node that is slow, down, cooling down or
+broken only shows up in `missing_nodes`; it never fails the query. A full queue is
+RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at once.
 """
 
 from __future__ import annotations
 
 import io
+import time
 
 import grpc
 import numpy as np
@@ -20,19 +22,21 @@ from google.protobuf import timestamp_pb2
 from PIL import Image
 
 from coordinator.config import GatewayConfig
-from coordinator.gateway.batcher import TrunkBatcher
+from coordinator.gateway.batcher import BatchAnswer, RoutingTable, ServingPipeline
+from coordinator.gateway.intake import Intake
 from coordinator.gateway.node_pool import NodePool
-from coordinator.registry import HEALTHY, NodeEntry, Registry
+from coordinator.registry import NodeEntry, Registry
 from shared_backbone.model import bundle as bundle_lib
-from shared_backbone.model import heatmaps, networks, preprocessing
-from shared_backbone.model.calibration import Calibration
+from shared_backbone.model import heatmaps, networks
+from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
+from shared_backbone.protocol.metrics import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from shared_backbone.protocol.serving import answer_or_abort, deadline_of, submit_or_abort
 
 INCOMPATIBLE = "incompatible"
-DEADLINE_MARGIN = 0.05
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -42,48 +46,43 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 class Gateway(pb_grpc.AttributionServiceServicer):
-    """AttributionService: one trunk per batch, heads over the network, the offline decision rule."""
+    """AttributionService: one trunk and one Score call per node per batch, the offline decision rule."""
 
-    def __init__(self, bundle: bundle_lib.Bundle, registry: Registry, config: GatewayConfig) -> None:
+    def __init__(self, bundle: bundle_lib.Bundle, registry: Registry, config: GatewayConfig,
+                 metrics: ServerMetrics | None = None) -> None:
         self.bundle = bundle
         self.spec = bundle.input_spec
         self.registry = registry
         self.config = config
+        self.metrics = metrics or ServerMetrics()
+        self._decode_seconds = self.metrics.stage(STAGE_DECODE)
+        self._respond_seconds = self.metrics.stage(STAGE_RESPOND)
         self.backbone = pb.Backbone(version=bundle.version, digest=bundle.digest)
         self.primary = bundle.load_primary()
-        self.serving = networks.build_serving_model(self.primary)
-        self.batcher = TrunkBatcher(self.serving, window=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
-        self.pool = NodePool(config.tls, config.max_message_mb)
+        self.serving = CompiledModel(networks.build_serving_model(self.primary))
+        self.metrics.watch_traces("serving", lambda: self.serving.traces)
+        self.heatmapper = heatmaps.HeatmapModel(self.primary, compile=True)
+        self.intake = Intake(config, self.spec, self.metrics)
+        self.pool = NodePool(
+            config.tls, config.max_message_mb, metrics=self.metrics,
+            cooldown_failures=config.node_cooldown_failures, cooldown_seconds=config.node_cooldown_seconds,
+        )
+        self.pipeline = ServingPipeline(
+            self.serving, RoutingTable(registry, bundle.digest), self.pool, window=config.batch_window_ms / 1000.0,
+            max_batch=config.max_batch, max_queue=config.max_queue_images, max_inflight=config.max_inflight_batches,
+            node_timeout=config.node_timeout,
+            metrics=self.metrics,
+        )
         self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
 
     def close(self) -> None:
-        self.batcher.close()
+        self.pipeline.close()
         self.pool.close()
-
-    def preprocess(self, images: list[bytes], context: grpc.ServicerContext) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(model inputs, uint8 RGB images) for the request, or INVALID_ARGUMENT naming the first bad image."""
-        if not images:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request holds no images")
-        if len(images) > self.config.max_images:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(images)} images in one request; the limit is {self.config.max_images}",
-            )
-        inputs, rgbs = [], []
-        for index, data in enumerate(images):
-            try:
-                rgb = preprocessing.load_image(data, self.spec.image_size, max_pixels=self.config.max_pixels)
-                inputs.append(preprocessing.to_model_input(rgb, self.spec))
-                rgbs.append(rgb)
-            except preprocessing.ImageDecodeError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"image {index}: {exc}")
-            except (ValueError, OSError, MemoryError) as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"image {index}: cannot be processed ({exc})")
-        return np.stack(inputs), rgbs
+        self.intake.close()
 
     def heatmaps(self, inputs: np.ndarray, rgbs: list[np.ndarray]) -> list[bytes]:
         """PNG overlays of the detector's CAM (Grad-CAM for DCT backbones), one per image."""
-        maps, _ = heatmaps.compute_heatmaps(self.primary, inputs)
+        maps, _ = self.heatmapper.compute(inputs)
         pngs = []
         for rgb, heat in zip(rgbs, maps):
             buffer = io.BytesIO()
@@ -91,32 +90,31 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             pngs.append(buffer.getvalue())
         return pngs
 
-    def node_timeout(self, context: grpc.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        timeout = self.config.node_timeout
-        if remaining is not None:
-            timeout = min(timeout, max(remaining - DEADLINE_MARGIN, 0.01))
-        return timeout
-
     def Attribute(self, request: pb.AttributeRequest, context: grpc.ServicerContext) -> pb.AttributeResponse:
-        inputs, rgbs = self.preprocess(list(request.images), context)
-        fake_scores, features = self.batcher.run(inputs)
-        nodes = [entry for entry in self.registry.list() if entry.backbone_digest == self.bundle.digest]
-        healthy = [entry for entry in nodes if entry.status == HEALTHY]
-        calls = self.pool.send(
-            healthy, wire.features_to_request(features, self.bundle.digest), self.node_timeout(context)
-        )
-        pngs = self.heatmaps(inputs, rgbs) if request.heatmap else [b""] * len(inputs)  # while the nodes work
-        answered, failed = self.pool.collect(calls, len(inputs))
-        missing = sorted({entry.node_id for entry in nodes if entry.status != HEALTHY} | set(failed))
-        scoring = [entry for entry in healthy if entry.node_id in answered]
-        thresholds = {entry.source: entry.threshold for entry in scoring}
-        raw = {entry.source: answered[entry.node_id] for entry in scoring}
-        calibrations = {entry.source: Calibration.from_dict(entry.calibration) for entry in scoring}
-        answers = attribute_batch(fake_scores, raw, calibrations, thresholds, self.rule)
-        return pb.AttributeResponse(results=[
-            self.image_result(i, answer, thresholds, missing, pngs[i]) for i, answer in enumerate(answers)
-        ])
+        start = time.monotonic()
+        deadline = deadline_of(context.time_remaining(), self.config.request_timeout)
+        self.intake.admit(request, context)
+        inputs, rgbs = self.intake.decode(list(request.images), context)
+        self._decode_seconds(time.monotonic() - start)
+        future = submit_or_abort(self.pipeline.batcher, inputs, deadline, context, self.metrics, "the gateway")
+        pngs = self.heatmaps(inputs, rgbs) if request.heatmap else None  # while the batch runs
+        answer = answer_or_abort(future, deadline, context, self.metrics)
+        answered = time.monotonic()
+        response = pb.AttributeResponse(results=self.image_results(answer, pngs))
+        self._respond_seconds(time.monotonic() - answered)
+        self.metrics.images.inc(len(inputs))
+        return response
+
+    def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None) -> list[pb.ImageResult]:
+        """The decision for a request's images: raw scores -> `rule.attribute_batch` (calibration,
+        p-values, the rule) -> one ImageResult each."""
+        routes = answer.routes
+        raw = {route.entry.source: answer.raw[route.entry.node_id] for route in routes}
+        calibrations = {route.entry.source: route.calibration for route in routes}
+        thresholds = {route.entry.source: route.entry.threshold for route in routes}
+        answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule)
+        return [self.image_result(i, result, thresholds, answer.missing, pngs[i] if pngs else b"")
+                for i, result in enumerate(answers)]
 
     def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: list[str],
                      heatmap_png: bytes) -> pb.ImageResult:

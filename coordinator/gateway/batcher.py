@@ -1,81 +1,137 @@
-"""One trunk run per micro-batch merged from concurrent requests (the gateway's only heavy step)."""
+"""One batch end to end: concurrent requests share one trunk run and one Score call per node.
+
+`ServingPipeline` queues each request's preprocessed inputs in a `MicroBatcher` (bounded wait,
+bounded batch, bounded queue, deadlines honoured). Its worker runs the compiled serving model
+once per micro-batch, sends the batch's float16 features to every healthy node once
+(`NodePool.score`, per-node deadlines, cool-down) and goes on to the next batch while the nodes
+work, up to `max_inflight` batches at the nodes; requests arriving meanwhile form the next batch.
+When the last node has answered or failed, each request gets its slice (`BatchAnswer`).
+`RoutingTable` is the registry as the gateway serves it, rebuilt only when the registry changes.
+"""
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 
+from coordinator.gateway.node_pool import FanoutResult, NodePool
+from coordinator.registry import HEALTHY, NodeEntry, Registry
+from shared_backbone.model.calibration import Calibration
+from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
+from shared_backbone.protocol import wire
+from shared_backbone.protocol.metrics import STAGE_NODES, STAGE_QUEUE, STAGE_TRUNK, ServerMetrics
+from shared_backbone.protocol.serving import BatchItem, MicroBatcher, concatenate, split
+
+# Of the time a batch's earliest request has left, the share kept for the answer's way back after
+# the nodes' deadline (at least MIN_MARGIN seconds): a loaded machine needs more than a fixed 50 ms.
+DEADLINE_MARGIN = 0.1
+MIN_MARGIN = 0.05
+MIN_NODE_TIMEOUT = 0.01
 
 
-class TrunkBatcher:
-    """Runs the serving model on micro-batches merged from concurrent requests.
+@dataclass(frozen=True)
+class Route:
+    """A node the gateway may query, with its calibration parsed once per registry change."""
 
-    Requests queue their preprocessed inputs; one worker thread takes the first, waits up to
-    `window` seconds for more (until `max_batch` images), runs the model once and hands every
-    request its slice. A lone request therefore runs with exactly its own batch.
-    """
+    entry: NodeEntry
+    calibration: Calibration
 
-    def __init__(self, serving: object, *, window: float, max_batch: int) -> None:
+
+@dataclass
+class BatchAnswer:
+    """One request's share of a batch: fake scores, raw scores per answering node, who is missing."""
+
+    fake_scores: np.ndarray
+    raw: dict[str, np.ndarray]  # node id -> this request's raw scores
+    routes: list[Route]  # the nodes that answered, in registry order
+    missing: list[str]
+
+
+class RoutingTable:
+    """Nodes on the gateway's backbone with parsed calibrations, from the registry's in-memory snapshot."""
+
+    def __init__(self, registry: Registry, backbone_digest: str) -> None:
+        self.registry = registry
+        self.backbone_digest = backbone_digest
+        self._snapshot: tuple[NodeEntry, ...] | None = None
+        self._routes: list[Route] = []
+
+    def current(self) -> tuple[list[Route], list[str]]:
+        """(healthy routes, ids of stale nodes) right now; incompatible nodes are in neither."""
+        snapshot = self.registry.snapshot()
+        if snapshot is not self._snapshot:
+            self._routes = [
+                Route(entry, Calibration.from_dict(entry.calibration))
+                for entry in snapshot if entry.backbone_digest == self.backbone_digest
+            ]
+            self._snapshot = snapshot
+        now = self.registry.clock()
+        healthy, stale = [], []
+        for route in self._routes:
+            if self.registry.status_at(route.entry, now) == HEALTHY:
+                healthy.append(route)
+            else:
+                stale.append(route.entry.node_id)
+        return healthy, stale
+
+
+class ServingPipeline:
+    """Micro-batches requests through the trunk and the nodes; `submit` returns a future of `BatchAnswer`."""
+
+    def __init__(
+        self, serving: CompiledModel, routing: RoutingTable, pool: NodePool, *, window: float, max_batch: int,
+        max_queue: int, max_inflight: int, node_timeout: float, metrics: ServerMetrics,
+    ) -> None:
         self.serving = serving
-        self.window = window
-        self.max_batch = max_batch
-        self.runs = 0
-        self._queue: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="trunk-batcher", daemon=True)
-        self._thread.start()
+        self.routing = routing
+        self.pool = pool
+        self.node_timeout = node_timeout
+        self._queue_seconds = metrics.stage(STAGE_QUEUE)
+        self._trunk_seconds = metrics.stage(STAGE_TRUNK)
+        self._nodes_seconds = metrics.stage(STAGE_NODES)
+        self.batcher = MicroBatcher(
+            self._run, name="trunk-batcher", window=window, max_batch=max_batch, max_queue=max_queue,
+            max_inflight=max_inflight, on_batch=metrics.batch_observer(STAGE_TRUNK), on_depth=metrics.depth_setter(STAGE_TRUNK),
+        )
 
-    def run(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(fake scores (N,) float64, wire features (N, H/4, W/4, 16) float16) for one request."""
-        future: Future = Future()
-        self._queue.put((inputs, future))
-        return future.result()
+    @property
+    def runs(self) -> int:
+        """Trunk runs so far (each one also made at most one Score call per node)."""
+        return self.batcher.runs
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        self.batcher.close()
 
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = len(first[0])
-            deadline = time.monotonic() + self.window
-            while size < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                if size + len(item[0]) > self.max_batch:
-                    self._run(batch)
-                    batch, size = [], 0
-                batch.append(item)
-                size += len(item[0])
-            if batch:
-                self._run(batch)
+    def _run(self, items: list[BatchItem]) -> None:
+        started = time.monotonic()
+        for item in items:
+            self._queue_seconds(started - item.enqueued)
+        inputs = concatenate(items)
+        fake, features = self.serving(inputs)
+        fake = fake.reshape(-1).astype(np.float64)
+        self._trunk_seconds(time.monotonic() - started)
+        healthy, stale = self.routing.current()
+        calls, cooled = self.pool.cooling([route.entry for route in healthy])
+        left = min(item.deadline for item in items) - time.monotonic()
+        timeout = max(min(self.node_timeout, left - max(MIN_MARGIN, DEADLINE_MARGIN * left)), MIN_NODE_TIMEOUT)
+        request = wire.features_to_request(as_head_features(features), self.routing.backbone_digest)
+        sent = time.monotonic()
 
-    def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
-        try:
-            inputs = batch[0][0] if len(batch) == 1 else np.concatenate([item[0] for item in batch])
-            fake, features = self.serving(inputs, training=False)
-            fake = np.asarray(fake).reshape(-1).astype(np.float64)
-            features = as_head_features(np.asarray(features))
-            self.runs += 1
-        except Exception as exc:  # noqa: BLE001 - every waiting request must get the error, not hang
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        start = 0
-        for item, future in batch:
-            end = start + len(item)
-            future.set_result((fake[start:end], features[start:end]))
-            start = end
+        def finish(result: FanoutResult) -> None:
+            self._nodes_seconds(time.monotonic() - sent)
+            self._finish(items, fake, healthy, sorted({*stale, *cooled}), result)
+
+        self.pool.score(calls, request, len(inputs), timeout, finish)
+
+    @staticmethod
+    def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[Route], missing: list[str],
+                result: FanoutResult) -> None:
+        """Hands every request its slice once all nodes have answered or failed."""
+        routes = [route for route in healthy if route.entry.node_id in result.answered]
+        missing = sorted({*missing, *result.failed})
+        ids = [route.entry.node_id for route in routes]
+        for item, (fake_part, *raw_parts) in zip(items, split(items, fake, *(result.answered[i] for i in ids))):
+            item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), routes, missing))

@@ -1,10 +1,24 @@
-"""gRPC channels to the nodes' HeadServices: parallel Score calls under one deadline, answers checked."""
+"""gRPC channels to the nodes' HeadServices: one Score call per node per batch, in parallel, answers checked.
+
+`NodePool.score` starts every node's call at once, each under its own deadline, and calls back
+once all have answered or failed; it never blocks the caller, so the gateway's trunk computes the
+next batch meanwhile. The calls run on one asyncio event loop (grpc.aio) in a thread of the pool:
+measured, a sync-API `future()` per node cost more gateway CPU than the head it waits for. A node whose answer is wrong (count, source, head digest, a score that is
+not a finite number in [0, 1]) counts as failed, exactly like one that is down or too slow.
+
+Cool-down: after `cooldown_failures` failed calls in a row a node sits out `cooldown_seconds`
+(listed missing, not dialled), so a hung node costs one deadline per cool-down, not one per
+query; then one batch probes it again. A re-registration (new endpoint or generation) clears it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -12,81 +26,166 @@ import numpy as np
 from coordinator.registry import NodeEntry
 from shared_backbone.config import TLSConfig
 from shared_backbone.protocol import rpc
+from shared_backbone.protocol.metrics import ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+@dataclass
+class _Node:
+    """A node's record for one (node id, endpoint, generation), and its channel (loop thread only)."""
+
+    key: tuple[str, str, int]
+    stub: pb_grpc.HeadServiceStub | None = None
+    channel: grpc.aio.Channel | None = None
+    failures: int = 0
+    cooled_until: float = 0.0
+    ok: bool = True
+
 
 @dataclass
-class _NodeChannel:
-    key: tuple[str, str, int]
-    channel: grpc.Channel
-    stub: pb_grpc.HeadServiceStub
+class FanoutResult:
+    """Raw scores per node id from every node that answered correctly in time; the ids that did not."""
+
+    answered: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
 
 
 class NodePool:
-    """gRPC channels to the nodes, renewed when a node re-registers (new endpoint or restart)."""
+    """Channels to the nodes on one event loop, renewed when a node re-registers (new endpoint or restart)."""
 
-    def __init__(self, tls: TLSConfig, max_message_mb: int) -> None:
+    def __init__(
+        self, tls: TLSConfig, max_message_mb: int, *, metrics: ServerMetrics, cooldown_failures: int = 3,
+        cooldown_seconds: float = 5.0,
+    ) -> None:
         self.tls = tls
         self.max_message_mb = max_message_mb
-        self._channels: dict[str, _NodeChannel] = {}
-        self._ok: dict[str, bool] = {}
+        self.metrics = metrics
+        self.cooldown_failures = cooldown_failures
+        self.cooldown_seconds = cooldown_seconds
+        self._nodes: dict[str, _Node] = {}
+        self._retired: list[grpc.aio.Channel] = []
         self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="node-fanout", daemon=True)
+        self._thread.start()
 
-    def stub(self, entry: NodeEntry) -> pb_grpc.HeadServiceStub:
+    def _node(self, entry: NodeEntry) -> _Node:
         key = (entry.node_id, entry.endpoint, entry.generation)
         with self._lock:
-            current = self._channels.get(entry.node_id)
+            current = self._nodes.get(entry.node_id)
             if current is None or current.key != key:
-                if current is not None:
-                    current.channel.close()
-                channel = rpc.open_channel(entry.endpoint, self.tls, self.max_message_mb)
-                current = _NodeChannel(key, channel, pb_grpc.HeadServiceStub(channel))
-                self._channels[entry.node_id] = current
-            return current.stub
+                if current is not None and current.channel is not None:
+                    self._retired.append(current.channel)
+                current = _Node(key)
+                self._nodes[entry.node_id] = current
+            return current
 
-    def send(self, entries: list[NodeEntry], request: pb.ScoreRequest, timeout: float) -> list[tuple[NodeEntry, grpc.Future]]:
-        """Starts every node's Score call at once; `collect` waits for them."""
-        return [(entry, self.stub(entry).Score.future(request, timeout=timeout)) for entry in entries]
-
-    def collect(self, calls: list[tuple[NodeEntry, grpc.Future]], batch: int) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Raw scores per node id from every node that answered correctly in time, and the rest."""
-        answered: dict[str, np.ndarray] = {}
-        failed: list[str] = []
-        for entry, call in calls:
-            try:
-                response = call.result()
-                problem = _check_response(entry, response, batch)
-            except grpc.RpcError as exc:
-                problem = f"{exc.code().name}: {exc.details()}"
-            if problem:
-                failed.append(entry.node_id)
+    def cooling(self, entries: list[NodeEntry]) -> tuple[list[NodeEntry], set[str]]:
+        """(nodes to call, ids sitting out a cool-down) among `entries`."""
+        now = time.monotonic()
+        call, skipped = [], set()
+        for entry in entries:
+            if self._node(entry).cooled_until > now:
+                skipped.add(entry.node_id)
+                self.metrics.node_skipped.labels(node=entry.node_id).inc()
             else:
-                answered[entry.node_id] = np.asarray(response.raw_scores, dtype=np.float64)
-            self._note(entry, problem)
-        return answered, failed
+                call.append(entry)
+        return call, skipped
 
-    def _note(self, entry: NodeEntry, problem: str | None) -> None:
-        """Logs a node's transitions between answering and failing, not every query."""
-        was_ok = self._ok.get(entry.node_id, True)
-        self._ok[entry.node_id] = problem is None
+    def score(
+        self, entries: list[NodeEntry], request: pb.ScoreRequest, rows: int, timeout: float,
+        done: Callable[[FanoutResult], None],
+    ) -> None:
+        """Sends `request` to every node at once; `done(result)` runs (in the loop's thread) once every call ended."""
+        asyncio.run_coroutine_threadsafe(self._score(entries, request, rows, timeout, done), self._loop)
+
+    async def _score(self, entries: list[NodeEntry], request: pb.ScoreRequest, rows: int, timeout: float,
+                     done: Callable[[FanoutResult], None]) -> None:
+        result = FanoutResult()
+        try:
+            for channel in self._retired:
+                await channel.close()
+            self._retired.clear()
+            outcomes = await asyncio.gather(*(self._call(entry, request, rows, timeout) for entry in entries))
+            for entry, scores in zip(entries, outcomes):
+                if scores is None:
+                    result.failed.add(entry.node_id)
+                else:
+                    result.answered[entry.node_id] = scores
+        except Exception:  # noqa: BLE001 - the batch must complete whatever happens
+            log.exception("fan-out to %d node(s) failed", len(entries))
+            result.failed.update(entry.node_id for entry in entries)
+            result.answered.clear()
+        finally:
+            done(result)
+
+    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
+        """The node's checked raw scores, or None (and the failure noted) when it did not answer well."""
+        node = self._node(entry)
+        if node.stub is None:
+            node.channel = rpc.open_aio_channel(entry.endpoint, self.tls, self.max_message_mb)
+            node.stub = pb_grpc.HeadServiceStub(node.channel)
+        start = time.perf_counter()
+        reason, problem, scores = "", None, None
+        try:
+            response = await node.stub.Score(request, timeout=timeout)
+            scores = np.asarray(response.raw_scores, dtype=np.float64)
+            problem = check_response(entry, response, scores, rows)
+            if problem:
+                reason, scores = "bad_answer", None
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            problem, reason = f"{code.name}: {exc.details()}", code.name.lower()
+        self.metrics.node_latency.labels(node=entry.node_id).observe(time.perf_counter() - start)
+        if reason == "deadline_exceeded":
+            self.metrics.node_timeouts.labels(node=entry.node_id).inc()
+        elif reason:
+            self.metrics.node_errors.labels(node=entry.node_id, reason=reason).inc()
+        self._note(entry, node, problem)
+        return scores
+
+    def _note(self, entry: NodeEntry, node: _Node, problem: str | None) -> None:
+        """Tracks failures in a row (cool-down) and logs transitions between answering and failing."""
+        with self._lock:
+            was_ok = node.ok
+            node.ok = problem is None
+            node.failures = 0 if problem is None else node.failures + 1
+            cool = problem is not None and node.failures >= self.cooldown_failures
+            if cool:
+                node.cooled_until = time.monotonic() + self.cooldown_seconds
+                node.failures = self.cooldown_failures - 1  # one more failure after the probe cools it again
         if problem and was_ok:
             log.warning("node %s (%s at %s) did not answer: %s", entry.node_id, entry.source, entry.endpoint, problem)
         elif not problem and not was_ok:
             log.info("node %s (%s) answers again", entry.node_id, entry.source)
+        if cool:
+            log.warning("node %s failed %d times in a row: skipped for %.1fs", entry.node_id, self.cooldown_failures,
+                        self.cooldown_seconds)
 
     def close(self) -> None:
-        with self._lock:
-            for item in self._channels.values():
-                item.channel.close()
-            self._channels.clear()
+        async def shutdown() -> None:
+            channels = [node.channel for node in self._nodes.values() if node.channel is not None] + self._retired
+            for channel in channels:
+                await channel.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("closing node channels failed", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._nodes.clear()
 
 
-def _check_response(entry: NodeEntry, response: pb.ScoreResponse, batch: int) -> str | None:
-    if len(response.raw_scores) != batch:
-        return f"returned {len(response.raw_scores)} scores for {batch} images"
+def check_response(entry: NodeEntry, response: pb.ScoreResponse, scores: np.ndarray, rows: int) -> str | None:
+    """Why a node's answer cannot be used (wrong count, source, head, or score values), or None."""
+    if len(scores) != rows:
+        return f"returned {len(scores)} scores for {rows} images"
     if response.source != entry.source or response.head_digest != entry.head_digest:
         return f"serves {response.source}/{response.head_digest[:12]}, registered {entry.source}/{entry.head_digest[:12]}"
+    bad = ~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0))
+    if bad.any():
+        return f"returned the raw score {scores[bad][0]}, not a probability in [0, 1]"
     return None

@@ -14,6 +14,7 @@ from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.registry import Registry, RegistryError
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.protocol import rpc
+from shared_backbone.protocol.metrics import MetricsInterceptor, ServerMetrics, serve_metrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
@@ -36,23 +37,28 @@ class CoordinatorServer:
     gateway: Gateway
     registry: Registry
     health: HealthServicer
+    metrics: ServerMetrics
+    metrics_port: int = -1  # the bound /metrics port, -1 when off
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
         self.server.stop(grace).wait(grace + 1)
         self.gateway.close()
         self.registry.close()
+        self.metrics.close()
 
 
 def check_gateway_config(config: GatewayConfig) -> None:
     """Refuses settings that would make the gateway misbehave, naming the key."""
-    positive = ("max_message_mb", "max_images", "max_pixels", "node_timeout", "heartbeat_interval", "stale_after",
-                "max_batch", "workers")
+    positive = ("max_message_mb", "max_images", "max_pixels", "max_request_pixels", "max_heatmap_images", "node_timeout",
+                "node_cooldown_failures", "heartbeat_interval", "stale_after", "max_batch", "max_queue_images",
+                "max_inflight_batches", "request_timeout", "workers", "max_concurrent_rpcs", "decode_workers")
     for key in positive:
         if getattr(config, key) <= 0:
             raise GatewayStartError(f"gateway.{key} must be positive, got {getattr(config, key)}")
-    if config.batch_window_ms < 0:
-        raise GatewayStartError(f"gateway.batch_window_ms must be >= 0, got {config.batch_window_ms}")
+    for key in ("batch_window_ms", "node_cooldown_seconds", "rate_limit", "rate_burst"):
+        if getattr(config, key) < 0:
+            raise GatewayStartError(f"gateway.{key} must be >= 0, got {getattr(config, key)}")
     if config.stale_after <= config.heartbeat_interval:
         raise GatewayStartError(
             f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
@@ -84,17 +90,21 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         registry = Registry(config.registry, stale_after=gateway_config.stale_after)
     except RegistryError as exc:
         raise GatewayStartError(str(exc)) from None
-    gateway = Gateway(bundle, registry, gateway_config)
+    metrics = ServerMetrics()
+    gateway = Gateway(bundle, registry, gateway_config, metrics)
     server = rpc.create_server(
         workers=gateway_config.workers,
         max_message_mb=gateway_config.max_message_mb,
         tokens={REGISTRY_SERVICE: registration_token, ATTRIBUTION_SERVICE: query_token},
+        max_concurrent_rpcs=gateway_config.max_concurrent_rpcs,
+        interceptors=[MetricsInterceptor(metrics, gateway_config.access_log)],
     )
     pb_grpc.add_AttributionServiceServicer_to_server(gateway, server)
     pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, gateway, gateway_config), server)
     health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
     try:
         port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls)
+        metrics_port = serve_metrics(metrics, gateway_config.metrics_host, gateway_config.metrics_port)
     except rpc.RpcConfigError as exc:
         gateway.close()
         registry.close()
@@ -106,7 +116,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         bundle.version, bundle.short_digest, gateway_config.host, port, config.registry, len(nodes),
         "; queries need a token" if query_token else "",
     )
-    return CoordinatorServer(server, port, gateway, registry, health)
+    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:

@@ -55,36 +55,61 @@ def _normalise(maps: np.ndarray, *, shift_min: bool) -> np.ndarray:
     return out
 
 
-def raw_heatmaps(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, str]:
-    """Unnormalised (N, h, w) maps at the last conv resolution and the method ("cam"/"grad-cam").
+class HeatmapModel:
+    """A model's heatmap probe, built once and reused for every batch (a server builds one at start).
 
-    CAM keeps its sign and scale, so its spatial mean plus the decision bias is the logit; Grad-CAM
-    is ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k.
+    The probe is a Keras sub-model (last ReLU, decision input); with `compile=True` (servers) CAM
+    runs it as one traced graph (`compiled.CompiledModel`), so a heatmap request costs one forward
+    pass, never a new model or a trace.
     """
-    conv_name, decision_name = _layer_names(model)
-    decision = model.get_layer(decision_name)
-    probe = keras.Model(model.input, [model.get_layer(conv_name).output, decision.input])
-    kernel = np.asarray(decision.kernel.numpy(), dtype=np.float64)[:, 0]
-    inputs = np.asarray(inputs, dtype=np.float32)
-    if method_for(model) == CAM:
-        activations = np.asarray(probe(inputs, training=False)[0], dtype=np.float64)
-        return np.einsum("nhwc,c->nhw", activations, kernel), CAM
-    import tensorflow as tf
 
-    bias = float(np.asarray(decision.bias.numpy()).reshape(-1)[0])
-    with tf.GradientTape() as tape:
-        activations, pre_decision = probe(tf.constant(inputs), training=False)
-        logit = tf.linalg.matvec(pre_decision, tf.constant(kernel, dtype=pre_decision.dtype)) + bias
-    gradients = tape.gradient(logit, activations).numpy().astype(np.float64)
-    weights = gradients.mean(axis=(1, 2))  # alpha_k per image
-    maps = np.einsum("nhwc,nc->nhw", activations.numpy().astype(np.float64), weights)
-    return np.maximum(maps, 0.0), GRAD_CAM
+    def __init__(self, model: keras.Model, *, compile: bool = False) -> None:
+        from shared_backbone.model.compiled import CompiledModel
+
+        conv_name, decision_name = _layer_names(model)
+        decision = model.get_layer(decision_name)
+        self.method = method_for(model)
+        self.probe = keras.Model(model.input, [model.get_layer(conv_name).output, decision.input])
+        self.kernel = np.asarray(decision.kernel.numpy(), dtype=np.float64)[:, 0]
+        self.bias = float(np.asarray(decision.bias.numpy()).reshape(-1)[0])
+        use_graph = compile and self.method == CAM
+        self.compiled = CompiledModel(self.probe, name=f"{model.name}_heatmap") if use_graph else None
+
+    def raw(self, inputs: np.ndarray) -> tuple[np.ndarray, str]:
+        """Unnormalised (N, h, w) maps at the last conv resolution and the method ("cam"/"grad-cam").
+
+        CAM keeps its sign and scale, so its spatial mean plus the decision bias is the logit; Grad-CAM
+        is ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k.
+        """
+        inputs = np.asarray(inputs, dtype=np.float32)
+        if self.method == CAM:
+            outputs = self.compiled(inputs) if self.compiled is not None else self.probe(inputs, training=False)
+            activations = np.asarray(outputs[0], dtype=np.float64)
+            return np.einsum("nhwc,c->nhw", activations, self.kernel), CAM
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            activations, pre_decision = self.probe(tf.constant(inputs), training=False)
+            logit = tf.linalg.matvec(pre_decision, tf.constant(self.kernel, dtype=pre_decision.dtype)) + self.bias
+        gradients = tape.gradient(logit, activations).numpy().astype(np.float64)
+        weights = gradients.mean(axis=(1, 2))  # alpha_k per image
+        maps = np.einsum("nhwc,nc->nhw", activations.numpy().astype(np.float64), weights)
+        return np.maximum(maps, 0.0), GRAD_CAM
+
+    def compute(self, inputs: np.ndarray) -> tuple[np.ndarray, str]:
+        """(N, h, w) maps in [0, 1] for drawing, and the method used ("cam"/"grad-cam")."""
+        maps, method = self.raw(inputs)
+        return _normalise(maps, shift_min=method == CAM), method
+
+
+def raw_heatmaps(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, str]:
+    """`HeatmapModel(model).raw(inputs)`, for one-off use (offline prediction, tests)."""
+    return HeatmapModel(model).raw(inputs)
 
 
 def compute_heatmaps(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, str]:
     """(N, h, w) maps in [0, 1] for drawing, and the method used ("cam"/"grad-cam")."""
-    maps, method = raw_heatmaps(model, inputs)
-    return _normalise(maps, shift_min=method == CAM), method
+    return HeatmapModel(model).compute(inputs)
 
 
 def overlay(background: np.ndarray, heat: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:

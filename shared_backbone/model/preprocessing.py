@@ -2,12 +2,20 @@
 
 The pipeline is: bytes -> `decode_image` (Pillow, EXIF orientation, RGB) -> `center_crop_resize`
 (uint8 HxWx3 at the model size) -> optional perturbation -> `to_model_input` (pixel scaling or the
-normalised log-DCT spectrum). Anything that feeds a model goes through `to_model_input`.
+normalised log-DCT spectrum; `to_model_inputs` is the same for a batch, one vectorised DCT).
+Anything that feeds a model goes through one of them.
+
+Decoding is built for hostile input, since the gateway decodes whatever a client uploads: only
+the formats in `ACCEPTED_FORMATS` are opened (no EPS, PSD, TIFF, ... decoders run), a JPEG much
+larger than the model input is decoded reduced (`Image.draft`, before any pixel is allocated),
+the decoded size is checked against `max_pixels` and an optional per-request `PixelBudget` from
+the header alone, before decoding, and every failure of a decoder becomes `ImageDecodeError`.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,11 @@ MODES = ("pixel", "dct")
 DCT_LOG_EPSILON = 1e-12
 DEFAULT_MAX_PIXELS = 40_000_000
 RESAMPLE = Image.Resampling.BICUBIC
+# The decoders that may run on untrusted bytes (GIF and animated WebP: first frame only).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale while its short side stays >= this many model sides,
+# so the bicubic resize that follows still downsamples (a 4000 px photo is never decoded whole).
+DRAFT_MARGIN = 2
 
 
 def channels_for(mode: str) -> int:
@@ -36,6 +49,27 @@ def check_image_size(image_size: int) -> None:
 
 class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message says why."""
+
+
+class PixelBudget:
+    """Decoded pixels one request may still allocate, shared by the threads decoding its images.
+
+    `reserve` is called with each image's size from its header, before its pixels are decoded, so
+    a request of many small-file, huge-image bombs is refused before it allocates anything big.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.remaining = int(pixels)
+        self.limit = int(pixels)
+        self._lock = threading.Lock()
+
+    def reserve(self, pixels: int) -> None:
+        with self._lock:
+            if pixels > self.remaining:
+                raise ImageDecodeError(
+                    f"the request's images decode to more than {self.limit} pixels in total (the per-request budget)"
+                )
+            self.remaining -= pixels
 
 
 @dataclass(frozen=True)
@@ -91,8 +125,18 @@ class InputSpec:
         return (self.image_size, self.image_size, self.channels)
 
 
-def decode_image(data: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decodes PNG/JPEG/... bytes or a file into an upright RGB image, or raises ImageDecodeError."""
+def decode_image(
+    data: bytes | str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_size: int = 0,
+    budget: PixelBudget | None = None,
+) -> Image.Image:
+    """Decodes accepted-format bytes or a file into an upright RGB image, or raises ImageDecodeError.
+
+    `target_size` (the model side) lets a large JPEG decode reduced; `max_pixels` and `budget` are
+    checked on the size the decoder will allocate, before it runs.
+    """
     if isinstance(data, (str, Path)):
         try:
             data = Path(data).read_bytes()
@@ -101,19 +145,40 @@ def decode_image(data: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXE
     if not data:
         raise ImageDecodeError("empty input (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            _draft(image, target_size)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(f"image is {width}x{height} pixels, above the limit of {max_pixels}")
+            if budget is not None:
+                budget.reserve(width * height)
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(
+            f"not a recognised image format (accepted: {', '.join(ACCEPTED_FORMATS)})"
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"corrupt image: {exc}") from None
+    except MemoryError:
+        raise ImageDecodeError("image too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder's unexpected error on hostile bytes is still bad input
+        raise ImageDecodeError(f"corrupt image: {type(exc).__name__}: {exc}") from None
+
+
+def _draft(image: Image.Image, target_size: int) -> None:
+    """Asks the JPEG decoder for a reduced scale when the image is far larger than the model input."""
+    if not target_size or image.format != "JPEG":
+        return
+    width, height = image.size
+    keep = DRAFT_MARGIN * target_size
+    if min(width, height) < 2 * keep:
+        return
+    scale = keep / min(width, height)
+    image.draft(image.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -142,9 +207,11 @@ def center_crop_resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8)
 
 
-def load_image(data: bytes | str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    data: bytes | str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None
+) -> np.ndarray:
     """Decode + centre-crop + resize: the uint8 RGB array every model input starts from."""
-    return center_crop_resize(decode_image(data, max_pixels=max_pixels), size)
+    return center_crop_resize(decode_image(data, max_pixels=max_pixels, target_size=size, budget=budget), size)
 
 
 def grayscale(rgb: np.ndarray) -> np.ndarray:
@@ -168,6 +235,24 @@ def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
         raise ValueError("DCT input needs normstats (attribnet data normstats)")
     spectrum = (log_dct_spectrum(rgb) - spec.normstats.mean) / spec.normstats.std
     return spectrum[..., None].astype(np.float32)
+
+
+def to_model_inputs(rgbs: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """`to_model_input` for a batch (N, H, W, 3) -> (N, H, W, C) float32, equal to it element for element.
+
+    One numpy pass for the pixel scaling and one batched DCT (scipy's pocketfft, which releases
+    the GIL) instead of per-image Python work.
+    """
+    batch = np.stack(rgbs) if isinstance(rgbs, list) else np.asarray(rgbs)
+    if batch.ndim != 4 or batch.shape[1:] != (spec.image_size, spec.image_size, 3):
+        raise ValueError(f"expected N x {spec.image_size}x{spec.image_size}x3 images, got {batch.shape}")
+    if spec.mode == "pixel":
+        return (batch.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    if spec.normstats is None:
+        raise ValueError("DCT input needs normstats (attribnet data normstats)")
+    grey = np.stack([grayscale(rgb) for rgb in batch])
+    spectra = np.log(np.abs(scipy.fft.dctn(grey, type=2, norm="ortho", axes=(1, 2))) + DCT_LOG_EPSILON)
+    return ((spectra - spec.normstats.mean) / spec.normstats.std)[..., None].astype(np.float32)
 
 
 def preprocess(data: bytes | str | Path, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

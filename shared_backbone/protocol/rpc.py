@@ -98,12 +98,21 @@ def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
 
 def open_channel(target: str, tls: TLSConfig | None = None, max_message_mb: int = 32) -> grpc.Channel:
     """A channel to `target` (host:port), TLS when `tls.cert` or `tls.ca` is set."""
+    return _open(grpc, target, tls, max_message_mb)
+
+
+def open_aio_channel(target: str, tls: TLSConfig | None = None, max_message_mb: int = 32) -> grpc.aio.Channel:
+    """`open_channel` for asyncio (call from the event loop that will use it)."""
+    return _open(grpc.aio, target, tls, max_message_mb)
+
+
+def _open(api, target: str, tls: TLSConfig | None, max_message_mb: int):
     options = channel_options(max_message_mb)
     if tls and (tls.cert or tls.ca):
         if tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))
-        return grpc.secure_channel(target, channel_credentials(tls), options=options)
-    return grpc.insecure_channel(target, options=options)
+        return api.secure_channel(target, channel_credentials(tls), options=options)
+    return api.insecure_channel(target, options=options)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -152,12 +161,20 @@ def _unauthenticated(message: str) -> grpc.RpcMethodHandler:
 
 
 def create_server(
-    *, workers: int, max_message_mb: int, tokens: dict[str, str] | None = None
+    *,
+    workers: int,
+    max_message_mb: int,
+    tokens: dict[str, str] | None = None,
+    max_concurrent_rpcs: int | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> grpc.Server:
+    """A thread-pool server; past `max_concurrent_rpcs` calls in flight gRPC answers RESOURCE_EXHAUSTED
+    at once instead of queueing them without bound. `interceptors` run before the token check."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         options=message_options(max_message_mb) + [("grpc.so_reuseport", 0)],
-        interceptors=[TokenInterceptor(tokens or {})],
+        interceptors=[*interceptors, TokenInterceptor(tokens or {})],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 
 

@@ -49,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from shared_backbone.model.device import configure_tensorflow
 
     config = _config(args)
-    configure_tensorflow()
+    configure_tensorflow(config.gateway.tf_threads)
     return serve_forever(config)
 
 

@@ -41,5 +41,5 @@ def run_serve(args: argparse.Namespace) -> int:
             "serve.token_file": args.token_file,
         },
     )
-    configure_tensorflow()
+    configure_tensorflow(config.serve.tf_threads)
     return serve_forever(config)

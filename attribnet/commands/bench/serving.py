@@ -1,0 +1,58 @@
+"""`attribnet bench serving`: network throughput and tail latency at the limit, and the transfer claim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("attribnet.bench")
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "serving", help="in-process limit vs gateway + N nodes under closed-loop load; head vs full-model training"
+    )
+    parser.add_argument("--config", help="YAML with ServingBenchConfig keys (e.g. configs/bench.yaml)")
+    parser.add_argument("--profile", choices=("full", "quick"), default="full",
+                        help="full: every point of the config; quick: C=8 only, one short window, small transfer run")
+    parser.add_argument("--out", default="bench/results", help="folder for serving.json, serving.md and work files")
+    parser.add_argument("--benchmarks-md", metavar="FILE",
+                        help="also replace the serving section of this Markdown file (e.g. BENCHMARKS.md)")
+    parser.add_argument("--nodes", type=int, nargs="+", help="node counts N")
+    parser.add_argument("--clients", type=int, nargs="+", help="concurrent clients C")
+    parser.add_argument("--batches", type=int, nargs="+", help="images per request B")
+    parser.add_argument("--repeats", type=int, help="measured windows per point")
+    parser.add_argument("--seconds", type=float, help="length of one measured window")
+    parser.add_argument("--batch-window-ms", type=float, help="the gateway's micro-batch window")
+    parser.add_argument("--max-inflight-batches", type=int, help="the gateway's batches at the nodes at once")
+    parser.add_argument("--skip-transfer", action="store_true", default=None, help="no head-vs-full-model training")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (progress stays on stderr)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attribnet.bench.serving import PROFILES, run_serving
+    from attribnet.bench.serving_report import replace_section
+    from attribnet.config import ServingBenchConfig
+    from shared_backbone.config import load_config
+    from shared_backbone.model.device import configure_tensorflow
+
+    flags = {"nodes": args.nodes, "clients": args.clients, "batches": args.batches, "repeats": args.repeats,
+             "seconds": args.seconds, "skip_transfer": args.skip_transfer, "batch_window_ms": args.batch_window_ms,
+             "max_inflight_batches": args.max_inflight_batches}
+    overrides = {**PROFILES[args.profile], **{key: value for key, value in flags.items() if value is not None}}
+    config = load_config(ServingBenchConfig, args.config, overrides, section="serving")
+    configure_tensorflow()
+    report = run_serving(args.out, config, progress=lambda message: log.info("%s", message))
+    markdown = (Path(args.out) / "serving.md").read_text()
+    if args.benchmarks_md:
+        target = Path(args.benchmarks_md)
+        target.write_text(replace_section(target.read_text() if target.is_file() else "", markdown))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(markdown)
+        print(f"wrote {Path(args.out) / 'serving.json'} in {report['wall_seconds'] / 60:.1f} min")
+    return 0

@@ -1,0 +1,234 @@
+"""The gateway under load and with hostile nodes, on real gRPC servers on loopback.
+
+Two real nodes (alpha, beta) serve a real coordinator whose queue is tiny. Hostile nodes are the
+real `HeadServicer` with its answer tampered (NaN, out of [0, 1], too few scores) or delayed,
+registered like any node: each must only ever show up in `missing_nodes`. Nothing is timed: the
+tests count calls, trace counters and Prometheus samples.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until
+
+GOOD = ("alpha", "beta")
+MAX_QUEUE = 4
+NODE_TIMEOUT = 4.0
+
+
+@dataclass
+class LoadNet:
+    root: object
+    bundle: object
+    coordinator: object
+    nodes: dict
+    target: str
+
+
+@pytest.fixture(scope="module")
+def load_net(tmp_path_factory, keypair):
+    from node.server import start_node
+    from tests.test_gateway import REGISTRATION_TOKEN, node_config
+
+    root = tmp_path_factory.mktemp("load")
+    bundle = make_bundle(root / "bundle", *keypair)
+    coordinator = start_gateway(
+        bundle, keypair[1], root / "registry.sqlite", registration_token=REGISTRATION_TOKEN, max_images=4,
+        max_queue_images=MAX_QUEUE, node_timeout=NODE_TIMEOUT, node_cooldown_failures=2, node_cooldown_seconds=600.0,
+        heartbeat_interval=0.3, stale_after=600.0, metrics_port=0, access_log=True,
+    )
+    nodes = {}
+    for i, source in enumerate(GOOD):
+        make_head(root / source, bundle, source, seed=300 + i)
+        config = node_config(root, bundle, source, coordinator.port, keypair)
+        config.serve.metrics_port = 0
+        nodes[source] = start_node(config)
+    wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(GOOD), 30, "2 healthy nodes")
+    net = LoadNet(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
+    yield net
+    for node in nodes.values():
+        node.stop(0.2)
+    coordinator.stop(0.2)
+
+
+def client(net, timeout=10.0):
+    from shared_backbone.protocol.gateway_client import AttributionClient
+
+    return AttributionClient(net.target, timeout=timeout)
+
+
+class TamperedHead:
+    """A real HeadService on its own server whose answers are changed by `tamper` (or delayed)."""
+
+    def __init__(self, net, source: str, tamper, delay: float = 0.0) -> None:
+        from node.head_service import HeadServicer
+        from shared_backbone.protocol import rpc
+        from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+        self.net, self.source, self.calls, self.release = net, source, 0, threading.Event()
+        head = make_head(net.root / source, net.bundle, source, seed=400 + len(source))
+        outer = self
+
+        class Servicer(HeadServicer):
+            def Score(self, request, context):
+                outer.calls += 1
+                if delay:
+                    outer.release.wait(delay)
+                return tamper(super().Score(request, context))
+
+        self.servicer = Servicer(head, net.bundle, source, 64)
+        self.server = rpc.create_server(workers=4, max_message_mb=4)
+        pb_grpc.add_HeadServiceServicer_to_server(self.servicer, self.server)
+        self.port = rpc.bind(self.server, "127.0.0.1", 0)
+        self.server.start()
+        registry = net.coordinator.registry
+        registry.register(
+            node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
+            head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5, secret=f"{source}-secret",
+        )
+
+    def close(self) -> None:
+        self.release.set()
+        self.net.coordinator.registry.remove(self.source)
+        self.server.stop(0.2).wait(2)
+        self.servicer.close()
+
+
+def sample(net, name: str, labels: dict) -> float:
+    return net.coordinator.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _nan(response):
+    response.raw_scores[0] = float("nan")
+    return response
+
+
+def _above_one(response):
+    response.raw_scores[-1] = 1.5
+    return response
+
+
+def _short(response):
+    del response.raw_scores[-1]
+    return response
+
+
+@pytest.mark.parametrize("tamper", [_nan, _above_one, _short], ids=["nan", "above-one", "too-few"])
+def test_node_with_invalid_scores_is_missing_never_part_of_the_answer(load_net, tamper):
+    bad = TamperedHead(load_net, "liar", tamper)
+    try:
+        with client(load_net) as c:
+            results = c.attribute([png_bytes(np.random.default_rng(1)), png_bytes(np.random.default_rng(2))])
+    finally:
+        bad.close()
+    assert bad.calls == 1
+    for result in results:
+        assert result.missing_nodes == ["liar"]
+        assert sorted(result.scores) == sorted(result.raw_scores) == list(GOOD)
+        assert all(0.0 <= v <= 1.0 for v in result.raw_scores.values())
+
+
+def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
+    from shared_backbone.protocol.metrics import NODE_SKIPPED, NODE_TIMEOUTS
+
+    slow = TamperedHead(load_net, "sloth", lambda response: response, delay=30.0)
+    image = [png_bytes(np.random.default_rng(3))]
+    try:
+        with client(load_net, timeout=NODE_TIMEOUT / 2) as c:  # shorter than node_timeout: the node's deadline follows it
+            first = c.attribute(image)[0]
+        with client(load_net) as c:
+            answers = [c.attribute(image)[0] for _ in range(3)]
+        calls = slow.calls
+    finally:
+        slow.close()
+    for result in [first, *answers]:
+        assert result.missing_nodes == ["sloth"] and sorted(result.scores) == list(GOOD)
+    assert calls == 2  # two timeouts in a row, then the node is skipped instead of dialled
+    assert sample(load_net, f"{NODE_TIMEOUTS}_total", {"node": "sloth"}) == 2
+    assert sample(load_net, f"{NODE_SKIPPED}_total", {"node": "sloth"}) == 2
+
+
+def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queue(load_net):
+    """With the trunk held busy, the queue fills: one more request is refused at once, a queued one
+    whose deadline passes is answered DEADLINE_EXCEEDED and never computed."""
+    from shared_backbone.protocol.gateway_client import GatewayError
+    from shared_backbone.protocol.metrics import QUEUE_DEPTH, REJECTED
+
+    gateway = load_net.coordinator.gateway
+    rng = np.random.default_rng(4)
+    depth = {"stage": "trunk"}
+    runs = gateway.pipeline.runs
+    with concurrent.futures.ThreadPoolExecutor(3) as pool, client(load_net, timeout=10) as c, \
+            client(load_net, timeout=0.5) as hasty:
+        with gateway.serving._lock:  # the batcher's next trunk run waits here
+            running = pool.submit(c.attribute, [png_bytes(rng)])
+            wait_until(lambda: gateway.pipeline.runs > runs, 10, "the first batch to reach the trunk")
+            queued = pool.submit(hasty.attribute, [png_bytes(rng) for _ in range(MAX_QUEUE)])
+            wait_until(lambda: sample(load_net, QUEUE_DEPTH, depth) == MAX_QUEUE, 10, "a full queue")
+            with pytest.raises(GatewayError) as full:
+                c.attribute([png_bytes(rng)])
+            with pytest.raises(GatewayError) as late:
+                queued.result(10)
+        assert len(running.result(10)) == 1
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "overloaded" in full.value.details
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert sample(load_net, f"{REJECTED}_total", {"reason": "expired"}) >= 1
+    with client(load_net) as c:
+        assert len(c.attribute([png_bytes(rng)])) == 1 and c.health() == "SERVING"
+    assert gateway.pipeline.runs == runs + 2  # the blocked batch and the last one: the expired request never ran
+
+
+def test_rate_limit_per_client_is_resource_exhausted(tmp_path, keypair, load_net):
+    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+
+    limited = start_gateway(load_net.bundle, keypair[1], tmp_path / "r.sqlite", rate_limit=0.01, rate_burst=3)
+    image = png_bytes(np.random.default_rng(5))
+    try:
+        with AttributionClient(f"127.0.0.1:{limited.port}", timeout=10) as c:
+            assert len(c.attribute([image] * 3)) == 3
+            with pytest.raises(GatewayError) as info:
+                c.attribute([image])
+            assert c.health() == "SERVING"
+    finally:
+        limited.stop(0.2)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit of 0.01 images/s" in info.value.details
+
+
+def test_compiled_models_never_retrace(load_net):
+    rng = np.random.default_rng(6)
+    with client(load_net) as c:  # one at a time: this gateway's queue holds only MAX_QUEUE images
+        for i in range(8):
+            c.attribute([png_bytes(rng) for _ in range(1 + i % MAX_QUEUE)])
+    assert load_net.coordinator.gateway.serving.traces == 1
+    assert {source: node.servicer.compiled.traces for source, node in load_net.nodes.items()} == dict.fromkeys(GOOD, 1)
+
+
+def test_metrics_endpoints_and_access_log(load_net, caplog):
+    from shared_backbone.protocol import metrics
+
+    caplog.set_level("INFO", logger="attribnet.access")
+    with client(load_net) as c:
+        c.attribute([png_bytes(np.random.default_rng(7))])
+    gateway_text = _scrape(load_net.coordinator.metrics_port)
+    for name in (metrics.REQUESTS, metrics.LATENCY, metrics.BATCH_SIZE, metrics.QUEUE_DEPTH, metrics.IMAGES,
+                 metrics.NODE_LATENCY, metrics.TRACES, metrics.STAGE_SECONDS):
+        assert name in gateway_text, name
+    assert 'attribnet_rpc_requests_total{code="OK",method="AttributionService/Attribute"}' in gateway_text
+    node_text = _scrape(load_net.nodes["alpha"].metrics_port)
+    assert 'method="HeadService/Score"' in node_text and 'attribnet_batch_size_count{stage="head"}' in node_text
+    assert 'attribnet_stage_seconds_count{stage="head"}' in node_text
+    lines = [r.getMessage() for r in caplog.records if r.name == "attribnet.access"]
+    assert any("AttributionService/Attribute OK" in line for line in lines), lines
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
