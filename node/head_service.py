@@ -27,6 +27,11 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self.feature_shape = tuple(int(s) for s in bundle.manifest["feature_shape"])
         self._lock = threading.Lock()
 
+    def swap_head(self, head: heads.Head) -> None:
+        """Serves `head` from the next call on (a reloaded head of the same source)."""
+        with self._lock:
+            self.head = head
+
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         if request.backbone_digest and request.backbone_digest != self.bundle.digest:
             context.abort(

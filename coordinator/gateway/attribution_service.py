@@ -20,6 +20,7 @@ from google.protobuf import timestamp_pb2
 from PIL import Image
 
 from coordinator.config import GatewayConfig
+from coordinator.gateway.audit import WinRateMonitor
 from coordinator.gateway.batcher import TrunkBatcher
 from coordinator.gateway.node_pool import NodePool
 from coordinator.registry import HEALTHY, NodeEntry, Registry
@@ -55,6 +56,7 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         self.batcher = TrunkBatcher(self.serving, window=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
         self.pool = NodePool(config.tls, config.max_message_mb)
         self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
+        self.monitor: WinRateMonitor | None = None  # set by the server bootstrap
 
     def close(self) -> None:
         self.batcher.close()
@@ -108,18 +110,22 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         )
         pngs = self.heatmaps(inputs, rgbs) if request.heatmap else [b""] * len(inputs)  # while the nodes work
         answered, failed = self.pool.collect(calls, len(inputs))
-        missing = sorted({entry.node_id for entry in nodes if entry.status != HEALTHY} | set(failed))
+        reasons = {entry.node_id: entry.status_reason for entry in nodes if entry.status != HEALTHY}
+        reasons.update({node_id: "did not answer in time or answered wrongly" for node_id in failed})
+        missing = sorted(reasons)
         scoring = [entry for entry in healthy if entry.node_id in answered]
         thresholds = {entry.source: entry.threshold for entry in scoring}
         raw = {entry.source: answered[entry.node_id] for entry in scoring}
         calibrations = {entry.source: Calibration.from_dict(entry.calibration) for entry in scoring}
         answers = attribute_batch(fake_scores, raw, calibrations, thresholds, self.rule)
+        if self.monitor is not None:
+            self.monitor.observe([answer.attribution for answer in answers], scoring)
         return pb.AttributeResponse(results=[
-            self.image_result(i, answer, thresholds, missing, pngs[i]) for i, answer in enumerate(answers)
+            self.image_result(i, answer, thresholds, missing, pngs[i], reasons) for i, answer in enumerate(answers)
         ])
 
     def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: list[str],
-                     heatmap_png: bytes) -> pb.ImageResult:
+                     heatmap_png: bytes, reasons: dict[str, str] | None = None) -> pb.ImageResult:
         """One image's answer on the wire (the decision itself is `rule.attribute_batch`'s)."""
         return pb.ImageResult(
             index=index,
@@ -135,6 +141,7 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             p_values=answer.p_values,
             prediction_set=answer.prediction_set,
             alpha=self.rule.alpha,
+            missing_reasons=reasons or {},
         )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:
@@ -146,11 +153,12 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         return entry.status if entry.backbone_digest == self.bundle.digest else INCOMPATIBLE
 
     def source_info(self, entry: NodeEntry) -> pb.SourceInfo:
+        """What query clients may see of a node: never its endpoint (only the admin's registry shows it)."""
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,
-            endpoint=entry.endpoint,
             status=self.status_of(entry),
+            status_reason=entry.status_reason,
             last_heartbeat=_timestamp(entry.last_heartbeat),
             registered_at=_timestamp(entry.registered_at),
             backbone_digest=entry.backbone_digest,

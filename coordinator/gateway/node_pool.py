@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -28,9 +29,10 @@ class _NodeChannel:
 class NodePool:
     """gRPC channels to the nodes, renewed when a node re-registers (new endpoint or restart)."""
 
-    def __init__(self, tls: TLSConfig, max_message_mb: int) -> None:
+    def __init__(self, tls: TLSConfig, max_message_mb: int, credential: Callable[[str], str] | None = None) -> None:
         self.tls = tls
         self.max_message_mb = max_message_mb
+        self.credential = credential  # node id -> the bearer its HeadService accepts (the gateway's credential)
         self._channels: dict[str, _NodeChannel] = {}
         self._ok: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -49,7 +51,13 @@ class NodePool:
 
     def send(self, entries: list[NodeEntry], request: pb.ScoreRequest, timeout: float) -> list[tuple[NodeEntry, grpc.Future]]:
         """Starts every node's Score call at once; `collect` waits for them."""
-        return [(entry, self.stub(entry).Score.future(request, timeout=timeout)) for entry in entries]
+        return [
+            (entry, self.stub(entry).Score.future(request, timeout=timeout, metadata=self.metadata(entry)))
+            for entry in entries
+        ]
+
+    def metadata(self, entry: NodeEntry) -> tuple[tuple[str, str], ...]:
+        return rpc.bearer(self.credential(entry.node_id)) if self.credential else ()
 
     def collect(self, calls: list[tuple[NodeEntry, grpc.Future]], batch: int) -> tuple[dict[str, np.ndarray], list[str]]:
         """Raw scores per node id from every node that answered correctly in time, and the rest."""
