@@ -133,7 +133,12 @@ class Registrar(threading.Thread):
             self.interval = response.heartbeat_interval_seconds
         self.registrations += 1
         self.registered.set()
-        if response.status != "healthy":
+        if response.status == "pending_audit":
+            log.info("registered node %s; the coordinator audits it before it is queried", self.request.node_id)
+        elif response.status == "quarantined":
+            log.warning("registered node %s, but the coordinator keeps it quarantined (its admin can clear it)",
+                        self.request.node_id)
+        elif response.status != "healthy":
             log.warning(
                 "registered, but the coordinator's backbone is %s and this head's is %s: it will not be queried",
                 response.backbone.digest[:12], self.request.backbone_digest[:12],
