@@ -137,13 +137,13 @@ def signed_result(values: dict[str, Any], config: NodeConfig, challenge: str) ->
     """The result values with the node's public key, signature and (when it has a token) enrolment proof."""
     key = identity.node_key(state.node_secret(config))
     public = identity.public_key_hex(key)
-    values = {**values, flower_messages.PUBLIC_KEY: public}
+    values = {**values, flower_messages.NODE_PUBLIC_KEY: public}
     digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
     token = state.enrolment_token(config)
     return {
         **values,
-        flower_messages.SIGNATURE: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
-        flower_messages.ENROLMENT_PROOF: (
+        flower_messages.NODE_SIGNATURE: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
+        flower_messages.NODE_ENROLMENT_PROOF: (
             identity.enrolment_proof(token, challenge, values["node_id"], values["source"], public) if token else ""
         ),
     }

@@ -238,17 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10000)
     args, rest = parser.parse_known_args(argv)
-    servers = start_servers()
+    with atheris.instrument_imports(include=["coordinator", "node", "shared_backbone.protocol"]):
+        servers = start_servers()
+        import coordinator.flower.head_round  # noqa: F401 - instrumented for coverage guidance
     tried = {"inputs": 0}
 
     def one(data: bytes) -> None:
         tried["inputs"] += 1
         run_one(servers, data)
+        if tried["inputs"] % 500 == 0 or tried["inputs"] == args.runs:  # libFuzzer exits without atexit
+            print(json.dumps({"inputs_tried": tried["inputs"], "crashes": 0, **servers.counts}), file=sys.stderr, flush=True)
 
-    import atexit
-
-    atexit.register(lambda: print(json.dumps({"inputs_tried": tried["inputs"], "crashes": 0, **servers.counts}), flush=True))
-    atheris.Setup([sys.argv[0], f"-runs={args.runs}", *rest], one)
+    atheris.Setup([sys.argv[0], f"-runs={args.runs}", "-max_len=4096", *rest], one)
     atheris.Fuzz()
     return 0
 

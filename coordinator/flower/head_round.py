@@ -95,9 +95,9 @@ def reply_proof(reply: Message, challenge: str) -> Proof:
     """The identity proof a fit_head reply carries (the signed digest is over its other values)."""
     values = dict(reply.content.config_records[RESULT_RECORD])
     return Proof(
-        public_key=str(values.get(flower_messages.PUBLIC_KEY, "")), signature=str(values.get(flower_messages.SIGNATURE, "")),
+        public_key=str(values.get(flower_messages.NODE_PUBLIC_KEY, "")), signature=str(values.get(flower_messages.NODE_SIGNATURE, "")),
         challenge=challenge, payload_digest=identity.record_digest(values, flower_messages.PROOF_FIELDS),
-        enrolment_proof=str(values.get(flower_messages.ENROLMENT_PROOF, "")),
+        enrolment_proof=str(values.get(flower_messages.NODE_ENROLMENT_PROOF, "")),
     )
 
 

@@ -53,10 +53,10 @@ ALLOWED_FIT_HEAD_REPLY = frozenset({RESULT_RECORD, METRICS_RECORD})
 # the record's other values, and (first registration only) the proof of its enrolment token. The
 # node's secret and the token themselves never travel.
 CHALLENGE = "challenge"  # RUN_RECORD: hex challenge for this node
-PUBLIC_KEY = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
-SIGNATURE = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
-ENROLMENT_PROOF = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
-PROOF_FIELDS = frozenset({SIGNATURE, ENROLMENT_PROOF})  # left out of the signed record digest
+NODE_PUBLIC_KEY = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
+NODE_SIGNATURE = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
+NODE_ENROLMENT_PROOF = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
+PROOF_FIELDS = frozenset({NODE_SIGNATURE, NODE_ENROLMENT_PROOF})  # left out of the signed record digest
 
 
 def pack_bundle(bundle: Bundle, content: RecordDict | None = None) -> RecordDict:
