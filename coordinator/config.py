@@ -4,24 +4,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from coordinator.validation import DEFAULT_DENY
 from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
 from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
+
+
+@dataclass
+class AuditConfig:
+    """Canary audits of the nodes (`coordinator/gateway/audit.py`) and the win-rate monitor.
+
+    With `reference` set (a folder with one sub-folder of images per source, labels known to the
+    coordinator), every node is audited when it registers (it is not queried before) and every
+    `interval` seconds: it scores `sample` images of other sources (and its own, where the folder
+    has them); a node whose claim rate on images that are not its own exceeds the false-positive
+    rate it registered by more than `tolerance` is quarantined until the admin clears it.
+    The win-rate monitor flags a source that wins more than `max_win_share` of the last
+    `win_window` answers (once `win_min_answers` were seen and at least `win_min_sources` answer).
+    """
+
+    reference: str = field(default="", metadata=PATH)
+    per_source: int = 32  # canary images loaded per reference source
+    sample: int = 24  # negatives per node per audit
+    interval: float = 60.0
+    tolerance: float = 0.25
+    timeout: float = 5.0  # seconds a node has to answer an audit
+    win_window: int = 200
+    win_min_answers: int = 50
+    max_win_share: float = 0.8
+    win_min_sources: int = 3
+    quarantine_on_win_rate: bool = False
 
 
 @dataclass
 class GatewayConfig:
     """The coordinator's query gateway and registry server (`attribnet coordinator serve`).
 
-    Registration needs `registration_token` (or the first line of `registration_token_file`);
-    queries need `query_token` when one is set, and are open otherwise.
+    Nodes register with their own key and, the first time, an enrolment token the admin issued
+    (`attribnet coordinator enrol`); queries need the first line of `query_token_file` when one is
+    set, and are open otherwise. Plaintext is refused off loopback unless `insecure` (listening,
+    and node endpoints the gateway would dial).
     """
 
     host: str = "127.0.0.1"
     port: int = 50051
-    registration_token: str = ""
-    registration_token_file: str = field(default="", metadata=PATH)
-    query_token: str = ""
     query_token_file: str = field(default="", metadata=PATH)
+    insecure: bool = False
+    endpoint_allow: list[str] = field(default_factory=list)  # networks / host names nodes may use ([] = any not denied)
+    endpoint_deny: list[str] = field(default_factory=lambda: list(DEFAULT_DENY))
     max_message_mb: int = 32  # per gRPC message, both directions
     max_images: int = 64  # per Attribute request
     max_pixels: int = 16_000_000  # per decoded image (width x height, after JPEG draft reduction)
@@ -50,6 +79,7 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     access_log: bool = False  # one INFO line per RPC on the attribnet.access logger
     tls: TLSConfig = field(default_factory=TLSConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 @dataclass
@@ -58,9 +88,14 @@ class FederationConfig:
 
     One run sends the signed bundle to every connected node (`train.fit_head`), registers the
     heads that come back and writes `result_file`. With `finetune_rounds > 0` it first runs that
-    many FedAvg rounds of the primary module over the nodes that opt in (node config
-    `finetune=true`), publishes the average as a new bundle version (parent recorded) under
-    `bundles_dir` (signed with the coordinator's `private_key`) and trains the heads on it.
+    many rounds of robust federated averaging of the primary module over the nodes that opt in
+    (node config `finetune=true`): every update must match the global model's shapes and dtypes
+    and be finite, example counts are clipped to `max_examples`, and the aggregate is
+    `aggregate` (`trimmed_mean` drops the `trim_fraction` highest and lowest values of every
+    coordinate, `median`, or the example-weighted `mean`). The result is published as a new
+    bundle version (parent recorded, signed with `private_key`) under `bundles_dir` only when its
+    detection accuracy on the coordinator's own held-out data (`data`, split `gate_split`) is at
+    most `gate_tolerance` below the current backbone's; otherwise the run keeps the old backbone.
     """
 
     min_nodes: int = 1
@@ -75,6 +110,12 @@ class FederationConfig:
     finetune_epochs: int = 1
     finetune_learning_rate: float = 1e-4
     finetune_min_nodes: int = 1
+    aggregate: str = "trimmed_mean"  # trimmed_mean | median | mean
+    trim_fraction: float = 0.2
+    max_examples: int = 100_000  # per update: a node claiming more counts as this many
+    gate_split: str = "val"
+    gate_tolerance: float = 0.02  # accuracy the fine-tuned primary may lose on the gate split
+    gate_max_images: int = 1024
     bundles_dir: str = field(default="coordinator-state/bundles", metadata=PATH)
 
 

@@ -1,13 +1,19 @@
 """The node registry: which node serves which source, where, on which backbone; durable in SQLite.
 
-Identity: the first registration of a node id stores the sha256 of the node's secret; every later
-register or heartbeat for that id must present the same secret, so one node (even one holding the
-network's shared registration token) cannot overwrite another node's entry. A source is served by
-one node at a time: a second node id claiming a registered source is refused until the operator
-removes the first (`attribnet coordinator registry remove NODE_ID`).
+Identity: a node id exists only once the coordinator admin enrolled it for one source
+(`enrol`, which returns a one-time token). The first registration of that id binds the node's
+public key (see `shared_backbone.protocol.identity`) and uses up the enrolment; every later
+register or heartbeat for the id must be signed with the same key, and may not change the
+source. A source is served by one node id at a time. The admission checks (signatures,
+enrolment proofs) are `coordinator.admission`'s; this module stores and enforces the bindings.
 
-Status is derived when read: `stale` when the last heartbeat is older than `stale_after` seconds,
-`healthy` otherwise. Every write is committed at once, so a restarted coordinator finds every node.
+Everything a node says is checked by `coordinator.validation.validate_registration` before it is
+stored, whichever path it came by.
+
+Status is derived when read: `quarantined` (an audit found the node claiming what is not its own;
+only the admin clears it), `pending_audit` (registered, not yet audited, when audits are on),
+`stale` (no heartbeat for `stale_after` s), else `healthy`. Only healthy nodes are queried.
+Every write is committed at once, so a restarted coordinator finds every node.
 
 Reads are served from an in-memory snapshot, not from SQLite: the gateway reads the registry for
 every batch it serves. The snapshot is replaced on every write through this object (`version`
@@ -18,9 +24,9 @@ at most every `EXTERNAL_CHECK_SECONDS`), e.g. `attribnet coordinator registry re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -28,14 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from coordinator.validation import EndpointPolicy, InvalidRegistration, check_node_id, check_source, validate_registration
+from shared_backbone.protocol import identity
+
 HEALTHY = "healthy"
 STALE = "stale"
+QUARANTINED = "quarantined"
+PENDING_AUDIT = "pending_audit"
+SCHEMA_VERSION = 2
 EXTERNAL_CHECK_SECONDS = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
+    source TEXT NOT NULL UNIQUE,
     endpoint TEXT NOT NULL,
     backbone_digest TEXT NOT NULL,
     backbone_version TEXT NOT NULL DEFAULT '',
@@ -43,11 +55,21 @@ CREATE TABLE IF NOT EXISTS nodes (
     calibration TEXT NOT NULL,
     threshold REAL NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}',
-    secret_sha256 TEXT NOT NULL,
+    public_key TEXT NOT NULL,
     registered_at REAL NOT NULL,
     last_heartbeat REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 1
+    generation INTEGER NOT NULL DEFAULT 1,
+    quarantine TEXT NOT NULL DEFAULT '',
+    flag TEXT NOT NULL DEFAULT '',
+    audit_pending INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS enrolments (
+    node_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -56,15 +78,19 @@ class RegistryError(ValueError):
 
 
 class IdentityMismatch(RegistryError):
-    """The secret presented does not match the one bound to the node id."""
+    """The key presented is not the one bound to the node id, or the id is bound to another source."""
 
 
 class SourceTaken(RegistryError):
-    """Another node id already serves this source."""
+    """Another node id already serves (or is enrolled for) this source."""
 
 
 class UnknownNode(RegistryError):
     """No entry for this node id."""
+
+
+class NotEnrolled(RegistryError):
+    """A first registration for a node id the admin never enrolled (or whose enrolment was used)."""
 
 
 @dataclass
@@ -80,30 +106,55 @@ class NodeEntry:
     calibration: dict[str, Any]
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    public_key: str = ""
     registered_at: float = 0.0
     last_heartbeat: float = 0.0
     generation: int = 1
+    quarantine: str = ""
+    flag: str = ""
+    audit_pending: bool = False
     status: str = HEALTHY
 
+    @property
+    def status_reason(self) -> str:
+        """Why a node is not healthy, in one line (empty when it is)."""
+        return describe_status(self.status, self)
 
-def secret_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+
+def describe_status(status: str, entry: NodeEntry) -> str:
+    """Why a node with `status` is not queried, in one line (empty when it is healthy)."""
+    if status == QUARANTINED:
+        return f"quarantined: {entry.quarantine}"
+    if status == PENDING_AUDIT:
+        return "registered, not yet audited"
+    if status == STALE:
+        return "no heartbeat within the registry's timeout"
+    return ""
 
 
 class Registry:
-    """Thread-safe SQLite registry; one connection guarded by a lock (writes are tiny)."""
+    """Thread-safe SQLite registry; one connection guarded by a lock (writes are tiny).
 
-    def __init__(self, path: str | Path, *, stale_after: float = 20.0, clock: Callable[[], float] = time.time) -> None:
+    `audit` = True marks every (re-)registration pending until `passed_audit` (the gateway's
+    canary audit runs); `policy` is the endpoint policy the validator applies.
+    """
+
+    def __init__(self, path: str | Path, *, stale_after: float = 20.0, clock: Callable[[], float] = time.time,
+                 policy: EndpointPolicy | None = None, audit: bool = False) -> None:
         self.path = Path(path)
         self.stale_after = stale_after
         self.clock = clock
+        self.policy = policy or EndpointPolicy()
+        self.audit = audit
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._check_schema()
             self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.commit()
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"registry {self.path}: cannot open ({exc})") from None
@@ -111,77 +162,179 @@ class Registry:
         self._snapshot: tuple[NodeEntry, ...] | None = None
         self._data_version = -1
         self._checked = 0.0
+        self._credential_key = self._meta("credential_key", lambda: secrets.token_hex(32))
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "nodes" in tables and version < SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry {self.path}: written before per-node identity (schema {version}, need {SCHEMA_VERSION}); "
+                "move it aside and enrol the nodes again"
+            )
+
+    def _meta(self, key: str, make: Callable[[], str]) -> str:
+        with self._lock, self._db:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row:
+                return row[0]
+            value = make()
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return value
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def register(
-        self,
-        *,
-        node_id: str,
-        source: str,
-        endpoint: str,
-        backbone_digest: str,
-        head_digest: str,
-        calibration: dict[str, Any],
-        threshold: float,
-        secret: str,
-        backbone_version: str = "",
-        metrics: dict[str, Any] | None = None,
-    ) -> NodeEntry:
-        """Adds or refreshes an entry (idempotent per node id); raises IdentityMismatch/SourceTaken."""
-        for name, value in (("node_id", node_id), ("source", source), ("endpoint", endpoint), ("secret", secret)):
-            if not value:
-                raise RegistryError(f"{name} must not be empty")
-        now = self.clock()
-        digest = secret_digest(secret)
+    def enrol(self, node_id: str, source: str) -> str:
+        """A one-time enrolment token for `node_id` serving `source` (replaces an unused one)."""
+        try:
+            check_node_id(node_id)
+            check_source(source)
+        except InvalidRegistration as exc:
+            raise RegistryError(str(exc)) from None
+        token = secrets.token_urlsafe(32)
         with self._lock, self._db:
-            row = self._db.execute("SELECT secret_sha256, generation FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-            if row and not hmac.compare_digest(row[0], digest):
-                raise IdentityMismatch(f"node id {node_id!r} is registered by another node (secret does not match)")
+            if self._db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone():
+                raise RegistryError(f"node id {node_id!r} is registered already; remove it first to enrol it again")
             owner = self._db.execute(
-                "SELECT node_id FROM nodes WHERE source = ? AND node_id != ?", (source, node_id)
+                "SELECT node_id FROM nodes WHERE source = ? UNION SELECT node_id FROM enrolments WHERE source = ? AND node_id != ?",
+                (source, source, node_id),
             ).fetchone()
             if owner:
+                raise SourceTaken(f"source {source!r} is already served by (or enrolled for) node {owner[0]!r}")
+            self._db.execute(
+                "INSERT OR REPLACE INTO enrolments (node_id, source, key, created_at) VALUES (?, ?, ?, ?)",
+                (node_id, source, identity.enrolment_key(token).hex(), self.clock()),
+            )
+        return token
+
+    def enrolment(self, node_id: str) -> tuple[str, bytes] | None:
+        """(source, HMAC key) of the node id's unused enrolment, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT source, key FROM enrolments WHERE node_id = ?", (node_id,)).fetchone()
+        return (row[0], bytes.fromhex(row[1])) if row else None
+
+    def bound_key(self, node_id: str) -> tuple[str, str] | None:
+        """(source, public key hex) bound to a registered node id, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT source, public_key FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def gateway_credential(self, node_id: str) -> str:
+        """The bearer the gateway presents to this node's HeadService (stable across restarts)."""
+        return hmac.new(bytes.fromhex(self._credential_key), f"gateway|{node_id}".encode(), "sha256").hexdigest()
+
+    def register(self, *, public_key: str, enrolment_verified: bool = False, **fields: Any) -> NodeEntry:
+        """Validates, then adds or refreshes an entry (idempotent per node id).
+
+        A new node id needs an unused enrolment for its source (`enrolment_verified`: the caller
+        checked the node's proof of the token); a known one needs the bound key and source.
+        """
+        values = validate_registration(fields, self.policy)
+        node_id, source = values["node_id"], values["source"]
+        if len(public_key) != identity.PUBLIC_KEY_HEX_LENGTH:
+            raise RegistryError("public_key must be 32 bytes as hex")
+        now = self.clock()
+        with self._lock, self._db:
+            row = self._db.execute("SELECT public_key, source FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row:
+                self._check_binding(node_id, source, public_key, row)
+            else:
+                self._check_enrolment(node_id, source, enrolment_verified)
+            owner = self._db.execute("SELECT node_id FROM nodes WHERE source = ? AND node_id != ?", (source, node_id)).fetchone()
+            if owner:
                 raise SourceTaken(f"source {source!r} is already served by node {owner[0]!r}")
-            values = (
-                source, endpoint, backbone_digest, backbone_version, head_digest,
-                json.dumps(calibration, sort_keys=True), float(threshold), json.dumps(metrics or {}, sort_keys=True),
+            stored = (
+                values["endpoint"], values["backbone_digest"], values["backbone_version"], values["head_digest"],
+                json.dumps(values["calibration"], sort_keys=True), values["threshold"],
+                json.dumps(values["metrics"], sort_keys=True), int(self.audit),
             )
             if row:
                 self._db.execute(
-                    "UPDATE nodes SET source=?, endpoint=?, backbone_digest=?, backbone_version=?, head_digest=?,"
-                    " calibration=?, threshold=?, metrics=?, last_heartbeat=?, generation=generation+1"
-                    " WHERE node_id=?",
-                    (*values, now, node_id),
+                    "UPDATE nodes SET endpoint=?, backbone_digest=?, backbone_version=?, head_digest=?, calibration=?,"
+                    " threshold=?, metrics=?, audit_pending=?, last_heartbeat=?, generation=generation+1 WHERE node_id=?",
+                    (*stored, now, node_id),
                 )
             else:
                 self._db.execute(
-                    "INSERT INTO nodes (source, endpoint, backbone_digest, backbone_version, head_digest, calibration,"
-                    " threshold, metrics, node_id, secret_sha256, registered_at, last_heartbeat)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, node_id, digest, now, now),
+                    "INSERT INTO nodes (endpoint, backbone_digest, backbone_version, head_digest, calibration, threshold,"
+                    " metrics, audit_pending, node_id, source, public_key, registered_at, last_heartbeat)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*stored, node_id, source, public_key, now, now),
                 )
+                self._db.execute("DELETE FROM enrolments WHERE node_id = ?", (node_id,))
             self._changed()
         return self.get(node_id)
 
-    def heartbeat(self, node_id: str, secret: str) -> NodeEntry:
-        """Records that the node is alive; raises UnknownNode or IdentityMismatch."""
+    @staticmethod
+    def _check_binding(node_id: str, source: str, public_key: str, row: tuple) -> None:
+        if not hmac.compare_digest(row[0], public_key):
+            raise IdentityMismatch(f"node id {node_id!r} is registered by another node (key does not match)")
+        if row[1] != source:
+            raise IdentityMismatch(f"node id {node_id!r} is enrolled for source {row[1]!r}, not {source!r}")
+
+    def _check_enrolment(self, node_id: str, source: str, verified: bool) -> None:
+        row = self._db.execute("SELECT source FROM enrolments WHERE node_id = ?", (node_id,)).fetchone()
+        if row is None or not verified:
+            raise NotEnrolled(
+                f"node id {node_id!r} is not enrolled (the admin runs `attribnet coordinator enrol --node-id {node_id} "
+                f"--source {source}` and gives the node the token)"
+            )
+        if row[0] != source:
+            raise IdentityMismatch(f"node id {node_id!r} is enrolled for source {row[0]!r}, not {source!r}")
+
+    def heartbeat(self, node_id: str) -> NodeEntry:
+        """Records that the node is alive (its signature was checked by the caller); raises UnknownNode."""
         with self._lock, self._db:
-            row = self._db.execute("SELECT secret_sha256 FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-            if row is None:
+            if not self._db.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self.clock(), node_id)).rowcount:
                 raise UnknownNode(f"node id {node_id!r} is not registered")
-            if not hmac.compare_digest(row[0], secret_digest(secret)):
-                raise IdentityMismatch(f"node id {node_id!r} is registered by another node (secret does not match)")
-            self._db.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self.clock(), node_id))
             self._changed()
         return self.get(node_id)
+
+    def _set(self, node_id: str, column: str, value: Any) -> NodeEntry:
+        with self._lock, self._db:
+            if not self._db.execute(f"UPDATE nodes SET {column} = ? WHERE node_id = ?", (value, node_id)).rowcount:
+                raise UnknownNode(f"node id {node_id!r} is not registered")
+            self._changed()
+        return self.get(node_id)
+
+    def quarantine(self, node_id: str, reason: str) -> NodeEntry:
+        """Stops querying the node until the admin clears it; survives re-registration and restarts."""
+        return self._set(node_id, "quarantine", reason[:500] or "quarantined")
+
+    def flag(self, node_id: str, reason: str) -> NodeEntry:
+        """Marks a node for the admin's attention (it is still queried)."""
+        return self._set(node_id, "flag", reason[:500])
+
+    def passed_audit(self, node_id: str, generation: int) -> None:
+        """Clears the pending audit of exactly that registration (a newer one is audited again)."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE nodes SET audit_pending = 0 WHERE node_id = ? AND generation = ?", (node_id, generation))
+            self._changed()
+
+    def clear(self, node_id: str) -> NodeEntry:
+        """The admin's decision: lifts a quarantine and a flag (the node is audited again when audits are on)."""
+        with self._lock, self._db:
+            changed = self._db.execute(
+                "UPDATE nodes SET quarantine = '', flag = '', audit_pending = ? WHERE node_id = ?", (int(self.audit), node_id)
+            ).rowcount
+            self._changed()
+        if not changed:
+            raise UnknownNode(f"node id {node_id!r} is not registered")
+        return self.get(node_id)
+
+    def reset_audits(self) -> None:
+        """At gateway start: with audits on every node waits for one before it is queried; off, none does."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE nodes SET audit_pending = ?", (int(self.audit),))
+            self._changed()
 
     def remove(self, node_id: str) -> bool:
-        """Deletes an entry (the operator's tool for a retired node); True when it existed."""
+        """Deletes an entry and its key binding (the node must be enrolled again); True when it existed."""
         with self._lock, self._db:
-            removed = self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount > 0
+            enrolled = self._db.execute("DELETE FROM enrolments WHERE node_id = ?", (node_id,)).rowcount
+            removed = self._db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount + enrolled > 0
             self._changed()
             return removed
 
@@ -207,7 +360,11 @@ class Registry:
             return self._snapshot
 
     def status_at(self, entry: NodeEntry, now: float) -> str:
-        """`stale` when the entry's last heartbeat is older than `stale_after` at `now`, else `healthy`."""
+        """`quarantined`, `pending_audit`, `stale` (last heartbeat older than `stale_after` at `now`) or `healthy`."""
+        if entry.quarantine:
+            return QUARANTINED
+        if entry.audit_pending:
+            return PENDING_AUDIT
         return STALE if now - entry.last_heartbeat > self.stale_after else HEALTHY
 
     def _changed(self) -> None:
@@ -231,7 +388,8 @@ class Registry:
         entry = NodeEntry(
             node_id=row[0], source=row[1], endpoint=row[2], backbone_digest=row[3], backbone_version=row[4],
             head_digest=row[5], calibration=json.loads(row[6]), threshold=row[7], metrics=json.loads(row[8]),
-            registered_at=row[9], last_heartbeat=row[10], generation=row[11],
+            public_key=row[9], registered_at=row[10], last_heartbeat=row[11], generation=row[12], quarantine=row[13],
+            flag=row[14], audit_pending=bool(row[15]),
         )
         entry.status = self.status_at(entry, self.clock())
         return entry
@@ -239,5 +397,5 @@ class Registry:
 
 _COLUMNS = (
     "node_id, source, endpoint, backbone_digest, backbone_version, head_digest, calibration, threshold,"
-    " metrics, registered_at, last_heartbeat, generation"
+    " metrics, public_key, registered_at, last_heartbeat, generation, quarantine, flag, audit_pending"
 )

@@ -8,11 +8,13 @@ Node settings come from the SuperNode's `--node-config` (TOML values), keys:
   endpoint     host:port the gateway dials for HeadService     node-id     registry id (default: source)
   secret-file  identity secret (default STATE_DIR/node.secret)  finetune    true = take part in FedAvg
   access       strict (default: own images, reference set, self-made negatives) or shared (the paper's opt-in)
+  enrolment-token-file  the admin's one-time enrolment token (default STATE_DIR/enrolment.token)
   workdir      what relative paths in the settings and the YAML are relative to
 In simulation, `make_client_app(nodes)` gives partition i the settings `nodes[i]`.
 
-What leaves the node: the head's digest, calibration, threshold, metrics, endpoint and identity
-secret for the registry, never images or head weights. Fine-tuning replies carry the updated
+What leaves the node: the head's digest, calibration, threshold, metrics, endpoint, its public key
+and a signature over the coordinator's challenge (plus, the first time, a proof of its enrolment
+token) for the registry; never its secret, the token itself, images or head weights. Fine-tuning replies carry the updated
 *primary* weights (the shared model), and only from nodes that set `finetune=true`.
 """
 
@@ -34,7 +36,7 @@ from node.config import NodeConfig
 from shared_backbone.config import ConfigError, TrainConfig, build, load_config, resolve_paths
 from shared_backbone.data import reference_set
 from shared_backbone.model import signing
-from shared_backbone.protocol import flower_messages
+from shared_backbone.protocol import flower_messages, identity
 from shared_backbone.protocol.flower_messages import (
     FINETUNE_ACTION,
     FINETUNE_RESULT,
@@ -60,6 +62,7 @@ NODE_KEYS = {
     "reference": "reference",
     "endpoint": "serve.advertise",
     "secret-file": "serve.secret_file",
+    "enrolment-token-file": "serve.enrolment_token_file",
     "calibration": "calibration",
 }
 EXTRA_KEYS = {"config", "workdir", "finetune", "partition-id", "num-partitions"}
@@ -132,6 +135,22 @@ def _flat_metrics(metrics: dict[str, Any]) -> MetricRecord:
     return MetricRecord(flat)
 
 
+def signed_result(values: dict[str, Any], config: NodeConfig, challenge: str) -> dict[str, Any]:
+    """The result values with the node's public key, signature and (when it has a token) enrolment proof."""
+    key = identity.node_key(state.node_secret(config))
+    public = identity.public_key_hex(key)
+    values = {**values, flower_messages.NODE_PUBLIC_KEY: public}
+    digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
+    token = state.enrolment_token(config)
+    return {
+        **values,
+        flower_messages.NODE_SIGNATURE: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
+        flower_messages.NODE_ENROLMENT_PROOF: (
+            identity.enrolment_proof(token, challenge, values["node_id"], values["source"], public) if token else ""
+        ),
+    }
+
+
 def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     """Verifies the bundle, trains + calibrates the head (same code as `attribnet node train`)."""
     from node.train_head import train_head
@@ -143,21 +162,20 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
     result = train_head(config, bundle, progress=False, announced_reference_digest=str(run.get("reference_digest", "") or ""))
     head = result.head
+    values = {
+        "node_id": config.node_id or config.source,
+        "source": config.source,
+        "endpoint": _endpoint(config),
+        "head_digest": head.digest,
+        "backbone_digest": head.backbone_digest,
+        "backbone_version": bundle.version,
+        "calibration": json.dumps(head.calibration.to_dict()),
+        "threshold": float(head.threshold),
+        "metrics": json.dumps(result.metrics),
+    }
+    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
     reply = RecordDict()
-    reply[RESULT_RECORD] = ConfigRecord(
-        {
-            "node_id": config.node_id or config.source,
-            "source": config.source,
-            "endpoint": _endpoint(config),
-            "head_digest": head.digest,
-            "backbone_digest": head.backbone_digest,
-            "backbone_version": bundle.version,
-            "calibration": json.dumps(head.calibration.to_dict()),
-            "threshold": float(head.threshold),
-            "metrics": json.dumps(result.metrics),
-            "secret": state.node_secret(config),
-        }
-    )
+    reply[RESULT_RECORD] = ConfigRecord(signed_result(values, config, str(run.get(flower_messages.CHALLENGE, ""))))
     reply[METRICS_RECORD] = _flat_metrics(result.metrics)
     return reply
 

@@ -15,17 +15,19 @@ BUNDLE_KEYS = ("backbone", "public_key")
 class NodeServeConfig:
     """A node's HeadService and its registration with the coordinator (`attribnet node serve`).
 
-    The node registers with `coordinator` using the network's registration token (`token` or the
-    first line of `token_file`) and its own secret (`secret_file`, created on first start; default
-    STATE_DIR/node.secret), which binds its node id so no other node can take over its entry.
+    The node proves its identity with a key derived from its own secret (`secret_file`, created
+    on first start; default STATE_DIR/node.secret), which never leaves it; its first registration
+    also proves the enrolment token the coordinator admin issued for its node id and source
+    (`enrolment_token_file`; default STATE_DIR/enrolment.token). Plaintext to a coordinator off
+    loopback, or listening off loopback without TLS, needs `insecure`.
     """
 
     host: str = "127.0.0.1"
     port: int = 50061
     advertise: str = ""  # host:port the coordinator dials; default host:port
     coordinator: str = "127.0.0.1:50051"
-    token: str = ""
-    token_file: str = field(default="", metadata=PATH)
+    enrolment_token_file: str = field(default="", metadata=PATH)
+    insecure: bool = False
     secret_file: str = field(default="", metadata=PATH)
     heartbeat_interval: float = 0.0  # seconds; 0 = what the coordinator asks for at registration
     rpc_timeout: float = 5.0  # deadline of each Register/Heartbeat call

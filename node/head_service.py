@@ -64,6 +64,11 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         for item, (scores,) in zip(items, split(items, raw)):
             item.future.set_result(scores)
 
+    def swap_head(self, head: heads.Head) -> None:
+        """Serves `head` from the next call on (a reloaded head of the same source)."""
+        with self._lock:
+            self.head = head
+
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         deadline = deadline_of(context.time_remaining(), self.request_timeout)
         if request.backbone_digest and request.backbone_digest != self.bundle.digest:

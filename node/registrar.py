@@ -1,4 +1,9 @@
-"""The node's registration with the coordinator: register, heartbeat, back off, register again."""
+"""The node's registration with the coordinator: register, heartbeat, back off, register again.
+
+Every call is signed: the registrar asks for a challenge, signs it with the node's key (derived
+from its secret, which never leaves the node) together with the request's digest, and, while the
+node id is not yet bound, adds the proof of its enrolment token (`shared_backbone.protocol.identity`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Callable
 
 import grpc
 
-from shared_backbone.protocol import rpc
+from shared_backbone.protocol import identity, rpc
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
@@ -39,7 +44,7 @@ class Registrar(threading.Thread):
         channel: grpc.Channel,
         request: pb.RegisterRequest,
         *,
-        token: str,
+        enrolment_token: str,
         secret: str,
         heartbeat_interval: float,
         rpc_timeout: float,
@@ -49,7 +54,10 @@ class Registrar(threading.Thread):
         super().__init__(name=f"registrar-{request.node_id}", daemon=True)
         self.stub = pb_grpc.RegistryServiceStub(channel)
         self.request = request
-        self.metadata = (*rpc.bearer(token), (rpc.NODE_SECRET, secret))
+        self.key = identity.node_key(secret)
+        self.public_key = identity.public_key_hex(self.key)
+        self.enrolment_token = enrolment_token
+        self.gateway_credential = ""  # what the gateway presents on HeadService (from RegisterResponse)
         self.configured_interval = heartbeat_interval
         self.interval = heartbeat_interval or 5.0
         self.rpc_timeout = rpc_timeout
@@ -63,19 +71,26 @@ class Registrar(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
 
+    def update(self, request: pb.RegisterRequest) -> None:
+        """Registers `request` next (a reloaded head: new digest, calibration, threshold)."""
+        self.request = request
+        self.registered.clear()
+
     def run(self) -> None:
         backoff = INITIAL_BACKOFF
         healthy = True
         while not self.stop_event.is_set():
             try:
                 if self.registered.is_set():
-                    self.stub.Heartbeat(
-                        pb.HeartbeatRequest(node_id=self.request.node_id), metadata=self.metadata, timeout=self.rpc_timeout
-                    )
+                    beat = pb.HeartbeatRequest(node_id=self.request.node_id)
+                    self.stub.Heartbeat(beat, metadata=self._signed(identity.HEARTBEAT, beat), timeout=self.rpc_timeout)
                 else:
                     self._register()
             except grpc.RpcError as exc:
                 code = exc.code()
+                if code == grpc.StatusCode.ABORTED:  # challenge expired (e.g. the coordinator restarted)
+                    self.stop_event.wait(INITIAL_BACKOFF * random.uniform(0.1, 0.3))
+                    continue
                 if code in FATAL_CODES:
                     self.fatal_error = f"coordinator refused node {self.request.node_id!r}: {code.name}: {exc.details()}"
                     log.error("%s", self.fatal_error)
@@ -98,13 +113,32 @@ class Registrar(threading.Thread):
             healthy, backoff = True, INITIAL_BACKOFF
             self.stop_event.wait(self.interval)
 
+    def _signed(self, purpose: str, message) -> tuple[tuple[str, str], ...]:
+        """Metadata proving the node's key over a fresh challenge and exactly this message."""
+        node_id = self.request.node_id
+        challenge = self.stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=self.rpc_timeout).challenge
+        signature = identity.sign(self.key, purpose, challenge, node_id, identity.message_digest(message))
+        metadata = [(rpc.NODE_PUBLIC_KEY, self.public_key), (rpc.NODE_CHALLENGE, challenge), (rpc.NODE_SIGNATURE, signature)]
+        if purpose == identity.REGISTER and self.enrolment_token:
+            proof = identity.enrolment_proof(self.enrolment_token, challenge, node_id, self.request.source, self.public_key)
+            metadata.append((rpc.ENROLMENT_PROOF, proof))
+        return tuple(metadata)
+
     def _register(self) -> None:
-        response = self.stub.Register(self.request, metadata=self.metadata, timeout=self.rpc_timeout)
+        response = self.stub.Register(
+            self.request, metadata=self._signed(identity.REGISTER, self.request), timeout=self.rpc_timeout
+        )
+        self.gateway_credential = response.gateway_credential
         if not self.configured_interval and response.heartbeat_interval_seconds > 0:
             self.interval = response.heartbeat_interval_seconds
         self.registrations += 1
         self.registered.set()
-        if response.status != "healthy":
+        if response.status == "pending_audit":
+            log.info("registered node %s; the coordinator audits it before it is queried", self.request.node_id)
+        elif response.status == "quarantined":
+            log.warning("registered node %s, but the coordinator keeps it quarantined (its admin can clear it)",
+                        self.request.node_id)
+        elif response.status != "healthy":
             log.warning(
                 "registered, but the coordinator's backbone is %s and this head's is %s: it will not be queried",
                 response.backbone.digest[:12], self.request.backbone_digest[:12],

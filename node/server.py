@@ -4,11 +4,17 @@
 STATE_DIR/head (refused unless bound to that bundle), serves `HeadService` (+ health, reflection),
 and starts a `Registrar` that registers, heartbeats, backs off while the coordinator is away and
 registers again when it returns (a restarted coordinator, or one that forgot the node).
+
+`HeadService` answers only the gateway: an interceptor refuses every call without the credential
+the coordinator returned at registration (none before it). A `HeadReloader` watches STATE_DIR/head
+(written to a temporary folder and renamed into place by `heads.save_head`) and serves and
+registers a retrained head without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +34,8 @@ from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc a
 
 log = logging.getLogger(__name__)
 
+RELOAD_INTERVAL = 2.0  # seconds between looks at STATE_DIR/head
+
 
 class NodeStartError(RuntimeError):
     """The node cannot start (bundle, head, key, token or port); the message says which."""
@@ -45,13 +53,16 @@ class NodeServer:
     servicer: HeadServicer
     metrics: ServerMetrics
     metrics_port: int = -1  # the bound /metrics port, -1 when off
+    reloader: "HeadReloader | None" = None
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
         self.registrar.stop()
         rpc.set_not_serving(self.health)
         self.server.stop(grace).wait(grace + 1)
-        self.servicer.close()
         self.channel.close()
+        self.servicer.close()
         self.metrics.close()
 
 
@@ -65,6 +76,14 @@ def load_verified(config: NodeConfig) -> tuple[bundle_lib.Bundle, heads.Head]:
     return bundle, head
 
 
+def _identity(config: NodeConfig) -> tuple[str, str]:
+    """(secret, enrolment token or "") of this node; NodeStartError naming the file otherwise."""
+    try:
+        return state.node_secret(config), state.enrolment_token(config)
+    except state.StateError as exc:
+        raise NodeStartError(str(exc)) from None
+
+
 def check_serve_config(serve: NodeServeConfig) -> None:
     """Refuses serving settings that would make the node misbehave, naming the key."""
     if serve.host in ("0.0.0.0", "::", "[::]") and not serve.advertise:
@@ -75,6 +94,18 @@ def check_serve_config(serve: NodeServeConfig) -> None:
             raise NodeStartError(f"serve.{key} must be positive, got {getattr(serve, key)}")
     if serve.batch_window_ms < 0:
         raise NodeStartError(f"serve.batch_window_ms must be >= 0, got {serve.batch_window_ms}")
+    try:
+        rpc.check_plaintext(rpc.target_host(serve.coordinator), serve.tls, serve.insecure, "serve.coordinator")
+    except rpc.RpcConfigError as exc:
+        raise NodeStartError(str(exc)) from None
+
+
+def register_request(node_id: str, endpoint: str, bundle: bundle_lib.Bundle, head: heads.Head) -> pb.RegisterRequest:
+    return pb.RegisterRequest(
+        node_id=node_id, source=head.source, endpoint=endpoint, backbone_digest=bundle.digest,
+        backbone_version=bundle.version, head_digest=head.digest, calibration=wire.calibration_to_proto(head.calibration),
+        threshold=head.threshold, metrics=wire.metrics_to_struct(head.metrics),
+    )
 
 
 def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = None) -> NodeServer:
@@ -85,17 +116,8 @@ def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = N
     node_id = config.node_id or config.source or head.source
     if config.source and config.source != head.source:
         raise NodeStartError(f"source is {config.source!r} but the head in {state.head_dir(config)} is for {head.source!r}")
-    try:
-        token = rpc.read_secret(serve.token, serve.token_file, "serve.token")
-    except rpc.RpcConfigError as exc:
-        raise NodeStartError(str(exc)) from None
-    if not token:
-        raise NodeStartError("serve.token (or serve.token_file) must be set: the coordinator's registration token")
-    try:
-        secret = state.node_secret(config)
-    except state.StateError as exc:
-        raise NodeStartError(str(exc)) from None
-
+    secret, enrolment_token = _identity(config)
+    registrars: list[Registrar] = []
     metrics = ServerMetrics()
     servicer = HeadServicer(
         head, bundle, node_id, serve.max_batch, window=serve.batch_window_ms / 1000.0, max_queue=serve.max_queue_rows,
@@ -103,12 +125,13 @@ def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = N
     )
     server = rpc.create_server(
         workers=serve.workers, max_message_mb=serve.max_message_mb, max_concurrent_rpcs=serve.max_concurrent_rpcs,
+        tokens={HEAD_SERVICE: lambda: registrars[0].gateway_credential if registrars else ""},
         interceptors=[MetricsInterceptor(metrics, serve.access_log)],
     )
     pb_grpc.add_HeadServiceServicer_to_server(servicer, server)
     health = rpc.enable_health_and_reflection(server, [HEAD_SERVICE])
     try:
-        port = rpc.bind(server, serve.host, serve.port, serve.tls)
+        port = rpc.bind(server, serve.host, serve.port, serve.tls, insecure=serve.insecure)
         metrics_port = serve_metrics(metrics, serve.metrics_host, serve.metrics_port)
     except rpc.RpcConfigError as exc:
         servicer.close()
@@ -116,36 +139,56 @@ def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = N
     server.start()
     endpoint = serve.advertise or f"{serve.host}:{port}"
     log.info("node %s serving head %s (%s) on %s:%d", node_id, head.source, head.digest[:12], serve.host, port)
-
-    request = registration_request(node_id, endpoint, bundle, head)
     channel = rpc.open_channel(serve.coordinator, serve.tls, serve.max_message_mb)
     registrar = Registrar(
-        channel,
-        request,
-        token=token,
-        secret=secret,
-        heartbeat_interval=serve.heartbeat_interval,
-        rpc_timeout=serve.rpc_timeout,
-        max_backoff=serve.max_backoff,
+        channel, register_request(node_id, endpoint, bundle, head), enrolment_token=enrolment_token, secret=secret,
+        heartbeat_interval=serve.heartbeat_interval, rpc_timeout=serve.rpc_timeout, max_backoff=serve.max_backoff,
         on_fatal=on_fatal,
     )
+    registrars.append(registrar)
     registrar.start()
-    return NodeServer(server, port, health, registrar, channel, servicer, metrics, metrics_port)
+    reloader = HeadReloader(config, bundle, servicer, registrar, endpoint)
+    reloader.start()
+    return NodeServer(server, port, health, registrar, channel, servicer, metrics, metrics_port, reloader)
 
 
-def registration_request(node_id: str, endpoint: str, bundle: bundle_lib.Bundle, head: heads.Head) -> pb.RegisterRequest:
-    """What the node tells the coordinator about itself."""
-    return pb.RegisterRequest(
-        node_id=node_id,
-        source=head.source,
-        endpoint=endpoint,
-        backbone_digest=bundle.digest,
-        backbone_version=bundle.version,
-        head_digest=head.digest,
-        calibration=wire.calibration_to_proto(head.calibration),
-        threshold=head.threshold,
-        metrics=wire.metrics_to_struct(head.metrics),
-    )
+class HeadReloader(threading.Thread):
+    """Serves and re-registers a head that training renamed into STATE_DIR/head (no restart)."""
+
+    def __init__(self, config: NodeConfig, bundle: bundle_lib.Bundle, servicer: HeadServicer, registrar: Registrar,
+                 endpoint: str, interval: float = RELOAD_INTERVAL) -> None:
+        super().__init__(name="head-reloader", daemon=True)
+        self.config, self.bundle, self.servicer, self.registrar = config, bundle, servicer, registrar
+        self.endpoint, self.interval = endpoint, interval
+        self.stop_event = threading.Event()
+        self.reloads = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.check()
+
+    def check(self) -> bool:
+        """Loads the head in STATE_DIR/head when its digest changed; True when it swapped heads."""
+        try:
+            meta = heads.read_head_meta(state.head_dir(self.config))
+            if meta.get("weights_sha256") == self.servicer.head.digest:
+                return False
+            head = heads.load_head(state.head_dir(self.config), self.bundle)
+        except (heads.HeadError, OSError, ValueError) as exc:
+            log.warning("head in %s not reloaded: %s", state.head_dir(self.config), exc)
+            return False
+        if head.source != self.servicer.head.source:
+            log.warning("head in %s is for %s, not %s: not reloaded", state.head_dir(self.config), head.source,
+                        self.servicer.head.source)
+            return False
+        self.servicer.swap_head(head)
+        self.registrar.update(register_request(self.registrar.request.node_id, self.endpoint, self.bundle, head))
+        self.reloads += 1
+        log.info("reloaded head %s (%s)", head.source, head.digest[:12])
+        return True
 
 
 def serve_forever(config: NodeConfig) -> int:

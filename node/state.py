@@ -4,7 +4,8 @@
   runs/             one folder per head-training run (config, history, checkpoints)
   finetune-runs/    one folder per FedAvg fine-tuning step
   bundles/<digest>  every bundle received through Flower, verified; `bundle` links the last one
-  node.secret       the node's identity secret (0600), created on first use
+  node.secret       the node's identity secret (0600, never sent anywhere), created on first use
+  enrolment.token   the one-time enrolment token the coordinator admin issued for this node (0600)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from node.config import NodeConfig
+from shared_backbone.model.signing import write_private
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ FINETUNE_RUNS_DIR = "finetune-runs"
 BUNDLES_DIR = "bundles"
 CURRENT_BUNDLE = "bundle"  # STATE_DIR/bundle -> bundles/<digest>, the last verified bundle
 SECRET_FILE = "node.secret"
+ENROLMENT_TOKEN_FILE = "enrolment.token"
 
 
 class StateError(ValueError):
@@ -42,9 +45,27 @@ def node_secret(config: NodeConfig) -> str:
         if not value:
             raise StateError(f"serve.secret_file {path}: empty")
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    try:
+        write_private(path, (value + "\n").encode())
+    except FileExistsError:  # another process of this node created it first: use that one
+        return node_secret(config)
     log.info("created node secret %s", path)
+    return value
+
+
+def enrolment_token_path(config: NodeConfig) -> Path:
+    return Path(config.serve.enrolment_token_file or Path(config.state_dir) / ENROLMENT_TOKEN_FILE)
+
+
+def enrolment_token(config: NodeConfig) -> str:
+    """The admin's enrolment token for this node ("" when there is none: the node id must be bound already)."""
+    path = enrolment_token_path(config)
+    if not path.is_file():
+        if config.serve.enrolment_token_file:
+            raise StateError(f"serve.enrolment_token_file {path}: not found")
+        return ""
+    value = path.read_text().strip()
+    if not value:
+        raise StateError(f"enrolment token file {path}: empty")
     return value

@@ -128,3 +128,53 @@ def wait_healthy(target: str, process: subprocess.Popen | None, timeout: float, 
         return healthy(target)
 
     wait_until(ready, timeout, f"{target} to be SERVING", interval=0.2)
+
+
+def signed_metadata(stub, message, secret: str, purpose: str, *, node_id: str, source: str = "",
+                    enrolment_token: str = "") -> tuple:
+    """What a node sends with Register/Heartbeat: a fresh challenge, signed (plus an enrolment proof)."""
+    from shared_backbone.protocol import identity, rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
+
+    key = identity.node_key(secret)
+    public = identity.public_key_hex(key)
+    challenge = stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=5).challenge
+    metadata = [(rpc.NODE_PUBLIC_KEY, public), (rpc.NODE_CHALLENGE, challenge),
+                (rpc.NODE_SIGNATURE, identity.sign(key, purpose, challenge, node_id, identity.message_digest(message)))]
+    if enrolment_token:
+        metadata.append((rpc.ENROLMENT_PROOF, identity.enrolment_proof(enrolment_token, challenge, node_id, source, public)))
+    return tuple(metadata)
+
+
+def register_signed(stub, request, secret: str, enrolment_token: str = ""):
+    """RegistryService.Register as a node written from the .proto alone would call it."""
+    from shared_backbone.protocol import identity
+
+    metadata = signed_metadata(stub, request, secret, identity.REGISTER, node_id=request.node_id, source=request.source,
+                               enrolment_token=enrolment_token)
+    return stub.Register(request, metadata=metadata, timeout=5)
+
+
+def write_enrolment(registry, state_dir: Path, node_id: str, source: str) -> str:
+    """Enrols a node in `registry` and writes its token where the node reads it (STATE_DIR/enrolment.token)."""
+    from shared_backbone.model.signing import write_private
+
+    token = registry.enrol(node_id, source)
+    write_private(Path(state_dir) / "enrolment.token", (token + "\n").encode(), overwrite=True)
+    return token
+
+
+def fit_head_reply(node: int, values: dict):
+    """A ClientApp's reply to `train.fit_head` carrying `values`, as the ServerApp receives it."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from shared_backbone.protocol.flower_messages import FIT_HEAD, RESULT_RECORD
+
+    for name, value in (("run_id", 1), ("node_id", 0), ("task_id", 1)):  # what a ServerApp process has
+        try:
+            getattr(TaskIdentity, name)
+        except RuntimeError:
+            setattr(TaskIdentity, name, value)
+    request = Message(content=RecordDict(), dst_node_id=node, message_type=FIT_HEAD)
+    return Message(RecordDict({RESULT_RECORD: ConfigRecord(values)}), reply_to=request)

@@ -112,3 +112,12 @@ def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_forei
     registry = Registry(config.registry)
     assert registry.list() == []
     registry.close()
+
+
+def test_superlink_off_loopback_needs_an_explicit_control_api_acknowledgement(tmp_path, capsys):
+    """flwr 1.42 serves the Control API on the Fleet port: a public --host would expose `flwr run`."""
+    from attribnet.cli import main
+
+    assert main(["federation", "superlink", "--host", "0.0.0.0", "--insecure", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Control API" in err and "--expose-control-api" in err and "/v1/fleet/" in err

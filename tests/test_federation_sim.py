@@ -134,21 +134,62 @@ def test_fedavg_weights_by_example_count():
         fedavg([a, [b[0]]], [1, 1])
 
 
+def test_updates_must_match_the_global_model_and_one_outlier_cannot_steer_the_aggregate():
+    import numpy as np
+
+    from coordinator.flower.fedavg import aggregate, check_update, clip_count
+
+    reference = [np.zeros((2, 2), np.float32), np.zeros(3, np.float32)]
+    assert check_update([np.ones((2, 2), np.float32), np.ones(3, np.float32)], reference) is None
+    assert "float32[2, 2]" in check_update([np.ones((2, 3), np.float32), np.ones(3, np.float32)], reference)
+    assert "float64" in check_update([np.ones((2, 2)), np.ones(3, np.float32)], reference)
+    assert "NaN" in check_update([np.full((2, 2), np.nan, np.float32), np.ones(3, np.float32)], reference)
+    assert "1 weight arrays" in check_update([np.ones((2, 2), np.float32)], reference)
+    assert [clip_count(v, 1000) for v in (10**12, -5, "many", None, 7)] == [1000, 1, 1, 1, 7]
+    honest = [[np.full((2, 2), 1.0 + i / 100, np.float32), np.full(3, 2.0, np.float32)] for i in range(4)]
+    attacker = [np.full((2, 2), 1e6, np.float32), np.full(3, -1e6, np.float32)]
+    for method in ("trimmed_mean", "median"):
+        robust = aggregate([*honest, attacker], [100, 100, 100, 100, 10**5], method, trim_fraction=0.2)
+        assert np.all(np.abs(robust[0] - 1.0) < 0.05) and np.allclose(robust[1], 2.0), method
+    plain = aggregate([*honest, attacker], [100, 100, 100, 100, 1000], "mean")
+    assert plain[0].max() > 1e5  # what one node did to plain FedAvg
+
+
+def test_evaluation_gate_refuses_a_backbone_that_no_longer_detects(tiny_zoo, zoo_bundle, keypair, tmp_path):
+    import numpy as np
+
+    from coordinator.flower.gate import evaluation_gate
+    from shared_backbone.data.zoo import zoo_data_config
+
+    config = dataclasses.replace(coordinator_config(zoo_bundle, keypair, tmp_path, tmp_path, 1), data=zoo_data_config(tiny_zoo))
+    weights = [np.asarray(w) for w in zoo_bundle.load_primary().get_weights()]
+    kept = evaluation_gate(config, zoo_bundle, weights)
+    assert kept["passed"] and kept["accuracy_after"] == kept["accuracy_before"] > 0.6
+    poisoned = evaluation_gate(config, zoo_bundle, [np.zeros_like(w) if w.ndim > 1 else w for w in weights])
+    assert not poisoned["passed"] and poisoned["accuracy_after"] < kept["accuracy_before"] - 0.02
+    from coordinator.flower.results import FederationError
+
+    with pytest.raises(FederationError, match="held-out data"):
+        evaluation_gate(dataclasses.replace(config, data=dataclasses.replace(config.data, root="")), zoo_bundle, weights)
+
+
 def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
-    """One node opts in, one declines; the averaged primary becomes version `<old>-ft1` with parent recorded."""
+    """One node opts in, one declines; the averaged primary passes the gate and becomes version `<old>-ft1`."""
     import numpy as np
 
     from attribnet.launch.flower_runs import run_federation
+    from shared_backbone.data.zoo import zoo_data_config
     from shared_backbone.model.signing import load_public_key
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)
     nodes[0]["finetune"] = True
     reference = zoo_reference
     config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=2)
-    config = dataclasses.replace(config, federation=dataclasses.replace(
-        config.federation, finetune_rounds=1, finetune_epochs=1, bundles_dir=str(tmp_path / "bundles")))
+    config = dataclasses.replace(config, data=zoo_data_config(federation_zoo), federation=dataclasses.replace(
+        config.federation, finetune_rounds=1, finetune_epochs=1, bundles_dir=str(tmp_path / "bundles"), gate_tolerance=1.0))
     result = run_federation(config, nodes, mode="simulation")
     assert result.status == "completed", result.error
+    assert result.finetune["published"] and result.finetune["gate"]["passed"]
     (round_1,) = result.finetune["rounds"]
     assert sorted(round_1["nodes"].values())[0] == "declined" and sorted(round_1["nodes"].values())[1].startswith("updated")
     child = load_bundle(result.finetune["bundle"], load_public_key(keypair[1]))

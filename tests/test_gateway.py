@@ -17,9 +17,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.network_support import IMAGE_SIZE, make_bundle, make_head, png_bytes, wait_until
+from tests.network_support import (
+    IMAGE_SIZE,
+    make_bundle,
+    make_head,
+    png_bytes,
+    register_signed,
+    signed_metadata,
+    wait_until,
+    write_enrolment,
+)
 
-REGISTRATION_TOKEN = "registration-secret"
 QUERY_TOKEN = "query-secret"
 SOURCES = ("alpha", "beta", "gamma")
 MAX_PIXELS = 64 * 64
@@ -45,7 +53,7 @@ def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair,
         public_key=str(keypair[1]),
         state_dir=str(root / source),
         serve=NodeServeConfig(
-            host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{coordinator_port}", token=REGISTRATION_TOKEN,
+            host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{coordinator_port}",
             heartbeat_interval=0.3, rpc_timeout=2.0, max_backoff=1.0, **serve,
         ),
     )
@@ -59,12 +67,13 @@ def net(tmp_path_factory, keypair):
 
     root = tmp_path_factory.mktemp("gateway")
     bundle = make_bundle(root / "bundle", *keypair)
+    (root / "query.token").write_text(QUERY_TOKEN + "\n")
     config = CoordinatorConfig(
         bundle=str(bundle.path),
         public_key=str(keypair[1]),
         registry=str(root / "registry.sqlite"),
         gateway=GatewayConfig(
-            host="127.0.0.1", port=0, registration_token=REGISTRATION_TOKEN, query_token=QUERY_TOKEN,
+            host="127.0.0.1", port=0, query_token_file=str(root / "query.token"),
             max_pixels=MAX_PIXELS, max_images=MAX_IMAGES, node_timeout=2.0, heartbeat_interval=0.3,
             stale_after=2.0, batch_window_ms=50.0,
         ),
@@ -73,6 +82,7 @@ def net(tmp_path_factory, keypair):
     nodes, configs = {}, {}
     for i, source in enumerate(SOURCES):
         make_head(root / source, bundle, source, seed=100 + i, a=1.0 + 0.7 * i, b=0.3 * i - 0.3, threshold=0.4 + 0.05 * i)
+        write_enrolment(coordinator.registry, root / source, source, source)
         configs[source] = node_config(root, bundle, source, coordinator.port, keypair)
         nodes[source] = start_node(configs[source])
     wait_until(
@@ -167,9 +177,10 @@ def test_list_sources_shows_registered_nodes(net):
     assert sorted(by_source) == list(SOURCES)
     for source, info in by_source.items():
         head = net.nodes[source]
-        assert info["status"] == "healthy"
+        assert info["status"] == "healthy" and info["status_reason"] == ""
         assert info["backbone_digest"] == net.bundle.digest
-        assert info["endpoint"] == f"127.0.0.1:{head.port}"
+        assert "endpoint" not in info  # node endpoints are the admin's, never shown to query clients
+        assert net.coordinator.registry.get(source).endpoint == f"127.0.0.1:{head.port}"
         assert info["calibration"]["method"] == "platt"
         assert "auroc" in info["metrics"]
 
@@ -241,48 +252,59 @@ def _code(call) -> grpc.StatusCode:
     return info.value.code()
 
 
-def test_registration_needs_token_and_cannot_take_over_another_node(net):
-    from shared_backbone.protocol import rpc
+def test_registration_needs_a_signed_challenge_and_enrolment_and_cannot_take_over_another_node(net):
+    from shared_backbone.protocol import identity, rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     channel, stub = _registry_stub(net)
-    good = (*rpc.bearer(REGISTRATION_TOKEN), (rpc.NODE_SECRET, "intruder-secret"))
+    registry = net.coordinator.registry
     try:
         taken = _register_request(net, "alpha", "alpha")
-        assert _code(lambda: stub.Register(taken, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
-        wrong = (*rpc.bearer("not-the-token"), (rpc.NODE_SECRET, "intruder-secret"))
-        assert _code(lambda: stub.Register(taken, metadata=wrong, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
-        no_secret = rpc.bearer(REGISTRATION_TOKEN)
-        assert _code(lambda: stub.Register(taken, metadata=no_secret, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED
-        # node id "alpha" is bound to the real alpha node's secret: another node cannot overwrite it
-        assert _code(lambda: stub.Register(taken, metadata=good, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        assert _code(lambda: stub.Register(taken, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED  # no proof at all
+        # node id "alpha" is bound to the real alpha node's key: another key cannot overwrite it
+        assert _code(lambda: register_signed(stub, taken, "intruder-secret")) == grpc.StatusCode.PERMISSION_DENIED
         beat = pb.HeartbeatRequest(node_id="alpha")
-        assert _code(lambda: stub.Heartbeat(beat, metadata=good, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
-        # a new id claiming alpha's source is refused too
+        intruder = signed_metadata(stub, beat, "intruder-secret", identity.HEARTBEAT, node_id="alpha")
+        assert _code(lambda: stub.Heartbeat(beat, metadata=intruder, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        # a replayed challenge (or one issued for another id) is refused with ABORTED: ask again
+        replay = signed_metadata(stub, beat, "intruder-secret", identity.HEARTBEAT, node_id="alpha")
+        with pytest.raises(grpc.RpcError):
+            stub.Heartbeat(beat, metadata=replay, timeout=5)
+        assert _code(lambda: stub.Heartbeat(beat, metadata=replay, timeout=5)) == grpc.StatusCode.ABORTED
+        # a new id without an enrolment is refused; the admin cannot even enrol a second node for alpha
+        newcomer = _register_request(net, "newcomer", "newcomer")
+        assert _code(lambda: register_signed(stub, newcomer, "new-secret")) == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(ValueError, match="already served"):
+            registry.enrol("squatter", "alpha")
+        # enrolled for one source, registering another: refused; wrong token: refused
+        token = registry.enrol("squatter", "squat")
         squatter = _register_request(net, "squatter", "alpha")
-        assert _code(lambda: stub.Register(squatter, metadata=good, timeout=5)) == grpc.StatusCode.ALREADY_EXISTS
-        bad_endpoint = _register_request(net, "odd", "odd", endpoint="no-port")
-        assert _code(lambda: stub.Register(bad_endpoint, metadata=good, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: register_signed(stub, squatter, "sq-secret", token)) == grpc.StatusCode.PERMISSION_DENIED
+        own = _register_request(net, "squatter", "squat")
+        assert _code(lambda: register_signed(stub, own, "sq-secret", "not-the-token")) == grpc.StatusCode.UNAUTHENTICATED
+        bad_endpoint = _register_request(net, "squatter", "squat", endpoint="unix:/tmp/socket")
+        assert _code(lambda: register_signed(stub, bad_endpoint, "sq-secret", token)) == grpc.StatusCode.INVALID_ARGUMENT
         unknown = pb.HeartbeatRequest(node_id="never-registered")
-        assert _code(lambda: stub.Heartbeat(unknown, metadata=good, timeout=5)) == grpc.StatusCode.NOT_FOUND
+        meta = signed_metadata(stub, unknown, "x", identity.HEARTBEAT, node_id="never-registered")
+        assert _code(lambda: stub.Heartbeat(unknown, metadata=meta, timeout=5)) == grpc.StatusCode.NOT_FOUND
+        assert not any(key == rpc.ENROLMENT_PROOF for key, _ in meta)
     finally:
+        registry.remove("squatter")
         channel.close()
-    entry = net.coordinator.registry.get("alpha")
+    entry = registry.get("alpha")
     assert entry.endpoint == f"127.0.0.1:{net.nodes['alpha'].port}"
-    assert {e.node_id for e in net.coordinator.registry.list()} == set(SOURCES)
+    assert {e.node_id for e in registry.list()} == set(SOURCES)
 
 
 def test_incompatible_backbone_is_registered_but_never_queried(net, tmp_path, keypair):
-    from shared_backbone.protocol import rpc
-
     other = make_bundle(tmp_path / "other", *keypair, version="other")
     assert other.digest != net.bundle.digest
     channel, stub = _registry_stub(net)
     request = _register_request(net, "old-node", "old-source")
     request.backbone_digest = other.digest
     try:
-        metadata = (*rpc.bearer(REGISTRATION_TOKEN), (rpc.NODE_SECRET, "old-secret"))
-        assert stub.Register(request, metadata=metadata, timeout=5).status == "incompatible"
+        token = net.coordinator.registry.enrol("old-node", "old-source")
+        assert register_signed(stub, request, "old-secret", token).status == "incompatible"
         with client(net) as c:
             result = c.attribute([png_bytes(np.random.default_rng(5))])[0]
             listed = {s["node_id"]: s["status"] for s in c.list_sources()}
@@ -316,20 +338,22 @@ def test_stopped_node_is_missing_then_used_again_after_restart(net, keypair):
     assert result.missing_nodes == [] and sorted(result.scores) == list(SOURCES)
 
 
-def test_wrong_registration_token_stops_node(net, keypair):
+def test_wrong_enrolment_token_stops_node(net, keypair):
     from node.server import start_node
 
-    config = net.node_configs["alpha"]
-    bad = dataclasses.replace(
-        config, node_id="alpha-2", serve=dataclasses.replace(config.serve, token="wrong-token", secret_file=str(net.root / "alpha2.secret"))
-    )
+    make_head(net.root / "delta", net.bundle, "delta", seed=9)
+    (net.root / "wrong.token").write_text("wrong-token\n")
+    net.coordinator.registry.enrol("delta", "delta")
+    bad = dataclasses.replace(net.node_configs["alpha"], source="delta", state_dir=str(net.root / "delta"), serve=dataclasses.replace(
+        net.node_configs["alpha"].serve, enrolment_token_file=str(net.root / "wrong.token")))
     reasons = []
     node = start_node(bad, on_fatal=reasons.append)
     try:
         wait_until(lambda: reasons, 10, "the registrar to give up")
     finally:
         node.stop(0.2)
-    assert "UNAUTHENTICATED" in reasons[0] and "alpha-2" in reasons[0]
+        net.coordinator.registry.remove("delta")
+    assert "UNAUTHENTICATED" in reasons[0] and "delta" in reasons[0] and "enrolment proof" in reasons[0]
 
 
 def _write_certificates(folder: Path) -> dict[str, str]:
@@ -385,11 +409,13 @@ def test_mutual_tls_network(net, tmp_path, keypair):
     tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)
     coordinator = start_coordinator(CoordinatorConfig(
         bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token=REGISTRATION_TOKEN, tls=tls),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, tls=tls),
     ))
+    write_enrolment(coordinator.registry, tmp_path / "gamma-state", "gamma-tls", "gamma")
     config = net.node_configs["gamma"]
     node = start_node(dataclasses.replace(config, node_id="gamma-tls", serve=dataclasses.replace(
-        config.serve, coordinator=f"127.0.0.1:{coordinator.port}", tls=tls, secret_file=str(tmp_path / "secret"))))
+        config.serve, coordinator=f"127.0.0.1:{coordinator.port}", tls=tls, secret_file=str(tmp_path / "secret"),
+        enrolment_token_file=str(tmp_path / "gamma-state" / "enrolment.token"))))
     target = f"127.0.0.1:{coordinator.port}"
     try:
         wait_until(lambda: node.registrar.registered.is_set(), 15, "registration over mTLS")
@@ -415,23 +441,23 @@ def test_gateway_refuses_bad_settings_and_tampered_bundle(net, tmp_path, keypair
     def config(**gateway) -> CoordinatorConfig:
         return CoordinatorConfig(
             bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "r.sqlite"),
-            gateway=GatewayConfig(host="127.0.0.1", port=0, **gateway),
+            gateway=GatewayConfig(**{"host": "127.0.0.1", "port": 0, **gateway}),
         )
 
-    with pytest.raises(GatewayStartError, match="registration_token"):
-        start_coordinator(config())
     with pytest.raises(GatewayStartError, match="gateway.max_images"):
-        start_coordinator(config(registration_token="t", max_images=0))
+        start_coordinator(config(max_images=0))
     with pytest.raises(GatewayStartError, match="stale_after"):
-        start_coordinator(config(registration_token="t", heartbeat_interval=5, stale_after=5))
-    with pytest.raises(GatewayStartError, match="registration_token_file .*cannot read"):
-        start_coordinator(config(registration_token_file=str(tmp_path / "absent")))
+        start_coordinator(config(heartbeat_interval=5, stale_after=5))
+    with pytest.raises(GatewayStartError, match="query_token_file .*cannot read"):
+        start_coordinator(config(query_token_file=str(tmp_path / "absent")))
+    with pytest.raises(GatewayStartError, match="plaintext gRPC off loopback is refused"):
+        start_coordinator(config(host="0.0.0.0"))
     unsigned = tmp_path / "unsigned"
     shutil.copytree(net.bundle.path, unsigned)
     (unsigned / "manifest.sig").unlink()
     with pytest.raises(GatewayStartError, match="unsigned"):
-        start_coordinator(dataclasses.replace(config(registration_token="t"), bundle=str(unsigned)))
-    busy = config(registration_token="t")
+        start_coordinator(dataclasses.replace(config(), bundle=str(unsigned)))
+    busy = config()
     busy.gateway.port = net.coordinator.port
     with pytest.raises(GatewayStartError, match="cannot listen"):
         start_coordinator(busy)

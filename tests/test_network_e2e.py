@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.network_support import cli_process, free_port, stop_process, wait_healthy, wait_until, write_yaml
+from tests.network_support import cli_process, free_port, stop_process, wait_healthy, wait_until, write_enrolment, write_yaml
 
 log = logging.getLogger(__name__)
 
 SERVED = 3
-TOKEN = "e2e-registration-token"
 NODE_TIMEOUT = 2.0
 START_TIMEOUT = 90.0
 QUERY_BATCH = 32  # images per Attribute call (the gateway allows 64)
@@ -73,21 +72,24 @@ def registered(net: Network, want: set[str]) -> bool:
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
+    from coordinator.registry import Registry
+
     root = tmp_path_factory.mktemp("e2e")
     sources = sorted(zoo_heads)[:SERVED]
-    (root / "token").write_text(TOKEN + "\n")
     gateway_port = free_port()
     coordinator_yaml = write_yaml(root / "coordinator.yaml", {
         "bundle": str(zoo_bundle.path),
         "public_key": str(keypair[1]),
         "registry": str(root / "coordinator-state" / "registry.sqlite"),
-        "gateway": {"host": "127.0.0.1", "port": gateway_port, "registration_token_file": str(root / "token"),
+        "gateway": {"host": "127.0.0.1", "port": gateway_port,
                     "node_timeout": NODE_TIMEOUT, "heartbeat_interval": 0.5, "stale_after": 3.0},
     })
     node_yaml, node_ports = {}, {}
+    registry = Registry(root / "coordinator-state" / "registry.sqlite")
     for source in sources:
         state = root / f"node-{source}"
         shutil.copytree(zoo_heads[source], state / "head")
+        write_enrolment(registry, state, source, source)  # what `attribnet coordinator enrol` hands the node
         node_ports[source] = free_port()
         node_yaml[source] = write_yaml(root / f"node-{source}.yaml", {
             "source": source,
@@ -95,9 +97,10 @@ def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
             "public_key": str(keypair[1]),
             "state_dir": str(state),
             "serve": {"host": "127.0.0.1", "port": node_ports[source], "coordinator": f"127.0.0.1:{gateway_port}",
-                      "token_file": str(root / "token"), "heartbeat_interval": 0.5, "max_backoff": 1.0,
+                      "heartbeat_interval": 0.5, "max_backoff": 1.0,
                       "rpc_timeout": 2.0},
         })
+    registry.close()
     net = Network(root, zoo_bundle, sources, gateway_port, coordinator_yaml, node_yaml, node_ports)
     started = [net.start("coordinator")] + [net.start(source) for source in sources]
     try:

@@ -1,4 +1,5 @@
-"""A node's HeadService on a real gRPC server: scores, shape/dtype checks, start-up refusals."""
+"""A node's HeadService on a real gRPC server: gateway credential, scores, shape/dtype checks,
+head reload, start-up refusals."""
 
 from __future__ import annotations
 
@@ -23,12 +24,31 @@ def node(tmp_path_factory, keypair):
     head = make_head(root / "state", bundle, "progan", seed=7, a=1.5, b=0.1)
     config = NodeConfig(
         source="progan", backbone=str(bundle.path), public_key=str(keypair[1]), state_dir=str(root / "state"),
-        serve=NodeServeConfig(host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{free_port()}", token="t",
+        serve=NodeServeConfig(host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{free_port()}",
                               rpc_timeout=0.5, max_backoff=0.5, max_batch=16),
     )
     server = start_node(config)
+    server.registrar.gateway_credential = CREDENTIAL  # as if the coordinator had answered its registration
     yield server, bundle, head, config
     server.stop(0.2)
+
+
+CREDENTIAL = "the-gateway-credential"
+
+
+class _Authorised:
+    """A HeadService stub that presents the gateway credential on every call."""
+
+    def __init__(self, stub, token: str = CREDENTIAL) -> None:
+        from shared_backbone.protocol import rpc
+
+        self.stub, self.metadata = stub, rpc.bearer(token)
+
+    def Score(self, request, timeout):
+        return self.stub.Score(request, timeout=timeout, metadata=self.metadata)
+
+    def Describe(self, request, timeout):
+        return self.stub.Describe(request, timeout=timeout, metadata=self.metadata)
 
 
 @pytest.fixture
@@ -37,8 +57,25 @@ def stub(node):
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(f"127.0.0.1:{node[0].port}")
-    yield pb_grpc.HeadServiceStub(channel)
+    yield _Authorised(pb_grpc.HeadServiceStub(channel))
     channel.close()
+
+
+def test_only_the_gateway_credential_is_served(node, stub):
+    from shared_backbone.protocol import wire
+
+    for token in ("", "wrong"):
+        with pytest.raises(grpc.RpcError) as info:
+            _Authorised(stub.stub, token).Score(wire.features_to_request(features(1)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    node[0].registrar.gateway_credential = ""  # not registered yet: nobody is served
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(wire.features_to_request(features(1)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "no token known yet" in info.value.details()
+    finally:
+        node[0].registrar.gateway_credential = CREDENTIAL
+    assert len(stub.Score(wire.features_to_request(features(1)), timeout=10).raw_scores) == 1
 
 
 def features(n: int, seed: int = 0) -> np.ndarray:
@@ -115,6 +152,28 @@ def test_registrar_keeps_retrying_while_coordinator_is_away(node):
     assert server.registrar.fatal_error is None and server.registrar.registrations == 0
 
 
+def test_retrained_head_is_served_without_a_restart(node, stub):
+    """Training renames a new head into STATE_DIR/head; the reloader serves it and re-registers it."""
+    from shared_backbone.protocol import wire
+
+    server, bundle, old, config = node
+    batch = features(3, seed=1)
+    before = list(stub.Score(wire.features_to_request(batch, bundle.digest), timeout=10).raw_scores)
+    from pathlib import Path
+
+    new = make_head(Path(config.state_dir), bundle, "progan", seed=8, a=1.2)
+    try:
+        assert new.digest != old.digest
+        assert server.reloader.check()
+        response = stub.Score(wire.features_to_request(batch, bundle.digest), timeout=10)
+        assert response.head_digest == new.digest and list(response.raw_scores) != before
+        assert server.registrar.request.head_digest == new.digest and not server.registrar.registered.is_set()
+        np.testing.assert_array_equal(np.asarray(response.raw_scores), new.raw_scores(batch.astype(np.float32)))
+    finally:
+        make_head(Path(config.state_dir), bundle, "progan", seed=7, a=1.5, b=0.1)
+        server.reloader.check()
+
+
 def test_start_refuses_tampered_bundle_foreign_head_and_missing_token(node, tmp_path, keypair):
     from node.server import NodeStartError, start_node
 
@@ -137,7 +196,11 @@ def test_start_refuses_tampered_bundle_foreign_head_and_missing_token(node, tmp_
     with pytest.raises(NodeStartError, match="trained on backbone"):
         start_node(dataclasses.replace(config, backbone=str(other.path)))
 
-    with pytest.raises(NodeStartError, match="serve.token"):
-        start_node(dataclasses.replace(config, serve=dataclasses.replace(config.serve, token="")))
+    with pytest.raises(NodeStartError, match="enrolment_token_file .*not found"):
+        start_node(dataclasses.replace(config, serve=dataclasses.replace(config.serve, enrolment_token_file=str(tmp_path / "no"))))
+    with pytest.raises(NodeStartError, match="plaintext gRPC off loopback is refused"):
+        start_node(dataclasses.replace(config, serve=dataclasses.replace(config.serve, coordinator="192.0.2.1:50051")))
+    with pytest.raises(NodeStartError, match="plaintext gRPC off loopback is refused"):
+        start_node(dataclasses.replace(config, serve=dataclasses.replace(config.serve, host="0.0.0.0", advertise="node.example:1")))
     with pytest.raises(NodeStartError, match="public_key"):
         start_node(dataclasses.replace(config, public_key=""))

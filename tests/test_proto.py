@@ -33,7 +33,7 @@ def test_services_and_package_are_versioned():
     services = {name: [m.name for m in service.methods] for name, service in pb.DESCRIPTOR.services_by_name.items()}
     assert services == {
         "AttributionService": ["Attribute", "ListSources"],
-        "RegistryService": ["Register", "Heartbeat"],
+        "RegistryService": ["Challenge", "Register", "Heartbeat"],
         "HeadService": ["Score", "Describe"],
     }
 
@@ -48,7 +48,7 @@ def gateway(tmp_path_factory, keypair):
     bundle = make_bundle(root / "bundle", *keypair)
     config = CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(keypair[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, registration_token="r", max_message_mb=1),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, max_message_mb=1),
     )
     server = start_coordinator(config)
     yield server, bundle

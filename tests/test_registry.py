@@ -1,4 +1,5 @@
-"""The SQLite node registry: idempotent registration, identity binding, staleness, durability, CLI."""
+"""The SQLite node registry: enrolment, idempotent registration, key binding, validation, staleness,
+quarantine, durability, CLI."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import json
 
 import pytest
 
-from coordinator.registry import IdentityMismatch, Registry, RegistryError, SourceTaken, UnknownNode
+from coordinator.registry import IdentityMismatch, NotEnrolled, Registry, RegistryError, SourceTaken, UnknownNode
+from shared_backbone.protocol import identity
+
+
+def key(secret: str) -> str:
+    return identity.public_key_hex(identity.node_key(secret))
 
 
 class Clock:
@@ -20,12 +26,16 @@ class Clock:
 
 
 def register(registry: Registry, node_id: str = "n1", source: str = "progan", secret: str = "s1", **extra):
+    """Registers like admission does after checking proofs: enrols a new node id first."""
     values = dict(
-        endpoint="127.0.0.1:5000", backbone_digest="b" * 64, head_digest="h" * 64,
+        endpoint="127.0.0.1:5000", backbone_digest="b" * 64, head_digest="a" * 64,
         calibration={"method": "platt", "a": 1.5, "b": -0.25}, threshold=0.6, metrics={"auroc": 0.9},
     )
     values.update(extra)
-    return registry.register(node_id=node_id, source=source, secret=secret, **values)
+    fresh = registry.bound_key(node_id) is None
+    if fresh and registry.enrolment(node_id) is None:
+        registry.enrol(node_id, source)
+    return registry.register(node_id=node_id, source=source, public_key=key(secret), enrolment_verified=fresh, **values)
 
 
 def test_register_is_idempotent_and_updates_the_entry(tmp_path):
@@ -37,7 +47,8 @@ def test_register_is_idempotent_and_updates_the_entry(tmp_path):
     assert second.generation == first.generation + 1
     assert second.registered_at == first.registered_at and second.last_heartbeat == clock.now
     assert [e.endpoint for e in registry.list()] == ["127.0.0.1:6000"]
-    assert second.calibration == {"method": "platt", "a": 1.5, "b": -0.25} and second.metrics == {"auroc": 0.9}
+    assert second.calibration == {"method": "platt", "a": 1.5, "b": -0.25, "positive_scores": []}
+    assert second.metrics == {"auroc": 0.9}
 
 
 def test_one_node_cannot_overwrite_another(tmp_path):
@@ -45,14 +56,18 @@ def test_one_node_cannot_overwrite_another(tmp_path):
     register(registry, "n1", "progan", "s1")
     with pytest.raises(IdentityMismatch):
         register(registry, "n1", "progan", "someone-else", endpoint="10.0.0.9:1")
-    with pytest.raises(IdentityMismatch):
-        registry.heartbeat("n1", "someone-else")
     with pytest.raises(SourceTaken, match="n1"):
-        register(registry, "n2", "progan", "s2")
+        registry.enrol("n2", "progan")
     with pytest.raises(UnknownNode):
-        registry.heartbeat("n3", "s3")
-    with pytest.raises(RegistryError, match="secret"):
-        register(registry, "n4", "stylegan", "")
+        registry.heartbeat("n3")
+    with pytest.raises(NotEnrolled, match="attribnet coordinator enrol"):
+        registry.register(node_id="n5", source="other", public_key=key("s5"), endpoint="127.0.0.1:1", backbone_digest="b" * 64,
+                          head_digest="a" * 64, calibration={"method": "identity", "a": 1, "b": 0}, threshold=0.5)
+    registry.enrol("n6", "stylegan")
+    with pytest.raises(IdentityMismatch, match="enrolled for source 'stylegan'"):
+        registry.register(node_id="n6", source="biggan", public_key=key("s6"), enrolment_verified=True, endpoint="127.0.0.1:1",
+                          backbone_digest="b" * 64, head_digest="a" * 64, calibration={"method": "identity", "a": 1, "b": 0},
+                          threshold=0.5)
     assert registry.get("n1").endpoint == "127.0.0.1:5000"
 
 
@@ -63,7 +78,7 @@ def test_stale_after_timeout_and_healthy_after_heartbeat(tmp_path):
     assert registry.get("n1").status == "healthy"
     clock.now += 11
     assert registry.get("n1").status == "stale"
-    registry.heartbeat("n1", "s1")
+    registry.heartbeat("n1")
     assert registry.get("n1").status == "healthy"
 
 
@@ -130,3 +145,51 @@ def test_reads_come_from_a_snapshot_renewed_on_every_change(tmp_path):
     assert other.remove("n1")
     other.close()
     wait_until(lambda: [e.node_id for e in registry.list()] == ["n2"], 10, "the external removal to be seen")
+
+
+def test_quarantine_is_sticky_until_the_admin_clears_it(tmp_path, capsys):
+    from attribnet.cli import main
+
+    path = tmp_path / "r.sqlite"
+    registry = Registry(path)
+    register(registry, "n1", "progan", "s1")
+    registry.quarantine("n1", "canary audit: claimed 24 of 24 canary images of other sources")
+    register(registry, "n1", "progan", "s1", endpoint="127.0.0.1:6000")  # re-registering does not lift it
+    assert registry.get("n1").status == "quarantined" and "claimed 24" in registry.get("n1").status_reason
+    registry.close()
+    assert main(["coordinator", "registry", "list", "--registry", str(path)]) == 0
+    assert "quarantined" in capsys.readouterr().out
+    assert main(["coordinator", "registry", "clear", "n1", "--registry", str(path)]) == 0
+    reopened = Registry(path)
+    assert reopened.get("n1").status == "healthy"
+    reopened.close()
+
+
+def test_old_registry_files_are_refused_with_a_reason(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE nodes (node_id TEXT PRIMARY KEY, secret_sha256 TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(RegistryError, match="before per-node identity"):
+        Registry(path)
+
+
+def test_enrol_cli_writes_a_private_token_file(tmp_path, capsys):
+    import stat
+
+    from attribnet.cli import main
+
+    path, out = tmp_path / "r.sqlite", tmp_path / "tconv_a.token"
+    assert main(["coordinator", "enrol", "--source", "tconv_a", "--registry", str(path), "--out", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    registry = Registry(path)
+    source, stored = registry.enrolment("tconv_a")
+    assert source == "tconv_a" and stored == identity.enrolment_key(out.read_text().strip())
+    registry.close()
+    assert main(["coordinator", "enrol", "--source", "tconv_a", "--registry", str(path), "--out", str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["coordinator", "enrol", "--source", "real", "--registry", str(path), "--out", str(tmp_path / "x")]) == 2
+    assert "reserved" in capsys.readouterr().err

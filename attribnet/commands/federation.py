@@ -111,7 +111,14 @@ def _wait_for_signal(processes) -> int:
 
 def _superlink(args: argparse.Namespace) -> int:
     from attribnet.launch import flower_processes as fp
+    from shared_backbone.protocol.rpc import is_loopback
 
+    if not is_loopback(args.host) and not args.expose_control_api:
+        raise ValueError(
+            f"--host {args.host}: flwr 1.42 serves its unauthenticated Control API (flwr run/ls/stop) on the same port as "
+            "the Fleet API, so anyone reaching it can run code on this host; keep the SuperLink on 127.0.0.1 behind a "
+            "proxy that forwards only /v1/fleet/, or pass --expose-control-api to accept that"
+        )
     ssl = (args.ssl_ca, args.ssl_cert, args.ssl_key) if args.ssl_cert else None
     if not ssl and not args.insecure:
         raise ValueError("give --ssl-ca/--ssl-cert/--ssl-key for TLS, or --insecure for plaintext on a trusted network")
@@ -168,7 +175,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=_run)
 
     link = actions.add_parser("superlink", help="start a SuperLink and keep it up until interrupted")
-    link.add_argument("--host", default="127.0.0.1")
+    link.add_argument("--host", default="127.0.0.1", help="listen address (off loopback needs --expose-control-api)")
+    link.add_argument("--expose-control-api", action="store_true",
+                      help="accept that a non-loopback --host also exposes Flower's Control API (flwr 1.42 has one port)")
     link.add_argument("--port", type=int, default=9091)
     link.add_argument("--insecure", action="store_true", help="plaintext (trusted networks and tests only)")
     link.add_argument("--ssl-ca", help="CA certificate (PEM)")

@@ -1,6 +1,6 @@
 """`attribnet query`: ask a running gateway which source made each image.
 
-    attribnet query --gateway 127.0.0.1:50051 [--json] [--heatmap DIR] [--token T] PATH...
+    attribnet query --gateway 127.0.0.1:50051 [--json] [--heatmap DIR] [--token-file FILE] PATH...
 
 Images are sent in batches; an image the gateway refuses (INVALID_ARGUMENT naming its index) is
 reported on its own line and the rest of its batch is sent again, so one bad file never hides the
@@ -24,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway host:port")
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
     parser.add_argument("--heatmap", metavar="DIR", help="write each image's CAM overlay PNG into DIR")
-    parser.add_argument("--token", help="the gateway's query token")
     parser.add_argument("--token-file", help="file whose first line is the query token")
     parser.add_argument("--ca", help="CA certificate (PEM) to verify a TLS gateway")
     parser.add_argument("--cert", help="client certificate (PEM) for an mTLS gateway")
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from shared_backbone.protocol.gateway_client import AttributionClient
     from shared_backbone.protocol.rpc import read_secret
 
-    token = read_secret(args.token or "", args.token_file or "", "token")
+    token = read_secret(args.token_file or "", "--token-file")
     tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None
     with AttributionClient(args.gateway, token=token, tls=tls, timeout=args.timeout) as client:
         records = attribute_paths(client, [str(path) for path, _ in expand_image_paths(args.paths)],

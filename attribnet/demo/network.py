@@ -6,7 +6,7 @@ serve` per generator, each serving the head its node trained in the Flower run. 
 computed from those answers only, so it measures what a user of the network would get.
 
 Layout under OUT: zoo/, keys/, primary/, bundle/, coordinator/ (federation result), network/
-(registration token, registry, node state folders = Flower node state, process logs),
+(registry, node state folders = Flower node state with their enrolment tokens, process logs),
 network-report/ (predictions, metrics, confusion matrix PNG), network-report.json/.md.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import secrets
 import signal
 import statistics
 import threading
@@ -184,9 +183,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt like SIGINT does, so `with network` stops the processes either way.
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so `with network` stops the processes either way.
 
-    Outside the main thread (where handlers cannot be set) signals keep their default.
+    Both are installed again here because Flower's simulation replaces the SIGINT handler (Ctrl-C
+    then did nothing). Outside the main thread (where handlers cannot be set) signals keep theirs.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -195,11 +195,12 @@ def _sigterm_interrupts() -> Iterator[None]:
     def interrupt(number: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(number).name)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _serve_until_interrupted(gateway: str, step: Callable[[str], None]) -> None:
@@ -232,7 +233,7 @@ def run_network_demo(
 
 
 def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfig, tuple[Path, Path], Path]:
-    """The dataset (written unless given), the coordinator's keys and the network folder with its token."""
+    """The dataset (written unless given), the coordinator's keys and the network folder."""
     from attribnet.demo.offline import make_keys, make_zoo
     from shared_backbone.data.zoo import zoo_data_config
 
@@ -244,10 +245,6 @@ def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfi
     keys = make_keys(out / "keys")
     network_dir = out / "network"
     network_dir.mkdir(parents=True, exist_ok=True)
-    token = network_dir / "registration.token"
-    if not token.is_file():
-        token.write_text(secrets.token_urlsafe(32) + "\n")
-        token.chmod(0o600)
     return data, keys, network_dir
 
 

@@ -145,13 +145,31 @@ def run_local_deployment(config: CoordinatorConfig, nodes: Sequence[Mapping[str,
     return result
 
 
+def enrol_nodes(config: CoordinatorConfig, nodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The node configs, each without its own token enrolled in the coordinator's registry (token in its state-dir)."""
+    from attribnet.launch.enrolment import enrol_local_nodes
+    from node.state import ENROLMENT_TOKEN_FILE
+
+    nodes = [dict(n) for n in nodes]
+    wanted = {}
+    for node in nodes:
+        if node.get("enrolment-token-file") or not node.get("state-dir") or not node.get("source"):
+            continue
+        token = Path(str(node["state-dir"])) / ENROLMENT_TOKEN_FILE
+        wanted[str(node.get("node-id") or node["source"])] = (str(node["source"]), token)
+    enrol_local_nodes(config.registry, wanted)
+    return nodes
+
+
 def run_federation(config: CoordinatorConfig, nodes: Sequence[Mapping[str, Any]], *, mode: str = "simulation",
                    workdir: str | Path | None = None, timeout: float = 900.0) -> FederationResult:
     """The demo's entry point: `mode` is `simulation` (in-process) or `local` (real processes on loopback).
 
     `nodes` are node-config dicts (keys as in node/client_app.py: source, data-dir, state-dir,
-    public-key, endpoint, ...). Returns the result; per-node outcomes are in `.nodes`.
+    public-key, endpoint, ...). Returns the result; per-node outcomes are in `.nodes`. Both sides
+    run here, so nodes without an `enrolment-token-file` are enrolled first (`enrol_nodes`).
     """
+    nodes = enrol_nodes(config, nodes)
     if mode == "simulation":
         return run_simulation(config, nodes)
     if mode == "local":

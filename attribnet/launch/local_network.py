@@ -8,7 +8,6 @@ the real thing: separate processes talking gRPC.
 from __future__ import annotations
 
 import logging
-import secrets
 import shutil
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from attribnet.launch.enrolment import enrol_local_nodes
 from attribnet.launch.flower_processes import FlowerProcess, flower_env, free_port, start_process
 
 log = logging.getLogger(__name__)
@@ -80,21 +80,20 @@ def _registered(gateway: str, count: int) -> bool:
             return False
 
 
-def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str | Path, port: int, token_file: Path,
+def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str | Path, port: int,
                             gateway_settings: dict | None) -> Path:
     path = workdir / "coordinator.yaml"
     path.write_text(yaml.safe_dump({
         "bundle": str(bundle),
         "public_key": str(public_key),
         "registry": str(workdir / "registry.sqlite"),
-        "gateway": {"host": "127.0.0.1", "port": port, "registration_token_file": str(token_file),
-                    "heartbeat_interval": 1.0, **(gateway_settings or {})},
+        "gateway": {"host": "127.0.0.1", "port": port, "heartbeat_interval": 1.0, **(gateway_settings or {})},
     }))
     return path
 
 
 def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | Path, public_key: str | Path,
-                     node_port: int, gateway: str, token_file: Path, node_settings: dict | None) -> Path:
+                     node_port: int, gateway: str, node_settings: dict | None) -> Path:
     """The node's config, with the head copied into its own state folder (kept when already there)."""
     state = workdir / f"node-{source}"
     if not (state / "head").exists():
@@ -102,8 +101,8 @@ def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | P
     path = workdir / f"node-{source}.yaml"
     path.write_text(yaml.safe_dump({
         "source": source, "backbone": str(bundle), "public_key": str(public_key), "state_dir": str(state),
-        "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway,
-                  "token_file": str(token_file), "max_backoff": 1.0, **(node_settings or {})},
+        "serve": {"host": "127.0.0.1", "port": node_port, "coordinator": gateway, "max_backoff": 1.0,
+                  **(node_settings or {})},
     }))
     return path
 
@@ -132,18 +131,21 @@ def start_local_network(
 ) -> LocalNetwork:
     """Starts the gateway and one node per head (head folders are copied into node state folders).
 
-    `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port); an
-    existing WORKDIR/registration.token is kept (else a random one is written). `gateway_settings`
-    and `node_settings` add keys to the coordinator's `gateway:` and every node's `serve:` section.
+    `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port). Every
+    node id (= its source) not yet bound in WORKDIR/registry.sqlite is enrolled, its token written
+    to WORKDIR/node-SOURCE/enrolment.token. `gateway_settings` and `node_settings` add keys to the
+    coordinator's `gateway:` and every node's `serve:` section.
     """
+    from node.state import ENROLMENT_TOKEN_FILE
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    token_file = workdir / "registration.token"
-    if not token_file.is_file():
-        token_file.write_text(secrets.token_urlsafe(32) + "\n")
+    enrol_local_nodes(workdir / "registry.sqlite", {
+        source: (source, workdir / f"node-{source}" / ENROLMENT_TOKEN_FILE) for source in head_dirs
+    })
     port = port or free_port()
     gateway = f"127.0.0.1:{port}"
-    coordinator_yaml = _write_coordinator_yaml(workdir, bundle, public_key, port, token_file, gateway_settings)
+    coordinator_yaml = _write_coordinator_yaml(workdir, bundle, public_key, port, gateway_settings)
     env = flower_env()
     python = [sys.executable, "-m", "attribnet.cli"]
     network = LocalNetwork(workdir, gateway)
@@ -155,8 +157,7 @@ def start_local_network(
         targets = {"coordinator": gateway}
         for source, head_dir in sorted(head_dirs.items()):
             node_port = (node_ports or {}).get(source) or free_port()
-            node_yaml = _write_node_yaml(workdir, source, head_dir, bundle, public_key, node_port, gateway, token_file,
-                                         node_settings)
+            node_yaml = _write_node_yaml(workdir, source, head_dir, bundle, public_key, node_port, gateway, node_settings)
             name = f"node-{source}"
             network.processes[name] = start_process(name, [*python, "node", "serve", "--config", str(node_yaml)], env, workdir / f"{name}.log")
             targets[name] = f"127.0.0.1:{node_port}"

@@ -1,4 +1,11 @@
-"""Opt-in FedAvg fine-tuning of the primary module, published as a child bundle (parent recorded)."""
+"""Opt-in federated fine-tuning of the primary module, published as a child bundle (parent recorded).
+
+No single node controls the next backbone: each update is checked against the global model
+(`check_update`: same arrays, shapes and dtypes, all finite), example counts are clipped, the
+aggregate is robust (`aggregate`: coordinate-wise trimmed mean or median), and the result is
+signed and published only after it passes the evaluation gate (`gate.py`) on the coordinator's
+own held-out data.
+"""
 
 from __future__ import annotations
 
@@ -21,21 +28,61 @@ from shared_backbone.protocol.flower_messages import FINETUNE, FINETUNE_RESULT, 
 log = logging.getLogger(__name__)
 
 
+AGGREGATES = ("trimmed_mean", "median", "mean")
+
+
 def fedavg(weight_sets: list[list[np.ndarray]], counts: list[int]) -> list[np.ndarray]:
     """The example-weighted average of several models' weight lists (same architecture)."""
+    return aggregate(weight_sets, counts, "mean")
+
+
+def check_update(update: list[np.ndarray], reference: list[np.ndarray]) -> str | None:
+    """Why an update cannot be averaged into `reference` (another architecture, dtype, NaN/inf), or None."""
+    if len(update) != len(reference):
+        return f"{len(update)} weight arrays, the global model has {len(reference)}"
+    for index, (got, want) in enumerate(zip(update, reference)):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return f"array {index} is {got.dtype}{list(got.shape)}, the global model's is {want.dtype}{list(want.shape)}"
+        if not np.all(np.isfinite(got)):
+            return f"array {index} holds NaN or infinity"
+    return None
+
+
+def clip_count(value: object, cap: int) -> int:
+    """A node's example count as a weight: an integer in [1, cap] (anything else counts as 1)."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 1
+    return min(max(count, 1), cap)
+
+
+def aggregate(weight_sets: list[list[np.ndarray]], counts: list[int], method: str = "trimmed_mean",
+              trim_fraction: float = 0.2) -> list[np.ndarray]:
+    """Coordinate-wise robust aggregate of checked updates (`mean` weights by the clipped counts)."""
     if not weight_sets:
         raise FederationError("nothing to average")
-    shapes = [w.shape for w in weight_sets[0]]
     for index, weights in enumerate(weight_sets[1:], 1):
-        if [w.shape for w in weights] != shapes:
-            raise FederationError(f"update {index} has another architecture than update 0")
+        problem = check_update(weights, weight_sets[0])
+        if problem:
+            raise FederationError(f"update {index} has another architecture than update 0 ({problem})")
+    if method not in AGGREGATES:
+        raise FederationError(f"federation.aggregate must be one of {AGGREGATES}, got {method!r}")
     total = float(sum(counts))
     if total <= 0:
         raise FederationError("fine-tuning updates report no training examples")
-    return [
-        sum(weights[i].astype(np.float64) * (count / total) for weights, count in zip(weight_sets, counts)).astype(weight_sets[0][i].dtype)
-        for i in range(len(shapes))
-    ]
+    out = []
+    for i in range(len(weight_sets[0])):
+        stack = np.stack([weights[i].astype(np.float64) for weights in weight_sets])
+        if method == "mean":
+            value = np.tensordot(np.asarray(counts, dtype=np.float64) / total, stack, axes=1)
+        elif method == "median":
+            value = np.median(stack, axis=0)
+        else:
+            cut = min(int(trim_fraction * len(stack)), (len(stack) - 1) // 2)
+            value = np.sort(stack, axis=0)[cut:len(stack) - cut].mean(axis=0)
+        out.append(value.astype(weight_sets[0][i].dtype))
+    return out
 
 
 def finetune_content(bundle: Bundle, config: CoordinatorConfig, weights: list[np.ndarray] | None, reference: dict[str, str] | None,
@@ -55,46 +102,66 @@ def finetune_content(bundle: Bundle, config: CoordinatorConfig, weights: list[np
     return content
 
 
+def collect_updates(replies: dict, reference: list[np.ndarray], cap: int) -> tuple[list, list[int], dict[str, str]]:
+    """The updates that pass `check_update`, their clipped counts, and what happened to every node."""
+    updates, counts, report = [], [], {}
+    for node, reply in replies.items():
+        if reply is None:
+            report[str(node)] = TIMED_OUT
+        elif reply.has_error():
+            report[str(node)] = f"failed: {str(reply.error.reason)[:300]}"
+        elif FINETUNE_WEIGHTS not in reply.content.array_records:
+            report[str(node)] = "declined"
+        else:
+            info = reply.content.config_records.get(FINETUNE_RESULT, ConfigRecord())
+            try:
+                update = flower_messages.record_to_weights(reply.content.array_records[FINETUNE_WEIGHTS])
+            except (ValueError, TypeError) as exc:
+                report[str(node)] = f"refused: unreadable weights ({str(exc)[:200]})"
+                continue
+            problem = check_update(update, reference)
+            if problem:
+                report[str(node)] = f"refused: {problem}"
+                continue
+            updates.append(update)
+            counts.append(clip_count(info.get("num_examples", 0), cap))
+            report[str(node)] = f"updated ({counts[-1]} examples)"
+    return updates, counts, report
+
+
 def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, nodes: list[int], private_key: Any,
                  out_dir: str | Path) -> tuple[Bundle, dict[str, Any]]:
-    """FedAvg rounds over opted-in nodes; publishes the average as a new bundle (parent = `bundle`)."""
+    """Robust averaging rounds over opted-in nodes; publishes the result (parent = `bundle`) if it passes the gate."""
+    from coordinator.flower.gate import evaluation_gate
     from shared_backbone.model.bundle import write_bundle
 
     fed = config.federation
     reference = reference_pointer(config)
     primary = bundle.load_primary()
-    weights = [np.asarray(w) for w in primary.get_weights()]
+    start = [np.asarray(w) for w in primary.get_weights()]
+    weights = start
     rounds: list[dict[str, Any]] = []
     for number in range(1, fed.finetune_rounds + 1):
         contents = {node: finetune_content(bundle, config, weights, reference, number) for node in nodes}
         replies = send_and_collect(grid, contents, FINETUNE, timeout=fed.round_timeout, poll=fed.poll_interval)
-        updates, counts, report = [], [], {}
-        for node, reply in replies.items():
-            if reply is None:
-                report[str(node)] = TIMED_OUT
-            elif reply.has_error():
-                report[str(node)] = f"failed: {reply.error.reason}"
-            elif FINETUNE_WEIGHTS not in reply.content.array_records:
-                report[str(node)] = "declined"
-            else:
-                info = reply.content.config_records.get(FINETUNE_RESULT, ConfigRecord())
-                update = flower_messages.record_to_weights(reply.content.array_records[FINETUNE_WEIGHTS])
-                updates.append(update)
-                counts.append(int(info.get("num_examples", 0)))
-                report[str(node)] = f"updated ({counts[-1]} examples)"
+        updates, counts, report = collect_updates(replies, start, fed.max_examples)
         log.info("fine-tuning round %d: %s", number, report)
         if len(updates) < max(fed.finetune_min_nodes, 1):
             raise FederationError(
                 f"fine-tuning round {number}: {len(updates)} update(s), {fed.finetune_min_nodes} required ({report})"
             )
-        weights = fedavg(updates, counts)
-        rounds.append({"round": number, "nodes": report, "examples": int(sum(counts))})
+        weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
+        rounds.append({"round": number, "nodes": report, "examples": int(sum(counts)), "aggregate": fed.aggregate})
+    gate = evaluation_gate(config, bundle, weights)
+    if not gate["passed"]:
+        log.warning("fine-tuned primary failed the evaluation gate (%s); keeping backbone %s", gate, bundle.short_digest)
+        return bundle, {"rounds": rounds, "published": False, "gate": gate}
     primary.set_weights(weights)
     version = f"{bundle.version}-ft{fed.finetune_rounds}"
     new_bundle = write_bundle(
         Path(out_dir) / version, primary, bundle.input_spec, private_key, version=version, parent=bundle.digest,
-        metrics={"finetune_rounds": rounds}, source={"finetuned_from": bundle.digest},
+        metrics={"finetune_rounds": rounds, "gate": gate}, source={"finetuned_from": bundle.digest},
     )
     log.info("published fine-tuned bundle %s (version %s, parent %s)", new_bundle.short_digest, version, bundle.short_digest)
     return new_bundle, {"rounds": rounds, "bundle": str(new_bundle.path), "digest": new_bundle.digest,
-                        "version": version, "parent": bundle.digest}
+                        "version": version, "parent": bundle.digest, "published": True, "gate": gate}

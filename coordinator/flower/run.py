@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def run_federation_round(grid: GridLike, config: CoordinatorConfig) -> FederationResult:
     """Everything one ServerApp run does; always writes `federation.result_file`, even on failure."""
     from coordinator.registry import Registry
+    from coordinator.validation import gateway_policy
     from shared_backbone.model import signing
     from shared_backbone.model.bundle import load_configured_bundle
 
@@ -42,7 +43,7 @@ def run_federation_round(grid: GridLike, config: CoordinatorConfig) -> Federatio
             )
             result.backbone = {"path": str(bundle.path), "digest": bundle.digest, "version": bundle.version,
                                "parent": bundle.manifest.get("parent")}
-        registry = Registry(config.registry)
+        registry = Registry(config.registry, policy=gateway_policy(config.gateway))
         try:
             result.nodes = run_head_round(grid, config, bundle, nodes, registry)
         finally:

@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from PIL import Image
 
 from coordinator.config import GatewayConfig
+from coordinator.gateway.audit import WinRateMonitor
 from coordinator.gateway.batcher import BatchAnswer, RoutingTable, ServingPipeline
 from coordinator.gateway.intake import Intake
 from coordinator.gateway.node_pool import NodePool
@@ -29,6 +30,7 @@ from coordinator.registry import NodeEntry, Registry
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heatmaps, networks
 from shared_backbone.model.compiled import CompiledModel
+from shared_backbone.model.features import as_head_features
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
 from shared_backbone.protocol.metrics import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
@@ -74,6 +76,11 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             metrics=self.metrics,
         )
         self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
+        self.monitor: WinRateMonitor | None = None  # set by the server bootstrap
+
+    def trunk_features(self, inputs: np.ndarray) -> np.ndarray:
+        """The heads' float16 input for a batch of model inputs (the canary audit's features)."""
+        return as_head_features(self.serving(inputs)[1])
 
     def close(self) -> None:
         self.pipeline.close()
@@ -113,10 +120,12 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         calibrations = {route.entry.source: route.calibration for route in routes}
         thresholds = {route.entry.source: route.entry.threshold for route in routes}
         answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule)
+        if self.monitor is not None:
+            self.monitor.observe([result.attribution for result in answers], [route.entry for route in routes])
         return [self.image_result(i, result, thresholds, answer.missing, pngs[i] if pngs else b"")
                 for i, result in enumerate(answers)]
 
-    def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: list[str],
+    def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: dict[str, str],
                      heatmap_png: bytes) -> pb.ImageResult:
         """One image's answer on the wire (the decision itself is `rule.attribute_batch`'s)."""
         return pb.ImageResult(
@@ -128,7 +137,8 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             attribution=answer.attribution,
             fake_threshold=self.rule.fake_threshold,
             backbone=self.backbone,
-            missing_nodes=missing,
+            missing_nodes=sorted(missing),
+            missing_reasons=missing,
             heatmap_png=heatmap_png,
             p_values=answer.p_values,
             prediction_set=answer.prediction_set,
@@ -144,6 +154,7 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         return entry.status if entry.backbone_digest == self.bundle.digest else INCOMPATIBLE
 
     def source_info(self, entry: NodeEntry) -> pb.SourceInfo:
+        """What query clients may see of a node: never its endpoint (only the admin's registry shows it)."""
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.gateway.node_pool import FanoutResult, NodePool
-from coordinator.registry import HEALTHY, NodeEntry, Registry
+from coordinator.registry import HEALTHY, NodeEntry, Registry, describe_status
 from shared_backbone.model.calibration import Calibration
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
@@ -27,6 +27,8 @@ from shared_backbone.protocol.serving import BatchItem, MicroBatcher, concatenat
 
 # Of the time a batch's earliest request has left, the share kept for the answer's way back after
 # the nodes' deadline (at least MIN_MARGIN seconds): a loaded machine needs more than a fixed 50 ms.
+COOLING = "skipped for a cool-down after failing repeatedly"
+NO_ANSWER = "did not answer in time or answered wrongly"
 DEADLINE_MARGIN = 0.1
 MIN_MARGIN = 0.05
 MIN_NODE_TIMEOUT = 0.01
@@ -47,7 +49,7 @@ class BatchAnswer:
     fake_scores: np.ndarray
     raw: dict[str, np.ndarray]  # node id -> this request's raw scores
     routes: list[Route]  # the nodes that answered, in registry order
-    missing: list[str]
+    missing: dict[str, str]  # node id -> why it did not contribute
 
 
 class RoutingTable:
@@ -59,8 +61,8 @@ class RoutingTable:
         self._snapshot: tuple[NodeEntry, ...] | None = None
         self._routes: list[Route] = []
 
-    def current(self) -> tuple[list[Route], list[str]]:
-        """(healthy routes, ids of stale nodes) right now; incompatible nodes are in neither."""
+    def current(self) -> tuple[list[Route], dict[str, str]]:
+        """(healthy routes, {node id: why it is not queried}) right now; incompatible nodes are in neither."""
         snapshot = self.registry.snapshot()
         if snapshot is not self._snapshot:
             self._routes = [
@@ -69,13 +71,14 @@ class RoutingTable:
             ]
             self._snapshot = snapshot
         now = self.registry.clock()
-        healthy, stale = [], []
+        healthy, unavailable = [], {}
         for route in self._routes:
-            if self.registry.status_at(route.entry, now) == HEALTHY:
+            status = self.registry.status_at(route.entry, now)
+            if status == HEALTHY:
                 healthy.append(route)
             else:
-                stale.append(route.entry.node_id)
-        return healthy, stale
+                unavailable[route.entry.node_id] = describe_status(status, route.entry)
+        return healthy, unavailable
 
 
 class ServingPipeline:
@@ -113,7 +116,7 @@ class ServingPipeline:
         fake, features = self.serving(inputs)
         fake = fake.reshape(-1).astype(np.float64)
         self._trunk_seconds(time.monotonic() - started)
-        healthy, stale = self.routing.current()
+        healthy, unavailable = self.routing.current()
         calls, cooled = self.pool.cooling([route.entry for route in healthy])
         left = min(item.deadline for item in items) - time.monotonic()
         timeout = max(min(self.node_timeout, left - max(MIN_MARGIN, DEADLINE_MARGIN * left)), MIN_NODE_TIMEOUT)
@@ -122,16 +125,16 @@ class ServingPipeline:
 
         def finish(result: FanoutResult) -> None:
             self._nodes_seconds(time.monotonic() - sent)
-            self._finish(items, fake, healthy, sorted({*stale, *cooled}), result)
+            self._finish(items, fake, healthy, {**unavailable, **{node: COOLING for node in cooled}}, result)
 
         self.pool.score(calls, request, len(inputs), timeout, finish)
 
     @staticmethod
-    def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[Route], missing: list[str],
+    def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[Route], missing: dict[str, str],
                 result: FanoutResult) -> None:
         """Hands every request its slice once all nodes have answered or failed."""
         routes = [route for route in healthy if route.entry.node_id in result.answered]
-        missing = sorted({*missing, *result.failed})
+        missing = {**missing, **{node: NO_ANSWER for node in result.failed}}
         ids = [route.entry.node_id for route in routes]
         for item, (fake_part, *raw_parts) in zip(items, split(items, fake, *(result.answered[i] for i in ids))):
             item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), routes, missing))

@@ -57,11 +57,12 @@ class NodePool:
 
     def __init__(
         self, tls: TLSConfig, max_message_mb: int, *, metrics: ServerMetrics, cooldown_failures: int = 3,
-        cooldown_seconds: float = 5.0,
+        cooldown_seconds: float = 5.0, credential: Callable[[str], str] | None = None,
     ) -> None:
         self.tls = tls
         self.max_message_mb = max_message_mb
         self.metrics = metrics
+        self.credential = credential  # node id -> the bearer its HeadService accepts (the gateway's credential)
         self.cooldown_failures = cooldown_failures
         self.cooldown_seconds = cooldown_seconds
         self._nodes: dict[str, _Node] = {}
@@ -121,16 +122,39 @@ class NodePool:
         finally:
             done(result)
 
-    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
-        """The node's checked raw scores, or None (and the failure noted) when it did not answer well."""
+    def metadata(self, entry: NodeEntry) -> tuple[tuple[str, str], ...]:
+        return rpc.bearer(self.credential(entry.node_id)) if self.credential else ()
+
+    def _stub(self, entry: NodeEntry) -> tuple[_Node, pb_grpc.HeadServiceStub]:
         node = self._node(entry)
         if node.stub is None:
             node.channel = rpc.open_aio_channel(entry.endpoint, self.tls, self.max_message_mb)
             node.stub = pb_grpc.HeadServiceStub(node.channel)
+        return node, node.stub
+
+    def probe(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
+        """One node's raw answer to an audit batch, its values unchecked so the auditor can judge them;
+        None when it did not answer in time, or answered for another head or batch size."""
+        future = asyncio.run_coroutine_threadsafe(self._probe(entry, request, rows, timeout), self._loop)
+        return future.result(timeout + 5.0)
+
+    async def _probe(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
+        _, stub = self._stub(entry)
+        try:
+            response = await stub.Score(request, timeout=timeout, metadata=self.metadata(entry))
+        except grpc.aio.AioRpcError:
+            return None
+        if len(response.raw_scores) != rows or response.source != entry.source or response.head_digest != entry.head_digest:
+            return None
+        return np.asarray(response.raw_scores, dtype=np.float64)
+
+    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
+        """The node's checked raw scores, or None (and the failure noted) when it did not answer well."""
+        node, stub = self._stub(entry)
         start = time.perf_counter()
         reason, problem, scores = "", None, None
         try:
-            response = await node.stub.Score(request, timeout=timeout)
+            response = await stub.Score(request, timeout=timeout, metadata=self.metadata(entry))
             scores = np.asarray(response.raw_scores, dtype=np.float64)
             problem = check_response(entry, response, scores, rows)
             if problem:

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1.health import HealthServicer
 
+from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig, GatewayConfig
 from coordinator.gateway.attribution_service import Gateway
+from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
 from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.registry import Registry, RegistryError
+from coordinator.validation import InvalidRegistration, gateway_policy
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.protocol import rpc
 from shared_backbone.protocol.metrics import MetricsInterceptor, ServerMetrics, serve_metrics
@@ -39,9 +42,12 @@ class CoordinatorServer:
     health: HealthServicer
     metrics: ServerMetrics
     metrics_port: int = -1  # the bound /metrics port, -1 when off
+    audit: CanaryAudit | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
+        if self.audit is not None:
+            self.audit.stop()
         self.server.stop(grace).wait(grace + 1)
         self.gateway.close()
         self.registry.close()
@@ -70,53 +76,73 @@ def check_gateway_config(config: GatewayConfig) -> None:
         raise GatewayStartError(f"gateway.tie_margin must be in [0, 5] (log-odds), got {config.tie_margin}")
 
 
+def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:
+    gateway_config = config.gateway
+    try:
+        bundle = bundle_lib.load_configured_bundle(config.bundle, config.public_key)
+        query_token = rpc.read_secret(gateway_config.query_token_file, "gateway.query_token_file")
+        rpc.check_plaintext(gateway_config.host, gateway_config.tls, gateway_config.insecure, "gateway.host")
+    except (bundle_lib.BundleError, rpc.RpcConfigError) as exc:
+        raise GatewayStartError(str(exc)) from None
+    audit_on = bool(gateway_config.audit.reference)
+    try:
+        registry = Registry(config.registry, stale_after=gateway_config.stale_after,
+                            policy=gateway_policy(gateway_config), audit=audit_on)
+    except (RegistryError, InvalidRegistration) as exc:
+        raise GatewayStartError(f"{exc} (gateway.endpoint_allow / endpoint_deny / registry)") from None
+    registry.reset_audits()
+    return bundle, query_token, registry
+
+
+def _start_audit(gateway: Gateway, registry: Registry, config: GatewayConfig) -> CanaryAudit | None:
+    audit = config.audit
+    gateway.monitor = WinRateMonitor(registry, audit)
+    if not audit.reference:
+        return None
+    try:
+        canaries = load_canaries(audit.reference, gateway.spec, gateway.trunk_features, audit.per_source)
+    except ValueError as exc:
+        raise GatewayStartError(f"gateway.audit.reference: {exc}") from None
+    worker = CanaryAudit(registry, gateway.pool, canaries, audit, gateway.bundle.digest, gateway.rule)
+    worker.start()
+    return worker
+
+
 def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
     """Verifies the bundle, opens the registry and serves; returns once listening."""
     gateway_config = config.gateway
     check_gateway_config(gateway_config)
-    try:
-        bundle = bundle_lib.load_configured_bundle(config.bundle, config.public_key)
-        registration_token = rpc.read_secret(
-            gateway_config.registration_token, gateway_config.registration_token_file, "gateway.registration_token"
-        )
-        query_token = rpc.read_secret(gateway_config.query_token, gateway_config.query_token_file, "gateway.query_token")
-    except (bundle_lib.BundleError, rpc.RpcConfigError) as exc:
-        raise GatewayStartError(str(exc)) from None
-    if not registration_token:
-        raise GatewayStartError(
-            "gateway.registration_token (or gateway.registration_token_file) must be set: nodes register with it"
-        )
-    try:
-        registry = Registry(config.registry, stale_after=gateway_config.stale_after)
-    except RegistryError as exc:
-        raise GatewayStartError(str(exc)) from None
+    bundle, query_token, registry = _open(config)
     metrics = ServerMetrics()
     gateway = Gateway(bundle, registry, gateway_config, metrics)
+    gateway.pool.credential = registry.gateway_credential
     server = rpc.create_server(
         workers=gateway_config.workers,
         max_message_mb=gateway_config.max_message_mb,
-        tokens={REGISTRY_SERVICE: registration_token, ATTRIBUTION_SERVICE: query_token},
+        tokens={ATTRIBUTION_SERVICE: query_token},
         max_concurrent_rpcs=gateway_config.max_concurrent_rpcs,
         interceptors=[MetricsInterceptor(metrics, gateway_config.access_log)],
     )
     pb_grpc.add_AttributionServiceServicer_to_server(gateway, server)
-    pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry, gateway, gateway_config), server)
+    registry_servicer = RegistryServicer(registry, gateway, gateway_config, Admission(registry))
+    pb_grpc.add_RegistryServiceServicer_to_server(registry_servicer, server)
     health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
     try:
-        port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls)
+        audit = _start_audit(gateway, registry, gateway_config)
+        port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls, insecure=gateway_config.insecure)
         metrics_port = serve_metrics(metrics, gateway_config.metrics_host, gateway_config.metrics_port)
-    except rpc.RpcConfigError as exc:
+    except (rpc.RpcConfigError, GatewayStartError) as exc:
         gateway.close()
         registry.close()
         raise GatewayStartError(str(exc)) from None
     server.start()
     nodes = registry.list()
     log.info(
-        "coordinator serving backbone %s (%s) on %s:%d; registry %s holds %d node(s)%s",
+        "coordinator serving backbone %s (%s) on %s:%d; registry %s holds %d node(s)%s%s",
         bundle.version, bundle.short_digest, gateway_config.host, port, config.registry, len(nodes),
-        "; queries need a token" if query_token else "",
+        "; queries need a token" if query_token else "", "; canary audits on" if audit else "",
     )
-    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port)
+    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port, audit)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:

@@ -12,6 +12,9 @@ paper; head.json records which, so `load_head` rebuilds the same graph.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,25 +75,46 @@ def save_head(
     threshold: float = DEFAULT_THRESHOLD,
     metrics: dict[str, Any] | None = None,
 ) -> Head:
+    """Writes the head into a temporary folder beside `directory`, then renames it into place.
+
+    A server reading `directory` (`node serve` reloads heads) never sees half a head.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_weights(directory / HEAD_WEIGHTS)
-    digest = sha256_file(directory / HEAD_WEIGHTS)
-    meta = {
-        "source": source,
-        "backbone_digest": bundle.digest,
-        "backbone_version": bundle.version,
-        "image_size": bundle.manifest["input"]["image_size"],
-        "feature_shape": bundle.manifest["feature_shape"],
-        "pooling": head_pooling(model),
-        "calibration": calibration.to_dict(),
-        "threshold": threshold,
-        "metrics": metrics or {},
-        "weights_sha256": digest,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (directory / HEAD_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.incoming-", dir=directory.parent))
+    try:
+        model.save_weights(staging / HEAD_WEIGHTS)
+        digest = sha256_file(staging / HEAD_WEIGHTS)
+        meta = {
+            "source": source,
+            "backbone_digest": bundle.digest,
+            "backbone_version": bundle.version,
+            "image_size": bundle.manifest["input"]["image_size"],
+            "feature_shape": bundle.manifest["feature_shape"],
+            "pooling": head_pooling(model),
+            "calibration": calibration.to_dict(),
+            "threshold": threshold,
+            "metrics": metrics or {},
+            "weights_sha256": digest,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (staging / HEAD_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _replace_folder(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return Head(source, model, bundle.digest, calibration, threshold, metrics or {}, digest)
+
+
+def _replace_folder(staging: Path, directory: Path) -> None:
+    """Renames `staging` to `directory`, moving an older folder aside first (two renames, no copy)."""
+    if directory.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.retired-", dir=directory.parent))
+        os.replace(directory, retired / directory.name)
+        os.replace(staging, directory)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, directory)
 
 
 def read_head_meta(directory: str | Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The coordinator's Ed25519 key pair: generate, save (PEM), load, sign, verify."""
+"""The coordinator's Ed25519 key pair: generate, save (PEM), load, sign, verify; private files."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +18,29 @@ class SignatureError(ValueError):
     """A signature that is missing, malformed or made by another key."""
 
 
+def write_private(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """Creates `path` with mode 0600 from the first byte (O_EXCL: never through an existing file or link).
+
+    With `overwrite`, a private temporary file beside it is renamed over the old one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600, O_EXCL
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        return path
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+    return path
+
+
 def generate_keypair(directory: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Writes `coordinator.key` (0600) and `coordinator.pub` into directory; returns both paths."""
     directory = Path(directory)
@@ -24,10 +49,11 @@ def generate_keypair(directory: str | Path, *, overwrite: bool = False) -> tuple
     if private_path.exists() and not overwrite:
         raise FileExistsError(f"{private_path} already exists (use --overwrite to replace it)")
     key = Ed25519PrivateKey.generate()
-    private_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_private(
+        private_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        overwrite=overwrite,
     )
-    private_path.chmod(0o600)
     public_path.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

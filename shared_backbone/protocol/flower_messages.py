@@ -48,6 +48,15 @@ FINETUNE_WEIGHTS = "finetune.weights"  # ArrayRecord: primary-module weights (to
 FINETUNE_RESULT = "finetune.result"  # ConfigRecord: example count and source, or `declined`
 # What a reply to `train.fit_head` may carry: a reply with model arrays is refused (heads stay local).
 ALLOWED_FIT_HEAD_REPLY = frozenset({RESULT_RECORD, METRICS_RECORD})
+# Identity (shared_backbone/protocol/identity.py): the coordinator puts a fresh challenge per node in
+# RUN_RECORD; the node's RESULT_RECORD carries its public key, its signature over the challenge and
+# the record's other values, and (first registration only) the proof of its enrolment token. The
+# node's secret and the token themselves never travel.
+CHALLENGE = "challenge"  # RUN_RECORD: hex challenge for this node
+NODE_PUBLIC_KEY = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
+NODE_SIGNATURE = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
+NODE_ENROLMENT_PROOF = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
+PROOF_FIELDS = frozenset({NODE_SIGNATURE, NODE_ENROLMENT_PROOF})  # left out of the signed record digest
 
 
 def pack_bundle(bundle: Bundle, content: RecordDict | None = None) -> RecordDict:

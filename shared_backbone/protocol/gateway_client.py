@@ -47,6 +47,7 @@ class Attribution:
     backbone_version: str
     backbone_digest: str
     missing_nodes: list[str] = field(default_factory=list)
+    missing_reasons: dict[str, str] = field(default_factory=dict)
     heatmap_png: bytes = b""
     p_values: dict[str, float] = field(default_factory=dict)
     prediction_set: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class Attribution:
             backbone_version=message.backbone.version,
             backbone_digest=message.backbone.digest,
             missing_nodes=list(message.missing_nodes),
+            missing_reasons=dict(sorted(message.missing_reasons.items())),
             heatmap_png=message.heatmap_png,
             p_values=dict(sorted(message.p_values.items())),
             prediction_set=list(message.prediction_set),

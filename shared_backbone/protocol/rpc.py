@@ -8,9 +8,11 @@ limits, token interceptor), `bind` (plaintext or TLS from a `TLSConfig`), and
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,7 +27,11 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 AUTHORIZATION = "authorization"
-NODE_SECRET = "x-node-secret"
+NODE_PUBLIC_KEY = "x-node-public-key"  # RegistryService: the node's Ed25519 public key (hex)
+NODE_CHALLENGE = "x-node-challenge"  # RegistryService: the challenge the signature covers
+NODE_SIGNATURE = "x-node-signature"  # RegistryService: hex signature (shared_backbone/protocol/identity.py)
+ENROLMENT_PROOF = "x-enrolment-proof"  # RegistryService.Register, first registration of a node id
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between WARNING lines about refused tokens
 HEALTH_SERVICE = health.SERVICE_NAME
 RECONNECT_BACKOFF_MS = 500
 MAX_RECONNECT_BACKOFF_MS = 2000
@@ -50,17 +56,42 @@ def channel_options(max_message_mb: int) -> list[tuple[str, int | str]]:
     ]
 
 
-def read_secret(value: str, file: str, what: str) -> str:
-    """A token given inline or as the first line of a file (file wins when both are set)."""
-    if file:
-        try:
-            lines = Path(file).read_text().splitlines()
-        except OSError as exc:
-            raise RpcConfigError(f"{what}_file {file}: cannot read ({exc.strerror})") from None
-        if not lines or not lines[0].strip():
-            raise RpcConfigError(f"{what}_file {file}: empty")
-        return lines[0].strip()
-    return value
+def read_secret(file: str, what: str) -> str:
+    """The first line of a secret file ("" when no file is configured); secrets never come inline."""
+    if not file:
+        return ""
+    try:
+        lines = Path(file).read_text().splitlines()
+    except OSError as exc:
+        raise RpcConfigError(f"{what} {file}: cannot read ({exc.strerror})") from None
+    if not lines or not lines[0].strip():
+        raise RpcConfigError(f"{what} {file}: empty")
+    return lines[0].strip()
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (plaintext is allowed there without --insecure)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def target_host(target: str) -> str:
+    return target.rpartition(":")[0].strip("[]") if ":" in target else target
+
+
+def check_plaintext(host: str, tls: TLSConfig | None, insecure: bool, what: str) -> None:
+    """Refuses plaintext gRPC off loopback unless the operator said `insecure`."""
+    if tls and (tls.cert or tls.ca):
+        return
+    if not insecure and not is_loopback(host):
+        raise RpcConfigError(
+            f"{what} {host}: plaintext gRPC off loopback is refused; configure TLS or set insecure (--insecure)"
+        )
 
 
 def _read_pem(path: str, what: str) -> bytes:
@@ -127,29 +158,50 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str:
     return ""
 
 
+class _RefusalLog:
+    """Logs refused calls at most once per REFUSAL_LOG_INTERVAL, with a count (no log flooding)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._last = 0.0
+
+    def note(self, method: str, reason: str) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last < REFUSAL_LOG_INTERVAL and self._last:
+                return
+            count, self._count, self._last = self._count, 0, now
+        log.warning("refused %d call(s) for want of a valid token; latest %s: %s token", count, method, reason)
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuses calls to protected services without `authorization: Bearer <token>`.
 
-    `tokens` maps a fully-qualified service name (e.g. `attribution.v1.RegistryService`) to its
-    token; services not listed (health, reflection) stay open.
+    `tokens` maps a fully-qualified service name (e.g. `attribution.v1.HeadService`) to its token,
+    or to a function returning the current one ("" = refuse every call: no token known yet);
+    services not listed (health, reflection) stay open.
     """
 
-    def __init__(self, tokens: dict[str, str]) -> None:
+    def __init__(self, tokens: dict[str, str | Callable[[], str]]) -> None:
         self.tokens = {service: token for service, token in tokens.items() if token}
+        self.refusals = _RefusalLog()
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
         service = handler_call_details.method.lstrip("/").rsplit("/", 1)[0]
         expected = self.tokens.get(service)
         if expected is None:
             return continuation(handler_call_details)
+        expected = expected() if callable(expected) else expected
         presented = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTHORIZATION:
-                presented = value if isinstance(value, str) else value.decode()
-        if hmac.compare_digest(presented.encode(), f"Bearer {expected}".encode()):
+                presented = value if isinstance(value, str) else value.decode(errors="replace")
+        if expected and hmac.compare_digest(presented.encode(), f"Bearer {expected}".encode()):
             return continuation(handler_call_details)
-        reason = "missing" if not presented else "invalid"
-        log.warning("refused %s: %s token", handler_call_details.method, reason)
+        reason = "no token known yet, so" if not expected else "missing" if not presented else "invalid"
+        self.refusals.note(handler_call_details.method, reason)
         return _unauthenticated(f"{reason} token for {service} (send 'authorization: Bearer <token>')")
 
 
@@ -164,7 +216,7 @@ def create_server(
     *,
     workers: int,
     max_message_mb: int,
-    tokens: dict[str, str] | None = None,
+    tokens: dict[str, str | Callable[[], str]] | None = None,
     max_concurrent_rpcs: int | None = None,
     interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> grpc.Server:
@@ -178,8 +230,12 @@ def create_server(
     )
 
 
-def bind(server: grpc.Server, host: str, port: int, tls: TLSConfig | None = None) -> int:
-    """Binds host:port (port 0 = any free port); returns the bound port or raises RpcConfigError."""
+def bind(server: grpc.Server, host: str, port: int, tls: TLSConfig | None = None, *, insecure: bool = False) -> int:
+    """Binds host:port (port 0 = any free port); returns the bound port or raises RpcConfigError.
+
+    Plaintext is refused off loopback unless `insecure`.
+    """
+    check_plaintext(host, tls if tls_enabled(tls) else None, insecure, "listen address")
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if tls_enabled(tls):

@@ -8,4 +8,4 @@ from attribnet.commands import register_group
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_group(subparsers, "bench", "baselines and benchmarks", __name__, ("baseline", "perf", "serving", "accuracy"))
+    register_group(subparsers, "bench", "baselines and benchmarks", __name__, ("baseline", "perf", "serving", "soak", "accuracy"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def register(actions: argparse._SubParsersAction) -> None:
@@ -15,13 +16,23 @@ def register(actions: argparse._SubParsersAction) -> None:
     serve.add_argument("--registry", help="SQLite registry file (overrides `registry`)")
     serve.add_argument("--host", help="listen address (gateway.host)")
     serve.add_argument("--port", type=int, help="listen port (gateway.port; 0 = any free port)")
-    serve.add_argument("--registration-token-file", help="file whose first line is the nodes' registration token")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow plaintext gRPC off loopback (gateway.insecure)")
     serve.add_argument("--query-token-file", help="file whose first line is the query token (queries open if unset)")
     serve.set_defaults(handler=run_serve)
 
-    registry = actions.add_parser("registry", help="list or remove the registered nodes")
-    registry.add_argument("operation", choices=("list", "remove"), help="list the nodes, or remove one")
-    registry.add_argument("node_id", nargs="?", help="node id to remove")
+    enrol = actions.add_parser("enrol", help="issue a one-time enrolment token for one node id and source")
+    enrol.add_argument("--source", required=True, help="the source the node will serve")
+    enrol.add_argument("--node-id", help="the node's id (default: the source)")
+    enrol.add_argument("--out", required=True, help="new file (0600) for the token, to hand to the node")
+    enrol.add_argument("--config", help="coordinator.yaml")
+    enrol.add_argument("--registry", help="SQLite registry file (overrides `registry`)")
+    enrol.set_defaults(handler=run_enrol)
+
+    registry = actions.add_parser("registry", help="list the registered nodes, remove one, or clear a quarantine")
+    registry.add_argument("operation", choices=("list", "remove", "clear"),
+                          help="list the nodes, remove one (it must be enrolled again), or clear its quarantine/flag")
+    registry.add_argument("node_id", nargs="?", help="node id to remove or clear")
     registry.add_argument("--config", help="coordinator.yaml")
     registry.add_argument("--registry", help="SQLite registry file (overrides `registry`)")
     registry.add_argument("--json", action="store_true", help="one JSON object per node per line")
@@ -38,7 +49,7 @@ def _config(args: argparse.Namespace):
         "registry": args.registry,
         "gateway.host": getattr(args, "host", None),
         "gateway.port": getattr(args, "port", None),
-        "gateway.registration_token_file": getattr(args, "registration_token_file", None),
+        "gateway.insecure": getattr(args, "insecure", None),
         "gateway.query_token_file": getattr(args, "query_token_file", None),
     }
     return load_config(CoordinatorConfig, args.config, overrides)
@@ -57,33 +68,69 @@ def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
+def run_enrol(args: argparse.Namespace) -> int:
+    from coordinator.registry import Registry
+    from shared_backbone.model.signing import write_private
+
+    config = _config(args)
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} exists already; choose a new file for the token")
+    registry = Registry(config.registry)
+    try:
+        node_id = args.node_id or args.source
+        token = registry.enrol(node_id, args.source)
+    finally:
+        registry.close()
+    try:
+        write_private(args.out, (token + "\n").encode())
+    except FileExistsError:
+        raise ValueError(f"{args.out} exists already; choose a new file for the token") from None
+    print(f"enrolled node {node_id} for source {args.source}: token in {args.out} (one use; give it to the node "
+          "as serve.enrolment_token_file / enrolment-token-file)")
+    return 0
+
+
+def _change(registry, operation: str, node_id: str | None, where: str) -> int:
+    if not node_id:
+        raise ValueError(f"registry {operation} needs a NODE_ID")
+    if operation == "remove":
+        if not registry.remove(node_id):
+            raise ValueError(f"node id {node_id!r} is not in {where}")
+        print(f"removed node {node_id}; enrol it again to let it back")
+        return 0
+    from coordinator.registry import UnknownNode
+
+    try:
+        registry.clear(node_id)
+    except UnknownNode:
+        raise ValueError(f"node id {node_id!r} is not in {where}") from None
+    print(f"cleared node {node_id}: no longer quarantined or flagged")
+    return 0
+
+
 def run_registry(args: argparse.Namespace) -> int:
     from coordinator.registry import Registry
 
     config = _config(args)
-    registry = Registry(config.registry, stale_after=config.gateway.stale_after)
+    registry = Registry(config.registry, stale_after=config.gateway.stale_after, audit=bool(config.gateway.audit.reference))
     try:
-        if args.operation == "remove":
-            if not args.node_id:
-                raise ValueError("registry remove needs a NODE_ID")
-            if not registry.remove(args.node_id):
-                raise ValueError(f"node id {args.node_id!r} is not in {config.registry}")
-            print(f"removed node {args.node_id}")
-            return 0
+        if args.operation != "list":
+            return _change(registry, args.operation, args.node_id, config.registry)
         entries = registry.list()
     finally:
         registry.close()
     if args.json:
         for entry in entries:
-            print(json.dumps({**entry.__dict__, "last_heartbeat": _when(entry.last_heartbeat),
+            print(json.dumps({**entry.__dict__, "status_reason": entry.status_reason, "last_heartbeat": _when(entry.last_heartbeat),
                               "registered_at": _when(entry.registered_at)}, sort_keys=True))
         return 0
     if not entries:
         print(f"no nodes registered in {config.registry}")
         return 0
-    header = ("node_id", "source", "status", "endpoint", "backbone", "head", "last heartbeat")
+    header = ("node_id", "source", "status", "endpoint", "backbone", "head", "last heartbeat", "reason")
     rows = [
-        (e.node_id, e.source, e.status, e.endpoint, e.backbone_digest[:12], e.head_digest[:12], _when(e.last_heartbeat))
+        (e.node_id, e.source, e.status, e.endpoint, e.backbone_digest[:12], e.head_digest[:12], _when(e.last_heartbeat),
+         e.status_reason or e.flag)
         for e in entries
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]

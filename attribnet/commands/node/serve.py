@@ -16,7 +16,10 @@ def register(actions: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, help="listen port (serve.port)")
     serve.add_argument("--advertise", help="host:port the coordinator dials (serve.advertise)")
     serve.add_argument("--coordinator", help="coordinator host:port (serve.coordinator)")
-    serve.add_argument("--token-file", help="file whose first line is the registration token (serve.token_file)")
+    serve.add_argument("--enrolment-token-file",
+                       help="file with the admin's one-time enrolment token (serve.enrolment_token_file)")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow plaintext gRPC off loopback (serve.insecure)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -38,7 +41,8 @@ def run_serve(args: argparse.Namespace) -> int:
             "serve.port": args.port,
             "serve.advertise": args.advertise,
             "serve.coordinator": args.coordinator,
-            "serve.token_file": args.token_file,
+            "serve.enrolment_token_file": args.enrolment_token_file,
+            "serve.insecure": args.insecure,
         },
     )
     configure_tensorflow(config.serve.tf_threads)

@@ -25,7 +25,7 @@ class AttributeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha")
+    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha", "missing_reasons")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,13 @@ class ImageResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MissingReasonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FAKE_SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +74,7 @@ class ImageResult(_message.Message):
     P_VALUES_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_SET_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MISSING_REASONS_FIELD_NUMBER: _ClassVar[int]
     index: int
     fake_score: float
     scores: _containers.ScalarMap[str, float]
@@ -80,7 +88,8 @@ class ImageResult(_message.Message):
     p_values: _containers.ScalarMap[str, float]
     prediction_set: _containers.RepeatedScalarFieldContainer[str]
     alpha: float
-    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ...) -> None: ...
+    missing_reasons: _containers.ScalarMap[str, str]
+    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., missing_reasons: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Backbone(_message.Message):
     __slots__ = ("version", "digest")
@@ -103,10 +112,9 @@ class ListSourcesResponse(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ...) -> None: ...
 
 class SourceInfo(_message.Message):
-    __slots__ = ("node_id", "source", "endpoint", "status", "last_heartbeat", "registered_at", "backbone_digest", "head_digest", "calibration", "threshold", "metrics")
+    __slots__ = ("node_id", "source", "status", "last_heartbeat", "registered_at", "backbone_digest", "head_digest", "calibration", "threshold", "metrics", "status_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -115,9 +123,9 @@ class SourceInfo(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     source: str
-    endpoint: str
     status: str
     last_heartbeat: _timestamp_pb2.Timestamp
     registered_at: _timestamp_pb2.Timestamp
@@ -126,7 +134,8 @@ class SourceInfo(_message.Message):
     calibration: Calibration
     threshold: float
     metrics: _struct_pb2.Struct
-    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    status_reason: str
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., status_reason: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
     __slots__ = ("method", "a", "b", "positive_scores")
@@ -139,6 +148,20 @@ class Calibration(_message.Message):
     b: float
     positive_scores: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., positive_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ChallengeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("challenge", "expires_in_seconds")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    challenge: str
+    expires_in_seconds: float
+    def __init__(self, challenge: _Optional[str] = ..., expires_in_seconds: _Optional[float] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("node_id", "source", "endpoint", "backbone_digest", "backbone_version", "head_digest", "calibration", "threshold", "metrics")
@@ -163,16 +186,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., backbone_digest: _Optional[str] = ..., backbone_version: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("status", "backbone", "heartbeat_interval_seconds", "stale_after_seconds")
+    __slots__ = ("status", "backbone", "heartbeat_interval_seconds", "stale_after_seconds", "gateway_credential")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STALE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     status: str
     backbone: Backbone
     heartbeat_interval_seconds: float
     stale_after_seconds: float
-    def __init__(self, status: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_after_seconds: _Optional[float] = ...) -> None: ...
+    gateway_credential: str
+    def __init__(self, status: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_after_seconds: _Optional[float] = ..., gateway_credential: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id",)

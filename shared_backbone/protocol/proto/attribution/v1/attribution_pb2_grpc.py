@@ -157,6 +157,11 @@ class RegistryServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Challenge = channel.unary_unary(
+                '/attribution.v1.RegistryService/Challenge',
+                request_serializer=attribution_dot_v1_dot_attribution__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=attribution_dot_v1_dot_attribution__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/attribution.v1.RegistryService/Register',
                 request_serializer=attribution_dot_v1_dot_attribution__pb2.RegisterRequest.SerializeToString,
@@ -173,16 +178,23 @@ class RegistryServiceServicer:
     """The coordinator's node registry (same server as the gateway).
     """
 
+    def Challenge(self, request, context):
+        """A fresh single-use challenge for the next Register or Heartbeat of `node_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Register(self, request, context):
-        """Adds or refreshes a node's entry (idempotent per node id). Needs the registration token and
-        the node's secret in metadata (see the top of this file).
+        """Adds or refreshes a node's entry (idempotent per node id). Needs the node's signature over a
+        challenge, and for a node id's first registration its enrolment proof (see the top of this file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Marks a registered node alive. NOT_FOUND tells the node to register again.
+        """Marks a registered node alive (signed like Register). NOT_FOUND tells the node to register again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +203,11 @@ class RegistryServiceServicer:
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=attribution_dot_v1_dot_attribution__pb2.ChallengeRequest.FromString,
+                    response_serializer=attribution_dot_v1_dot_attribution__pb2.ChallengeResponse.SerializeToString,
+            ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=attribution_dot_v1_dot_attribution__pb2.RegisterRequest.FromString,
@@ -212,6 +229,33 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """The coordinator's node registry (same server as the gateway).
     """
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attribution.v1.RegistryService/Challenge',
+            attribution_dot_v1_dot_attribution__pb2.ChallengeRequest.SerializeToString,
+            attribution_dot_v1_dot_attribution__pb2.ChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Register(request,
@@ -269,7 +313,8 @@ class RegistryService:
 
 
 class HeadServiceStub:
-    """One node's head.
+    """One node's head. Every call needs "authorization: Bearer <gateway_credential>" (the value in the
+    node's last RegisterResponse); until it has registered, a node refuses all with UNAUTHENTICATED.
     """
 
     def __init__(self, channel):
@@ -291,7 +336,8 @@ class HeadServiceStub:
 
 
 class HeadServiceServicer:
-    """One node's head.
+    """One node's head. Every call needs "authorization: Bearer <gateway_credential>" (the value in the
+    node's last RegisterResponse); until it has registered, a node refuses all with UNAUTHENTICATED.
     """
 
     def Score(self, request, context):
@@ -332,7 +378,8 @@ def add_HeadServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class HeadService:
-    """One node's head.
+    """One node's head. Every call needs "authorization: Bearer <gateway_credential>" (the value in the
+    node's last RegisterResponse); until it has registered, a node refuses all with UNAUTHENTICATED.
     """
 
     @staticmethod

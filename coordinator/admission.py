@@ -1,0 +1,109 @@
+"""Who may register: the coordinator's side of the node identity protocol, for both registration paths.
+
+A registration is admitted when (1) its signature verifies with the presented public key over a
+challenge this coordinator issued (single use, `CHALLENGE_TTL` seconds) and the request's digest,
+(2) that key is the one bound to the node id, or, for a node id not yet registered, the node
+proves the admin's enrolment token for exactly this node id and source, and (3) the registry's
+validator accepts what the node says. See `shared_backbone.protocol.identity` for the proofs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from coordinator.registry import IdentityMismatch, NodeEntry, Registry, RegistryError, UnknownNode
+from shared_backbone.protocol import identity
+
+CHALLENGE_TTL = 60.0
+MAX_OPEN_CHALLENGES = 4096
+
+
+class NotAuthenticated(RegistryError):
+    """A signature or enrolment proof that does not verify."""
+
+
+class StaleChallenge(RegistryError):
+    """A challenge this coordinator did not issue, already used or expired: ask for a new one."""
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a node presents with a registration or heartbeat."""
+
+    public_key: str
+    signature: str
+    challenge: str
+    payload_digest: str
+    enrolment_proof: str = ""
+
+
+class ChallengeBook:
+    """Issued challenges, each usable once for one node id within CHALLENGE_TTL; bounded in size."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._open: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def issue(self, node_id: str) -> str:
+        challenge = secrets.token_hex(32)
+        with self._lock:
+            self._open[challenge] = (node_id, self.clock() + CHALLENGE_TTL)
+            while len(self._open) > MAX_OPEN_CHALLENGES:
+                self._open.popitem(last=False)
+        return challenge
+
+    def take(self, challenge: str, node_id: str) -> None:
+        """Uses up a challenge; StaleChallenge when it is unknown, expired, or for another node id."""
+        with self._lock:
+            entry = self._open.pop(challenge, None)
+        if entry is None or entry[0] != node_id or entry[1] < self.clock():
+            raise StaleChallenge("challenge unknown, used or expired; ask for a new one")
+
+
+class Admission:
+    """Checks a node's proofs, then hands the registration to the registry (which validates it)."""
+
+    def __init__(self, registry: Registry, challenges: ChallengeBook | None = None) -> None:
+        self.registry = registry
+        self.challenges = challenges or ChallengeBook()
+
+    def register(self, fields: Mapping[str, Any], proof: Proof, purpose: str = identity.REGISTER,
+                 challenge_for: str | None = None) -> NodeEntry:
+        """Admits one registration; raises a RegistryError subclass (or InvalidRegistration) naming why.
+
+        `challenge_for`: whom the challenge was issued to, when not the node id (a Flower node).
+        """
+        node_id = str(fields.get("node_id", ""))
+        self._check_signature(node_id, proof, purpose, challenge_for)
+        bound = self.registry.bound_key(node_id)
+        enrolment_ok = False
+        if bound is None:
+            enrolment = self.registry.enrolment(node_id)
+            if enrolment is not None and proof.enrolment_proof:
+                enrolment_ok = identity.check_enrolment_proof(
+                    enrolment[1], proof.enrolment_proof, proof.challenge, node_id, str(fields.get("source", "")),
+                    proof.public_key,
+                )
+                if not enrolment_ok:
+                    raise NotAuthenticated(f"node id {node_id!r}: the enrolment proof does not verify (wrong token?)")
+        return self.registry.register(public_key=proof.public_key, enrolment_verified=enrolment_ok, **fields)
+
+    def heartbeat(self, node_id: str, proof: Proof) -> NodeEntry:
+        bound = self.registry.bound_key(node_id)
+        if bound is None:
+            raise UnknownNode(f"node id {node_id!r} is not registered")
+        self._check_signature(node_id, proof, identity.HEARTBEAT)
+        if bound[1] != proof.public_key:
+            raise IdentityMismatch(f"node id {node_id!r} is registered by another node (key does not match)")
+        return self.registry.heartbeat(node_id)
+
+    def _check_signature(self, node_id: str, proof: Proof, purpose: str, challenge_for: str | None = None) -> None:
+        self.challenges.take(proof.challenge, challenge_for or node_id)
+        if not identity.verify(proof.public_key, proof.signature, purpose, proof.challenge, node_id, proof.payload_digest):
+            raise NotAuthenticated(f"node id {node_id!r}: the signature does not verify")

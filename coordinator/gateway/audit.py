@@ -1,0 +1,190 @@
+"""Canary audits and the win-rate monitor: a node that claims what is not its own stops being asked.
+
+The gateway holds canaries: trunk features of reference images whose source it knows (one
+sub-folder per source of `gateway.audit.reference`, each image also mirrored, so the exact
+feature bytes vary). A node is audited when it registers (it is `pending_audit`, not queried,
+until it passes) and every `audit.interval` seconds: it scores a random sample of canaries of
+other sources, shuffled with some of its own where the folder has them, through the same
+`NodePool` calls as a query. A node whose claim rate on images that are not its own exceeds the
+false-positive rate it registered (1 - specificity in its metrics) by more than
+`audit.tolerance`, or that answers with scores that are not finite or outside [0, 1], is
+quarantined until the admin clears it (`attribnet coordinator registry clear NODE_ID`).
+
+A node could recognise canaries it has seen before; the win-rate monitor watches live answers
+instead: a source that wins more than `audit.max_win_share` of the recent answers while several
+sources answer is flagged for the admin (and quarantined with `audit.quarantine_on_win_rate`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from coordinator.config import AuditConfig
+from coordinator.gateway.node_pool import NodePool
+from coordinator.registry import HEALTHY, PENDING_AUDIT, NodeEntry, Registry, RegistryError
+from shared_backbone.model import preprocessing
+from shared_backbone.model.calibration import Calibration
+from shared_backbone.model.rule import RuleSettings
+from shared_backbone.protocol import wire
+
+log = logging.getLogger(__name__)
+
+PENDING_POLL = 0.5  # seconds between looks for freshly registered nodes
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass
+class Canaries:
+    """Trunk features of labelled reference images: `features[i]` is an image of `labels[i]`."""
+
+    features: np.ndarray
+    labels: np.ndarray
+
+    def for_source(self, source: str, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(features, is-own) of up to `count` other-source canaries plus up to count/2 own, shuffled."""
+        others = np.flatnonzero(self.labels != source)
+        own = np.flatnonzero(self.labels == source)
+        picked = np.concatenate([
+            rng.choice(others, size=min(count, len(others)), replace=False),
+            rng.choice(own, size=min(count // 2, len(own)), replace=False),
+        ]).astype(int)
+        rng.shuffle(picked)
+        return self.features[picked], self.labels[picked] == source
+
+
+def load_canaries(folder: str | Path, spec: preprocessing.InputSpec, trunk_features: Callable[[np.ndarray], np.ndarray],
+                  per_source: int) -> Canaries:
+    """Reads up to `per_source` images per sub-folder (and their mirror images) through the trunk."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    inputs, labels = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:per_source]
+        for path in images:
+            rgb = preprocessing.load_image(path, spec.image_size)
+            for view in (rgb, rgb[:, ::-1]):
+                inputs.append(preprocessing.to_model_input(np.ascontiguousarray(view), spec))
+                labels.append(sub.name)
+    if len(set(labels)) < 2:
+        raise ValueError(f"{folder} needs images of at least two sources (one sub-folder each)")
+    features = np.concatenate([trunk_features(np.stack(inputs[i:i + 64])) for i in range(0, len(inputs), 64)])
+    log.info("canary audit: %d reference images of %d sources", len(labels) // 2, len(set(labels)))
+    return Canaries(features, np.array(labels))
+
+
+def registered_false_positive_rate(metrics: dict) -> float:
+    """1 - specificity of the head's calibrated held-out metrics (0 when the node reported none)."""
+    for split in ("test", "val"):
+        specificity = metrics.get(split, {}).get("calibrated", {}).get("specificity")
+        if isinstance(specificity, (int, float)):
+            return float(min(max(1.0 - specificity, 0.0), 1.0))
+    return 0.0
+
+
+def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, alpha: float) -> str | None:
+    """Why the node's canary answers show it claiming what is not its own, or None when they do not."""
+    if not np.all(np.isfinite(raw)) or np.any((raw < 0.0) | (raw > 1.0)):
+        return "answered canaries with scores that are not finite or outside [0, 1]"
+    calibration = Calibration.from_dict(entry.calibration)
+    calibrated = calibration.apply(raw)
+    claims = calibrated >= entry.threshold
+    p_values = calibration.p_values(calibrated)
+    if p_values is not None:
+        claims &= p_values > alpha
+    others = ~own
+    rate = float(claims[others].mean()) if others.any() else 0.0
+    allowed = registered_false_positive_rate(entry.metrics) + tolerance
+    if rate > allowed:
+        return (f"claimed {int(claims[others].sum())} of {int(others.sum())} canary images of other sources "
+                f"(rate {rate:.2f} > registered false-positive rate + tolerance {allowed:.2f})")
+    return None
+
+
+class CanaryAudit(threading.Thread):
+    """Audits fresh registrations at once and every node every `interval` seconds."""
+
+    def __init__(self, registry: Registry, pool: NodePool, canaries: Canaries, config: AuditConfig, backbone: str,
+                 rule: RuleSettings, seed: int | None = None) -> None:
+        super().__init__(name="canary-audit", daemon=True)
+        self.registry, self.pool, self.canaries, self.config = registry, pool, canaries, config
+        self.backbone, self.rule = backbone, rule
+        self.rng = np.random.default_rng(seed)
+        self.stop_event = threading.Event()
+        self.audits = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=self.config.timeout + 2)
+
+    def run(self) -> None:
+        since_full = self.config.interval
+        while not self.stop_event.wait(PENDING_POLL):
+            since_full += PENDING_POLL
+            full = since_full >= self.config.interval
+            since_full = 0.0 if full else since_full
+            for entry in self.registry.list():
+                due = entry.status == PENDING_AUDIT or (full and entry.status == HEALTHY)
+                if due and entry.backbone_digest == self.backbone and not self.stop_event.is_set():
+                    self.audit(entry)
+
+    def audit(self, entry: NodeEntry) -> str | None:
+        """One audit of one node: passes it, quarantines it, or (no answer) leaves it as it was."""
+        features, own = self.canaries.for_source(entry.source, self.config.sample, self.rng)
+        request = wire.features_to_request(features, self.backbone)
+        raw = self.pool.probe(entry, request, len(features), self.config.timeout)
+        if raw is None:
+            return None
+        self.audits += 1
+        reason = judge(entry, raw, own, self.config.tolerance, self.rule.alpha)
+        try:
+            if reason:
+                log.warning("canary audit: quarantined node %s (%s): %s", entry.node_id, entry.source, reason)
+                self.registry.quarantine(entry.node_id, f"canary audit: {reason}")
+            elif entry.status == PENDING_AUDIT:
+                self.registry.passed_audit(entry.node_id, entry.generation)
+        except RegistryError:  # removed meanwhile
+            return reason
+        return reason
+
+
+class WinRateMonitor:
+    """Flags a source that suddenly wins (almost) every answer among several answering sources."""
+
+    def __init__(self, registry: Registry, config: AuditConfig) -> None:
+        self.registry = registry
+        self.config = config
+        self.recent: collections.deque[str] = collections.deque(maxlen=max(config.win_window, 1))
+        self.flagged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def observe(self, attributions: list[str], scoring: list[NodeEntry]) -> None:
+        """Records one request's answers; flags (once) every node over the share."""
+        nodes = {entry.source: entry.node_id for entry in scoring}
+        with self._lock:
+            self.recent.extend(a for a in attributions if a in nodes)
+            if len(self.recent) < self.config.win_min_answers or len(nodes) < self.config.win_min_sources:
+                return
+            counts = collections.Counter(self.recent)
+            total = len(self.recent)
+            over = [(s, n) for s, n in counts.items() if n / total > self.config.max_win_share and nodes[s] not in self.flagged]
+            self.flagged.update(nodes[s] for s, _ in over)
+        for source, count in over:
+            self._flag(nodes[source], f"won {count} of the last {total} answers among {len(nodes)} answering sources")
+
+    def _flag(self, node_id: str, reason: str) -> None:
+        log.warning("win-rate monitor: node %s %s", node_id, reason)
+        try:
+            if self.config.quarantine_on_win_rate:
+                self.registry.quarantine(node_id, f"win-rate monitor: {reason}")
+            else:
+                self.registry.flag(node_id, f"win-rate monitor: {reason}")
+        except RegistryError:
+            pass
