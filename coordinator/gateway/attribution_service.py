@@ -158,8 +158,8 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,
-            endpoint=entry.endpoint,
             status=self.status_of(entry),
+            status_reason=entry.status_reason,
             last_heartbeat=_timestamp(entry.last_heartbeat),
             registered_at=_timestamp(entry.registered_at),
             backbone_digest=entry.backbone_digest,
