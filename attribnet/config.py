@@ -36,7 +36,7 @@ class DemoConfig:
     baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     access: str = "strict"  # the nodes' data access; "shared" = the paper's comparison setting (opt-in)
-    calibration: str = "platt"
+    calibration: str = "temperature"
     threshold: float = 0.5
     baselines: list[str] = field(default_factory=lambda: ["gdaconv", "dctlinear"])
     perturbations: list[str] = field(default_factory=lambda: ["clean", "jpeg75", "blur1"])

@@ -83,7 +83,7 @@ class NodeConfig:
     public_key: str = field(default="", metadata=PATH)
     reference: str = field(default="", metadata=PATH)
     init_head: str = field(default="", metadata=PATH)  # retrain from this head (e.g. on perturbed data)
-    calibration: str = "platt"
+    calibration: str = "temperature"
     threshold: float = DEFAULT_THRESHOLD
     state_dir: str = field(default="node-state", metadata=PATH)
     serve: NodeServeConfig = field(default_factory=NodeServeConfig)

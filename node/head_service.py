@@ -8,6 +8,7 @@ bounded by the call's deadline (capped by `request_timeout`), a full queue is RE
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -29,6 +30,14 @@ from shared_backbone.protocol.serving import (
     submit_or_abort,
 )
 
+
+class _Serving(NamedTuple):
+    """The head being served and its compiled model, swapped together."""
+
+    head: heads.Head
+    compiled: CompiledModel
+
+
 HEAD_SERVICE = pb.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 
@@ -39,7 +48,6 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self, head: heads.Head, bundle: bundle_lib.Bundle, node_id: str, max_batch: int, *,
         window: float = 0.0, max_queue: int = 4096, request_timeout: float = 30.0, metrics: ServerMetrics | None = None,
     ) -> None:
-        self.head = head
         self.bundle = bundle
         self.node_id = node_id
         self.max_batch = max_batch
@@ -47,8 +55,8 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         self.metrics = metrics or ServerMetrics()
         self._head_seconds = self.metrics.stage(STAGE_HEAD)
         self.feature_shape = tuple(int(s) for s in bundle.manifest["feature_shape"])
-        self.compiled = CompiledModel(head.model, name=f"head_{head.source}")
-        self.metrics.watch_traces("head", lambda: self.compiled.traces)
+        self._serving = _Serving(head, CompiledModel(head.model, name=f"head_{head.source}"))
+        self.metrics.watch_traces("head", lambda: self._serving.compiled.traces)
         self.batcher = MicroBatcher(
             self._run, name=f"head-batcher-{node_id}", window=window, max_batch=max_batch, max_queue=max_queue,
             on_batch=self.metrics.batch_observer(STAGE_HEAD), on_depth=self.metrics.depth_setter(STAGE_HEAD),
@@ -57,17 +65,25 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
     def close(self) -> None:
         self.batcher.close()
 
+    @property
+    def head(self) -> heads.Head:
+        return self._serving.head
+
     def _run(self, items: list[BatchItem]) -> None:
+        serving = self._serving
         start = time.monotonic()
-        raw = np.asarray(self.compiled(concatenate(items).astype(np.float32))).reshape(-1).astype(np.float64)
+        raw = np.asarray(serving.compiled(concatenate(items).astype(np.float32))).reshape(-1).astype(np.float64)
         self._head_seconds(time.monotonic() - start)
         for item, (scores,) in zip(items, split(items, raw)):
-            item.future.set_result(scores)
+            item.future.set_result((scores, serving.head))
 
     def swap_head(self, head: heads.Head) -> None:
-        """Serves `head` from the next call on (a reloaded head of the same source)."""
-        with self._lock:
-            self.head = head
+        """Serves `head` from the next batch on (a reloaded head of the same source).
+
+        Head and compiled model change in one assignment, and each batch answers with the head
+        that scored it, so a response never pairs one head's scores with another's digest.
+        """
+        self._serving = _Serving(head, CompiledModel(head.model, name=f"head_{head.source}"))
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         deadline = deadline_of(context.time_remaining(), self.request_timeout)
@@ -81,9 +97,9 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         future = submit_or_abort(self.batcher, features, deadline, context, self.metrics, f"node {self.node_id}")
-        raw = answer_or_abort(future, deadline, context, self.metrics)
+        raw, head = answer_or_abort(future, deadline, context, self.metrics)
         self.metrics.images.inc(len(raw))
-        return pb.ScoreResponse(raw_scores=raw.tolist(), source=self.head.source, head_digest=self.head.digest)
+        return pb.ScoreResponse(raw_scores=raw.tolist(), source=head.source, head_digest=head.digest)
 
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:
         return pb.DescribeResponse(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import CoordinatorConfig
-from node.config import NodeConfig
+from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
 
-__all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_reference", "zoo_bundle", "zoo_heads"]
+__all__ = ["FIXTURE_TRAIN", "HEAD_NEGATIVES", "zoo_primary_run", "zoo_reference", "zoo_bundle", "zoo_heads"]
 
 # Measured on tiny_zoo (easy preset, 80 images per source): 20 epochs of batch 16 at lr 3e-3 give a
 # detector with test AUC 0.99-1.00 over 3 seeds in ~17 s. With 40 per source (5 real validation
@@ -19,6 +19,8 @@ __all__ = ["FIXTURE_TRAIN", "zoo_primary_run", "zoo_reference", "zoo_bundle", "z
 # batch 32 left it constant ("fake" for all), which tests must catch.
 FIXTURE_TRAIN = TrainConfig(epochs=20, batch_size=16, learning_rate=3e-3, patience=5, min_epochs=3, seed=1)
 HEAD_TRAIN = dataclasses.replace(FIXTURE_TRAIN, epochs=20, patience=4)  # on cached trunk features: seconds
+# A third of the default: making and featurising negatives was most of a fixture head's time.
+HEAD_NEGATIVES = NegativesConfig(count=400)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +76,7 @@ def zoo_heads(zoo_bundle, zoo_reference, tiny_zoo, keypair, tmp_path_factory: py
             source=source,
             data=zoo_data_config(tiny_zoo),
             train=HEAD_TRAIN,
+            negatives=HEAD_NEGATIVES,
             backbone=str(zoo_bundle.path),
             public_key=str(keypair[1]),
             reference=str(zoo_reference),

@@ -138,13 +138,18 @@ def score_target(servers: Servers, data: bytes) -> None:
     channel = rpc.open_channel(f"127.0.0.1:{servers.node.port}", max_message_mb=8)
     try:
         stub = pb_grpc.HeadServiceStub(channel)
-        token = "fuzz-credential" if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeUnicodeNoSurrogates(20)
+        token = "fuzz-credential" if fdp.ConsumeIntInRange(0, 7) else _printable(fdp.ConsumeUnicodeNoSurrogates(20))
         response = _call(lambda: stub.Score(request, metadata=rpc.bearer(token), timeout=10), PROPER, f"Score shape={shape}")
         if response is not None and (len(response.raw_scores) != shape[0] or not all(0 <= s <= 1 for s in response.raw_scores)):
             raise FuzzFailure(f"Score answered {len(response.raw_scores)} scores for shape {shape}")
     finally:
         channel.close()
     servers.counts["score"] += 1
+
+
+def _printable(text: str) -> str:
+    """Keeps what gRPC metadata may carry: the client refuses anything else before it is sent."""
+    return "".join(c for c in text if " " <= c <= "~").strip()
 
 
 def _hostile_text(fdp, limit: int) -> str:

@@ -75,7 +75,7 @@ def start_gateway(bundle, public_key: Path, registry: Path, **gateway):
     from coordinator.config import CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
 
-    settings = {"host": "127.0.0.1", "port": 0, "registration_token": "registration-token", **gateway}
+    settings = {"host": "127.0.0.1", "port": 0, **gateway}
     return start_coordinator(CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(public_key), registry=str(registry), gateway=GatewayConfig(**settings),
     ))

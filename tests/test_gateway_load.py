@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until
+from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
@@ -36,18 +36,19 @@ class LoadNet:
 @pytest.fixture(scope="module")
 def load_net(tmp_path_factory, keypair):
     from node.server import start_node
-    from tests.test_gateway import REGISTRATION_TOKEN, node_config
+    from tests.test_gateway import node_config
 
     root = tmp_path_factory.mktemp("load")
     bundle = make_bundle(root / "bundle", *keypair)
     coordinator = start_gateway(
-        bundle, keypair[1], root / "registry.sqlite", registration_token=REGISTRATION_TOKEN, max_images=4,
+        bundle, keypair[1], root / "registry.sqlite", max_images=4,
         max_queue_images=MAX_QUEUE, node_timeout=NODE_TIMEOUT, node_cooldown_failures=2, node_cooldown_seconds=600.0,
         heartbeat_interval=0.3, stale_after=600.0, metrics_port=0, access_log=True,
     )
     nodes = {}
     for i, source in enumerate(GOOD):
         make_head(root / source, bundle, source, seed=300 + i)
+        write_enrolment(coordinator.registry, root / source, source, source)
         config = node_config(root, bundle, source, coordinator.port, keypair)
         config.serve.metrics_port = 0
         nodes[source] = start_node(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
+from tests.fixtures_backbone import HEAD_NEGATIVES
 from shared_backbone.data.datasets import load_split
 from shared_backbone.data.zoo import zoo_data_config
 from shared_backbone.experiments import training
@@ -109,7 +111,7 @@ def test_heads_are_trained_strictly_calibrated_and_bound_to_the_bundle(zoo_bundl
     for source, head_dir in zoo_heads.items():
         head = load_head(head_dir, zoo_bundle)
         assert head.source == source and head.backbone_digest == zoo_bundle.digest
-        assert head.calibration.method == "platt" and 0 < head.calibration.a <= 50
+        assert head.calibration.method == "temperature" and 0 < head.calibration.a <= 50 and head.calibration.b == 0
         access = head.metrics["data_access"]
         # strict: the zoo's other generators sit in the node's folder but are never trained on
         assert access["access"] == "strict" and access["reference_sources"] == ["real"]
@@ -117,17 +119,23 @@ def test_heads_are_trained_strictly_calibrated_and_bound_to_the_bundle(zoo_bundl
         assert access["reference_digest"] == zoo_bundle.manifest["reference"]["digest"]
         counts = head.metrics["counts"]
         assert len(head.calibration.positive_scores) == counts["calib"]["positives"] > 0
-        assert counts["train"]["self_made_negatives"] >= 1000 and counts["train"]["total"] > counts["train"]["positives"]
+        made = counts["train"]["self_made_negatives"]
+        assert made >= HEAD_NEGATIVES.count // 2 and counts["train"]["total"] > counts["train"]["positives"]
         assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(head.metrics["test"]["calibrated"])
         assert head.metrics["best_epoch"] >= 3  # min_epochs of the fixture
 
 
 def _checkerboard_source(zoo: Path, out: Path, count: int) -> Path:
-    """A generator with an unmistakable fingerprint: real images plus a faint Nyquist checkerboard."""
+    """A generator with an unmistakable fingerprint: real images plus a faint Nyquist checkerboard.
+
+    The node also keeps the unmarked photos as its public reals: the reference set leaves the
+    coordinator's test split out, so these are the test split's negatives (and the hardest ones).
+    """
     from PIL import Image
 
     folder = out / "checker"
     folder.mkdir(parents=True)
+    shutil.copytree(zoo / "real", out / "real")
     for path in sorted((zoo / "real").glob("*.png"))[:count]:
         rgb = np.asarray(Image.open(path), dtype=np.int16)
         y, x = np.indices(rgb.shape[:2])

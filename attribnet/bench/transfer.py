@@ -68,9 +68,9 @@ def _trunk_bundle(zoo: Path, out: Path, config: TransferBenchConfig) -> tuple[An
     return load_bundle(bundle_dir, load_public_key(public_key)), seconds, result.metrics.get("test", {})
 
 
-def _history(run_dir: Path) -> dict[str, Any]:
-    """The `fit.json` a training run wrote (the newest under `run_dir`)."""
-    return json.loads(sorted(run_dir.rglob("fit.json"))[-1].read_text())
+def _history(fit_json: Path) -> dict[str, Any]:
+    """What `training.fit` wrote after a run: per-epoch history, best epoch, seconds."""
+    return json.loads(fit_json.read_text())
 
 
 def time_to_accuracy(head_fit: dict[str, Any], full_fit: dict[str, Any], tolerance: float = 0.01) -> dict[str, Any]:
@@ -88,7 +88,8 @@ def run_transfer(out: str | Path, config: TransferBenchConfig, image_size: int,
     """Trains trunk, head and full model; returns `{head_train_s, full_train_s, head_accuracy, full_accuracy, ...}`."""
     from coordinator.config import CoordinatorConfig
     from coordinator.train_primary import train_primary
-    from node.config import NodeConfig
+    from node.config import NegativesConfig, NodeConfig
+    from node.state import RUNS_DIR
     from node.train_head import train_head
     from shared_backbone.config import DataConfig
 
@@ -104,15 +105,18 @@ def run_transfer(out: str | Path, config: TransferBenchConfig, image_size: int,
                         mode=config.mode)
     progress(f"transfer: training the {config.source} head on the frozen trunk ({config.source} vs {REAL})")
     began = time.monotonic()
+    # No self-made negatives: head and full model learn from exactly the same images.
     head = train_head(NodeConfig(source=config.source, data=strict, train=config.train, state_dir=str(out / "node"),
-                                 calibration="platt"), bundle, progress=False)
+                                 negatives=NegativesConfig(count=0)), bundle, progress=False)
     head_seconds = time.monotonic() - began
     progress(f"transfer: training the full model from scratch ({config.source} vs {REAL})")
     began = time.monotonic()
-    full = train_primary(CoordinatorConfig(data=strict, train=config.train, run_dir=str(out / "full-run")), progress=False)
+    full = train_primary(CoordinatorConfig(data=strict, train=config.train, run_dir=str(out / "full-run"),
+                                           source_aware_trunk=False), progress=False)
     full_seconds = time.monotonic() - began
     head_test, full_test = head.metrics["test"]["raw"], full.metrics["test"]
-    reach = time_to_accuracy(_history(out / "node"), _history(out / "full-run"))
+    head_fit = sorted((out / "node" / RUNS_DIR).glob("*/fit.json"))[-1]
+    reach = time_to_accuracy(_history(head_fit), _history(out / "full-run" / "fit.json"))
     return {
         **reach,
         "source": config.source, "data": f"{config.source} vs {REAL} (strict: the node's own images only)",

@@ -96,7 +96,7 @@ def generator_sources(data: DataConfig) -> list[str]:
 
 def train_all_heads(
     bundle: Bundle, data: DataConfig, sources: list[str], public_key: Path, train: TrainConfig, state_root: Path,
-    *, reference: Path, access: str = "strict", calibration: str = "platt", threshold: float = 0.5,
+    *, reference: Path, access: str = "strict", calibration: str = "temperature", threshold: float = 0.5,
     perturb: PerturbConfig | None = None, progress: bool = False,
 ) -> dict[str, HeadTrainingResult]:
     """Node side, once per source: the exact `node.train_head` a node (or Flower client) runs.

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -70,14 +71,24 @@ def _wait_serving(target: str, process: FlowerProcess, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def _registered(gateway: str, count: int) -> bool:
+def _registered(gateway: str, count: int, since: datetime) -> bool:
+    """`count` nodes are healthy and have heartbeated this gateway since `since`.
+
+    A registry kept from a Flower run already lists the nodes as healthy; only a node that has
+    registered with this gateway holds the credential the gateway presents to its HeadService.
+    """
     from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
 
     with AttributionClient(gateway, timeout=2.0) as client:
         try:
-            return sum(s["status"] == "healthy" for s in client.list_sources()) >= count
+            sources = client.list_sources()
         except GatewayError:
             return False
+    return sum(s["status"] == "healthy" and _after(s.get("last_heartbeat"), since) for s in sources) >= count
+
+
+def _after(timestamp: str | None, since: datetime) -> bool:
+    return bool(timestamp) and datetime.fromisoformat(timestamp.replace("Z", "+00:00")) >= since
 
 
 def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str | Path, port: int,
@@ -107,11 +118,11 @@ def _write_node_yaml(workdir: Path, source: str, head_dir: Path, bundle: str | P
     return path
 
 
-def _wait_ready(network: LocalNetwork, targets: dict[str, str], nodes: int, deadline: float) -> None:
+def _wait_ready(network: LocalNetwork, targets: dict[str, str], nodes: int, deadline: float, since: datetime) -> None:
     """Every process reports SERVING, then every node has registered with the gateway."""
     for name, target in targets.items():
         _wait_serving(target, network.processes[name], deadline)
-    while not _registered(network.gateway, nodes):
+    while not _registered(network.gateway, nodes, since):
         if time.monotonic() > deadline:
             raise LocalNetworkError(f"nodes did not register in time:\n{network.processes['coordinator'].log_tail()}")
         time.sleep(0.2)
@@ -149,7 +160,7 @@ def start_local_network(
     env = flower_env()
     python = [sys.executable, "-m", "attribnet.cli"]
     network = LocalNetwork(workdir, gateway)
-    deadline = time.monotonic() + timeout
+    deadline, since = time.monotonic() + timeout, datetime.now(timezone.utc)
     try:
         network.processes["coordinator"] = start_process(
             "coordinator", [*python, "coordinator", "serve", "--config", str(coordinator_yaml)], env, workdir / "coordinator.log"
@@ -161,7 +172,7 @@ def start_local_network(
             name = f"node-{source}"
             network.processes[name] = start_process(name, [*python, "node", "serve", "--config", str(node_yaml)], env, workdir / f"{name}.log")
             targets[name] = f"127.0.0.1:{node_port}"
-        _wait_ready(network, targets, len(head_dirs), deadline)
+        _wait_ready(network, targets, len(head_dirs), deadline, since)
     except BaseException:
         network.stop()
         raise

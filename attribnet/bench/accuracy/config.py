@@ -6,7 +6,8 @@ Roles (the who-sees-what rule, made explicit):
   coordinator  the coordinator's own generators: in the detector's training and published in the
                reference set (never a node's images)
   held_out     in no training set at all: the open-set generators
-Real sources are the dataset's (`data.real_sources`).
+Real sources are the dataset's (`data.real_sources`). A role left empty takes the dataset's own
+default (`DATASET_ROLES`: the zoo's and the upscalers'); a `folder` dataset must name every role.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from node.config import NegativesConfig
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
+from shared_backbone.data.upscalers import UpscalersConfig
 from shared_backbone.data.zoo import ZooConfig
 
 ZOO_NODES = ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"]
@@ -26,19 +28,45 @@ BASELINES = ("gdaconv", "postpool", "dctlinear")
 
 @dataclass
 class Roles:
-    nodes: list[str] = field(default_factory=lambda: list(ZOO_NODES))
-    late: list[str] = field(default_factory=lambda: ["tconv_b", "pixshuffle_a"])
-    coordinator: list[str] = field(default_factory=lambda: list(ZOO_COORDINATOR))
-    held_out: list[str] = field(default_factory=lambda: list(ZOO_HELD_OUT))
+    nodes: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    coordinator: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)
+
+
+DATASET_ROLES = {
+    "zoo": Roles(nodes=ZOO_NODES, late=["tconv_b", "pixshuffle_a"], coordinator=ZOO_COORDINATOR, held_out=ZOO_HELD_OUT),
+    # Learned upscalers are the nodes (two pairs share an architecture: srvgg x2/x4, cugan se n0/n3);
+    # the plain resamplers are the coordinator's own; RRDB (Real-ESRGAN x4plus, its anime variant)
+    # is the architecture left out of the default set, so it is the open set's unseen generator.
+    "upscalers": Roles(
+        nodes=["srvgg_x2", "srvgg_x4", "cugan_se2x_n0", "cugan_se2x_n3", "cugan_pro2x_n0"],
+        late=["srvgg_x4", "cugan_se2x_n3"], coordinator=["bicubic_x2", "lanczos_x4"],
+        held_out=["rrdb_x4plus", "rrdb_x4anime"],
+    ),
+}
+
+
+def resolved_roles(dataset: str, roles: Roles) -> Roles:
+    """`roles` with every empty role filled from the dataset's defaults; refuses a folder without them."""
+    default = DATASET_ROLES.get(dataset, Roles())
+    filled = Roles(**{name: list(getattr(roles, name) or getattr(default, name)) for name in ("nodes", "late", "coordinator", "held_out")})
+    empty = [name for name in ("nodes", "late", "coordinator", "held_out") if not getattr(filled, name)]
+    if empty:
+        raise ValueError(f"roles.{empty[0]} is empty: a {dataset} dataset has no default roles, name every source's role")
+    return filled
 
 
 @dataclass
 class AccuracyConfig:
     """`attribnet bench accuracy` (YAML: these keys, or an `accuracy:` section of configs/bench.yaml)."""
 
-    dataset: str = "zoo"  # "zoo": written by the benchmark from `zoo`; "folder": an existing dataset at data.root
+    # "zoo" / "upscalers": written (or reused) by the benchmark from `zoo` / `upscalers`;
+    # "folder": an existing folder-per-source dataset at data.root
+    dataset: str = "zoo"
     zoo: ZooConfig = field(default_factory=lambda: ZooConfig(
         image_size=64, per_source=600, sources=[*ZOO_NODES, *ZOO_COORDINATOR, *ZOO_HELD_OUT]))
+    upscalers: UpscalersConfig = field(default_factory=lambda: UpscalersConfig(image_size=64, per_source=1000))
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=64, mode="dct"))
     roles: Roles = field(default_factory=Roles)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -52,7 +80,7 @@ class AccuracyConfig:
     test_perturbations: dict[str, float] = field(default_factory=lambda: {
         "jpeg": 75, "blur": 1.0, "crop": 0.75, "noise": 0.05, "multi": 0.5})
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    calibration: str = "platt"
+    calibration: str = "temperature"
     alpha: float = 0.05
     out: str = "bench/results"
     workdir: str = ""  # default OUT/work (datasets, bundles, heads, baseline runs)
@@ -61,6 +89,7 @@ class AccuracyConfig:
 # --profile quick: every protocol and field of the full benchmark, small enough for 15 minutes on 2 cores.
 QUICK = {
     "zoo.per_source": 240,
+    "upscalers.per_source": 240,
     "seeds": [0],
     "primary.epochs": 12,
     "robust_primary.epochs": 4,

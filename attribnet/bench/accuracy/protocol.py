@@ -16,7 +16,7 @@ from pathlib import Path
 from attribnet.bench.accuracy.config import AccuracyConfig
 from coordinator.reference import COORDINATOR_OWN, DESCRIPTION, write_reference_set
 from shared_backbone.config import DataConfig
-from shared_backbone.data.datasets import DatasetIndex, Sample, load_split
+from shared_backbone.data.datasets import MANIFEST_FILE, DatasetIndex, Sample, load_split
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,21 @@ class BenchData:
         return [s for s in self.roles.nodes if s not in self.roles.late]
 
     def view(self, name: str, sources: list[str]) -> DataConfig:
-        """A folder linking exactly `sources` (real sources stay real)."""
+        """A folder linking exactly `sources` (real sources stay real) and the dataset's manifest.
+
+        The manifest carries a dataset's own split (the upscalers' split by photograph), so every
+        trainer splits a view exactly as the benchmark splits the dataset.
+        """
         folder = self.views / name
+        folder.mkdir(parents=True, exist_ok=True)
+        root = Path(self.data.root).resolve()
         for source in sources:
             link = folder / source
             if not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(Path(self.data.root).resolve() / source, target_is_directory=True)
+                link.symlink_to(root / source, target_is_directory=True)
+        manifest = folder / MANIFEST_FILE
+        if (root / MANIFEST_FILE).is_file() and not manifest.exists():
+            manifest.symlink_to(root / MANIFEST_FILE)
         return dataclasses.replace(self.data, root=str(folder), real_sources=[s for s in self.reals if s in sources])
 
     def detector_view(self, *, late_join: bool = False) -> DataConfig:

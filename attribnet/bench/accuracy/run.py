@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -12,34 +13,45 @@ from typing import Any, Callable
 
 from attribnet.bench.accuracy import evaluate as ev
 from attribnet.bench.accuracy import report as rep
-from attribnet.bench.accuracy.config import AccuracyConfig
+from attribnet.bench.accuracy.config import AccuracyConfig, resolved_roles
 from attribnet.bench.accuracy.protocol import BenchData, prepare, reference_set
 from attribnet.bench.accuracy.seed_metrics import seed_metrics
 from attribnet.bench.accuracy.train import SeedTrainer
 from shared_backbone.config import DataConfig, to_dict
 from shared_backbone.data.perturbations import check_config as check_perturb
+from shared_backbone.data.zoo import zoo_data_config
 from shared_backbone.model.rule import RuleSettings
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "accuracy.json"
 SECTION = "## Accuracy"
+DATASET_NAMES = {"zoo": "fingerprint zoo", "upscalers": "GAN upscalers on real photos"}
 
 
 def dataset(config: AccuracyConfig, workdir: Path, step: Callable[[str], None]) -> DataConfig:
-    """The zoo (written, or reused when identical) or the given folder-per-source dataset."""
+    """The zoo or the upscalers dataset (written, or reused when identical), or the given folder."""
     if config.dataset == "folder":
         if not config.data.root:
             raise ValueError("dataset: folder needs data.root (a folder with one sub-folder per source)")
         return config.data
-    if config.dataset != "zoo":
-        raise ValueError(f"dataset must be zoo or folder, got {config.dataset!r}")
-    from shared_backbone.data.zoo import settings_from_config, write_zoo, zoo_data_config
+    if config.dataset == "zoo":
+        from shared_backbone.data.zoo import settings_from_config, write_zoo
 
-    settings = settings_from_config(config.zoo)
-    step(f"fingerprint zoo: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
-    write_zoo(workdir / "zoo", settings, workers=config.zoo.workers)
-    return zoo_data_config(workdir / "zoo", mode=config.data.mode, split_seed=config.data.split_seed)
+        settings = settings_from_config(config.zoo)
+        step(f"fingerprint zoo: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
+        write_zoo(workdir / "zoo", settings, workers=config.zoo.workers)
+        root = workdir / "zoo"
+    elif config.dataset == "upscalers":
+        from shared_backbone.data import upscalers
+
+        settings = upscalers.settings_from_config(config.upscalers)
+        step(f"upscalers: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
+        upscalers.write_upscalers(workdir / "upscalers", settings, workers=config.upscalers.workers)
+        root = workdir / "upscalers"
+    else:
+        raise ValueError(f"dataset must be zoo, upscalers or folder, got {config.dataset!r}")
+    return zoo_data_config(root, mode=config.data.mode, split_seed=config.data.split_seed)
 
 
 def _keys(workdir: Path) -> tuple[Path, Path]:
@@ -55,7 +67,7 @@ def _describe(bench: BenchData, config: AccuracyConfig, reference: Path) -> dict
         test_counts[sample.source] = test_counts.get(sample.source, 0) + 1
     described = json.loads((reference / "reference.json").read_text())["sources"]
     return {
-        "name": "fingerprint zoo" if config.dataset == "zoo" else Path(bench.data.root).name,
+        "name": DATASET_NAMES.get(config.dataset) or Path(bench.data.root).name,
         "root": bench.data.root, "image_size": bench.data.image_size, "input": bench.data.mode,
         "per_source": min(counts.values()) if len(set(counts.values())) == 1 else counts, "test_counts": test_counts,
         "roles": to_dict(config.roles), "real_sources": bench.reals,
@@ -68,6 +80,7 @@ def run_accuracy(config: AccuracyConfig, *, profile: str, command: str, step: Ca
     step = step or (lambda label: log.info("bench accuracy: %s", label))
     check_perturb(config.robust)
     began = time.monotonic()
+    config = dataclasses.replace(config, roles=resolved_roles(config.dataset, config.roles))
     out = Path(config.out)
     workdir = Path(config.workdir or out / "work")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
     parser.add_argument("--profile", choices=("full", "quick"), default="full",
                         help="full (default): the benchmark; quick: every protocol at small size, 1 seed, < 15 min")
-    parser.add_argument("--dataset", choices=("zoo", "folder"), help="zoo (written here) or folder (--data)")
+    parser.add_argument("--dataset", choices=("zoo", "upscalers", "folder"),
+                        help="zoo or upscalers (written here; upscalers needs `make upscalers`) or folder (--data)")
     parser.add_argument("--data", help="folder-per-source dataset for --dataset folder (data.root)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--out", help="results folder: OUT/accuracy.json (default bench/results)")
