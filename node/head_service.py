@@ -69,6 +69,10 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
     def head(self) -> heads.Head:
         return self._serving.head
 
+    @property
+    def compiled(self) -> CompiledModel:
+        return self._serving.compiled
+
     def _run(self, items: list[BatchItem]) -> None:
         serving = self._serving
         start = time.monotonic()

@@ -71,7 +71,7 @@ class TamperedHead:
 
     def __init__(self, net, source: str, tamper, delay: float = 0.0) -> None:
         from node.head_service import HeadServicer
-        from shared_backbone.protocol import rpc
+        from shared_backbone.protocol import identity, rpc
         from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
         self.net, self.source, self.calls, self.release = net, source, 0, threading.Event()
@@ -91,9 +91,13 @@ class TamperedHead:
         self.port = rpc.bind(self.server, "127.0.0.1", 0)
         self.server.start()
         registry = net.coordinator.registry
-        registry.register(
+        if registry.bound_key(source) is None and registry.enrolment(source) is None:
+            registry.enrol(source, source)
+        registry.register(  # what admission does once the node's proofs check out
             node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
-            head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5, secret=f"{source}-secret",
+            head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5,
+            public_key=identity.public_key_hex(identity.node_key(f"{source}-secret")),
+            enrolment_verified=registry.bound_key(source) is None,
         )
 
     def close(self) -> None:

@@ -12,12 +12,12 @@ import pytest
 
 from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
-from tests.fixtures_backbone import HEAD_NEGATIVES
 from shared_backbone.data.datasets import load_split
 from shared_backbone.data.zoo import zoo_data_config
 from shared_backbone.experiments import training
 from shared_backbone.model import networks
 from shared_backbone.model.preprocessing import InputSpec
+from tests.fixtures_backbone import HEAD_NEGATIVES
 
 
 def _weights_bytes(model) -> list[bytes]:
