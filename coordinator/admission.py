@@ -43,17 +43,18 @@ class Proof:
 
 
 class ChallengeBook:
-    """Issued challenges, each usable once for one node id within CHALLENGE_TTL; bounded in size."""
+    """Issued challenges, each usable once for one node id within its time to live; bounded in size."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._open: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def issue(self, node_id: str) -> str:
+    def issue(self, node_id: str, ttl: float = CHALLENGE_TTL) -> str:
+        """A fresh challenge for `node_id`, valid for `ttl` seconds (a Flower round: its whole timeout)."""
         challenge = secrets.token_hex(32)
         with self._lock:
-            self._open[challenge] = (node_id, self.clock() + CHALLENGE_TTL)
+            self._open[challenge] = (node_id, self.clock() + ttl)
             while len(self._open) > MAX_OPEN_CHALLENGES:
                 self._open.popitem(last=False)
         return challenge

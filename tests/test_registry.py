@@ -193,3 +193,20 @@ def test_enrol_cli_writes_a_private_token_file(tmp_path, capsys):
     assert "exists already" in capsys.readouterr().err
     assert main(["coordinator", "enrol", "--source", "real", "--registry", str(path), "--out", str(tmp_path / "x")]) == 2
     assert "reserved" in capsys.readouterr().err
+
+
+def test_a_challenge_is_used_once_by_its_node_within_its_time_to_live():
+    """gRPC challenges live CHALLENGE_TTL; a Flower round's live as long as the round (nodes train first)."""
+    from coordinator.admission import CHALLENGE_TTL, ChallengeBook, StaleChallenge
+
+    clock = Clock()
+    book = ChallengeBook(clock)
+    short, long_lived, other = book.issue("n1"), book.issue("n1", ttl=900 + CHALLENGE_TTL), book.issue("n2")
+    clock.now += CHALLENGE_TTL + 1
+    with pytest.raises(StaleChallenge):
+        book.take(short, "n1")
+    with pytest.raises(StaleChallenge):
+        book.take(other, "n1")  # issued to another node id (and used up by the attempt)
+    book.take(long_lived, "n1")
+    with pytest.raises(StaleChallenge):
+        book.take(long_lived, "n1")  # single use

@@ -18,7 +18,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from coordinator.admission import Admission, Proof
+from coordinator.admission import CHALLENGE_TTL, Admission, Proof
 from coordinator.config import CoordinatorConfig
 from coordinator.flower.messaging import GridLike, reply_size, send_and_collect
 from coordinator.flower.results import FAILED, REGISTERED, REJECTED, TIMED_OUT, NodeResult
@@ -133,7 +133,9 @@ def run_head_round(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, no
     fed = config.federation
     reference = reference_pointer(config)
     admission = Admission(registry)
-    challenges = {node: admission.challenges.issue(flower_identity(node)) for node in nodes}
+    # The reply comes after the node has trained: the challenge lives as long as the round may.
+    challenges = {node: admission.challenges.issue(flower_identity(node), ttl=fed.round_timeout + CHALLENGE_TTL)
+                  for node in nodes}
     contents = {
         node: fit_head_content(bundle, fed.head_train, calibration=fed.calibration, reference=reference,
                                challenge=challenges[node])
