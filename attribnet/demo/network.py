@@ -114,6 +114,8 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",
         scores=scores, score_names=sources, extra_predicted=[UNKNOWN, AMBIGUOUS],
+        columns={"prediction_set": ["+".join(a.prediction_set) for a in answers],
+                 **{f"p_{s}": [a.p_values.get(s, float("nan")) for a in answers] for s in sources}},
     )
     return {
         "n": int(len(answers)),

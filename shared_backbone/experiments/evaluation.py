@@ -7,7 +7,7 @@ Everything here returns plain arrays and metric dicts; reports.py turns them int
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -89,6 +89,15 @@ class AttributionEvaluation:
     raw: np.ndarray  # (N, heads)
     calibrated: np.ndarray  # (N, heads)
     metrics: dict[str, Any]
+    p_values: np.ndarray | None = None  # (N, heads): conformal p-values (NaN for a head without a reference)
+    prediction_sets: list[list[str]] = field(default_factory=list)  # per image: sources with p-value > alpha
+
+    def answer_columns(self) -> dict[str, list[Any]]:
+        """Per-image columns a person reads beside an open-set answer: the prediction set and p-values."""
+        columns: dict[str, list[Any]] = {"prediction_set": ["+".join(kept) for kept in self.prediction_sets]}
+        if self.p_values is not None:
+            columns.update({f"p_{s}": [float(v) for v in self.p_values[:, j]] for j, s in enumerate(self.classes[1:])})
+        return columns
 
 
 def evaluate_attribution(
@@ -143,7 +152,9 @@ def evaluate_attribution(
         metrics["ovr"] = {
             s: binary_metrics(true == position[s], calibrated[:, j], 0.5) for j, s in enumerate(sources)
         }
-    return AttributionEvaluation(classes, true, predicted, closed, fake_scores, raw, calibrated, metrics)
+    p_values = np.array([[r.p_values.get(s, np.nan) for s in sources] for r in results])
+    return AttributionEvaluation(classes, true, predicted, closed, fake_scores, raw, calibrated, metrics,
+                                 p_values, [list(r.prediction_set) for r in results])
 
 
 def sample_ids(samples: list[Sample], root: Path) -> list[str]:
@@ -212,6 +223,7 @@ def evaluate_network(
             "open_set": write_multiclass_report(
                 out, ids, evaluation.classes, evaluation.true, evaluation.predicted, metrics["open_set"],
                 name=f"{name}_open_set", title=f"bundle + heads (open set), {name}", extra_predicted=[UNKNOWN, AMBIGUOUS],
+                columns=evaluation.answer_columns(),
             ),
             "detection": write_binary_report(
                 out, ids, evaluation.true > 0, evaluation.fake_scores, metrics["detection"],

@@ -143,10 +143,12 @@ def write_multiclass_report(
     out_dir: str | Path, ids: Sequence[str], classes: Sequence[str], true: np.ndarray, predicted: np.ndarray,
     metrics: dict[str, Any], *, name: str, title: str, scores: np.ndarray | None = None,
     score_names: Sequence[str] | None = None, extra_predicted: Sequence[str] = (),
+    columns: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, str]:
     """predictions.csv (with per-class scores), metrics.json, confusion matrix and one-vs-rest ROC PNG.
 
-    `extra_predicted` names prediction indices beyond the classes (e.g. `unknown`).
+    `extra_predicted` names prediction indices beyond the classes (e.g. `unknown`); `columns` adds
+    per-image columns to the CSV (e.g. the prediction set and p-values).
     """
     out_dir = Path(out_dir)
     predicted_names = [*classes, *extra_predicted]
@@ -156,6 +158,7 @@ def write_multiclass_report(
         row: dict[str, Any] = {"image": image, "truth": classes[int(t)], "predicted": predicted_names[int(p)]}
         if scores is not None:
             row.update({f"score_{n}": float(scores[k, j]) for j, n in enumerate(score_names)})
+        row.update({column: values[k] for column, values in (columns or {}).items()})
         rows.append(row)
     matrix = np.array(metrics.get("confusion_matrix") or np.zeros((len(predicted_names),) * 2, int))
     files = {
