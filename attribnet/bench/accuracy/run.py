@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,9 @@ def run_accuracy(config: AccuracyConfig, *, profile: str, command: str, step: Ca
     per_seed = []
     for number, seed in enumerate(config.seeds, 1):
         step(f"seed {seed} ({number} of {len(config.seeds)})")
-        models = SeedTrainer(config, bench, keys, reference, seed, workdir / f"seed-{seed}", step).run()
+        seed_dir = workdir / f"seed-{seed}"
+        shutil.rmtree(seed_dir, ignore_errors=True)  # an earlier (or killed) run's models: every seed trains afresh
+        models = SeedTrainer(config, bench, keys, reference, seed, seed_dir, step).run()
         step(f"seed {seed}: evaluate on {len(known.samples)} test images x {len(known.names)} test sets")
         per_seed.append({"seed": seed, **seed_metrics(models, bench, known, everything, settings)})
     report = {
