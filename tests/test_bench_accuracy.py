@@ -69,3 +69,27 @@ def test_benchmarks_md_gets_the_table_and_keeps_other_sections(report):
     text = benchmarks.read_text()
     assert "## Serving\n\nkept as is" in text and "## Accuracy" in text and "### fingerprint zoo:" in text
     assert "strict heads, calibrated" in text and "Late joiners" in text and "Open set" in text
+
+
+def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):
+    """A view links the manifest too: a dataset split by photograph stays split by photograph for every trainer."""
+    from PIL import Image
+
+    from attribnet.bench.accuracy.config import AccuracyConfig, Roles
+    from attribnet.bench.accuracy.protocol import prepare
+    from shared_backbone.config import DataConfig
+    from shared_backbone.data.datasets import load_split
+
+    root = tmp_path / "photos"
+    photos = {"astronaut": "train", "chelsea": "val", "coffee": "test", "rocket": "train"}
+    for source in ("real", "srvgg_x2", "cugan_se2x_n0", "bicubic_x2", "rrdb_x4plus"):
+        (root / source).mkdir(parents=True)
+        for number, photo in enumerate(sorted(photos) * 3):
+            Image.new("RGB", (16, 16), (number, 0, 0)).save(root / source / f"{number:05d}-{photo}.png")
+    (root / "manifest.json").write_text(json.dumps({"group_splits": photos, "real_sources": ["real"]}))
+    config = AccuracyConfig(dataset="folder", roles=Roles(nodes=["srvgg_x2", "cugan_se2x_n0"], late=["cugan_se2x_n0"],
+                                                          coordinator=["bicubic_x2"], held_out=["rrdb_x4plus"]))
+    bench = prepare(config, DataConfig(root=str(root), image_size=16, real_sources=["real"]), tmp_path / "work")
+    _, splits = load_split(bench.node_view("srvgg_x2"))
+    assert {name: {p.path.name.split("-", 1)[1][:-4] for p in samples} for name, samples in splits.items()} == {
+        "train": {"astronaut", "rocket"}, "val": {"chelsea"}, "test": {"coffee"}}
