@@ -12,7 +12,7 @@ default (`DATASET_ROLES`: the zoo's and the upscalers'); a `folder` dataset must
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from node.config import NegativesConfig
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
@@ -34,6 +34,7 @@ class Roles:
     held_out: list[str] = field(default_factory=list)
 
 
+ROLE_NAMES = tuple(role.name for role in fields(Roles))
 DATASET_ROLES = {
     "zoo": Roles(nodes=ZOO_NODES, late=["tconv_b", "pixshuffle_a"], coordinator=ZOO_COORDINATOR, held_out=ZOO_HELD_OUT),
     # Learned upscalers are the nodes (two pairs share an architecture: srvgg x2/x4, cugan se n0/n3);
@@ -50,8 +51,8 @@ DATASET_ROLES = {
 def resolved_roles(dataset: str, roles: Roles) -> Roles:
     """`roles` with every empty role filled from the dataset's defaults; refuses a folder without them."""
     default = DATASET_ROLES.get(dataset, Roles())
-    filled = Roles(**{name: list(getattr(roles, name) or getattr(default, name)) for name in ("nodes", "late", "coordinator", "held_out")})
-    empty = [name for name in ("nodes", "late", "coordinator", "held_out") if not getattr(filled, name)]
+    filled = Roles(**{name: list(getattr(roles, name) or getattr(default, name)) for name in ROLE_NAMES})
+    empty = [name for name in ROLE_NAMES if not getattr(filled, name)]
     if empty:
         raise ValueError(f"roles.{empty[0]} is empty: a {dataset} dataset has no default roles, name every source's role")
     return filled
