@@ -24,7 +24,14 @@ NODE_TRAIN = TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3, patience=3
 
 
 def make_node_folders(zoo: Path, root: Path, sources, keypair, broken: str | None = None) -> list[dict]:
-    """One node-config dict per source; each node's data folder holds only its own source."""
+    """One node-config dict per source; each node's data folder holds only its own source.
+
+    Every node reads one node YAML with fewer self-made negatives than the default: ten nodes
+    render theirs at once in the simulation, and a round has to finish on a busy 2-core machine.
+    """
+    node_yaml = root / "node.yaml"
+    node_yaml.parent.mkdir(parents=True, exist_ok=True)
+    node_yaml.write_text("negatives: {count: 200}\n")
     nodes = []
     for index, source in enumerate(sources):
         data = root / source / "data"
@@ -32,12 +39,12 @@ def make_node_folders(zoo: Path, root: Path, sources, keypair, broken: str | Non
         (data / source).symlink_to(zoo / source, target_is_directory=True)
         nodes.append({
             "source": source, "data-dir": str(data), "state-dir": str(root / source / "state"),
-            "public-key": str(keypair[1]), "endpoint": f"127.0.0.1:{61000 + index}",
+            "public-key": str(keypair[1]), "endpoint": f"127.0.0.1:{61000 + index}", "config": str(node_yaml),
         })
     if broken:
         nodes.append({
             "source": broken, "data-dir": str(root / broken / "missing-data"), "state-dir": str(root / broken / "state"),
-            "public-key": str(keypair[1]), "endpoint": "127.0.0.1:61999",
+            "public-key": str(keypair[1]), "endpoint": "127.0.0.1:61999", "config": str(node_yaml),
         })
     return nodes
 
