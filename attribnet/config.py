@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared_backbone.config import PerturbConfig, TrainConfig
-from shared_backbone.data.zoo import ZooConfig
+from attribnet.lab.datasets.zoo import ZooConfig
 from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shared_backbone.experiments import paper_weights
+from shared_backbone.model import paper_weights
 from shared_backbone.model import bundle, signing
 
 log = logging.getLogger(__name__)

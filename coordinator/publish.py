@@ -7,7 +7,7 @@ from pathlib import Path
 
 from coordinator.reference import describe_reference_set
 from coordinator.train_primary import read_run
-from shared_backbone.experiments.training import timestamp
+from shared_backbone.training.fit import timestamp
 from shared_backbone.model import signing
 from shared_backbone.model.bundle import Bundle, write_bundle
 

@@ -18,9 +18,9 @@ import numpy as np
 from coordinator.config import CoordinatorConfig
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
-from shared_backbone.experiments import training
-from shared_backbone.experiments.evaluation import predict_scores
-from shared_backbone.experiments.metrics import binary_metrics
+from shared_backbone.training import fit as training
+from shared_backbone.training.evaluation import predict_scores
+from shared_backbone.training.classification_metrics import binary_metrics
 from shared_backbone.model import networks
 from shared_backbone.model.preprocessing import InputSpec, Normstats
 

@@ -18,7 +18,7 @@ from node.config import NodeConfig
 from node.head_data import node_splits, scan_node_folder
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import Sample
-from shared_backbone.experiments import training
+from shared_backbone.training import fit as training
 from shared_backbone.model.bundle import Bundle
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heads
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.protocol import wire
-from shared_backbone.protocol.metrics import STAGE_HEAD, ServerMetrics
+from shared_backbone.runtime.prometheus import STAGE_HEAD, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from shared_backbone.protocol.serving import (
+from shared_backbone.runtime.batching import (
     BatchItem,
     MicroBatcher,
     answer_or_abort,

@@ -14,7 +14,8 @@ from typing import Callable
 
 import grpc
 
-from shared_backbone.protocol import identity, rpc
+from shared_backbone.protocol import identity
+from shared_backbone.runtime import rpc
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

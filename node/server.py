@@ -27,8 +27,9 @@ from node.head_service import HEAD_SERVICE, HeadServicer
 from node.registrar import Registrar
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heads
-from shared_backbone.protocol import rpc, wire
-from shared_backbone.protocol.metrics import MetricsInterceptor, ServerMetrics, serve_metrics
+from shared_backbone.protocol import wire
+from shared_backbone.runtime import rpc
+from shared_backbone.runtime.prometheus import MetricsInterceptor, ServerMetrics, serve_metrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

@@ -24,9 +24,9 @@ from node.config import BUNDLE_KEYS, NodeConfig
 from node.head_data import SPLITS, DataAccessError, HeadData, head_data
 from shared_backbone.config import to_dict
 from shared_backbone.data.negatives import MATCH_SAMPLE, NegativeSettings, make_negatives, matched_settings
-from shared_backbone.experiments import features as trunk_cache
-from shared_backbone.experiments import training
-from shared_backbone.experiments.metrics import binary_metrics
+from shared_backbone.training import trunk_cache
+from shared_backbone.training import fit as training
+from shared_backbone.training.classification_metrics import binary_metrics
 from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, load_configured_bundle
 from shared_backbone.model.calibration import Calibration, fit_calibration
@@ -206,7 +206,7 @@ def evaluate_head(
     split: str = "test",
 ) -> dict[str, Any]:
     """One-vs-rest metrics of the stored head (calibrated, and raw under `raw`) on a split of its data."""
-    from shared_backbone.experiments.evaluation import evaluate_binary
+    from shared_backbone.training.evaluation import evaluate_binary
 
     bundle = bundle or load_configured_bundle(config.backbone, config.public_key, keys=BUNDLE_KEYS)
     head = load_head(state.head_dir(config), bundle)

@@ -27,7 +27,7 @@ HEAD_NEGATIVES = NegativesConfig(count=400)
 def zoo_primary_run(tiny_zoo, tmp_path_factory: pytest.TempPathFactory):
     """A primary module trained briefly on tiny_zoo (PrimaryTrainingResult; run folder read-only)."""
     from coordinator.train_primary import train_primary
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     config = CoordinatorConfig(
         data=zoo_data_config(tiny_zoo),
@@ -41,7 +41,7 @@ def zoo_primary_run(tiny_zoo, tmp_path_factory: pytest.TempPathFactory):
 def zoo_reference(tiny_zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The coordinator's reference set for tiny_zoo: its real images, test split left out (read-only)."""
     from coordinator.reference import write_reference_set
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     out = tmp_path_factory.mktemp("reference") / "reference"
     write_reference_set(zoo_data_config(tiny_zoo), out)
@@ -66,7 +66,7 @@ def zoo_heads(zoo_bundle, zoo_reference, tiny_zoo, keypair, tmp_path_factory: py
     """source -> head folder, one head per zoo generator, each trained by node.train_head (strict access:
     own images, the reference set, self-made negatives; the zoo's other folders are ignored)."""
     from node.train_head import train_head
-    from shared_backbone.data.zoo import read_manifest, zoo_data_config, zoo_sources
+    from attribnet.lab.datasets.zoo import read_manifest, zoo_data_config, zoo_sources
 
     root = tmp_path_factory.mktemp("heads")
     heads = {}

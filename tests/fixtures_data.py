@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared_backbone.config import DataConfig
-from shared_backbone.data.zoo import quick_settings, write_zoo, zoo_data_config
+from attribnet.lab.datasets.zoo import quick_settings, write_zoo, zoo_data_config
 from shared_backbone.model.signing import generate_keypair
 
 TINY_ZOO_SIZE = 32

@@ -119,7 +119,7 @@ def _call(call, allowed: set, what: str):
 
 def score_target(servers: Servers, data: bytes) -> None:
     """HeadService.Score with random shapes, dtypes, byte lengths, NaN features and digests."""
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
@@ -160,7 +160,8 @@ def _hostile_text(fdp, limit: int) -> str:
 
 def register_target(servers: Servers, data: bytes) -> None:
     """RegistryService.Register, signed, with hostile names, endpoints, calibrations, thresholds, metrics."""
-    from shared_backbone.protocol import rpc, wire
+    from shared_backbone.protocol import wire
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
     from tests.network_support import register_signed

@@ -109,7 +109,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0, sig: int = si
 def healthy(target: str, timeout: float = 0.5) -> bool:
     import grpc
 
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
 
     channel = rpc.open_channel(target)
     try:
@@ -133,7 +133,8 @@ def wait_healthy(target: str, process: subprocess.Popen | None, timeout: float, 
 def signed_metadata(stub, message, secret: str, purpose: str, *, node_id: str, source: str = "",
                     enrolment_token: str = "") -> tuple:
     """What a node sends with Register/Heartbeat: a fresh challenge, signed (plus an enrolment proof)."""
-    from shared_backbone.protocol import identity, rpc
+    from shared_backbone.protocol import identity
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     key = identity.node_key(secret)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from shared_backbone.experiments.metrics import log_loss, roc_auc
+from shared_backbone.training.classification_metrics import log_loss, roc_auc
 from shared_backbone.model.calibration import Calibration, fit_calibration
 
 

@@ -8,7 +8,7 @@ import pytest
 from coordinator.config import CoordinatorConfig
 from node.config import NodeConfig
 from shared_backbone.config import ConfigError, DataConfig, load_config, to_dict
-from shared_backbone.data.zoo import ZooConfig
+from attribnet.lab.datasets.zoo import ZooConfig
 
 
 def write(tmp_path, text: str):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from attribnet.cli import main
 from shared_backbone.data.datasets import load_split
-from shared_backbone.data.zoo import read_manifest, zoo_data_config
+from attribnet.lab.datasets.zoo import read_manifest, zoo_data_config
 from shared_backbone.model.preprocessing import Normstats, NormstatsAccumulator, load_image
 from tests.fixtures_data import TINY_ZOO_PER_SOURCE
 

@@ -9,9 +9,9 @@ from PIL import Image
 
 from shared_backbone.data.datasets import load_split
 from shared_backbone.data.perturbations import jpeg
-from shared_backbone.data.zoo import zoo_data_config
-from shared_backbone.experiments import dct_regression
-from shared_backbone.experiments.dct_regression import DctLinearModel, dct_features, fit, iter_dct_features, predict_proba
+from attribnet.lab.datasets.zoo import zoo_data_config
+from attribnet.lab.baselines import dct_regression
+from attribnet.lab.baselines.dct_regression import DctLinearModel, dct_features, fit, iter_dct_features, predict_proba
 from shared_backbone.model.preprocessing import load_image, log_dct_spectrum
 
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from shared_backbone.experiments import metrics as evaluation
-from shared_backbone.experiments import reports
+from shared_backbone.training import classification_metrics as evaluation
+from shared_backbone.training import reports
 
 
 def test_binary_metrics_hand_computed():

@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.config import CoordinatorConfig, FederationConfig
 from shared_backbone.config import TrainConfig
-from shared_backbone.data.zoo import ZooSettings, write_zoo
+from attribnet.lab.datasets.zoo import ZooSettings, write_zoo
 from shared_backbone.model.bundle import load_bundle, sha256_file
 from shared_backbone.model.heads import HEAD_WEIGHTS, load_head
 
@@ -166,7 +166,7 @@ def test_evaluation_gate_refuses_a_backbone_that_no_longer_detects(tiny_zoo, zoo
     import numpy as np
 
     from coordinator.flower.gate import evaluation_gate
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     config = dataclasses.replace(coordinator_config(zoo_bundle, keypair, tmp_path, tmp_path, 1), data=zoo_data_config(tiny_zoo))
     weights = [np.asarray(w) for w in zoo_bundle.load_primary().get_weights()]
@@ -185,7 +185,7 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_refere
     import numpy as np
 
     from attribnet.launch.flower_runs import run_federation
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
     from shared_backbone.model.signing import load_public_key
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)

@@ -52,7 +52,8 @@ def test_score_property_any_request_is_answered_or_refused_properly(servers, sha
     import grpc
     import numpy as np
 
-    from shared_backbone.protocol import rpc, wire
+    from shared_backbone.protocol import wire
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

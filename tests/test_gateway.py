@@ -105,7 +105,7 @@ def offline(net):
 
 
 def client(net, token=QUERY_TOKEN, timeout=10.0):
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     return AttributionClient(net.target, token=token, timeout=timeout)
 
@@ -134,7 +134,7 @@ def test_answers_match_offline_attributor(net, offline):
 
 
 def _bad(net, images, fragment):
-    from shared_backbone.protocol.gateway_client import GatewayError
+    from shared_backbone.runtime.gateway_client import GatewayError
 
     with client(net) as c, pytest.raises(GatewayError) as info:
         c.attribute(images)
@@ -160,7 +160,7 @@ def test_bad_images_are_invalid_argument_and_server_keeps_serving(net):
 
 
 def test_query_token_is_required(net):
-    from shared_backbone.protocol.gateway_client import GatewayError
+    from shared_backbone.runtime.gateway_client import GatewayError
 
     for token in (None, "wrong"):
         with client(net, token=token) as c, pytest.raises(GatewayError) as info:
@@ -201,7 +201,7 @@ def test_heatmap_png_per_image(net):
 
 def score_calls(node) -> float:
     """Score calls a node server answered OK, from its own Prometheus registry."""
-    from shared_backbone.protocol.metrics import REQUESTS
+    from shared_backbone.runtime.prometheus import REQUESTS
 
     value = node.metrics.registry.get_sample_value(f"{REQUESTS}_total", {"method": "HeadService/Score", "code": "OK"})
     return value or 0.0
@@ -229,7 +229,7 @@ def test_concurrent_requests_share_trunk_runs(net, offline):
 
 
 def _registry_stub(net):
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(net.target)
@@ -253,7 +253,8 @@ def _code(call) -> grpc.StatusCode:
 
 
 def test_registration_needs_a_signed_challenge_and_enrolment_and_cannot_take_over_another_node(net):
-    from shared_backbone.protocol import identity, rpc
+    from shared_backbone.protocol import identity
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     channel, stub = _registry_stub(net)
@@ -403,7 +404,7 @@ def test_mutual_tls_network(net, tmp_path, keypair):
     from coordinator.gateway.server import start_coordinator
     from node.server import start_node
     from shared_backbone.config import TLSConfig
-    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+    from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
     pem = _write_certificates(tmp_path / "pki")
     tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)

@@ -61,7 +61,7 @@ def load_net(tmp_path_factory, keypair):
 
 
 def client(net, timeout=10.0):
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     return AttributionClient(net.target, timeout=timeout)
 
@@ -71,7 +71,8 @@ class TamperedHead:
 
     def __init__(self, net, source: str, tamper, delay: float = 0.0) -> None:
         from node.head_service import HeadServicer
-        from shared_backbone.protocol import identity, rpc
+        from shared_backbone.protocol import identity
+        from shared_backbone.runtime import rpc
         from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
         self.net, self.source, self.calls, self.release = net, source, 0, threading.Event()
@@ -142,7 +143,7 @@ def test_node_with_invalid_scores_is_missing_never_part_of_the_answer(load_net, 
 
 
 def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
-    from shared_backbone.protocol.metrics import NODE_SKIPPED, NODE_TIMEOUTS
+    from shared_backbone.runtime.prometheus import NODE_SKIPPED, NODE_TIMEOUTS
 
     slow = TamperedHead(load_net, "sloth", lambda response: response, delay=30.0)
     image = [png_bytes(np.random.default_rng(3))]
@@ -164,8 +165,8 @@ def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
 def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queue(load_net):
     """With the trunk held busy, the queue fills: one more request is refused at once, a queued one
     whose deadline passes is answered DEADLINE_EXCEEDED and never computed."""
-    from shared_backbone.protocol.gateway_client import GatewayError
-    from shared_backbone.protocol.metrics import QUEUE_DEPTH, REJECTED
+    from shared_backbone.runtime.gateway_client import GatewayError
+    from shared_backbone.runtime.prometheus import QUEUE_DEPTH, REJECTED
 
     gateway = load_net.coordinator.gateway
     rng = np.random.default_rng(4)
@@ -192,7 +193,7 @@ def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queu
 
 
 def test_rate_limit_per_client_is_resource_exhausted(tmp_path, keypair, load_net):
-    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+    from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
     limited = start_gateway(load_net.bundle, keypair[1], tmp_path / "r.sqlite", rate_limit=0.01, rate_burst=3)
     image = png_bytes(np.random.default_rng(5))
@@ -217,7 +218,7 @@ def test_compiled_models_never_retrace(load_net):
 
 
 def test_metrics_endpoints_and_access_log(load_net, caplog):
-    from shared_backbone.protocol import metrics
+    from shared_backbone.runtime import prometheus as metrics
 
     caplog.set_level("INFO", logger="attribnet.access")
     with client(load_net) as c:

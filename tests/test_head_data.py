@@ -12,7 +12,7 @@ import pytest
 from node.config import NodeConfig
 from node.head_data import DataAccessError, head_data
 from shared_backbone.data.reference_set import ReferenceSetError
-from shared_backbone.data.zoo import zoo_data_config
+from attribnet.lab.datasets.zoo import zoo_data_config
 
 
 def _config(tiny_zoo: Path, reference: Path, **changes) -> NodeConfig:

@@ -157,7 +157,7 @@ def test_a_request_of_64_bombs_stays_within_its_budget(tmp_path):
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, keypair):
     """A real gateway without nodes: every answer is the detector's alone, which is all decoding needs."""
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
     from tests.network_support import make_bundle, start_gateway
 
     root = tmp_path_factory.mktemp("hostile")
@@ -170,7 +170,7 @@ def gateway(tmp_path_factory, keypair):
 
 
 def attribute_or_invalid(client, images: list[bytes]) -> list | None:
-    from shared_backbone.protocol.gateway_client import GatewayError
+    from shared_backbone.runtime.gateway_client import GatewayError
 
     try:
         results = client.attribute(images)

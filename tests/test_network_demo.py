@@ -132,7 +132,7 @@ def served_demo(tmp_path):
 def _check_report(out: Path) -> tuple[list, list[dict]]:
     """The report agrees with the test split and its own predictions file; returns (test samples, rows)."""
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     report = json.loads((out / "network-report.json").read_text())
     index, splits = load_split(zoo_data_config(out / "zoo"))
@@ -165,7 +165,7 @@ def _check_report(out: Path) -> tuple[list, list[dict]]:
 
 def _check_live_answers(gateway: str, out: Path, test: list, rows: list[dict]) -> None:
     """The network still serves: its answers now are the ones the report was computed from."""
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     by_image = {r["image"]: r for r in rows}
     probe = test[:6]

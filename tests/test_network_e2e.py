@@ -57,7 +57,7 @@ class Network:
 
 
 def client(net: Network, timeout: float = 20.0):
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     return AttributionClient(net.target, timeout=timeout)
 
@@ -119,7 +119,7 @@ def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
 @pytest.fixture(scope="module")
 def zoo_test_split(zoo_bundle, tiny_zoo):
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     index, splits = load_split(zoo_data_config(tiny_zoo))
     return index, splits["test"]

@@ -40,7 +40,7 @@ class _Authorised:
     """A HeadService stub that presents the gateway credential on every call."""
 
     def __init__(self, stub, token: str = CREDENTIAL) -> None:
-        from shared_backbone.protocol import rpc
+        from shared_backbone.runtime import rpc
 
         self.stub, self.metadata = stub, rpc.bearer(token)
 
@@ -53,7 +53,7 @@ class _Authorised:
 
 @pytest.fixture
 def stub(node):
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(f"127.0.0.1:{node[0].port}")
@@ -129,7 +129,7 @@ def test_features_of_another_backbone_are_refused(stub):
 def test_describe_health_and_reflection(node, stub):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
     server, bundle, head, _ = node

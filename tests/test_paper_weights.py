@@ -12,7 +12,7 @@ import pytest
 from attribnet.cli import main
 from coordinator.import_weights import import_paper_weights
 from node.import_head import import_paper_head
-from shared_backbone.experiments import paper_weights
+from shared_backbone.model import paper_weights
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heads, signing
 from tests.paper_reference import NORMSTATS, PAPER, hdf5_arrays, requires_paper_weights

@@ -89,7 +89,7 @@ def test_reflection_only_client_can_call_attribute(gateway):
 def test_message_size_limit_is_enforced_and_server_keeps_serving(gateway):
     import grpc
 
-    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+    from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
     server, _ = gateway
     buffer = io.BytesIO()

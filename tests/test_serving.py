@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from shared_backbone.protocol.serving import Expired, MicroBatcher, QueueFull, RateLimiter, client_key, split
+from shared_backbone.runtime.batching import Expired, MicroBatcher, QueueFull, RateLimiter, client_key, split
 
 WAIT = 10.0  # seconds any future in these tests may take at most
 

@@ -13,8 +13,8 @@ import pytest
 from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
 from shared_backbone.data.datasets import load_split
-from shared_backbone.data.zoo import zoo_data_config
-from shared_backbone.experiments import training
+from attribnet.lab.datasets.zoo import zoo_data_config
+from shared_backbone.training import fit as training
 from shared_backbone.model import networks
 from shared_backbone.model.preprocessing import InputSpec
 from tests.fixtures_backbone import HEAD_NEGATIVES

@@ -71,7 +71,7 @@ def test_bench_attribution_of_bundle_and_heads(zoo_bundle, zoo_heads, tiny_zoo, 
     with open(out / "clean_multiclass_predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     assert len(rows) == metrics["n"] == len(load_split(zoo_data_config(tiny_zoo))[1]["test"])
     for row in rows:  # the paper's rule: the primary's "real" wins, else the best calibrated head

@@ -89,7 +89,7 @@ def start_gateway(root: Path, bundle, keypair, audit_reference: str = ""):
 
 
 def answers(target: str, images: list[bytes]):
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     with AttributionClient(target, timeout=30) as client:
         return client.attribute(images)
@@ -102,7 +102,7 @@ def trust(tmp_path_factory, zoo_bundle, zoo_heads, tiny_zoo, keypair):
     from node.config import NodeConfig, NodeServeConfig
     from node.server import start_node
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     root = tmp_path_factory.mktemp("trust")
     coordinator = start_gateway(root, zoo_bundle, keypair, str(canary_folder(tiny_zoo, root / "canaries")))
@@ -128,7 +128,7 @@ def trust(tmp_path_factory, zoo_bundle, zoo_heads, tiny_zoo, keypair):
 
 
 def _stub(target: str):
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
     channel = rpc.open_channel(target)

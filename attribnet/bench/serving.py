@@ -129,7 +129,7 @@ class Probe:
     @staticmethod
     def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         """CPU ms per image by process, and mean ms per image of each gateway stage."""
-        from shared_backbone.protocol.metrics import BATCH_SIZE, IMAGES, STAGE_SECONDS
+        from shared_backbone.runtime.prometheus import BATCH_SIZE, IMAGES, STAGE_SECONDS
 
         def metric(name: str, stage: str = "") -> float:
             return after["metrics"].get((name, stage), 0.0) - before["metrics"].get((name, stage), 0.0)

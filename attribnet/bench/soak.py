@@ -70,7 +70,7 @@ def _registry_ids(path: Path) -> list[str]:
 
 def _one_request(gateway: str, images: list[bytes], settings: SoakSettings, counts: Counts) -> None:
     """Sends one request (retrying what a restart causes) and records its outcome."""
-    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+    from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
     deadline = time.monotonic() + settings.request_budget
     with counts.lock:

@@ -29,7 +29,7 @@ REAL = "real"
 
 
 def _zoo(out: Path, config: TransferBenchConfig, image_size: int) -> Path:
-    from shared_backbone.data.zoo import ZooSettings, write_zoo
+    from attribnet.lab.datasets.zoo import ZooSettings, write_zoo
 
     zoo = out / "zoo"
     if not (zoo / "manifest.json").is_file():
@@ -53,7 +53,7 @@ def _trunk_bundle(zoo: Path, out: Path, config: TransferBenchConfig) -> tuple[An
     from coordinator.config import CoordinatorConfig
     from coordinator.publish import publish
     from coordinator.train_primary import train_primary
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
     from shared_backbone.model.bundle import load_bundle
     from shared_backbone.model.signing import generate_keypair, load_public_key
 

@@ -167,7 +167,7 @@ def _progress(label: str):
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from shared_backbone.data.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
+    from attribnet.lab.datasets.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
     config = _builder_config(args, ZooConfig, "zoo", preset=args.preset, strength=args.strength)
     settings = settings_from_config(config)
@@ -185,7 +185,7 @@ def run_zoo(args: argparse.Namespace) -> int:
 
 
 def run_upscalers(args: argparse.Namespace) -> int:
-    from shared_backbone.data.upscalers import UpscalersConfig, settings_from_config, write_upscalers
+    from attribnet.lab.datasets.upscalers import UpscalersConfig, settings_from_config, write_upscalers
 
     if args.list:
         return _list_upscalers(args.json)
@@ -208,8 +208,8 @@ def run_upscalers(args: argparse.Namespace) -> int:
 
 
 def _list_upscalers(as_json: bool) -> int:
-    from shared_backbone.data.photos import PHOTOS
-    from shared_backbone.data.upscalers import CATALOGUE, DEFAULT_SOURCES, HOLDOUT_ARCHITECTURE
+    from attribnet.lab.datasets.photos import PHOTOS
+    from attribnet.lab.datasets.upscalers import CATALOGUE, DEFAULT_SOURCES, HOLDOUT_ARCHITECTURE
 
     rows = [{**dataclasses.asdict(spec), "default": name in DEFAULT_SOURCES} for name, spec in CATALOGUE.items()]
     photos = [dataclasses.asdict(p) for p in PHOTOS]
@@ -252,7 +252,7 @@ def run_normstats(args: argparse.Namespace) -> int:
 
 
 def run_perturb(args: argparse.Namespace) -> int:
-    from shared_backbone.data.perturbed_copy import perturb_dataset
+    from attribnet.lab.datasets.perturbed_copy import perturb_dataset
 
     config = data_config(args)
     record = perturb_dataset(

@@ -111,7 +111,7 @@ def _wait_for_signal(processes) -> int:
 
 def _superlink(args: argparse.Namespace) -> int:
     from attribnet.launch import flower_processes as fp
-    from shared_backbone.protocol.rpc import is_loopback
+    from shared_backbone.runtime.rpc import is_loopback
 
     if not is_loopback(args.host) and not args.expose_control_api:
         raise ValueError(

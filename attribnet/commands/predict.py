@@ -220,7 +220,7 @@ def _read_chunk(chunk: list[Item], spec) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     config = _load_config(args)
     configure_tensorflow()

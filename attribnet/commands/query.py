@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int) -> list[dict]:
     """One record per path, in order: the gateway's answer, or {'path', 'error'}."""
-    from shared_backbone.protocol.gateway_client import GatewayError
+    from shared_backbone.runtime.gateway_client import GatewayError
 
     records: dict[int, dict] = {}
     pending: list[tuple[int, bytes]] = []
@@ -92,8 +92,8 @@ def _table(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from shared_backbone.config import TLSConfig
     from shared_backbone.data.datasets import expand_image_paths
-    from shared_backbone.protocol.gateway_client import AttributionClient
-    from shared_backbone.protocol.rpc import read_secret
+    from shared_backbone.runtime.gateway_client import AttributionClient
+    from shared_backbone.runtime.rpc import read_secret
 
     token = read_secret(args.token_file or "", "--token-file")
     tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None

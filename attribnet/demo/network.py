@@ -28,7 +28,7 @@ from attribnet.config import DemoConfig
 from attribnet.demo.steps import StepTimer
 from coordinator.config import CoordinatorConfig, FederationConfig
 from shared_backbone.config import DataConfig
-from shared_backbone.experiments import reports
+from shared_backbone.training import reports
 from shared_backbone.model.rule import AMBIGUOUS, REAL, UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def federation_config(config: DemoConfig, bundle_path: Path, keys: tuple[Path, P
 
 def query_network(gateway: str, paths: list[Path], *, batch: int = QUERY_BATCH, timeout: float = QUERY_TIMEOUT) -> tuple[list[Any], list[float]]:
     """Every image through the gateway in batches; (one Attribution per image, seconds per request)."""
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     answers, latencies = [], []
     with AttributionClient(gateway, timeout=timeout) as client:
@@ -98,7 +98,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     Classes are `real` + every generator of the dataset (also those whose node failed), so a
     missing head shows up as that source's images attributed elsewhere.
     """
-    from shared_backbone.experiments.metrics import multiclass_metrics
+    from shared_backbone.training.classification_metrics import multiclass_metrics
     from shared_backbone.model.rule import closed_set
 
     classes = [REAL, *sources]
@@ -207,7 +207,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _serve_until_interrupted(gateway: str, step: Callable[[str], None]) -> None:
     """Announces the gateway address once it reports SERVING, then blocks until SIGINT/SIGTERM."""
-    from shared_backbone.protocol.gateway_client import AttributionClient
+    from shared_backbone.runtime.gateway_client import AttributionClient
 
     with AttributionClient(gateway, timeout=5.0) as client:
         status = client.health()
@@ -237,7 +237,7 @@ def run_network_demo(
 def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfig, tuple[Path, Path], Path]:
     """The dataset (written unless given), the coordinator's keys and the network folder."""
     from attribnet.demo.offline import make_keys, make_zoo
-    from shared_backbone.data.zoo import zoo_data_config
+    from attribnet.lab.datasets.zoo import zoo_data_config
 
     if config.data_root:
         data = zoo_data_config(config.data_root)

@@ -28,10 +28,10 @@ from node.config import NodeConfig
 from node.train_head import HeadTrainingResult, train_head
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
 from shared_backbone.data.datasets import scan_dataset
-from shared_backbone.data.zoo import ZooConfig
-from shared_backbone.experiments import reports
-from shared_backbone.experiments.baselines import BaselineConfig, BaselineResult, run_baseline
-from shared_backbone.experiments.evaluation import evaluate_network, parse_perturbation
+from attribnet.lab.datasets.zoo import ZooConfig
+from shared_backbone.training import reports
+from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
+from shared_backbone.training.evaluation import evaluate_network, parse_perturbation
 from shared_backbone.model.bundle import Bundle, load_bundle
 from shared_backbone.model.signing import generate_keypair, load_public_key
 
@@ -42,7 +42,7 @@ Step = Callable[[str], None]
 
 def make_zoo(settings: ZooConfig, out: Path) -> DataConfig:
     """Writes the zoo (or reuses an identical one) and returns its DataConfig."""
-    from shared_backbone.data.zoo import settings_from_config, write_zoo, zoo_data_config
+    from attribnet.lab.datasets.zoo import settings_from_config, write_zoo, zoo_data_config
 
     write_zoo(out, settings_from_config(settings), workers=settings.workers)
     return zoo_data_config(out)
@@ -204,7 +204,7 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
 
 def check_config(config: DemoConfig) -> None:
     """Refuses a bad setting before minutes of work, naming the key."""
-    from shared_backbone.experiments.baselines import MODELS
+    from attribnet.lab.baselines.centralized import MODELS
     from shared_backbone.model.calibration import METHODS
     from shared_backbone.model.preprocessing import MODES
 
@@ -231,7 +231,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
     began = time.monotonic()
     if config.data_root:
         step(f"use dataset {config.data_root}")
-        from shared_backbone.data.zoo import zoo_data_config
+        from attribnet.lab.datasets.zoo import zoo_data_config
 
         data = zoo_data_config(config.data_root)
     else:

@@ -51,7 +51,7 @@ class LocalNetwork:
 def _serving(target: str) -> bool:
     import grpc
 
-    from shared_backbone.protocol import rpc
+    from shared_backbone.runtime import rpc
 
     channel = rpc.open_channel(target)
     try:
@@ -77,7 +77,7 @@ def _registered(gateway: str, count: int, since: datetime) -> bool:
     A registry kept from a Flower run already lists the nodes as healthy; only a node that has
     registered with this gateway holds the credential the gateway presents to its HeadService.
     """
-    from shared_backbone.protocol.gateway_client import AttributionClient, GatewayError
+    from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
     with AttributionClient(gateway, timeout=2.0) as client:
         try:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _accuracy(model: Any, samples: list, labels: np.ndarray, spec: Any) -> float:
-    from shared_backbone.experiments.evaluation import predict_scores
+    from shared_backbone.training.evaluation import predict_scores
 
     scores = predict_scores(model, samples, spec)
     return float(np.mean((scores >= 0.5) == (labels > 0.5)))
@@ -31,7 +31,7 @@ def _accuracy(model: Any, samples: list, labels: np.ndarray, spec: Any) -> float
 def evaluation_gate(config: CoordinatorConfig, bundle: Bundle, weights: list[np.ndarray]) -> dict[str, Any]:
     """{passed, split, images, accuracy_before, accuracy_after, tolerance} of the aggregated weights."""
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.experiments.training import detection_labels
+    from shared_backbone.training.fit import detection_labels
 
     fed = config.federation
     if not config.data.root:

@@ -33,10 +33,10 @@ from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
-from shared_backbone.protocol.metrics import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
+from shared_backbone.runtime.prometheus import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from shared_backbone.protocol.serving import answer_or_abort, deadline_of, submit_or_abort
+from shared_backbone.runtime.batching import answer_or_abort, deadline_of, submit_or_abort
 
 INCOMPATIBLE = "incompatible"
 

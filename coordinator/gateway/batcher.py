@@ -22,8 +22,8 @@ from shared_backbone.model.calibration import Calibration
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
 from shared_backbone.protocol import wire
-from shared_backbone.protocol.metrics import STAGE_NODES, STAGE_QUEUE, STAGE_TRUNK, ServerMetrics
-from shared_backbone.protocol.serving import BatchItem, MicroBatcher, concatenate, split
+from shared_backbone.runtime.prometheus import STAGE_NODES, STAGE_QUEUE, STAGE_TRUNK, ServerMetrics
+from shared_backbone.runtime.batching import BatchItem, MicroBatcher, concatenate, split
 
 # Of the time a batch's earliest request has left, the share kept for the answer's way back after
 # the nodes' deadline (at least MIN_MARGIN seconds): a loaded machine needs more than a fixed 50 ms.

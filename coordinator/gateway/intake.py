@@ -17,10 +17,10 @@ import numpy as np
 from coordinator.config import GatewayConfig
 from shared_backbone.model import preprocessing
 from shared_backbone.model.preprocessing import ImageDecodeError, InputSpec, PixelBudget
-from shared_backbone.protocol import rpc
-from shared_backbone.protocol.metrics import REJECT_RATE, ServerMetrics
+from shared_backbone.runtime import rpc
+from shared_backbone.runtime.prometheus import REJECT_RATE, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
-from shared_backbone.protocol.serving import RateLimiter, client_key
+from shared_backbone.runtime.batching import RateLimiter, client_key
 
 # Below this many encoded bytes a request decodes in its own thread: handing small images to the
 # pool costs more than the decode (a 64 px PNG decodes in ~0.1 ms, mostly Python).

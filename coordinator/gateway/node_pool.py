@@ -25,8 +25,8 @@ import numpy as np
 
 from coordinator.registry import NodeEntry
 from shared_backbone.config import TLSConfig
-from shared_backbone.protocol import rpc
-from shared_backbone.protocol.metrics import ServerMetrics
+from shared_backbone.runtime import rpc
+from shared_backbone.runtime.prometheus import ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

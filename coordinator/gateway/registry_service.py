@@ -1,6 +1,6 @@
 """`RegistryService`: nodes ask for a challenge, then register their head and heartbeat, signed.
 
-The proofs travel in metadata (`shared_backbone.protocol.rpc` names the keys); `coordinator.admission`
+The proofs travel in metadata (`shared_backbone.runtime.rpc` names the keys); `coordinator.admission`
 checks them and `Registry.register` validates every field, for this path and the Flower one alike.
 """
 
@@ -15,7 +15,8 @@ from coordinator.config import GatewayConfig
 from coordinator.gateway.attribution_service import INCOMPATIBLE, Gateway
 from coordinator.registry import IdentityMismatch, NotEnrolled, Registry, RegistryError, SourceTaken, UnknownNode
 from coordinator.validation import InvalidRegistration, check_node_id
-from shared_backbone.protocol import identity, rpc, wire
+from shared_backbone.protocol import identity, wire
+from shared_backbone.runtime import rpc
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

@@ -16,8 +16,8 @@ from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.registry import Registry, RegistryError
 from coordinator.validation import InvalidRegistration, gateway_policy
 from shared_backbone.model import bundle as bundle_lib
-from shared_backbone.protocol import rpc
-from shared_backbone.protocol.metrics import MetricsInterceptor, ServerMetrics, serve_metrics
+from shared_backbone.runtime import rpc
+from shared_backbone.runtime.prometheus import MetricsInterceptor, ServerMetrics, serve_metrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from shared_backbone.data.zoo import Generator, make_generator
+from attribnet.lab.datasets.zoo import Generator, make_generator
 
 FAMILIES = ("tconv", "nnconv", "bilinear", "pixshuffle")
 NAME_TAG = "negative"  # generator names are FAMILY_negativeSEED-I: never a zoo source name

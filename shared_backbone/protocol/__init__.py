@@ -1,5 +1,5 @@
 """What the roles say to each other: the `attribution.v1` gRPC protocol (`.proto`, generated code,
-wire formats, server/channel helpers, the gateway client) and the Flower message schema.
+wire formats, node identity proofs) and the Flower message schema.
 
-Imported by the coordinator, the nodes and clients; it builds on `model/` only.
+Definitions only, free of Keras: servers, batching and clients live in `shared_backbone/runtime/`.
 """

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields
 
 from node.config import NegativesConfig
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
-from shared_backbone.data.upscalers import UpscalersConfig
-from shared_backbone.data.zoo import ZooConfig
+from attribnet.lab.datasets.upscalers import UpscalersConfig
+from attribnet.lab.datasets.zoo import ZooConfig
 
 ZOO_NODES = ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"]
 ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from shared_backbone.data.datasets import DatasetIndex, Sample
 from shared_backbone.data.perturbations import image_rng, perturb_fixed
-from shared_backbone.experiments.metrics import roc_auc
+from shared_backbone.training.classification_metrics import roc_auc
 from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.features import as_head_features

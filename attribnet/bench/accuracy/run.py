@@ -20,7 +20,7 @@ from attribnet.bench.accuracy.seed_metrics import seed_metrics
 from attribnet.bench.accuracy.train import SeedTrainer
 from shared_backbone.config import DataConfig, to_dict
 from shared_backbone.data.perturbations import check_config as check_perturb
-from shared_backbone.data.zoo import zoo_data_config
+from attribnet.lab.datasets.zoo import zoo_data_config
 from shared_backbone.model.rule import RuleSettings
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ def dataset(config: AccuracyConfig, workdir: Path, step: Callable[[str], None]) 
             raise ValueError("dataset: folder needs data.root (a folder with one sub-folder per source)")
         return config.data
     if config.dataset == "zoo":
-        from shared_backbone.data.zoo import settings_from_config, write_zoo
+        from attribnet.lab.datasets.zoo import settings_from_config, write_zoo
 
         settings = settings_from_config(config.zoo)
         step(f"fingerprint zoo: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
         write_zoo(workdir / "zoo", settings, workers=config.zoo.workers)
         root = workdir / "zoo"
     elif config.dataset == "upscalers":
-        from shared_backbone.data import upscalers
+        from attribnet.lab.datasets import upscalers
 
         settings = upscalers.settings_from_config(config.upscalers)
         step(f"upscalers: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")

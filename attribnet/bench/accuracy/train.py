@@ -22,7 +22,7 @@ from coordinator.train_primary import train_primary
 from node.config import NegativesConfig, NodeConfig
 from node.train_head import train_head
 from shared_backbone.config import PerturbConfig
-from shared_backbone.experiments.baselines import BaselineConfig, BaselineResult, run_baseline
+from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
 from shared_backbone.model.bundle import Bundle, load_bundle
 from shared_backbone.model.heads import Head, load_head
 from shared_backbone.model.signing import load_public_key

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attribnet.bench.accuracy.run import run_accuracy, update_benchmarks_md
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     config = load(args)
     configure_tensorflow()

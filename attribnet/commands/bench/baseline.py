@@ -51,8 +51,8 @@ def run_attribution(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from shared_backbone.config import DataConfig
-    from shared_backbone.experiments.baselines import DEFAULT_PERTURBATIONS
-    from shared_backbone.experiments.evaluation import evaluate_network
+    from attribnet.lab.baselines.centralized import DEFAULT_PERTURBATIONS
+    from shared_backbone.training.evaluation import evaluate_network
     from shared_backbone.model.bundle import load_bundle
     from shared_backbone.model.heads import read_head_meta
     from shared_backbone.model.signing import load_public_key
@@ -77,7 +77,7 @@ def run_attribution(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from shared_backbone.config import load_config
-    from shared_backbone.experiments.baselines import DEFAULT_PERTURBATIONS, BaselineConfig, run_baseline
+    from attribnet.lab.baselines.centralized import DEFAULT_PERTURBATIONS, BaselineConfig, run_baseline
 
     config = load_config(BaselineConfig, args.config, {
         "model": args.model, "task": args.task, "positive_source": args.source, "data.root": args.data,

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from attribnet.bench.perf import PerfSettings, run_perf
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     if bool(args.bundle) != bool(args.heads) or (args.bundle and not args.public_key):
         raise ValueError("--bundle, --public-key and --heads go together (or give none for synthetic models)")

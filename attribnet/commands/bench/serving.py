@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from attribnet.bench.serving_report import replace_section
     from attribnet.config import ServingBenchConfig
     from shared_backbone.config import load_config
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     flags = {"nodes": args.nodes, "clients": args.clients, "batches": args.batches, "repeats": args.repeats,
              "seconds": args.seconds, "skip_transfer": args.skip_transfer, "batch_window_ms": args.batch_window_ms,

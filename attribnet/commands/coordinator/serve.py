@@ -57,7 +57,7 @@ def _config(args: argparse.Namespace):
 
 def run_serve(args: argparse.Namespace) -> int:
     from coordinator.gateway.server import serve_forever
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     config = _config(args)
     configure_tensorflow(config.gateway.tf_threads)

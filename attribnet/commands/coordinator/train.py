@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from shared_backbone.experiments.metrics import describe_binary
+from shared_backbone.training.classification_metrics import describe_binary
 
 log = logging.getLogger("attribnet.coordinator")
 
@@ -98,9 +98,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from coordinator.train_primary import read_run
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.experiments import training
-    from shared_backbone.experiments.evaluation import evaluate_binary, sample_ids
-    from shared_backbone.experiments.reports import write_json
+    from shared_backbone.training import fit as training
+    from shared_backbone.training.evaluation import evaluate_binary, sample_ids
+    from shared_backbone.training.reports import write_json
     from shared_backbone.model.bundle import load_bundle
     from shared_backbone.model.signing import load_public_key
 

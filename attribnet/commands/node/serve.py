@@ -27,7 +27,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from node.config import NodeConfig
     from node.server import serve_forever
     from shared_backbone.config import load_config
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     config = load_config(
         NodeConfig,

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from shared_backbone.experiments.metrics import describe_binary
+from shared_backbone.training.classification_metrics import describe_binary
 
 log = logging.getLogger("attribnet.node")
 
@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from node.train_head import evaluate_head
-    from shared_backbone.experiments.reports import write_json
+    from shared_backbone.training.reports import write_json
 
     config = _config(args)
     out = Path(args.out) if args.out else Path(config.state_dir) / "evaluation"

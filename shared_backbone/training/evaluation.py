@@ -15,8 +15,8 @@ import numpy as np
 
 from shared_backbone.config import DataConfig
 from shared_backbone.data.datasets import DatasetIndex, Sample, load_split
-from shared_backbone.experiments.metrics import binary_metrics, multiclass_metrics
-from shared_backbone.experiments.reports import write_binary_report, write_json, write_multiclass_report
+from shared_backbone.training.classification_metrics import binary_metrics, multiclass_metrics
+from shared_backbone.training.reports import write_binary_report, write_json, write_multiclass_report
 from shared_backbone.model.attributor import OfflineAttributor
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.heads import load_head

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import json_format
 
 from shared_backbone.config import TLSConfig
-from shared_backbone.protocol import rpc
+from shared_backbone.runtime import rpc
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 

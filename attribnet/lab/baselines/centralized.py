@@ -19,10 +19,10 @@ import numpy as np
 
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig, to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
-from shared_backbone.experiments import training
-from shared_backbone.experiments.evaluation import parse_perturbation, predict_scores, sample_ids
-from shared_backbone.experiments.metrics import binary_metrics, multiclass_metrics
-from shared_backbone.experiments.reports import write_binary_report, write_json, write_multiclass_report
+from shared_backbone.training import fit as training
+from shared_backbone.training.evaluation import parse_perturbation, predict_scores, sample_ids
+from shared_backbone.training.classification_metrics import binary_metrics, multiclass_metrics
+from shared_backbone.training.reports import write_binary_report, write_json, write_multiclass_report
 from shared_backbone.model import networks
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _dctlinear_scorer(config: BaselineConfig, index: DatasetIndex, splits, label
     """Frank et al.'s DCT regression: fitted on train+val (it has no early stopping to feed); with
     `perturb.kinds`, on each image clean and once through the perturbation pipeline."""
     from shared_backbone.data.perturbations import perturb_fixed
-    from shared_backbone.experiments import dct_regression
+    from attribnet.lab.baselines import dct_regression
 
     size = config.data.image_size
     fit_samples = splits["train"] + splits["val"]

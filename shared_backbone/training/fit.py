@@ -220,7 +220,7 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Trains `model` (compiled here) on images, with early stopping and best-weight restore; logs to run_dir."""
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     configure_tensorflow()
     set_seed(train.seed)
@@ -255,7 +255,7 @@ def fit_arrays(
     progress: bool = True,
 ) -> FitResult:
     """`fit` on arrays held in memory, e.g. a head on trunk features computed once (the trunk is frozen)."""
-    from shared_backbone.model.device import configure_tensorflow
+    from shared_backbone.runtime.device import configure_tensorflow
 
     configure_tensorflow()
     set_seed(train.seed)

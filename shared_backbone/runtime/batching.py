@@ -23,7 +23,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from shared_backbone.protocol.metrics import REJECT_EXPIRED, REJECT_QUEUE, ServerMetrics
+from shared_backbone.runtime.prometheus import REJECT_EXPIRED, REJECT_QUEUE, ServerMetrics
 
 log = logging.getLogger(__name__)
 

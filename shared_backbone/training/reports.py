@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from shared_backbone.experiments.metrics import roc_auc, roc_curve
+from shared_backbone.training.classification_metrics import roc_auc, roc_curve
 
 
 def _pyplot():

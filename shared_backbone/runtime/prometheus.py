@@ -31,7 +31,7 @@ from typing import Callable
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from shared_backbone.protocol.rpc import RpcConfigError
+from shared_backbone.runtime.rpc import RpcConfigError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("attribnet.access")

@@ -1,7 +1,7 @@
 """The real-generator benchmark: GAN-trained super-resolution networks applied to real photographs.
 
 Every source sees the same distribution of content: patches of the photographs of
-`shared_backbone/data/photos.py`, each photo reduced by box (area) filtering to one of several
+`attribnet/lab/datasets/photos.py`, each photo reduced by box (area) filtering to one of several
 levels and given a slight optical blur (`real_blur`). `real` is such patches as they are; every
 other source is fed its own region of such a level image, area-downsampled by the upscaler's
 scale, and returns it at the level's size, from which model-size patches are cut (one call makes
@@ -39,8 +39,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from shared_backbone.data import photos as corpus
-from shared_backbone.data.zoo import REAL_SOURCE, read_manifest, stable_int, write_manifest
+from attribnet.lab.datasets import photos as corpus
+from attribnet.lab.datasets.zoo import REAL_SOURCE, read_manifest, stable_int, write_manifest
 from shared_backbone.model.preprocessing import grayscale
 
 log = logging.getLogger(__name__)
