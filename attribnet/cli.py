@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger("attribnet").warning("interrupted")
         return 130
+    except BrokenPipeError:  # `attribnet query ... | head`: the reader left; stop quietly like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - the CLI's single place that turns errors into one line
         if args.verbose > 1 or isinstance(exc, (AssertionError, NameError, AttributeError, TypeError)):
             raise

@@ -136,12 +136,16 @@ class Registry:
     """Thread-safe SQLite registry; one connection guarded by a lock (writes are tiny).
 
     `audit` = True marks every (re-)registration pending until `passed_audit` (the gateway's
-    canary audit runs); `policy` is the endpoint policy the validator applies.
+    canary audit runs); `policy` is the endpoint policy the validator applies. `create` = False
+    refuses a file that does not exist: an admin command with a misspelt path must not start an
+    empty registry that no gateway reads.
     """
 
     def __init__(self, path: str | Path, *, stale_after: float = 20.0, clock: Callable[[], float] = time.time,
-                 policy: EndpointPolicy | None = None, audit: bool = False) -> None:
+                 policy: EndpointPolicy | None = None, audit: bool = False, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise RegistryError(f"registry {self.path} does not exist (check --registry or the config's `registry:`)")
         self.stale_after = stale_after
         self.clock = clock
         self.policy = policy or EndpointPolicy()

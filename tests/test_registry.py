@@ -183,7 +183,7 @@ def test_enrol_cli_writes_a_private_token_file(tmp_path, capsys):
     from attribnet.cli import main
 
     path, out = tmp_path / "r.sqlite", tmp_path / "tconv_a.token"
-    assert main(["coordinator", "enrol", "--source", "tconv_a", "--registry", str(path), "--out", str(out)]) == 0
+    assert main(["coordinator", "enrol", "--source", "tconv_a", "--registry", str(path), "--out", str(out), "--new-registry"]) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     registry = Registry(path)
     source, stored = registry.enrolment("tconv_a")
@@ -210,3 +210,17 @@ def test_a_challenge_is_used_once_by_its_node_within_its_time_to_live():
     book.take(long_lived, "n1")
     with pytest.raises(StaleChallenge):
         book.take(long_lived, "n1")  # single use
+
+
+def test_admin_commands_never_start_a_registry_at_a_misspelt_path(tmp_path, capsys):
+    """A typo in --registry is an error naming the path, not a new empty database no gateway reads."""
+    from attribnet.cli import main
+
+    missing = tmp_path / "typo" / "registry.sqlite"
+    for argv in (["coordinator", "registry", "list", "--registry", str(missing)],
+                 ["coordinator", "registry", "remove", "n1", "--registry", str(missing)],
+                 ["coordinator", "enrol", "--source", "tconv_a", "--registry", str(missing), "--out", str(tmp_path / "t")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err and str(missing) in err and err.count("\n") == 1
+    assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "t").exists()

@@ -49,17 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The `--tiny` preset, then the flags given: a flag left unset never replaces the preset's value."""
+    overrides = dict(TINY) if args.tiny else {}
+    flags = {"data_root": args.data, "mode": args.mode, "zoo.image_size": args.image_size,
+             "zoo.per_source": args.per_source, "seeds": args.seeds}
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     from attribnet.config import DemoConfig
     from shared_backbone.config import load_config
 
     if args.offline and (args.serve or args.port):
         raise ValueError("--serve/--port keep the network up; the --offline demo has no network")
-    overrides = dict(TINY) if args.tiny else {}
-    overrides.update({
-        "data_root": args.data, "mode": args.mode, "zoo.image_size": args.image_size, "zoo.per_source": args.per_source, "seeds": args.seeds,
-    })
-    config = load_config(DemoConfig, args.config, overrides)
+    config = load_config(DemoConfig, args.config, config_overrides(args))
     began = time.monotonic()
 
     def step(label: str) -> None:

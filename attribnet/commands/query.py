@@ -16,12 +16,34 @@ import sys
 from pathlib import Path
 
 BAD_IMAGE = re.compile(r"^image (\d+): (.*)$", re.S)
+HEATMAP_BATCH = 8  # the gateway's default `max_heatmap_images`: heatmaps cost a gradient pass each
+
+
+def gateway_address(value: str) -> str:
+    """`HOST:PORT` (or `[IPv6]:PORT`); a bare host would silently dial gRPC's default port 443."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:50051)")
+    return value
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("query", help="ask a running gateway to attribute images")
+    parser = subparsers.add_parser(
+        "query", help="ask a running gateway to attribute images", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    parser.add_argument("--gateway", default="127.0.0.1:50051", help="gateway host:port")
+    parser.add_argument("--gateway", type=gateway_address, default="127.0.0.1:50051", help="gateway HOST:PORT")
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
     parser.add_argument("--heatmap", metavar="DIR", help="write each image's CAM overlay PNG into DIR")
     parser.add_argument("--token-file", help="file whose first line is the query token")
@@ -29,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cert", help="client certificate (PEM) for an mTLS gateway")
     parser.add_argument("--key", help="client key (PEM) for an mTLS gateway")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help=f"images per request (default 16, or {HEATMAP_BATCH} with --heatmap: the gateway's heatmap limit)")
     parser.set_defaults(handler=run)
 
 
@@ -67,7 +90,7 @@ def _table(record: dict) -> str:
         return f"{record['path']}: ERROR {record['error']}"
     backbone = record["backbone"]
     lines = [
-        f"{record['path']}: {record['attribution']}  (fake score {record['fake_score']:.3f}, "
+        f"{record['path']}: {record['attribution']}{_partial(record)}  (fake score {record['fake_score']:.3f}, "
         f"backbone {backbone['version']} {backbone['digest'][:12]})"
     ]
     if record["scores"]:
@@ -84,9 +107,17 @@ def _table(record: dict) -> str:
         lines.append(f"  prediction set at alpha {record['alpha']:g}: {kept}")
     else:
         lines.append("  no source answered")
-    if record["missing_nodes"]:
-        lines.append(f"  missing nodes: {', '.join(record['missing_nodes'])}")
     return "\n".join(lines)
+
+
+def _partial(record: dict) -> str:
+    """The headline's warning when nodes did not answer: their sources could not win this answer."""
+    missing = record["missing_nodes"]
+    if not missing:
+        return ""
+    reasons = record.get("missing_reasons", {})
+    named = ", ".join(f"{node} ({reasons[node]})" if reasons.get(node) else node for node in missing)
+    return f"  [PARTIAL: {len(missing)} node(s) did not answer: {named}]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     tls = TLSConfig(cert=args.cert or "", key=args.key or "", ca=args.ca or "") if (args.ca or args.cert) else None
     with AttributionClient(args.gateway, token=token, tls=tls, timeout=args.timeout) as client:
         records = attribute_paths(client, [str(path) for path, _ in expand_image_paths(args.paths)],
-                                  heatmap=bool(args.heatmap), batch_size=args.batch_size)
+                                  heatmap=bool(args.heatmap), batch_size=args.batch_size or (HEATMAP_BATCH if args.heatmap else 16))
     heatmap_dir = Path(args.heatmap) if args.heatmap else None
     written: set[str] = set()
     for position, record in enumerate(records):

@@ -24,11 +24,11 @@ import numpy as np
 
 from shared_backbone.config import DataConfig, PerturbConfig
 from shared_backbone.data.perturbations import perturb_randomly
-from shared_backbone.model.preprocessing import ImageDecodeError, InputSpec, load_image, to_model_input
+from shared_backbone.model.preprocessing import ACCEPTED_SUFFIXES, ImageDecodeError, InputSpec, load_image, to_model_input
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = ACCEPTED_SUFFIXES
 REAL_CLASS = "real"
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "manifest.json"

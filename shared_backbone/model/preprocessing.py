@@ -29,6 +29,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 RESAMPLE = Image.Resampling.BICUBIC
 # The decoders that may run on untrusted bytes (GIF and animated WebP: first frame only).
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# File suffixes of the accepted formats: what a folder search picks up (nothing it would then refuse).
+ACCEPTED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 # A JPEG is decoded at 1/2, 1/4 or 1/8 scale while its short side stays >= this many model sides,
 # so the bicubic resize that follows still downsamples (a 4000 px photo is never decoded whole).
 DRAFT_MARGIN = 2

@@ -27,6 +27,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     enrol.add_argument("--out", required=True, help="new file (0600) for the token, to hand to the node")
     enrol.add_argument("--config", help="coordinator.yaml")
     enrol.add_argument("--registry", help="SQLite registry file (overrides `registry`)")
+    enrol.add_argument("--new-registry", action="store_true",
+                       help="start the registry file if it does not exist yet (the network's first enrolment)")
     enrol.set_defaults(handler=run_enrol)
 
     registry = actions.add_parser("registry", help="list the registered nodes, remove one, or clear a quarantine")
@@ -75,7 +77,7 @@ def run_enrol(args: argparse.Namespace) -> int:
     config = _config(args)
     if Path(args.out).exists():
         raise ValueError(f"{args.out} exists already; choose a new file for the token")
-    registry = Registry(config.registry)
+    registry = Registry(config.registry, create=args.new_registry)
     try:
         node_id = args.node_id or args.source
         token = registry.enrol(node_id, args.source)
@@ -85,8 +87,8 @@ def run_enrol(args: argparse.Namespace) -> int:
         write_private(args.out, (token + "\n").encode())
     except FileExistsError:
         raise ValueError(f"{args.out} exists already; choose a new file for the token") from None
-    print(f"enrolled node {node_id} for source {args.source}: token in {args.out} (one use; give it to the node "
-          "as serve.enrolment_token_file / enrolment-token-file)")
+    print(f"enrolled node {node_id} for source {args.source} in {Path(config.registry).resolve()}: token in {args.out} "
+          "(one use; give it to the node as serve.enrolment_token_file)")
     return 0
 
 
@@ -112,7 +114,8 @@ def run_registry(args: argparse.Namespace) -> int:
     from coordinator.registry import Registry
 
     config = _config(args)
-    registry = Registry(config.registry, stale_after=config.gateway.stale_after, audit=bool(config.gateway.audit.reference))
+    registry = Registry(config.registry, stale_after=config.gateway.stale_after, audit=bool(config.gateway.audit.reference),
+                        create=False)
     try:
         if args.operation != "list":
             return _change(registry, args.operation, args.node_id, config.registry)
