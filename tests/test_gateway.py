@@ -212,11 +212,11 @@ def test_concurrent_requests_share_trunk_runs(net, offline):
 
     rng = np.random.default_rng(4)
     requests = [[png_bytes(rng) for _ in range(2)] for _ in range(6)]
-    before = net.coordinator.gateway.pipeline.runs
+    before = net.coordinator.pipeline.runs
     scored = {source: score_calls(node) for source, node in net.nodes.items()}
     with client(net) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(c.attribute, requests))
-    runs = net.coordinator.gateway.pipeline.runs - before
+    runs = net.coordinator.pipeline.runs - before
     assert runs < len(requests), f"{runs} trunk runs for {len(requests)} concurrent requests"
     # one batch end to end: each node got one Score call per trunk run, not one per request
     assert {source: score_calls(node) - scored[source] for source, node in net.nodes.items()} == dict.fromkeys(SOURCES, runs)
