@@ -1,4 +1,4 @@
-"""Who may register: the coordinator's side of the node identity protocol, for both registration paths.
+"""Who may register: the coordinator's side of the node identity proofs, for both registration paths.
 
 A registration is admitted when (1) its signature verifies with the presented public key over a
 challenge this coordinator issued (single use, `CHALLENGE_TTL` seconds) and the request's digest,

@@ -146,13 +146,13 @@ def signed_result(values: dict[str, Any], config: NodeConfig, challenge: str) ->
     """The result values with the node's public key, signature and (when it has a token) enrolment proof."""
     key = identity.node_key(state.node_secret(config))
     public = identity.public_key_hex(key)
-    values = {**values, flower_messages.NODE_PUBLIC_KEY: public}
+    values = {**values, flower_messages.PUBLIC_KEY_FIELD: public}
     digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
     token = state.enrolment_token(config)
     return {
         **values,
-        flower_messages.NODE_SIGNATURE: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
-        flower_messages.NODE_ENROLMENT_PROOF: (
+        flower_messages.SIGNATURE_FIELD: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
+        flower_messages.ENROLMENT_PROOF_FIELD: (
             identity.enrolment_proof(token, challenge, values["node_id"], values["source"], public) if token else ""
         ),
     }
@@ -175,7 +175,7 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
         threshold=float(head.threshold), metrics=result.metrics,
     )
     reply = RecordDict()
-    reply[RESULT_RECORD] = ConfigRecord(signed_result(registration.to_json_values(), config, str(run.get(flower_messages.CHALLENGE, ""))))
+    reply[RESULT_RECORD] = ConfigRecord(signed_result(registration.to_json_values(), config, str(run.get(flower_messages.CHALLENGE_FIELD, ""))))
     reply[METRICS_RECORD] = _flat_metrics(result.metrics)
     return reply
 

@@ -36,7 +36,7 @@ class LoadNet:
 @pytest.fixture(scope="module")
 def load_net(tmp_path_factory, keypair):
     from node.server import start_node
-    from tests.test_gateway import node_config
+    from tests.network_support import node_config
 
     root = tmp_path_factory.mktemp("load")
     bundle = make_bundle(root / "bundle", *keypair)

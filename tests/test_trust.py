@@ -298,11 +298,11 @@ def test_flower_replies_are_checked_by_the_same_admission(tmp_path, zoo_bundle):
         values = {"node_id": "flower-node", "source": source, "endpoint": "127.0.0.1:61000", "head_digest": "a" * 64,
                   "backbone_digest": zoo_bundle.digest, "backbone_version": zoo_bundle.version, "threshold": threshold,
                   "calibration": '{"method": "platt", "a": 1.0, "b": 0.0}', "metrics": "{}",
-                  flower_messages.NODE_PUBLIC_KEY: identity.public_key_hex(key)}
+                  flower_messages.PUBLIC_KEY_FIELD: identity.public_key_hex(key)}
         digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
-        values[flower_messages.NODE_SIGNATURE] = identity.sign(key, identity.FLOWER_REGISTER, challenge, "flower-node", digest)
-        values[flower_messages.NODE_ENROLMENT_PROOF] = identity.enrolment_proof(
-            token, challenge, "flower-node", source, values[flower_messages.NODE_PUBLIC_KEY]) if with_proof else ""
+        values[flower_messages.SIGNATURE_FIELD] = identity.sign(key, identity.FLOWER_REGISTER, challenge, "flower-node", digest)
+        values[flower_messages.ENROLMENT_PROOF_FIELD] = identity.enrolment_proof(
+            token, challenge, "flower-node", source, values[flower_messages.PUBLIC_KEY_FIELD]) if with_proof else ""
         if tamper:
             values["endpoint"] = "127.0.0.1:1"
         message = fit_head_reply(node, values)

@@ -41,7 +41,7 @@ def fit_head_content(bundle: Bundle, train: TrainConfig, *, calibration: str = "
     """The `train.fit_head` payload: bundle files + signed manifest, training config, reference pointer, challenge."""
     content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
-    run: dict[str, Any] = {"calibration": calibration, "round": round_label, flower_messages.CHALLENGE: challenge}
+    run: dict[str, Any] = {"calibration": calibration, "round": round_label, flower_messages.CHALLENGE_FIELD: challenge}
     if reference:
         run.update({"reference_path": reference["path"], "reference_digest": reference["digest"]})
     content[RUN_RECORD] = ConfigRecord(run)
@@ -86,9 +86,9 @@ def reply_proof(reply: Message, challenge: str) -> Proof:
     """The identity proof a fit_head reply carries (the signed digest is over its other values)."""
     values = dict(reply.content.config_records[RESULT_RECORD])
     return Proof(
-        public_key=str(values.get(flower_messages.NODE_PUBLIC_KEY, "")), signature=str(values.get(flower_messages.NODE_SIGNATURE, "")),
+        public_key=str(values.get(flower_messages.PUBLIC_KEY_FIELD, "")), signature=str(values.get(flower_messages.SIGNATURE_FIELD, "")),
         challenge=challenge, payload_digest=identity.record_digest(values, flower_messages.PROOF_FIELDS),
-        enrolment_proof=str(values.get(flower_messages.NODE_ENROLMENT_PROOF, "")),
+        enrolment_proof=str(values.get(flower_messages.ENROLMENT_PROOF_FIELD, "")),
     )
 
 

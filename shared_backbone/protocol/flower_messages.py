@@ -52,11 +52,11 @@ ALLOWED_FIT_HEAD_REPLY = frozenset({RESULT_RECORD, METRICS_RECORD})
 # RUN_RECORD; the node's RESULT_RECORD carries its public key, its signature over the challenge and
 # the record's other values, and (first registration only) the proof of its enrolment token. The
 # node's secret and the token themselves never travel.
-CHALLENGE = "challenge"  # RUN_RECORD: hex challenge for this node
-NODE_PUBLIC_KEY = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
-NODE_SIGNATURE = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
-NODE_ENROLMENT_PROOF = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
-PROOF_FIELDS = frozenset({NODE_SIGNATURE, NODE_ENROLMENT_PROOF})  # left out of the signed record digest
+CHALLENGE_FIELD = "challenge"  # RUN_RECORD: hex challenge for this node
+PUBLIC_KEY_FIELD = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
+SIGNATURE_FIELD = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
+ENROLMENT_PROOF_FIELD = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
+PROOF_FIELDS = frozenset({SIGNATURE_FIELD, ENROLMENT_PROOF_FIELD})  # left out of the signed record digest
 
 
 def pack_bundle(bundle: Bundle, content: RecordDict | None = None) -> RecordDict:
