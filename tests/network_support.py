@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,18 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
+
+
+@dataclass
+class Net:
+    """A running test network: its folder, bundle, coordinator server, node servers and gateway target."""
+
+    root: Path
+    bundle: object
+    coordinator: object
+    nodes: dict
+    target: str
+    node_configs: dict = field(default_factory=dict)
 
 
 def free_port() -> int:

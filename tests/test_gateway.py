@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,6 +18,7 @@ from PIL import Image
 
 from tests.network_support import (
     IMAGE_SIZE,
+    Net,
     make_bundle,
     make_head,
     node_config,
@@ -37,16 +37,6 @@ QUERY_TOKEN = "query-secret"
 SOURCES = ("alpha", "beta", "gamma")
 MAX_PIXELS = 64 * 64
 MAX_IMAGES = 8
-
-
-@dataclass
-class Net:
-    root: Path
-    bundle: object
-    coordinator: object
-    nodes: dict
-    node_configs: dict
-    target: str
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +68,7 @@ def net(tmp_path_factory, keypair):
     wait_until(
         lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(SOURCES), 30, "3 healthy nodes"
     )
-    net = Net(root, bundle, coordinator, nodes, configs, f"127.0.0.1:{coordinator.port}")
+    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}", configs)
     yield net
     for node in net.nodes.values():
         node.stop(0.5)

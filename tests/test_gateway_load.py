@@ -11,26 +11,16 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import urllib.request
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
+from tests.network_support import Net, make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
 NODE_TIMEOUT = 4.0
-
-
-@dataclass
-class LoadNet:
-    root: object
-    bundle: object
-    coordinator: object
-    nodes: dict
-    target: str
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,7 @@ def load_net(tmp_path_factory, keypair):
         config.serve.metrics_port = 0
         nodes[source] = start_node(config)
     wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(GOOD), 30, "2 healthy nodes")
-    net = LoadNet(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
+    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
     yield net
     for node in nodes.values():
         node.stop(0.2)

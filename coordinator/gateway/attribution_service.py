@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -42,24 +43,24 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+@dataclass(kw_only=True, eq=False)
 class AttributionServicer(pb_grpc.AttributionServiceServicer):
     """AttributionService: one trunk and one Score call per node per batch, the offline decision rule."""
 
-    def __init__(self, *, backbone: pb.Backbone, registry: Registry, intake: Intake, pipeline: ServingPipeline,
-                 heatmapper: heatmaps.HeatmapModel, input_mode: str, rule: RuleSettings, request_timeout: float,
-                 metrics: ServerMetrics, monitor: WinRateMonitor | None = None) -> None:
-        self.backbone = backbone
-        self.registry = registry
-        self.intake = intake
-        self.pipeline = pipeline
-        self.heatmapper = heatmapper
-        self.input_mode = input_mode
-        self.rule = rule
-        self.request_timeout = request_timeout
-        self.metrics = metrics
-        self.monitor = monitor
-        self._decode_seconds = metrics.stage(STAGE_DECODE)
-        self._respond_seconds = metrics.stage(STAGE_RESPOND)
+    backbone: pb.Backbone
+    registry: Registry
+    intake: Intake
+    pipeline: ServingPipeline
+    heatmapper: heatmaps.HeatmapModel
+    input_mode: str
+    rule: RuleSettings
+    request_timeout: float
+    metrics: ServerMetrics
+    monitor: WinRateMonitor | None = None
+
+    def __post_init__(self) -> None:
+        self._decode_seconds = self.metrics.stage(STAGE_DECODE)
+        self._respond_seconds = self.metrics.stage(STAGE_RESPOND)
 
     def heatmaps(self, inputs: np.ndarray, rgbs: list[np.ndarray]) -> list[bytes]:
         """PNG overlays of the detector's CAM (Grad-CAM for DCT backbones), one per image."""
