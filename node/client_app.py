@@ -175,7 +175,8 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
         threshold=float(head.threshold), metrics=result.metrics,
     )
     reply = RecordDict()
-    reply[RESULT_RECORD] = ConfigRecord(signed_result(registration.to_json_values(), config, str(run.get(flower_messages.CHALLENGE_FIELD, ""))))
+    challenge = str(run.get(flower_messages.CHALLENGE_FIELD, ""))
+    reply[RESULT_RECORD] = ConfigRecord(signed_result(registration.to_json_values(), config, challenge))
     reply[METRICS_RECORD] = _flat_metrics(result.metrics)
     return reply
 

@@ -86,7 +86,8 @@ def reply_proof(reply: Message, challenge: str) -> Proof:
     """The identity proof a fit_head reply carries (the signed digest is over its other values)."""
     values = dict(reply.content.config_records[RESULT_RECORD])
     return Proof(
-        public_key=str(values.get(flower_messages.PUBLIC_KEY_FIELD, "")), signature=str(values.get(flower_messages.SIGNATURE_FIELD, "")),
+        public_key=str(values.get(flower_messages.PUBLIC_KEY_FIELD, "")),
+        signature=str(values.get(flower_messages.SIGNATURE_FIELD, "")),
         challenge=challenge, payload_digest=identity.record_digest(values, flower_messages.PROOF_FIELDS),
         enrolment_proof=str(values.get(flower_messages.ENROLMENT_PROOF_FIELD, "")),
     )

@@ -50,13 +50,15 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
 
 
 def _proof(context: grpc.ServicerContext, message) -> Proof:
-    values = {key: rpc.metadata_value(context, key) for key in (rpc.PUBLIC_KEY_METADATA, rpc.CHALLENGE_METADATA, rpc.SIGNATURE_METADATA)}
+    keys = (rpc.PUBLIC_KEY_METADATA, rpc.CHALLENGE_METADATA, rpc.SIGNATURE_METADATA)
+    values = {key: rpc.metadata_value(context, key) for key in keys}
     missing = [key for key, value in values.items() if not value]
     if missing:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing {', '.join(missing)} metadata (the node's signed challenge)")
     return Proof(
-        public_key=values[rpc.PUBLIC_KEY_METADATA], signature=values[rpc.SIGNATURE_METADATA], challenge=values[rpc.CHALLENGE_METADATA],
-        payload_digest=identity.message_digest(message), enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF_METADATA),
+        public_key=values[rpc.PUBLIC_KEY_METADATA], signature=values[rpc.SIGNATURE_METADATA],
+        challenge=values[rpc.CHALLENGE_METADATA], payload_digest=identity.message_digest(message),
+        enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF_METADATA),
     )
 
 

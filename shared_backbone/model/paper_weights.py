@@ -159,7 +159,8 @@ def read_paper_model(path: str | Path) -> PaperModel:
     if networks.HEAD_DECISION in layers:
         kind = ATTRIBUTION
         head_pooling = _pooling_before(path, layers, networks.HEAD_DECISION)
-        if layers.get(networks.block_layer(networks.HEAD, "Conv", networks.HEAD_BLOCKS[0]), {}).get("inbound") != [networks.BRANCH_LAYER]:
+        first_conv = networks.block_layer(networks.HEAD, "Conv", networks.HEAD_BLOCKS[0])
+        if layers.get(first_conv, {}).get("inbound") != [networks.BRANCH_LAYER]:
             raise PaperWeightsError(f"{path}: the head does not branch off {networks.BRANCH_LAYER}")
     return PaperModel(
         path=path,
