@@ -1,4 +1,4 @@
-"""Who may register: the coordinator's side of the node identity protocol, for both registration paths.
+"""Who may register: the coordinator's side of the node identity proofs, for both registration paths.
 
 A registration is admitted when (1) its signature verifies with the presented public key over a
 challenge this coordinator issued (single use, `CHALLENGE_TTL` seconds) and the request's digest,
@@ -14,10 +14,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from coordinator.registry import IdentityMismatch, NodeEntry, Registry, RegistryError, UnknownNode
 from shared_backbone.protocol import identity
+from shared_backbone.protocol.registration import Registration
 
 CHALLENGE_TTL = 60.0
 MAX_OPEN_CHALLENGES = 4096
@@ -74,13 +75,13 @@ class Admission:
         self.registry = registry
         self.challenges = challenges or ChallengeBook()
 
-    def register(self, fields: Mapping[str, Any], proof: Proof, purpose: str = identity.REGISTER,
+    def register(self, registration: Registration, proof: Proof, purpose: str = identity.REGISTER,
                  challenge_for: str | None = None) -> NodeEntry:
         """Admits one registration; raises a RegistryError subclass (or InvalidRegistration) naming why.
 
         `challenge_for`: whom the challenge was issued to, when not the node id (a Flower node).
         """
-        node_id = str(fields.get("node_id", ""))
+        node_id = registration.node_id
         self._check_signature(node_id, proof, purpose, challenge_for)
         bound = self.registry.bound_key(node_id)
         enrolment_ok = False
@@ -88,12 +89,12 @@ class Admission:
             enrolment = self.registry.enrolment(node_id)
             if enrolment is not None and proof.enrolment_proof:
                 enrolment_ok = identity.check_enrolment_proof(
-                    enrolment[1], proof.enrolment_proof, proof.challenge, node_id, str(fields.get("source", "")),
+                    enrolment[1], proof.enrolment_proof, proof.challenge, node_id, registration.source,
                     proof.public_key,
                 )
                 if not enrolment_ok:
                     raise NotAuthenticated(f"node id {node_id!r}: the enrolment proof does not verify (wrong token?)")
-        return self.registry.register(public_key=proof.public_key, enrolment_verified=enrolment_ok, **fields)
+        return self.registry.register(registration, public_key=proof.public_key, enrolment_verified=enrolment_ok)
 
     def heartbeat(self, node_id: str, proof: Proof) -> NodeEntry:
         bound = self.registry.bound_key(node_id)

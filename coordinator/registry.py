@@ -7,8 +7,9 @@ register or heartbeat for the id must be signed with the same key, and may not c
 source. A source is served by one node id at a time. The admission checks (signatures,
 enrolment proofs) are `coordinator.admission`'s; this module stores and enforces the bindings.
 
-Everything a node says is checked by `coordinator.validation.validate_registration` before it is
-stored, whichever path it came by.
+Everything a node says arrives as one `Registration` (`shared_backbone.protocol.registration`,
+which also maps it to this table's columns) and is checked by
+`coordinator.validation.validate_registration` before it is stored, whichever path it came by.
 
 Status is derived when read: `quarantined` (an audit found the node claiming what is not its own;
 only the admin clears it), `pending_audit` (registered, not yet audited, when audits are on),
@@ -25,22 +26,24 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from coordinator.validation import EndpointPolicy, InvalidRegistration, check_node_id, check_source, validate_registration
 from shared_backbone.protocol import identity
+from shared_backbone.protocol.registration import COLUMNS as REGISTRATION_COLUMNS
+from shared_backbone.protocol.registration import Registration
 
 HEALTHY = "healthy"
 STALE = "stale"
 QUARANTINED = "quarantined"
 PENDING_AUDIT = "pending_audit"
+INCOMPATIBLE = "incompatible"  # what the gateway reports for a node on another backbone (never queried)
 SCHEMA_VERSION = 2
 EXTERNAL_CHECK_SECONDS = 1.0
 
@@ -93,19 +96,10 @@ class NotEnrolled(RegistryError):
     """A first registration for a node id the admin never enrolled (or whose enrolment was used)."""
 
 
-@dataclass
-class NodeEntry:
-    """One registered node as stored, plus its derived status."""
+@dataclass(frozen=True)
+class NodeEntry(Registration):
+    """One registered node as stored: its registration, its bound key, the registry's bookkeeping and status."""
 
-    node_id: str
-    source: str
-    endpoint: str
-    backbone_digest: str
-    backbone_version: str
-    head_digest: str
-    calibration: dict[str, Any]
-    threshold: float
-    metrics: dict[str, Any] = field(default_factory=dict)
     public_key: str = ""
     registered_at: float = 0.0
     last_heartbeat: float = 0.0
@@ -132,6 +126,11 @@ def describe_status(status: str, entry: NodeEntry) -> str:
     return ""
 
 
+def serving_status(entry: NodeEntry, backbone_digest: str) -> str:
+    """The entry's status as a gateway serving `backbone_digest` reports it: `incompatible` on another backbone."""
+    return entry.status if entry.backbone_digest == backbone_digest else INCOMPATIBLE
+
+
 class Registry:
     """Thread-safe SQLite registry; one connection guarded by a lock (writes are tiny).
 
@@ -154,6 +153,7 @@ class Registry:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+            self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._check_schema()
@@ -229,44 +229,33 @@ class Registry:
         """The bearer the gateway presents to this node's HeadService (stable across restarts)."""
         return hmac.new(bytes.fromhex(self._credential_key), f"gateway|{node_id}".encode(), "sha256").hexdigest()
 
-    def register(self, *, public_key: str, enrolment_verified: bool = False, **fields: Any) -> NodeEntry:
+    def register(self, registration: Registration, *, public_key: str, enrolment_verified: bool = False) -> NodeEntry:
         """Validates, then adds or refreshes an entry (idempotent per node id).
 
         A new node id needs an unused enrolment for its source (`enrolment_verified`: the caller
         checked the node's proof of the token); a known one needs the bound key and source.
         """
-        values = validate_registration(fields, self.policy)
-        node_id, source = values["node_id"], values["source"]
+        registration = validate_registration(registration, self.policy)
+        node_id, source = registration.node_id, registration.source
         if len(public_key) != identity.PUBLIC_KEY_HEX_LENGTH:
             raise RegistryError("public_key must be 32 bytes as hex")
         now = self.clock()
+        row = {**registration.to_json_values(), "audit_pending": int(self.audit), "last_heartbeat": now}
         with self._lock, self._db:
-            row = self._db.execute("SELECT public_key, source FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-            if row:
-                self._check_binding(node_id, source, public_key, row)
+            bound = self._db.execute("SELECT public_key, source FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if bound:
+                self._check_binding(node_id, source, public_key, bound)
             else:
                 self._check_enrolment(node_id, source, enrolment_verified)
             owner = self._db.execute("SELECT node_id FROM nodes WHERE source = ? AND node_id != ?", (source, node_id)).fetchone()
             if owner:
                 raise SourceTaken(f"source {source!r} is already served by node {owner[0]!r}")
-            stored = (
-                values["endpoint"], values["backbone_digest"], values["backbone_version"], values["head_digest"],
-                json.dumps(values["calibration"], sort_keys=True), values["threshold"],
-                json.dumps(values["metrics"], sort_keys=True), int(self.audit),
-            )
-            if row:
-                self._db.execute(
-                    "UPDATE nodes SET endpoint=?, backbone_digest=?, backbone_version=?, head_digest=?, calibration=?,"
-                    " threshold=?, metrics=?, audit_pending=?, last_heartbeat=?, generation=generation+1 WHERE node_id=?",
-                    (*stored, now, node_id),
-                )
+            if bound:
+                assignments = ", ".join(f"{column} = :{column}" for column in row)
+                self._db.execute(f"UPDATE nodes SET {assignments}, generation = generation + 1 WHERE node_id = :node_id", row)
             else:
-                self._db.execute(
-                    "INSERT INTO nodes (endpoint, backbone_digest, backbone_version, head_digest, calibration, threshold,"
-                    " metrics, audit_pending, node_id, source, public_key, registered_at, last_heartbeat)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*stored, node_id, source, public_key, now, now),
-                )
+                row.update(public_key=public_key, registered_at=now)
+                self._db.execute(f"INSERT INTO nodes ({', '.join(row)}) VALUES ({', '.join(':' + c for c in row)})", row)
                 self._db.execute("DELETE FROM enrolments WHERE node_id = ?", (node_id,))
             self._changed()
         return self.get(node_id)
@@ -388,18 +377,12 @@ class Registry:
                 self._changed()
             self._data_version = data_version
 
-    def _entry(self, row: tuple) -> NodeEntry:
-        entry = NodeEntry(
-            node_id=row[0], source=row[1], endpoint=row[2], backbone_digest=row[3], backbone_version=row[4],
-            head_digest=row[5], calibration=json.loads(row[6]), threshold=row[7], metrics=json.loads(row[8]),
-            public_key=row[9], registered_at=row[10], last_heartbeat=row[11], generation=row[12], quarantine=row[13],
-            flag=row[14], audit_pending=bool(row[15]),
-        )
-        entry.status = self.status_at(entry, self.clock())
-        return entry
+    def _entry(self, row: sqlite3.Row) -> NodeEntry:
+        values = dict(row)
+        bookkeeping = {name: values[name] for name in _BOOKKEEPING}
+        entry = NodeEntry.from_json_values(values, **bookkeeping, audit_pending=bool(values["audit_pending"]))
+        return dataclasses.replace(entry, status=self.status_at(entry, self.clock()))
 
 
-_COLUMNS = (
-    "node_id, source, endpoint, backbone_digest, backbone_version, head_digest, calibration, threshold,"
-    " metrics, public_key, registered_at, last_heartbeat, generation, quarantine, flag, audit_pending"
-)
+_BOOKKEEPING = ("public_key", "registered_at", "last_heartbeat", "generation", "quarantine", "flag")
+_COLUMNS = ", ".join((*REGISTRATION_COLUMNS, *_BOOKKEEPING, "audit_pending"))

@@ -18,7 +18,7 @@ import numpy as np
 from coordinator.config import CoordinatorConfig
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
-from shared_backbone.training import fit as training
+from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed
 from shared_backbone.training.evaluation import predict_scores
 from shared_backbone.training.classification_metrics import binary_metrics
 from shared_backbone.model import networks
@@ -43,7 +43,7 @@ class PrimaryTrainingResult:
 def evaluate_detector(model, index: DatasetIndex, samples: list[Sample], spec: InputSpec, **kwargs) -> dict[str, Any]:
     """Binary metrics (1 = fake) of a detector on a list of samples."""
     scores = predict_scores(model, samples, spec, **kwargs)
-    metrics = binary_metrics(training.detection_labels(index, samples), scores)
+    metrics = binary_metrics(detection_labels(index, samples), scores)
     metrics["score_std"] = float(scores.std())
     return metrics
 
@@ -97,33 +97,33 @@ def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], 
     labels, classes = source_labels(index, splits["train"])
     classifier = networks.build_source_classifier(model, len(classes), seed=networks.DEFAULT_SEED + 500 + config.train.seed)
     log.info("source-aware trunk: %d classes (%s)", len(classes), ", ".join(classes))
-    training.fit(
+    fit(
         classifier, splits["train"], labels, splits["val"], source_labels(index, splits["val"])[0], spec, config.train,
-        training.prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True),
-        task=training.MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress,
+        prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True),
+        task=MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress,
     )
     networks.set_trunk_trainable(model, False)
 
 
 def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> PrimaryTrainingResult:
     """Trains, evaluates (val + test) and saves the primary module into `config.run_dir`."""
-    run_dir = training.prepare_run_dir(config.run_dir, to_dict(config), config.train.seed)
+    run_dir = prepare_run_dir(config.run_dir, to_dict(config), config.train.seed)
     index, splits = load_split(config.data)
     if not index.real_sources or len(index.real_sources) == len(index.sources):
         raise ValueError(f"{index.root}: detection needs real and fake sources (real: {sorted(index.real_sources)})")
-    training.set_seed(config.train.seed)
+    set_seed(config.train.seed)
     if config.init_from:
         model, spec = initial_model(config.init_from)
         log.info("retraining the primary module of %s", config.init_from)
     else:
-        spec = training.input_spec(config.data, splits["train"])
+        spec = input_spec(config.data, splits["train"])
         model = networks.build_primary(spec.image_size, spec.mode, seed=networks.DEFAULT_SEED + config.train.seed)
     if config.source_aware_trunk:
         pretrain_trunk(model, index, splits, spec, config, run_dir / "trunk", progress=progress)
-    result = training.fit(
+    result = fit(
         model,
-        splits["train"], training.detection_labels(index, splits["train"]),
-        splits["val"], training.detection_labels(index, splits["val"]),
+        splits["train"], detection_labels(index, splits["train"]),
+        splits["val"], detection_labels(index, splits["val"]),
         spec, config.train, run_dir, perturb=config.perturb, progress=progress,
     )
     networks.set_trunk_trainable(model, True)

@@ -2,9 +2,10 @@
 
 `Registry.register` calls `validate_registration` before it stores anything, so the gRPC
 `RegistryService` and the Flower head round are checked by the same code: names, endpoint,
-digests, a finite bounded calibration (`Calibration.from_dict`), a threshold in a sane range and
-size-capped metrics. What comes out is normalised (the calibration re-encoded, metrics reduced to
-JSON numbers and short strings), so a stored entry can always be served back by `ListSources`.
+digests, a threshold in a sane range and size-capped metrics (the calibration was checked when
+the `Registration` was read: a `Calibration` is finite and bounded or does not exist). What comes
+out is a normalised `Registration` (metrics reduced to JSON numbers and short strings), so a
+stored entry can always be served back by `ListSources`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import ipaddress
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from shared_backbone.model.calibration import Calibration, CalibrationError
 from shared_backbone.model.rule import RESERVED
+from shared_backbone.protocol.registration import InvalidRegistration, Registration
 
 SOURCE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 NODE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -31,10 +32,6 @@ MAX_METRICS_DEPTH = 4
 MAX_METRIC_STRING = 256
 # Never dialled by default: unspecified, link-local (cloud metadata lives here), multicast, reserved.
 DEFAULT_DENY = ("0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "fe80::/10", "ff00::/8")
-
-
-class InvalidRegistration(ValueError):
-    """Something a node said about itself that is not acceptable; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -150,15 +147,6 @@ def check_threshold(threshold: Any) -> float:
     return value
 
 
-def check_calibration(calibration: Any) -> dict[str, Any]:
-    if not isinstance(calibration, Mapping):
-        raise InvalidRegistration("calibration must be a mapping with method, a and b")
-    try:
-        return Calibration.from_dict(dict(calibration)).to_dict()
-    except CalibrationError as exc:
-        raise InvalidRegistration(f"calibration: {exc}") from None
-
-
 def _clean_metric(value: Any, depth: int, where: str) -> Any:
     if depth > MAX_METRICS_DEPTH:
         raise InvalidRegistration(f"metrics: {where} nests deeper than {MAX_METRICS_DEPTH} levels")
@@ -192,19 +180,15 @@ def _check_digest(name: str, value: Any) -> str:
     return value
 
 
-def validate_registration(fields: Mapping[str, Any], policy: EndpointPolicy) -> dict[str, Any]:
-    """The normalised registration fields, or InvalidRegistration naming the first bad one."""
-    version = fields.get("backbone_version", "") or ""
-    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
-        raise InvalidRegistration(f"backbone_version {str(version)[:80]!r} must match {VERSION_PATTERN.pattern}")
-    return {
-        "node_id": check_node_id(fields.get("node_id")),
-        "source": check_source(fields.get("source")),
-        "endpoint": check_endpoint(fields.get("endpoint"), policy),
-        "backbone_digest": _check_digest("backbone_digest", fields.get("backbone_digest")),
-        "backbone_version": version,
-        "head_digest": _check_digest("head_digest", fields.get("head_digest")),
-        "calibration": check_calibration(fields.get("calibration")),
-        "threshold": check_threshold(fields.get("threshold")),
-        "metrics": check_metrics(fields.get("metrics")),
-    }
+def validate_registration(registration: Registration, policy: EndpointPolicy) -> Registration:
+    """The normalised registration, or InvalidRegistration naming the first field it may not say."""
+    version = registration.backbone_version
+    if not VERSION_PATTERN.fullmatch(version):
+        raise InvalidRegistration(f"backbone_version {version[:80]!r} must match {VERSION_PATTERN.pattern}")
+    check_node_id(registration.node_id)
+    check_source(registration.source)
+    check_endpoint(registration.endpoint, policy)
+    _check_digest("backbone_digest", registration.backbone_digest)
+    _check_digest("head_digest", registration.head_digest)
+    return replace(registration, threshold=check_threshold(registration.threshold),
+                   metrics=check_metrics(registration.metrics))

@@ -21,7 +21,6 @@ token) for the registry; never its secret, the token itself, images or head weig
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from shared_backbone.config import ConfigError, TrainConfig, build, load_config,
 from shared_backbone.data import reference_set
 from shared_backbone.model import signing
 from shared_backbone.protocol import flower_messages, identity
+from shared_backbone.protocol.registration import Registration
 from shared_backbone.protocol.flower_messages import (
     FINETUNE_ACTION,
     FINETUNE_RESULT,
@@ -107,15 +107,22 @@ def receive_bundle(content: RecordDict, config: NodeConfig):
     return bundle
 
 
-def _round_settings(content: RecordDict, config: NodeConfig) -> NodeConfig:
-    """The node config with the run's training settings and the verified reference set applied."""
+def _run_values(content: RecordDict) -> ConfigRecord:
+    """The run's settings (RUN_RECORD): calibration method, reference pointer, challenge, round label."""
+    return content.config_records.get(RUN_RECORD, ConfigRecord())
+
+
+def _round_settings(content: RecordDict, run: ConfigRecord, config: NodeConfig) -> NodeConfig:
+    """The node config with the run's training settings and reference folder applied.
+
+    The folder is verified against the announced digest once a round: by head training
+    (`node.head_data`), or by `finetune` before it reads the folder."""
     train = config.train
     if TRAIN_RECORD in content.config_records:
         train = build(TrainConfig, dict(content.config_records[TRAIN_RECORD]), where="run training config")
-    run = content.config_records.get(RUN_RECORD, ConfigRecord())
     reference = config.reference
     if run.get("reference_digest"):
-        reference = str(reference_set.verify_reference(reference or str(run["reference_path"]), str(run["reference_digest"])))
+        reference = reference or str(run["reference_path"])
     calibration = str(run.get("calibration", "") or "") or config.calibration
     return dataclasses.replace(config, train=train, reference=reference, calibration=calibration)
 
@@ -139,13 +146,13 @@ def signed_result(values: dict[str, Any], config: NodeConfig, challenge: str) ->
     """The result values with the node's public key, signature and (when it has a token) enrolment proof."""
     key = identity.node_key(state.node_secret(config))
     public = identity.public_key_hex(key)
-    values = {**values, flower_messages.NODE_PUBLIC_KEY: public}
+    values = {**values, flower_messages.PUBLIC_KEY_FIELD: public}
     digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
     token = state.enrolment_token(config)
     return {
         **values,
-        flower_messages.NODE_SIGNATURE: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
-        flower_messages.NODE_ENROLMENT_PROOF: (
+        flower_messages.SIGNATURE_FIELD: identity.sign(key, identity.FLOWER_REGISTER, challenge, values["node_id"], digest),
+        flower_messages.ENROLMENT_PROOF_FIELD: (
             identity.enrolment_proof(token, challenge, values["node_id"], values["source"], public) if token else ""
         ),
     }
@@ -157,25 +164,19 @@ def fit_head(message: Message, settings: Mapping[str, Any]) -> RecordDict:
 
     config = node_config_from_settings(settings)
     bundle = receive_bundle(message.content, config)
-    config = dataclasses.replace(_round_settings(message.content, config), backbone=str(bundle.path))
+    run = _run_values(message.content)
+    config = dataclasses.replace(_round_settings(message.content, run, config), backbone=str(bundle.path))
     log.info("node %s: training head on bundle %s (version %s)", config.source, bundle.short_digest, bundle.version)
-    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
     result = train_head(config, bundle, progress=False, announced_reference_digest=str(run.get("reference_digest", "") or ""))
     head = result.head
-    values = {
-        "node_id": config.node_id or config.source,
-        "source": config.source,
-        "endpoint": _endpoint(config),
-        "head_digest": head.digest,
-        "backbone_digest": head.backbone_digest,
-        "backbone_version": bundle.version,
-        "calibration": json.dumps(head.calibration.to_dict()),
-        "threshold": float(head.threshold),
-        "metrics": json.dumps(result.metrics),
-    }
-    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
+    registration = Registration(
+        node_id=config.node_id or config.source, source=config.source, endpoint=_endpoint(config), head_digest=head.digest,
+        backbone_digest=head.backbone_digest, backbone_version=bundle.version, calibration=head.calibration,
+        threshold=float(head.threshold), metrics=result.metrics,
+    )
     reply = RecordDict()
-    reply[RESULT_RECORD] = ConfigRecord(signed_result(values, config, str(run.get(flower_messages.CHALLENGE, ""))))
+    challenge = str(run.get(flower_messages.CHALLENGE_FIELD, ""))
+    reply[RESULT_RECORD] = ConfigRecord(signed_result(registration.to_json_values(), config, challenge))
     reply[METRICS_RECORD] = _flat_metrics(result.metrics)
     return reply
 
@@ -190,8 +191,10 @@ def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
 
     config = node_config_from_settings(settings)
     bundle = receive_bundle(message.content, config)
-    config = _round_settings(message.content, config)
-    run = message.content.config_records.get(RUN_RECORD, ConfigRecord())
+    run = _run_values(message.content)
+    config = _round_settings(message.content, run, config)
+    if run.get("reference_digest"):
+        reference_set.verify_reference(config.reference, str(run["reference_digest"]))
     real_sources = [str(s) for s in run.get("real_sources", ["real"])]
     weights = flower_messages.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
     new_weights, num_examples = finetune_primary(config, bundle, weights, real_sources)

@@ -18,7 +18,7 @@ from node.config import NodeConfig
 from node.head_data import node_splits, scan_node_folder
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import Sample
-from shared_backbone.training import fit as training
+from shared_backbone.training.fit import fit, prepare_run_dir, timestamp
 from shared_backbone.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ def finetune_primary(config: NodeConfig, bundle: Bundle, weights: list[np.ndarra
     splits = detection_splits(config, real_sources)
     primary = bundle.load_primary()
     primary.set_weights(weights)
-    run_dir = training.prepare_run_dir(Path(config.state_dir) / state.FINETUNE_RUNS_DIR / training.timestamp(), to_dict(config),
+    run_dir = prepare_run_dir(Path(config.state_dir) / state.FINETUNE_RUNS_DIR / timestamp(), to_dict(config),
                                        config.train.seed, exist_ok=True)
     (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
-    training.fit(primary, train_x, train_y, val_x, val_y, bundle.input_spec, config.train, run_dir,
+    fit(primary, train_x, train_y, val_x, val_y, bundle.input_spec, config.train, run_dir,
                  perturb=config.perturb, progress=False)
     log.info("node %s: fine-tuned the primary module on %d images", config.source, len(train_x))
     return [np.asarray(w) for w in primary.get_weights()], len(train_x)

@@ -1,6 +1,6 @@
 """What a node may train its head on: the who-sees-what rule, enforced and reported.
 
-A node is one organisation. In the default **strict** protocol its head sees
+A node is one organisation. In the default **strict** access mode its head sees
   (a) its own generator's images: `data.root/<source>/` (positives), and public real images it
       holds (`data.root/<real source>/`, negatives),
   (b) the coordinator's reference set (`reference`): real images and the fakes the coordinator

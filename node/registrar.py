@@ -119,10 +119,11 @@ class Registrar(threading.Thread):
         node_id = self.request.node_id
         challenge = self.stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=self.rpc_timeout).challenge
         signature = identity.sign(self.key, purpose, challenge, node_id, identity.message_digest(message))
-        metadata = [(rpc.NODE_PUBLIC_KEY, self.public_key), (rpc.NODE_CHALLENGE, challenge), (rpc.NODE_SIGNATURE, signature)]
+        metadata = [(rpc.PUBLIC_KEY_METADATA, self.public_key), (rpc.CHALLENGE_METADATA, challenge),
+                    (rpc.SIGNATURE_METADATA, signature)]
         if purpose == identity.REGISTER and self.enrolment_token:
             proof = identity.enrolment_proof(self.enrolment_token, challenge, node_id, self.request.source, self.public_key)
-            metadata.append((rpc.ENROLMENT_PROOF, proof))
+            metadata.append((rpc.ENROLMENT_PROOF_METADATA, proof))
         return tuple(metadata)
 
     def _register(self) -> None:

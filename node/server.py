@@ -27,7 +27,7 @@ from node.head_service import HEAD_SERVICE, HeadServicer
 from node.registrar import Registrar
 from shared_backbone.model import bundle as bundle_lib
 from shared_backbone.model import heads
-from shared_backbone.protocol import wire
+from shared_backbone.protocol.registration import Registration
 from shared_backbone.runtime import rpc
 from shared_backbone.runtime.prometheus import MetricsInterceptor, ServerMetrics, serve_metrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -102,11 +102,10 @@ def check_serve_config(serve: NodeServeConfig) -> None:
 
 
 def register_request(node_id: str, endpoint: str, bundle: bundle_lib.Bundle, head: heads.Head) -> pb.RegisterRequest:
-    return pb.RegisterRequest(
-        node_id=node_id, source=head.source, endpoint=endpoint, backbone_digest=bundle.digest,
-        backbone_version=bundle.version, head_digest=head.digest, calibration=wire.calibration_to_proto(head.calibration),
-        threshold=head.threshold, metrics=wire.metrics_to_struct(head.metrics),
-    )
+    return Registration(
+        node_id=node_id, source=head.source, endpoint=endpoint, head_digest=head.digest, backbone_digest=bundle.digest,
+        backbone_version=bundle.version, calibration=head.calibration, threshold=head.threshold, metrics=head.metrics,
+    ).to_proto()
 
 
 def start_node(config: NodeConfig, *, on_fatal: Callable[[str], None] | None = None) -> NodeServer:

@@ -25,7 +25,7 @@ from node.head_data import SPLITS, DataAccessError, HeadData, head_data
 from shared_backbone.config import to_dict
 from shared_backbone.data.negatives import MATCH_SAMPLE, NegativeSettings, make_negatives, matched_settings
 from shared_backbone.training import trunk_cache
-from shared_backbone.training import fit as training
+from shared_backbone.training.fit import FitResult, fit_arrays, prepare_run_dir, set_seed, timestamp
 from shared_backbone.training.classification_metrics import binary_metrics
 from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, load_configured_bundle
@@ -141,7 +141,7 @@ def predict(model, x: np.ndarray) -> np.ndarray:
 
 
 def _metrics(config: NodeConfig, data: HeadData, sets: dict[str, FeatureSet], model, calibration: Calibration,
-             raw_calib: np.ndarray, fit: training.FitResult) -> dict[str, Any]:
+             raw_calib: np.ndarray, fit: FitResult) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "source": config.source,
         "data_access": data.report,
@@ -178,13 +178,13 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
             "reference set (or keep public real images in a real source folder under data.root)"
         )
     state_dir = Path(config.state_dir)
-    run_dir = training.prepare_run_dir(state_dir / state.RUNS_DIR / training.timestamp(), to_dict(config), config.train.seed, exist_ok=True)
-    training.set_seed(config.train.seed)
+    run_dir = prepare_run_dir(state_dir / state.RUNS_DIR / timestamp(), to_dict(config), config.train.seed, exist_ok=True)
+    set_seed(config.train.seed)
     trunk = networks.build_trunk(bundle.load_primary())
     sets = feature_sets(config, data, trunk, spec)
     _check(config, sets)
     model = _head_model(config, spec)
-    fit = training.fit_arrays(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, config.train, run_dir,
+    fit = fit_arrays(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, config.train, run_dir,
                               progress=progress)
     calibration, raw_calib = calibrate(model, sets["calib"], config.calibration)
     metrics = _metrics(config, data, sets, model, calibration, raw_calib, fit)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,18 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
+
+
+@dataclass
+class Net:
+    """A running test network: its folder, bundle, coordinator server, node servers and gateway target."""
+
+    root: Path
+    bundle: object
+    coordinator: object
+    nodes: dict
+    target: str
+    node_configs: dict = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -140,10 +153,10 @@ def signed_metadata(stub, message, secret: str, purpose: str, *, node_id: str, s
     key = identity.node_key(secret)
     public = identity.public_key_hex(key)
     challenge = stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=5).challenge
-    metadata = [(rpc.NODE_PUBLIC_KEY, public), (rpc.NODE_CHALLENGE, challenge),
-                (rpc.NODE_SIGNATURE, identity.sign(key, purpose, challenge, node_id, identity.message_digest(message)))]
+    metadata = [(rpc.PUBLIC_KEY_METADATA, public), (rpc.CHALLENGE_METADATA, challenge),
+                (rpc.SIGNATURE_METADATA, identity.sign(key, purpose, challenge, node_id, identity.message_digest(message)))]
     if enrolment_token:
-        metadata.append((rpc.ENROLMENT_PROOF, identity.enrolment_proof(enrolment_token, challenge, node_id, source, public)))
+        metadata.append((rpc.ENROLMENT_PROOF_METADATA, identity.enrolment_proof(enrolment_token, challenge, node_id, source, public)))
     return tuple(metadata)
 
 
@@ -179,3 +192,89 @@ def fit_head_reply(node: int, values: dict):
             setattr(TaskIdentity, name, value)
     request = Message(content=RecordDict(), dst_node_id=node, message_type=FIT_HEAD)
     return Message(RecordDict({RESULT_RECORD: ConfigRecord(values)}), reply_to=request)
+
+
+def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair, **serve):
+    from node.config import NodeConfig, NodeServeConfig
+
+    return NodeConfig(
+        source=source,
+        backbone=str(bundle.path),
+        public_key=str(keypair[1]),
+        state_dir=str(root / source),
+        serve=NodeServeConfig(
+            host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{coordinator_port}",
+            heartbeat_interval=0.3, rpc_timeout=2.0, max_backoff=1.0, **serve,
+        ),
+    )
+
+
+def write_certificates(folder: Path) -> dict[str, str]:
+    """A CA and one leaf certificate for 127.0.0.1 (server and client use), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("attribnet test CA")).issuer_name(name("attribnet test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder().subject_name(name("attribnet-peer")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"ca": folder / "ca.pem", "cert": folder / "peer.pem", "key": folder / "peer.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return {k: str(v) for k, v in files.items()}
+
+
+def registry_stub(target: str):
+    """(channel, RegistryService stub) to a coordinator at `target`."""
+    from shared_backbone.runtime import rpc
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+    channel = rpc.open_channel(target)
+    return channel, pb_grpc.RegistryServiceStub(channel)
+
+
+def register_request(bundle, node_id: str, source: str, endpoint: str = "127.0.0.1:1"):
+    """A well-formed RegisterRequest for `bundle` (identity calibration, a made-up head digest)."""
+    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
+
+    return pb.RegisterRequest(
+        node_id=node_id, source=source, endpoint=endpoint, backbone_digest=bundle.digest,
+        backbone_version=bundle.version, head_digest="0" * 64,
+        calibration=pb.Calibration(method="identity", a=1.0, b=0.0), threshold=0.5,
+    )
+
+
+def status_code(call):
+    """The gRPC status code `call()` fails with (it must fail)."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()

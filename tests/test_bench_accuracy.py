@@ -76,7 +76,7 @@ def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):
     from PIL import Image
 
     from attribnet.bench.accuracy.config import AccuracyConfig, Roles
-    from attribnet.bench.accuracy.protocol import prepare
+    from attribnet.bench.accuracy.bench_data import prepare
     from shared_backbone.config import DataConfig
     from shared_backbone.data.datasets import load_split
 

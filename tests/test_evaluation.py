@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from shared_backbone.training import classification_metrics as evaluation
+from shared_backbone.training import classification_metrics
 from shared_backbone.training import reports
 
 
 def test_binary_metrics_hand_computed():
     labels = [1, 1, 1, 0, 0, 0, 0, 1]
     scores = [0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.3, 0.8]
-    m = evaluation.binary_metrics(labels, scores, threshold=0.5)
+    m = classification_metrics.binary_metrics(labels, scores, threshold=0.5)
     # predicted positive: 0.9, 0.6, 0.7, 0.8 -> tp 3 (0.9, 0.6, 0.8), fp 1 (0.7), fn 1 (0.4), tn 3
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 1, 3)
     assert m["accuracy"] == pytest.approx(6 / 8)
@@ -27,32 +27,32 @@ def test_binary_metrics_hand_computed():
 
 
 def test_roc_auc_ties_count_half_and_degenerate_cases():
-    assert evaluation.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
-    assert evaluation.roc_auc([1, 1, 0], [0.7, 0.5, 0.5]) == pytest.approx(0.75)
-    assert evaluation.roc_auc([0, 1], [0.9, 0.1]) == 0.0
-    assert np.isnan(evaluation.roc_auc([1, 1], [0.2, 0.3]))
+    assert classification_metrics.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    assert classification_metrics.roc_auc([1, 1, 0], [0.7, 0.5, 0.5]) == pytest.approx(0.75)
+    assert classification_metrics.roc_auc([0, 1], [0.9, 0.1]) == 0.0
+    assert np.isnan(classification_metrics.roc_auc([1, 1], [0.2, 0.3]))
 
 
 def test_roc_curve_endpoints_and_auc_agree():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     scores = rng.normal(size=200) + labels
-    fpr, tpr, _ = evaluation.roc_curve(labels, scores)
+    fpr, tpr, _ = classification_metrics.roc_curve(labels, scores)
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(evaluation.roc_auc(labels, scores))
+    assert np.trapezoid(tpr, fpr) == pytest.approx(classification_metrics.roc_auc(labels, scores))
 
 
 def test_log_loss_hand_computed():
-    assert evaluation.log_loss([1, 0], [0.8, 0.4]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+    assert classification_metrics.log_loss([1, 0], [0.8, 0.4]) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
 
 
 def test_confusion_matrix_and_multiclass_metrics_hand_computed():
     y_true = [0, 0, 1, 1, 1, 2]
     y_pred = [0, 1, 1, 1, 2, 2]
-    matrix = evaluation.confusion_matrix(y_true, y_pred, 3)
+    matrix = classification_metrics.confusion_matrix(y_true, y_pred, 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
-    m = evaluation.multiclass_metrics(y_true, y_pred, ["a", "b", "c"])
+    m = classification_metrics.multiclass_metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["per_class"]["a"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
     assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
@@ -66,7 +66,7 @@ def test_multiclass_unknown_predictions_count_as_errors_and_ovr_auc():
     y_true = [0, 1, 1]
     y_pred = [0, 2, 1]  # 2 = "unknown", beyond the two classes
     scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]])
-    m = evaluation.multiclass_metrics(y_true, y_pred, ["a", "b"], scores)
+    m = classification_metrics.multiclass_metrics(y_true, y_pred, ["a", "b"], scores)
     assert m["accuracy"] == pytest.approx(2 / 3)
     assert np.array(m["confusion_matrix"]).shape == (3, 3)
     assert m["per_class"]["b"]["recall"] == pytest.approx(0.5)
@@ -76,7 +76,7 @@ def test_multiclass_unknown_predictions_count_as_errors_and_ovr_auc():
 def test_reports_write_csv_json_and_pngs(tmp_path):
     labels = np.array([0, 1, 1, 0])
     scores = np.array([0.2, 0.9, 0.4, float("nan")])
-    metrics = evaluation.binary_metrics(labels[:3], scores[:3])
+    metrics = classification_metrics.binary_metrics(labels[:3], scores[:3])
     metrics["nan_value"] = float("nan")
     files = reports.write_binary_report(tmp_path, ["a", "b", "c"], labels[:3], scores[:3], metrics, name="t", title="t")
     with open(files["predictions"]) as handle:
@@ -85,7 +85,7 @@ def test_reports_write_csv_json_and_pngs(tmp_path):
     assert json.loads(open(files["metrics"]).read())["nan_value"] is None
     for key in ("confusion_matrix", "roc"):
         assert open(files[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    multi = evaluation.multiclass_metrics([0, 1, 2], [0, 3, 2], ["x", "y", "z"])
+    multi = classification_metrics.multiclass_metrics([0, 1, 2], [0, 3, 2], ["x", "y", "z"])
     out = reports.write_multiclass_report(
         tmp_path, ["1", "2", "3"], ["x", "y", "z"], np.array([0, 1, 2]), np.array([0, 3, 2]), multi,
         name="m", title="m", scores=np.eye(3), extra_predicted=["unknown"],

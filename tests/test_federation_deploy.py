@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from attribnet.launch import flower_deployment
 from attribnet.launch import flower_processes as fp
 from tests.test_federation_sim import check_registered, coordinator_config, make_node_folders
 
@@ -31,7 +32,7 @@ def test_deployment_trains_and_registers_both_nodes(zoo_reference, tiny_zoo, zoo
 
 def test_processes_are_gone_after_the_deployment_stops(tmp_path):
     """Process-group teardown: the SuperLink's children (superexec) go with it."""
-    deployment = fp.LocalDeployment.start(tmp_path, [])
+    deployment = flower_deployment.LocalDeployment.start(tmp_path, [])
     (superlink,) = deployment.processes
     assert superlink.alive()
     deployment.stop()
@@ -94,14 +95,14 @@ def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_forei
     config_path = write_coordinator_yaml(config, tmp_path / "coordinator.yaml")
     tls = write_test_tls(tmp_path / "tls")
     started = time.monotonic()
-    with fp.LocalDeployment.start(tmp_path / "deploy", nodes, tls=tls, supernode_auth=True) as deployment:
-        intruder_key, _ = fp.write_supernode_key(tmp_path / "intruder" / "key")  # never registered
+    with flower_deployment.LocalDeployment.start(tmp_path / "deploy", nodes, tls=tls, supernode_auth=True) as deployment:
+        intruder_key, _ = flower_deployment.write_supernode_key(tmp_path / "intruder" / "key")  # never registered
         deployment.processes.append(fp.start_supernode(
             deployment.superlink_address, tmp_path / "intruder", name="intruder", env=deployment.env,
             root_certificates=tls[0], auth_private_key=str(intruder_key), node_config={"source": "intruder"},
         ))
         result = submit_run(config_path, config.federation.result_file, deployment.env, workdir=tmp_path, timeout=120.0)
-        known = fp.list_supernodes(deployment.env)
+        known = flower_deployment.list_supernodes(deployment.env)
     print(f"TLS + SuperNode auth deployment cycle with 1 SuperNode: {time.monotonic() - started:.1f} s")
     assert [n["status"] for n in known] == ["online"], known
     assert result.flower["status"] == "finished:completed" and result.status == "completed", result.error

@@ -82,9 +82,9 @@ def check_registered(result, config: CoordinatorConfig, nodes: list[dict], bundl
         head = load_head(state / "head", bundle)  # refuses a head of another backbone
         assert head.source == source
         entry = entries[source]
-        assert entry.head_digest == sha256_file(state / "head" / HEAD_WEIGHTS) == by_source[source].head_digest
+        assert entry.head_digest == sha256_file(state / "head" / HEAD_WEIGHTS) == by_source[source].registration.head_digest
         assert entry.backbone_digest == bundle.digest and entry.endpoint == node["endpoint"]
-        assert entry.calibration == head.calibration.to_dict()
+        assert entry.calibration.to_dict() == head.calibration.to_dict()
         assert 0.0 <= entry.metrics["calib"]["calibrated"]["accuracy"] <= 1.0
         assert load_bundle(state / "bundle", None).digest == bundle.digest  # the node's verified copy
         reply = by_source[source]

@@ -96,13 +96,14 @@ def test_validator_property_accepts_only_what_it_can_serve(fields):
     from coordinator.validation import EndpointPolicy, InvalidRegistration, validate_registration
     from shared_backbone.model.calibration import Calibration
     from shared_backbone.model.rule import RESERVED
+    from shared_backbone.protocol.registration import Registration
 
     try:
-        clean = validate_registration(fields, EndpointPolicy())
+        clean = validate_registration(Registration.from_fields(fields), EndpointPolicy())
     except InvalidRegistration as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    assert clean["source"] not in RESERVED and 0.05 <= clean["threshold"] <= 0.999
-    Calibration.from_dict(clean["calibration"])
-    assert len(json.dumps(clean["metrics"])) <= 16 * 1024
-    assert not clean["endpoint"].startswith("unix:") and "169.254." not in clean["endpoint"]
+    assert clean.source not in RESERVED and 0.05 <= clean.threshold <= 0.999
+    Calibration.from_dict(clean.calibration.to_dict())
+    assert len(json.dumps(clean.metrics)) <= 16 * 1024
+    assert not clean.endpoint.startswith("unix:") and "169.254." not in clean.endpoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -19,12 +18,18 @@ from PIL import Image
 
 from tests.network_support import (
     IMAGE_SIZE,
+    Net,
     make_bundle,
     make_head,
+    node_config,
     png_bytes,
+    register_request,
     register_signed,
+    registry_stub,
     signed_metadata,
+    status_code,
     wait_until,
+    write_certificates,
     write_enrolment,
 )
 
@@ -32,31 +37,6 @@ QUERY_TOKEN = "query-secret"
 SOURCES = ("alpha", "beta", "gamma")
 MAX_PIXELS = 64 * 64
 MAX_IMAGES = 8
-
-
-@dataclass
-class Net:
-    root: Path
-    bundle: object
-    coordinator: object
-    nodes: dict
-    node_configs: dict
-    target: str
-
-
-def node_config(root: Path, bundle, source: str, coordinator_port: int, keypair, **serve):
-    from node.config import NodeConfig, NodeServeConfig
-
-    return NodeConfig(
-        source=source,
-        backbone=str(bundle.path),
-        public_key=str(keypair[1]),
-        state_dir=str(root / source),
-        serve=NodeServeConfig(
-            host="127.0.0.1", port=0, coordinator=f"127.0.0.1:{coordinator_port}",
-            heartbeat_interval=0.3, rpc_timeout=2.0, max_backoff=1.0, **serve,
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +68,7 @@ def net(tmp_path_factory, keypair):
     wait_until(
         lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(SOURCES), 30, "3 healthy nodes"
     )
-    net = Net(root, bundle, coordinator, nodes, configs, f"127.0.0.1:{coordinator.port}")
+    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}", configs)
     yield net
     for node in net.nodes.values():
         node.stop(0.5)
@@ -212,11 +192,11 @@ def test_concurrent_requests_share_trunk_runs(net, offline):
 
     rng = np.random.default_rng(4)
     requests = [[png_bytes(rng) for _ in range(2)] for _ in range(6)]
-    before = net.coordinator.gateway.pipeline.runs
+    before = net.coordinator.pipeline.runs
     scored = {source: score_calls(node) for source, node in net.nodes.items()}
     with client(net) as c, concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(c.attribute, requests))
-    runs = net.coordinator.gateway.pipeline.runs - before
+    runs = net.coordinator.pipeline.runs - before
     assert runs < len(requests), f"{runs} trunk runs for {len(requests)} concurrent requests"
     # one batch end to end: each node got one Score call per trunk run, not one per request
     assert {source: score_calls(node) - scored[source] for source, node in net.nodes.items()} == dict.fromkeys(SOURCES, runs)
@@ -228,67 +208,43 @@ def test_concurrent_requests_share_trunk_runs(net, offline):
                 assert got.raw_scores[source] == pytest.approx(want.raw[source], abs=1e-4)
 
 
-def _registry_stub(net):
-    from shared_backbone.runtime import rpc
-    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-
-    channel = rpc.open_channel(net.target)
-    return channel, pb_grpc.RegistryServiceStub(channel)
-
-
-def _register_request(net, node_id: str, source: str, endpoint: str = "127.0.0.1:1"):
-    from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
-
-    return pb.RegisterRequest(
-        node_id=node_id, source=source, endpoint=endpoint, backbone_digest=net.bundle.digest,
-        backbone_version=net.bundle.version, head_digest="0" * 64,
-        calibration=pb.Calibration(method="identity", a=1.0, b=0.0), threshold=0.5,
-    )
-
-
-def _code(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code()
-
-
 def test_registration_needs_a_signed_challenge_and_enrolment_and_cannot_take_over_another_node(net):
     from shared_backbone.protocol import identity
     from shared_backbone.runtime import rpc
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 
-    channel, stub = _registry_stub(net)
+    channel, stub = registry_stub(net.target)
     registry = net.coordinator.registry
     try:
-        taken = _register_request(net, "alpha", "alpha")
-        assert _code(lambda: stub.Register(taken, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED  # no proof at all
+        taken = register_request(net.bundle, "alpha", "alpha")
+        assert status_code(lambda: stub.Register(taken, timeout=5)) == grpc.StatusCode.UNAUTHENTICATED  # no proof at all
         # node id "alpha" is bound to the real alpha node's key: another key cannot overwrite it
-        assert _code(lambda: register_signed(stub, taken, "intruder-secret")) == grpc.StatusCode.PERMISSION_DENIED
+        assert status_code(lambda: register_signed(stub, taken, "intruder-secret")) == grpc.StatusCode.PERMISSION_DENIED
         beat = pb.HeartbeatRequest(node_id="alpha")
         intruder = signed_metadata(stub, beat, "intruder-secret", identity.HEARTBEAT, node_id="alpha")
-        assert _code(lambda: stub.Heartbeat(beat, metadata=intruder, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        assert status_code(lambda: stub.Heartbeat(beat, metadata=intruder, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
         # a replayed challenge (or one issued for another id) is refused with ABORTED: ask again
         replay = signed_metadata(stub, beat, "intruder-secret", identity.HEARTBEAT, node_id="alpha")
         with pytest.raises(grpc.RpcError):
             stub.Heartbeat(beat, metadata=replay, timeout=5)
-        assert _code(lambda: stub.Heartbeat(beat, metadata=replay, timeout=5)) == grpc.StatusCode.ABORTED
+        assert status_code(lambda: stub.Heartbeat(beat, metadata=replay, timeout=5)) == grpc.StatusCode.ABORTED
         # a new id without an enrolment is refused; the admin cannot even enrol a second node for alpha
-        newcomer = _register_request(net, "newcomer", "newcomer")
-        assert _code(lambda: register_signed(stub, newcomer, "new-secret")) == grpc.StatusCode.UNAUTHENTICATED
+        newcomer = register_request(net.bundle, "newcomer", "newcomer")
+        assert status_code(lambda: register_signed(stub, newcomer, "new-secret")) == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(ValueError, match="already served"):
             registry.enrol("squatter", "alpha")
         # enrolled for one source, registering another: refused; wrong token: refused
         token = registry.enrol("squatter", "squat")
-        squatter = _register_request(net, "squatter", "alpha")
-        assert _code(lambda: register_signed(stub, squatter, "sq-secret", token)) == grpc.StatusCode.PERMISSION_DENIED
-        own = _register_request(net, "squatter", "squat")
-        assert _code(lambda: register_signed(stub, own, "sq-secret", "not-the-token")) == grpc.StatusCode.UNAUTHENTICATED
-        bad_endpoint = _register_request(net, "squatter", "squat", endpoint="unix:/tmp/socket")
-        assert _code(lambda: register_signed(stub, bad_endpoint, "sq-secret", token)) == grpc.StatusCode.INVALID_ARGUMENT
+        squatter = register_request(net.bundle, "squatter", "alpha")
+        assert status_code(lambda: register_signed(stub, squatter, "sq-secret", token)) == grpc.StatusCode.PERMISSION_DENIED
+        own = register_request(net.bundle, "squatter", "squat")
+        assert status_code(lambda: register_signed(stub, own, "sq-secret", "not-the-token")) == grpc.StatusCode.UNAUTHENTICATED
+        bad_endpoint = register_request(net.bundle, "squatter", "squat", endpoint="unix:/tmp/socket")
+        assert status_code(lambda: register_signed(stub, bad_endpoint, "sq-secret", token)) == grpc.StatusCode.INVALID_ARGUMENT
         unknown = pb.HeartbeatRequest(node_id="never-registered")
         meta = signed_metadata(stub, unknown, "x", identity.HEARTBEAT, node_id="never-registered")
-        assert _code(lambda: stub.Heartbeat(unknown, metadata=meta, timeout=5)) == grpc.StatusCode.NOT_FOUND
-        assert not any(key == rpc.ENROLMENT_PROOF for key, _ in meta)
+        assert status_code(lambda: stub.Heartbeat(unknown, metadata=meta, timeout=5)) == grpc.StatusCode.NOT_FOUND
+        assert not any(key == rpc.ENROLMENT_PROOF_METADATA for key, _ in meta)
     finally:
         registry.remove("squatter")
         channel.close()
@@ -300,8 +256,8 @@ def test_registration_needs_a_signed_challenge_and_enrolment_and_cannot_take_ove
 def test_incompatible_backbone_is_registered_but_never_queried(net, tmp_path, keypair):
     other = make_bundle(tmp_path / "other", *keypair, version="other")
     assert other.digest != net.bundle.digest
-    channel, stub = _registry_stub(net)
-    request = _register_request(net, "old-node", "old-source")
+    channel, stub = registry_stub(net.target)
+    request = register_request(net.bundle, "old-node", "old-source")
     request.backbone_digest = other.digest
     try:
         token = net.coordinator.registry.enrol("old-node", "old-source")
@@ -357,47 +313,6 @@ def test_wrong_enrolment_token_stops_node(net, keypair):
     assert "UNAUTHENTICATED" in reasons[0] and "delta" in reasons[0] and "enrolment proof" in reasons[0]
 
 
-def _write_certificates(folder: Path) -> dict[str, str]:
-    """A CA and one leaf certificate for 127.0.0.1 (server and client use), as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder().subject_name(name("attribnet test CA")).issuer_name(name("attribnet test CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder().subject_name(name("attribnet-peer")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"ca": folder / "ca.pem", "cert": folder / "peer.pem", "key": folder / "peer.key"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return {k: str(v) for k, v in files.items()}
-
-
 def test_mutual_tls_network(net, tmp_path, keypair):
     """Coordinator and node with mTLS: registration, scoring and queries all need a CA-signed cert."""
     from coordinator.config import CoordinatorConfig, GatewayConfig
@@ -406,7 +321,7 @@ def test_mutual_tls_network(net, tmp_path, keypair):
     from shared_backbone.config import TLSConfig
     from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
 
-    pem = _write_certificates(tmp_path / "pki")
+    pem = write_certificates(tmp_path / "pki")
     tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)
     coordinator = start_coordinator(CoordinatorConfig(
         bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "registry.sqlite"),

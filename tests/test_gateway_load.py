@@ -11,32 +11,22 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import urllib.request
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.network_support import make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
+from tests.network_support import Net, make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
 NODE_TIMEOUT = 4.0
 
 
-@dataclass
-class LoadNet:
-    root: object
-    bundle: object
-    coordinator: object
-    nodes: dict
-    target: str
-
-
 @pytest.fixture(scope="module")
 def load_net(tmp_path_factory, keypair):
     from node.server import start_node
-    from tests.test_gateway import node_config
+    from tests.network_support import node_config
 
     root = tmp_path_factory.mktemp("load")
     bundle = make_bundle(root / "bundle", *keypair)
@@ -53,7 +43,7 @@ def load_net(tmp_path_factory, keypair):
         config.serve.metrics_port = 0
         nodes[source] = start_node(config)
     wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(GOOD), 30, "2 healthy nodes")
-    net = LoadNet(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
+    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
     yield net
     for node in nodes.values():
         node.stop(0.2)
@@ -72,6 +62,7 @@ class TamperedHead:
     def __init__(self, net, source: str, tamper, delay: float = 0.0) -> None:
         from node.head_service import HeadServicer
         from shared_backbone.protocol import identity
+        from shared_backbone.protocol.registration import Registration
         from shared_backbone.runtime import rpc
         from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
@@ -95,8 +86,9 @@ class TamperedHead:
         if registry.bound_key(source) is None and registry.enrolment(source) is None:
             registry.enrol(source, source)
         registry.register(  # what admission does once the node's proofs check out
-            node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
-            head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5,
+            Registration.from_fields(dict(
+                node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
+                head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5)),
             public_key=identity.public_key_hex(identity.node_key(f"{source}-secret")),
             enrolment_verified=registry.bound_key(source) is None,
         )
@@ -168,15 +160,15 @@ def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queu
     from shared_backbone.runtime.gateway_client import GatewayError
     from shared_backbone.runtime.prometheus import QUEUE_DEPTH, REJECTED
 
-    gateway = load_net.coordinator.gateway
+    pipeline = load_net.coordinator.pipeline
     rng = np.random.default_rng(4)
     depth = {"stage": "trunk"}
-    runs = gateway.pipeline.runs
+    runs = pipeline.runs
     with concurrent.futures.ThreadPoolExecutor(3) as pool, client(load_net, timeout=10) as c, \
             client(load_net, timeout=0.5) as hasty:
-        with gateway.serving._lock:  # the batcher's next trunk run waits here
+        with pipeline.serving._lock:  # the batcher's next trunk run waits here
             running = pool.submit(c.attribute, [png_bytes(rng)])
-            wait_until(lambda: gateway.pipeline.runs > runs, 10, "the first batch to reach the trunk")
+            wait_until(lambda: pipeline.runs > runs, 10, "the first batch to reach the trunk")
             queued = pool.submit(hasty.attribute, [png_bytes(rng) for _ in range(MAX_QUEUE)])
             wait_until(lambda: sample(load_net, QUEUE_DEPTH, depth) == MAX_QUEUE, 10, "a full queue")
             with pytest.raises(GatewayError) as full:
@@ -189,7 +181,7 @@ def test_full_queue_is_resource_exhausted_and_a_deadline_is_honoured_in_the_queu
     assert sample(load_net, f"{REJECTED}_total", {"reason": "expired"}) >= 1
     with client(load_net) as c:
         assert len(c.attribute([png_bytes(rng)])) == 1 and c.health() == "SERVING"
-    assert gateway.pipeline.runs == runs + 2  # the blocked batch and the last one: the expired request never ran
+    assert pipeline.runs == runs + 2  # the blocked batch and the last one: the expired request never ran
 
 
 def test_rate_limit_per_client_is_resource_exhausted(tmp_path, keypair, load_net):
@@ -213,7 +205,7 @@ def test_compiled_models_never_retrace(load_net):
     with client(load_net) as c:  # one at a time: this gateway's queue holds only MAX_QUEUE images
         for i in range(8):
             c.attribute([png_bytes(rng) for _ in range(1 + i % MAX_QUEUE)])
-    assert load_net.coordinator.gateway.serving.traces == 1
+    assert load_net.coordinator.pipeline.serving.traces == 1
     assert {source: node.servicer.compiled.traces for source, node in load_net.nodes.items()} == dict.fromkeys(GOOD, 1)
 
 

@@ -102,6 +102,7 @@ def test_every_import_follows_the_layering():
 
 
 @pytest.mark.parametrize("module", ["shared_backbone.protocol.wire", "shared_backbone.protocol.identity",
+                                    "shared_backbone.protocol.flower_messages", "shared_backbone.protocol.registration",
                                     "attribnet.lab.datasets.zoo", "shared_backbone.config"])
 def test_light_modules_do_not_load_tensorflow(module):
     """The wire definitions, the zoo and the config loader are numpy-level: importing them loads no Keras."""

@@ -9,6 +9,7 @@ import pytest
 
 from coordinator.registry import IdentityMismatch, NotEnrolled, Registry, RegistryError, SourceTaken, UnknownNode
 from shared_backbone.protocol import identity
+from shared_backbone.protocol.registration import Registration
 
 
 def key(secret: str) -> str:
@@ -35,7 +36,8 @@ def register(registry: Registry, node_id: str = "n1", source: str = "progan", se
     fresh = registry.bound_key(node_id) is None
     if fresh and registry.enrolment(node_id) is None:
         registry.enrol(node_id, source)
-    return registry.register(node_id=node_id, source=source, public_key=key(secret), enrolment_verified=fresh, **values)
+    record = Registration.from_fields({"node_id": node_id, "source": source, **values})
+    return registry.register(record, public_key=key(secret), enrolment_verified=fresh)
 
 
 def test_register_is_idempotent_and_updates_the_entry(tmp_path):
@@ -47,7 +49,7 @@ def test_register_is_idempotent_and_updates_the_entry(tmp_path):
     assert second.generation == first.generation + 1
     assert second.registered_at == first.registered_at and second.last_heartbeat == clock.now
     assert [e.endpoint for e in registry.list()] == ["127.0.0.1:6000"]
-    assert second.calibration == {"method": "platt", "a": 1.5, "b": -0.25, "positive_scores": []}
+    assert second.calibration.to_dict() == {"method": "platt", "a": 1.5, "b": -0.25, "positive_scores": []}
     assert second.metrics == {"auroc": 0.9}
 
 
@@ -61,13 +63,14 @@ def test_one_node_cannot_overwrite_another(tmp_path):
     with pytest.raises(UnknownNode):
         registry.heartbeat("n3")
     with pytest.raises(NotEnrolled, match="attribnet coordinator enrol"):
-        registry.register(node_id="n5", source="other", public_key=key("s5"), endpoint="127.0.0.1:1", backbone_digest="b" * 64,
-                          head_digest="a" * 64, calibration={"method": "identity", "a": 1, "b": 0}, threshold=0.5)
+        registry.register(Registration.from_fields(dict(
+            node_id="n5", source="other", endpoint="127.0.0.1:1", backbone_digest="b" * 64, head_digest="a" * 64,
+            calibration={"method": "identity", "a": 1, "b": 0}, threshold=0.5)), public_key=key("s5"))
     registry.enrol("n6", "stylegan")
     with pytest.raises(IdentityMismatch, match="enrolled for source 'stylegan'"):
-        registry.register(node_id="n6", source="biggan", public_key=key("s6"), enrolment_verified=True, endpoint="127.0.0.1:1",
-                          backbone_digest="b" * 64, head_digest="a" * 64, calibration={"method": "identity", "a": 1, "b": 0},
-                          threshold=0.5)
+        registry.register(Registration.from_fields(dict(
+            node_id="n6", source="biggan", endpoint="127.0.0.1:1", backbone_digest="b" * 64, head_digest="a" * 64,
+            calibration={"method": "identity", "a": 1, "b": 0}, threshold=0.5)), public_key=key("s6"), enrolment_verified=True)
     assert registry.get("n1").endpoint == "127.0.0.1:5000"
 
 

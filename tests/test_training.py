@@ -14,7 +14,7 @@ from node.config import NegativesConfig, NodeConfig
 from shared_backbone.config import TrainConfig
 from shared_backbone.data.datasets import load_split
 from attribnet.lab.datasets.zoo import zoo_data_config
-from shared_backbone.training import fit as training
+from shared_backbone.training.fit import BEST_WEIGHTS, MIN_PATIENCE, class_weights, detection_labels, fit
 from shared_backbone.model import networks
 from shared_backbone.model.preprocessing import InputSpec
 from tests.fixtures_backbone import HEAD_NEGATIVES
@@ -25,9 +25,9 @@ def _weights_bytes(model) -> list[bytes]:
 
 
 def test_class_weights_balance_classes():
-    weights = training.class_weights(np.array([1, 1, 1, 0]))
+    weights = class_weights(np.array([1, 1, 1, 0]))
     assert weights == pytest.approx({0: 2.0, 1: 4 / 6})
-    assert training.class_weights(np.array([0, 0, 2]), 3) == pytest.approx({0: 0.75, 1: 1.0, 2: 1.5})
+    assert class_weights(np.array([0, 0, 2]), 3) == pytest.approx({0: 0.75, 1: 1.0, 2: 1.5})
 
 
 def test_early_stopping_never_stops_before_min_epochs(tiny_zoo_config, tmp_path):
@@ -37,15 +37,15 @@ def test_early_stopping_never_stops_before_min_epochs(tiny_zoo_config, tmp_path)
     spec = InputSpec(16)
     model = networks.build_baseline("gdaconv", 16, "pixel", "detection")  # no BatchNorm: val loss exactly constant
     train = TrainConfig(epochs=30, batch_size=32, learning_rate=0.0, patience=patience, min_epochs=min_epochs)
-    result = training.fit(
-        model, splits["train"], training.detection_labels(index, splits["train"]),
-        splits["val"], training.detection_labels(index, splits["val"]), spec, train, tmp_path, progress=False,
+    result = fit(
+        model, splits["train"], detection_labels(index, splits["train"]),
+        splits["val"], detection_labels(index, splits["val"]), spec, train, tmp_path, progress=False,
     )
     assert result.best_epoch == min_epochs
-    assert result.epochs_run == min_epochs + max(patience, training.MIN_PATIENCE)
+    assert result.epochs_run == min_epochs + max(patience, MIN_PATIENCE)
     assert (tmp_path / "history.csv").read_text().count("\n") == result.epochs_run + 1
     assert any((tmp_path / "tensorboard" / "validation").iterdir())
-    assert (tmp_path / "checkpoints" / training.BEST_WEIGHTS).is_file()
+    assert (tmp_path / "checkpoints" / BEST_WEIGHTS).is_file()
 
 
 def test_primary_run_folder_records_everything(zoo_primary_run):
@@ -95,7 +95,7 @@ def test_trunk_is_frozen_and_in_inference_mode_during_head_training(zoo_bundle, 
     trunk_before, head_before = _weights_bytes(trunk), _weights_bytes(head)
     batch = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(trunk(batch, training=True)), np.asarray(trunk(batch, training=False)))
-    training.fit(
+    fit(
         model, train_x[:64], train_y[:64], val_x[:32], val_y[:32], zoo_bundle.input_spec,
         TrainConfig(epochs=1, batch_size=32, min_epochs=1), tmp_path, progress=False,
     )

@@ -232,17 +232,16 @@ def test_names_squatting_and_missing_enrolment_are_refused_at_registration(trust
 def test_without_audits_the_saturated_node_would_capture_the_answers(trust, tmp_path, keypair):
     """The control: the same attack against a gateway without canary audits takes the honest images."""
     from coordinator.registry import Registry
+    from shared_backbone.protocol.registration import Registration
 
     registry = Registry(tmp_path / "registry.sqlite")
     for source in trust.nodes:  # the same honest nodes' registrations, copied over
         entry = trust.coordinator.registry.get(source)
         registry.enrol(source, source)
-        registry.register(public_key=entry.public_key, enrolment_verified=True, **{
-            k: getattr(entry, k) for k in ("node_id", "source", "endpoint", "backbone_digest", "backbone_version",
-                                           "head_digest", "calibration", "threshold", "metrics")})
+        registry.register(Registration.from_fields(entry.values()), public_key=entry.public_key, enrolment_verified=True)
     registry.close()
     coordinator = start_gateway(tmp_path, trust.bundle, keypair)
-    coordinator.gateway.pool.credential = trust.coordinator.registry.gateway_credential  # the honest nodes' credential
+    coordinator.pool.credential = trust.coordinator.registry.gateway_credential  # the honest nodes' credential
     head = EvilHead("evil", "e" * 64, 0.6)
     server, port = serve_evil(head)
     channel, stub = _stub(f"127.0.0.1:{coordinator.port}")
@@ -299,11 +298,11 @@ def test_flower_replies_are_checked_by_the_same_admission(tmp_path, zoo_bundle):
         values = {"node_id": "flower-node", "source": source, "endpoint": "127.0.0.1:61000", "head_digest": "a" * 64,
                   "backbone_digest": zoo_bundle.digest, "backbone_version": zoo_bundle.version, "threshold": threshold,
                   "calibration": '{"method": "platt", "a": 1.0, "b": 0.0}', "metrics": "{}",
-                  flower_messages.NODE_PUBLIC_KEY: identity.public_key_hex(key)}
+                  flower_messages.PUBLIC_KEY_FIELD: identity.public_key_hex(key)}
         digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
-        values[flower_messages.NODE_SIGNATURE] = identity.sign(key, identity.FLOWER_REGISTER, challenge, "flower-node", digest)
-        values[flower_messages.NODE_ENROLMENT_PROOF] = identity.enrolment_proof(
-            token, challenge, "flower-node", source, values[flower_messages.NODE_PUBLIC_KEY]) if with_proof else ""
+        values[flower_messages.SIGNATURE_FIELD] = identity.sign(key, identity.FLOWER_REGISTER, challenge, "flower-node", digest)
+        values[flower_messages.ENROLMENT_PROOF_FIELD] = identity.enrolment_proof(
+            token, challenge, "flower-node", source, values[flower_messages.PUBLIC_KEY_FIELD]) if with_proof else ""
         if tamper:
             values["endpoint"] = "127.0.0.1:1"
         message = fit_head_reply(node, values)

@@ -1,6 +1,6 @@
 """The whole attribution network on one machine: zoo -> backbone -> Flower federation -> live gateway -> report.
 
-Unlike the offline demo (`attribnet/demo.py`), every answer here comes over gRPC from real
+Unlike the offline demo (`attribnet/demo/offline.py`), every answer here comes over gRPC from real
 processes: the coordinator's gateway (`attribnet coordinator serve`) and one `attribnet node
 serve` per generator, each serving the head its node trained in the Flower run. The report is
 computed from those answers only, so it measures what a user of the network would get.
@@ -236,7 +236,8 @@ def run_network_demo(
 
 def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfig, tuple[Path, Path], Path]:
     """The dataset (written unless given), the coordinator's keys and the network folder."""
-    from attribnet.demo.offline import make_keys, make_zoo
+    from attribnet.demo.offline import make_zoo
+    from shared_backbone.model.signing import ensure_keypair
     from attribnet.lab.datasets.zoo import zoo_data_config
 
     if config.data_root:
@@ -244,7 +245,7 @@ def _prepare(config: DemoConfig, out: Path, timer: StepTimer) -> tuple[DataConfi
     else:
         data = timer.run("zoo", f"zoo ({config.zoo.preset} preset, {config.zoo.per_source} images/source, {config.zoo.image_size} px)",
                          make_zoo, config.zoo, out / "zoo")
-    keys = make_keys(out / "keys")
+    keys = ensure_keypair(out / "keys")
     network_dir = out / "network"
     network_dir.mkdir(parents=True, exist_ok=True)
     return data, keys, network_dir

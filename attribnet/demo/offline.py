@@ -33,7 +33,7 @@ from shared_backbone.training import reports
 from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
 from shared_backbone.training.evaluation import evaluate_network, parse_perturbation
 from shared_backbone.model.bundle import Bundle, load_bundle
-from shared_backbone.model.signing import generate_keypair, load_public_key
+from shared_backbone.model.signing import ensure_keypair, load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ def make_zoo(settings: ZooConfig, out: Path) -> DataConfig:
 
     write_zoo(out, settings_from_config(settings), workers=settings.workers)
     return zoo_data_config(out)
-
-
-def make_keys(out: Path) -> tuple[Path, Path]:
-    """The coordinator's signing key pair (reused when already there)."""
-    private, public = out / "coordinator.key", out / "coordinator.pub"
-    if private.is_file() and public.is_file():
-        return private, public
-    return generate_keypair(out)
 
 
 def make_reference(data: DataConfig, out: Path) -> Path:
@@ -241,7 +233,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, step: Step | None = None, p
         )
         data = make_zoo(config.zoo, out / "zoo")
     step("coordinator key pair and reference set (real images, test split left out)")
-    private_key, public_key = make_keys(out / "keys")
+    private_key, public_key = ensure_keypair(out / "keys")
     reference = make_reference(data, out / "reference")
     runs = [
         run_seed(config, data, private_key, public_key, out / f"seed-{seed}", seed, step, reference=reference, progress=progress)

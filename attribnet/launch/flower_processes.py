@@ -5,7 +5,8 @@ Every process gets Flower's offline switches and the virtual environment's `bin/
 name), runs in its own session (setsid) and is stopped by signalling its whole process group:
 killing only the PID leaves children retrying for seconds. Every wait is bounded.
 
-Used by `attribnet federation superlink|supernode|run --superlink`, the tests and the demo.
+Used by `attribnet federation superlink|supernode|run --superlink`, the tests and the demo; a whole
+local deployment (SuperLink + SuperNodes, SuperNode keys) is `flower_deployment.py`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +255,8 @@ def write_connection(flwr_home: str | Path, address: str, *, name: str = CONNECT
     return path
 
 
-def _flwr(args: Sequence[str], env: Mapping[str, str], timeout: float, cwd: str | Path | None = None) -> str:
+def flwr_command(args: Sequence[str], env: Mapping[str, str], timeout: float, cwd: str | Path | None = None) -> str:
+    """Runs `flwr ARGS` from the environment's bin/; its stdout, or FlowerProcessError with the last lines of its output."""
     argv = [str(venv_bin() / "flwr"), *args]
     try:
         done = subprocess.run(argv, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -266,7 +268,7 @@ def _flwr(args: Sequence[str], env: Mapping[str, str], timeout: float, cwd: str 
     return done.stdout
 
 
-def _last_json(text: str) -> dict[str, Any]:
+def last_json(text: str) -> dict[str, Any]:
     """Flower prints banners before its JSON; take the last JSON object in the output."""
     start = text.rfind("\n{")
     candidate = text[start + 1 :] if start >= 0 else text[text.find("{") :]
@@ -282,7 +284,7 @@ def flwr_run(app_dir: str | Path, run_config: Mapping[str, Any], env: Mapping[st
     args = ["run", str(app_dir), connection, "--format", "json"]
     if run_config:
         args += ["--run-config", format_config_pairs(run_config)]
-    payload = _last_json(_flwr(args, env, timeout, cwd=app_dir))
+    payload = last_json(flwr_command(args, env, timeout, cwd=app_dir))
     if not payload.get("success") or not payload.get("run-id"):
         raise FlowerProcessError(f"flwr run did not start a run: {payload}")
     return int(payload["run-id"])
@@ -290,7 +292,7 @@ def flwr_run(app_dir: str | Path, run_config: Mapping[str, Any], env: Mapping[st
 
 def run_status(run_id: int, env: Mapping[str, str], *, connection: str = CONNECTION_NAME, timeout: float = 60.0) -> str:
     """The run's status text from `flwr ls --format json`, e.g. `finished:completed`."""
-    payload = _last_json(_flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], env, timeout))
+    payload = last_json(flwr_command(["ls", connection, "--run-id", str(run_id), "--format", "json"], env, timeout))
     for run in payload.get("runs", []):
         if str(run.get("run-id")) == str(run_id):
             return str(run.get("status"))
@@ -308,96 +310,3 @@ def wait_run_finished(run_id: int, env: Mapping[str, str], timeout: float, *, co
             return status
         time.sleep(poll)
     raise FlowerProcessError(f"run {run_id} still {status!r} after {timeout:.0f} s")
-
-
-def write_supernode_key(path: str | Path) -> tuple[Path, Path]:
-    """An EC P-384 key pair in OpenSSH format (what SuperNode authentication expects): (private, public)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
-    path.chmod(0o600)
-    public = path.with_name(path.name + ".pub")
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    return path, public
-
-
-def register_supernode(public_key: str | Path, env: Mapping[str, str], *, connection: str = CONNECTION_NAME) -> int:
-    """Registers a SuperNode's public key with a SuperLink that runs `--enable-supernode-auth`; returns its node id."""
-    payload = _last_json(_flwr(["supernode", "register", str(public_key), connection, "--format", "json"], env, 60.0))
-    if not payload.get("success"):
-        raise FlowerProcessError(f"registering SuperNode key {public_key} failed: {payload}")
-    return int(payload["node-id"])
-
-
-def list_supernodes(env: Mapping[str, str], *, connection: str = CONNECTION_NAME) -> list[dict[str, Any]]:
-    """`flwr supernode ls --format json`: node id, status (online/offline/registered), timestamps."""
-    return list(_last_json(_flwr(["supernode", "ls", connection, "--format", "json"], env, 60.0)).get("nodes", []))
-
-
-@dataclass
-class LocalDeployment:
-    """A SuperLink and SuperNodes on this machine, stopped together (a context manager)."""
-
-    workdir: Path
-    superlink_address: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    processes: list[FlowerProcess] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, workdir: str | Path, node_configs: Sequence[Mapping[str, Any]], *, host: str = "127.0.0.1",
-              port: int | None = None, tls: tuple[str, str, str] | None = None,
-              supernode_auth: bool = False) -> "LocalDeployment":
-        """Starts the SuperLink (waits until it answers), then one SuperNode per node config.
-
-        `tls` = (ca_cert, server_cert, server_key): the SuperLink serves HTTPS and every SuperNode
-        and `flwr` command verifies it with the CA; otherwise everything is plaintext on loopback.
-        `supernode_auth` (needs `tls`): the SuperLink admits only SuperNodes whose keys were
-        registered; each SuperNode gets a fresh key under `workdir/keys`, registered before it starts.
-        """
-        if supernode_auth and not tls:
-            raise FlowerProcessError("SuperNode authentication needs TLS (Flower refuses it on plaintext)")
-        workdir = Path(workdir)
-        env = flower_env(workdir / "flwr-home")
-        deployment = cls(workdir=workdir, env=env)
-        ca = tls[0] if tls else None
-        try:
-            superlink, address = start_superlink(workdir, host=host, port=port, env=env, ssl_files=tls,
-                                                 enable_supernode_auth=supernode_auth)
-            deployment.processes.append(superlink)
-            deployment.superlink_address = address
-            write_connection(workdir / "flwr-home", address, insecure=tls is None, root_certificates=ca)
-            for index, node_config in enumerate(node_configs):
-                name = f"supernode-{index}"
-                key = None
-                if supernode_auth:
-                    key, public = write_supernode_key(workdir / "keys" / name)
-                    register_supernode(public, env)
-                deployment.processes.append(
-                    start_supernode(address, workdir, name=name, node_config=node_config, env=env, root_certificates=ca,
-                                    auth_private_key=str(key) if key else None)
-                )
-        except BaseException:
-            deployment.stop()
-            raise
-        return deployment
-
-    def check_alive(self) -> None:
-        for process in self.processes:
-            if not process.alive():
-                raise FlowerProcessError(f"{process.name} exited with code {process.popen.returncode}:\n{process.log_tail()}")
-
-    def stop(self) -> None:
-        """Stops SuperNodes first, then the SuperLink."""
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
-
-    def __enter__(self) -> "LocalDeployment":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

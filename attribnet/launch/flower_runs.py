@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from attribnet.launch import flower_processes as fp
+from attribnet.launch.flower_deployment import LocalDeployment
 from coordinator.config import CoordinatorConfig
 from coordinator.flower.results import FederationError, FederationResult, read_result, write_result
 from shared_backbone.config import to_dict
@@ -137,7 +138,7 @@ def run_local_deployment(config: CoordinatorConfig, nodes: Sequence[Mapping[str,
     """
     workdir = Path(workdir).resolve()
     config_path = write_coordinator_yaml(config, workdir / "coordinator.yaml")
-    with fp.LocalDeployment.start(workdir, [dict(n) for n in nodes], tls=tls, supernode_auth=supernode_auth) as deployment:
+    with LocalDeployment.start(workdir, [dict(n) for n in nodes], tls=tls, supernode_auth=supernode_auth) as deployment:
         result = submit_run(
             config_path, config.federation.result_file, deployment.env, workdir=os.getcwd(), timeout=timeout,
             overrides={"min-nodes": max(config.federation.min_nodes, len(nodes))},

@@ -10,7 +10,6 @@ failed, were refused or timed out are recorded, never fatal.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from shared_backbone.config import TrainConfig
 from shared_backbone.data import reference_set
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.protocol import flower_messages, identity
+from shared_backbone.protocol.registration import InvalidRegistration, Registration
 from shared_backbone.protocol.flower_messages import ALLOWED_FIT_HEAD_REPLY, FIT_HEAD, RESULT_RECORD, RUN_RECORD, TRAIN_RECORD
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def fit_head_content(bundle: Bundle, train: TrainConfig, *, calibration: str = "
     """The `train.fit_head` payload: bundle files + signed manifest, training config, reference pointer, challenge."""
     content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
-    run: dict[str, Any] = {"calibration": calibration, "round": round_label, flower_messages.CHALLENGE: challenge}
+    run: dict[str, Any] = {"calibration": calibration, "round": round_label, flower_messages.CHALLENGE_FIELD: challenge}
     if reference:
         run.update({"reference_path": reference["path"], "reference_digest": reference["digest"]})
     content[RUN_RECORD] = ConfigRecord(run)
@@ -70,22 +70,13 @@ def parse_fit_head_reply(node: int, reply: Message | None, bundle: Bundle, secon
     if RESULT_RECORD not in reply.content.config_records:
         result.error = f"reply has no {RESULT_RECORD!r} record"
         return result
-    values = reply.content.config_records[RESULT_RECORD]
     try:
-        result.node_id = str(values["node_id"])[:64]
-        result.source = str(values["source"])[:64]
-        result.endpoint = str(values.get("endpoint", ""))[:300]
-        result.head_digest = str(values["head_digest"])[:64]
-        result.backbone_digest = str(values["backbone_digest"])[:64]
-        result.backbone_version = str(values.get("backbone_version", ""))[:64]
-        result.calibration = json.loads(str(values["calibration"]))
-        result.threshold = float(values["threshold"])
-        result.metrics = json.loads(str(values.get("metrics", "{}")))
-    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        result.registration = Registration.from_json_values(reply.content.config_records[RESULT_RECORD])
+    except InvalidRegistration as exc:
         result.error = f"malformed {RESULT_RECORD} record ({str(exc)[:200]})"
         return result
-    if result.backbone_digest != bundle.digest:
-        result.error = f"head trained on backbone {result.backbone_digest[:12]}, not on {bundle.short_digest}"
+    if result.registration.backbone_digest != bundle.digest:
+        result.error = f"head trained on backbone {result.registration.backbone_digest[:12]}, not on {bundle.short_digest}"
         return result
     result.status = "trained"
     return result
@@ -95,31 +86,27 @@ def reply_proof(reply: Message, challenge: str) -> Proof:
     """The identity proof a fit_head reply carries (the signed digest is over its other values)."""
     values = dict(reply.content.config_records[RESULT_RECORD])
     return Proof(
-        public_key=str(values.get(flower_messages.NODE_PUBLIC_KEY, "")), signature=str(values.get(flower_messages.NODE_SIGNATURE, "")),
+        public_key=str(values.get(flower_messages.PUBLIC_KEY_FIELD, "")),
+        signature=str(values.get(flower_messages.SIGNATURE_FIELD, "")),
         challenge=challenge, payload_digest=identity.record_digest(values, flower_messages.PROOF_FIELDS),
-        enrolment_proof=str(values.get(flower_messages.NODE_ENROLMENT_PROOF, "")),
+        enrolment_proof=str(values.get(flower_messages.ENROLMENT_PROOF_FIELD, "")),
     )
 
 
 def register_results(admission: Admission, results: list[NodeResult], proofs: dict[int, Proof]) -> None:
     """Admits every trained head; a refusal (no enrolment, bad proof, invalid field, source taken) marks it rejected."""
     for result in results:
-        if result.status != "trained":
+        if result.status != "trained" or result.registration is None:
             continue
-        fields = {
-            "node_id": result.node_id, "source": result.source, "endpoint": result.endpoint,
-            "backbone_digest": result.backbone_digest, "head_digest": result.head_digest,
-            "calibration": result.calibration, "threshold": result.threshold,
-            "backbone_version": result.backbone_version, "metrics": result.metrics,
-        }
         try:
-            admission.register(fields, proofs[result.flower_node_id], identity.FLOWER_REGISTER,
+            admission.register(result.registration, proofs[result.flower_node_id], identity.FLOWER_REGISTER,
                                challenge_for=flower_identity(result.flower_node_id))
         except (ValueError, KeyError) as exc:  # RegistryError, InvalidRegistration and their subclasses
             result.status, result.error = REJECTED, f"registry refused: {exc}"
             continue
         result.status = REGISTERED
-        log.info("registered node %s (source %s, head %s)", result.node_id, result.source, result.head_digest[:12])
+        log.info("registered node %s (source %s, head %s)", result.registration.node_id, result.source,
+                 result.registration.head_digest[:12])
 
 
 def flower_identity(node: int) -> str:

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from shared_backbone.protocol.registration import Registration
+
 REGISTERED, FAILED, TIMED_OUT, REJECTED = "registered", "failed", "timed_out", "rejected"
 
 
@@ -22,23 +24,32 @@ class FederationError(RuntimeError):
 
 @dataclass
 class NodeResult:
-    """What happened to one Flower node in one round."""
+    """What happened to one Flower node in one round; `registration`: what its reply said, once it parsed.
+
+    In the verdict JSON the registration's fields stand beside the others (`to_dict`)."""
 
     flower_node_id: int
     status: str
-    node_id: str = ""
-    source: str = ""
-    endpoint: str = ""
-    head_digest: str = ""
-    backbone_digest: str = ""
-    backbone_version: str = ""
-    calibration: dict[str, Any] = field(default_factory=dict)
-    threshold: float = 0.0
-    metrics: dict[str, Any] = field(default_factory=dict)
+    registration: Registration | None = None
     error: str = ""
     seconds: float = 0.0
     reply_bytes: int = 0
     reply_records: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        """The source the node said it serves ("" before its reply parsed)."""
+        return self.registration.source if self.registration else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        outcome = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "registration"}
+        return {**outcome, **(self.registration.to_dict() if self.registration else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NodeResult":
+        outcome = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        registration = Registration.from_fields(data) if "calibration" in data else None
+        return cls(**outcome, registration=registration)
 
 
 @dataclass
@@ -65,6 +76,7 @@ class FederationResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["nodes"] = [node.to_dict() for node in self.nodes]
         data["summary"] = {
             status: sum(1 for n in self.nodes if n.status == status) for status in (REGISTERED, FAILED, TIMED_OUT, REJECTED)
         }
@@ -73,7 +85,7 @@ class FederationResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FederationResult":
         values = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        values["nodes"] = [NodeResult(**n) for n in data.get("nodes", [])]
+        values["nodes"] = [NodeResult.from_dict(n) for n in data.get("nodes", [])]
         return cls(**values)
 
 

@@ -1,4 +1,5 @@
-"""The coordinator's gRPC server, in parts: the trunk micro-batcher, the pool of node channels,
-the two servicers (`AttributionService` for clients, `RegistryService` for nodes) and the server
-bootstrap that wires them. `server.start_coordinator` / `server.serve_forever` are the entry points.
+"""The coordinator's gRPC server, in parts: intake, the serving pipeline (trunk micro-batches), the
+pool of node channels, the two servicers (`AttributionServicer` for clients, `RegistryServicer` for
+nodes) and the server bootstrap that builds the parts and hands them to the servicers.
+`server.start_coordinator` / `server.serve_forever` are the entry points.
 """

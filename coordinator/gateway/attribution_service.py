@@ -2,35 +2,34 @@
 
 A query costs one decode, one trunk pass and N tiny heads, not N backbones: the gateway admits
 and decodes each image once (`intake.py`: limits, rate, allow-listed decoders, pixel budget), and
-the serving pipeline (`batcher.py`) merges concurrent requests into one micro-batch, runs the
+the serving pipeline (`serving_pipeline.py`) merges concurrent requests into one micro-batch, runs the
 compiled serving model once and sends the batch's fp16 features to every healthy node once, in
 parallel under per-node deadlines. Back here, `rule.attribute_batch` calibrates each raw score
 with the calibration the node registered, computes the conformal p-values and decides, the same
 rule as offline prediction (`image_results`, the one place of that decision). A node that is slow, down, cooling down or
 broken only shows up in `missing_nodes`; it never fails the query. A full queue is
 RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at once.
+
+The servicer is thin: the server bootstrap (`server.py`) builds its collaborators (intake,
+pipeline, heatmap model, rule, win-rate monitor) and hands them to its constructor.
 """
 
 from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 from PIL import Image
 
-from coordinator.config import GatewayConfig
 from coordinator.gateway.audit import WinRateMonitor
-from coordinator.gateway.batcher import BatchAnswer, RoutingTable, ServingPipeline
 from coordinator.gateway.intake import Intake
-from coordinator.gateway.node_pool import NodePool
-from coordinator.registry import NodeEntry, Registry
-from shared_backbone.model import bundle as bundle_lib
-from shared_backbone.model import heatmaps, networks
-from shared_backbone.model.compiled import CompiledModel
-from shared_backbone.model.features import as_head_features
+from coordinator.gateway.serving_pipeline import BatchAnswer, ServingPipeline
+from coordinator.registry import NodeEntry, Registry, serving_status
+from shared_backbone.model import heatmaps
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
 from shared_backbone.protocol import wire
 from shared_backbone.runtime.prometheus import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
@@ -38,54 +37,30 @@ from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from shared_backbone.runtime.batching import answer_or_abort, deadline_of, submit_or_abort
 
-INCOMPATIBLE = "incompatible"
-
-
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
 
 
-class Gateway(pb_grpc.AttributionServiceServicer):
+@dataclass(kw_only=True, eq=False)
+class AttributionServicer(pb_grpc.AttributionServiceServicer):
     """AttributionService: one trunk and one Score call per node per batch, the offline decision rule."""
 
-    def __init__(self, bundle: bundle_lib.Bundle, registry: Registry, config: GatewayConfig,
-                 metrics: ServerMetrics | None = None) -> None:
-        self.bundle = bundle
-        self.spec = bundle.input_spec
-        self.registry = registry
-        self.config = config
-        self.metrics = metrics or ServerMetrics()
+    backbone: pb.Backbone
+    registry: Registry
+    intake: Intake
+    pipeline: ServingPipeline
+    heatmapper: heatmaps.HeatmapModel
+    input_mode: str
+    rule: RuleSettings
+    request_timeout: float
+    metrics: ServerMetrics
+    monitor: WinRateMonitor | None = None
+
+    def __post_init__(self) -> None:
         self._decode_seconds = self.metrics.stage(STAGE_DECODE)
         self._respond_seconds = self.metrics.stage(STAGE_RESPOND)
-        self.backbone = pb.Backbone(version=bundle.version, digest=bundle.digest)
-        self.primary = bundle.load_primary()
-        self.serving = CompiledModel(networks.build_serving_model(self.primary))
-        self.metrics.watch_traces("serving", lambda: self.serving.traces)
-        self.heatmapper = heatmaps.HeatmapModel(self.primary, compile=True)
-        self.intake = Intake(config, self.spec, self.metrics)
-        self.pool = NodePool(
-            config.tls, config.max_message_mb, metrics=self.metrics,
-            cooldown_failures=config.node_cooldown_failures, cooldown_seconds=config.node_cooldown_seconds,
-        )
-        self.pipeline = ServingPipeline(
-            self.serving, RoutingTable(registry, bundle.digest), self.pool, window=config.batch_window_ms / 1000.0,
-            max_batch=config.max_batch, max_queue=config.max_queue_images, max_inflight=config.max_inflight_batches,
-            node_timeout=config.node_timeout,
-            metrics=self.metrics,
-        )
-        self.rule = RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
-        self.monitor: WinRateMonitor | None = None  # set by the server bootstrap
-
-    def trunk_features(self, inputs: np.ndarray) -> np.ndarray:
-        """The heads' float16 input for a batch of model inputs (the canary audit's features)."""
-        return as_head_features(self.serving(inputs)[1])
-
-    def close(self) -> None:
-        self.pipeline.close()
-        self.pool.close()
-        self.intake.close()
 
     def heatmaps(self, inputs: np.ndarray, rgbs: list[np.ndarray]) -> list[bytes]:
         """PNG overlays of the detector's CAM (Grad-CAM for DCT backbones), one per image."""
@@ -93,13 +68,13 @@ class Gateway(pb_grpc.AttributionServiceServicer):
         pngs = []
         for rgb, heat in zip(rgbs, maps):
             buffer = io.BytesIO()
-            Image.fromarray(heatmaps.render(rgb, heat, self.spec.mode)).save(buffer, format="PNG")
+            Image.fromarray(heatmaps.render(rgb, heat, self.input_mode)).save(buffer, format="PNG")
             pngs.append(buffer.getvalue())
         return pngs
 
     def Attribute(self, request: pb.AttributeRequest, context: grpc.ServicerContext) -> pb.AttributeResponse:
         start = time.monotonic()
-        deadline = deadline_of(context.time_remaining(), self.config.request_timeout)
+        deadline = deadline_of(context.time_remaining(), self.request_timeout)
         self.intake.admit(request, context)
         inputs, rgbs = self.intake.decode(list(request.images), context)
         self._decode_seconds(time.monotonic() - start)
@@ -115,13 +90,13 @@ class Gateway(pb_grpc.AttributionServiceServicer):
     def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None) -> list[pb.ImageResult]:
         """The decision for a request's images: raw scores -> `rule.attribute_batch` (calibration,
         p-values, the rule) -> one ImageResult each."""
-        routes = answer.routes
-        raw = {route.entry.source: answer.raw[route.entry.node_id] for route in routes}
-        calibrations = {route.entry.source: route.calibration for route in routes}
-        thresholds = {route.entry.source: route.entry.threshold for route in routes}
+        nodes = answer.nodes
+        raw = {node.source: answer.raw[node.node_id] for node in nodes}
+        calibrations = {node.source: node.calibration for node in nodes}
+        thresholds = {node.source: node.threshold for node in nodes}
         answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule)
         if self.monitor is not None:
-            self.monitor.observe([result.attribution for result in answers], [route.entry for route in routes])
+            self.monitor.observe([result.attribution for result in answers], nodes)
         return [self.image_result(i, result, thresholds, answer.missing, pngs[i] if pngs else b"")
                 for i, result in enumerate(answers)]
 
@@ -150,21 +125,18 @@ class Gateway(pb_grpc.AttributionServiceServicer):
             sources=[self.source_info(entry) for entry in self.registry.list()], backbone=self.backbone
         )
 
-    def status_of(self, entry: NodeEntry) -> str:
-        return entry.status if entry.backbone_digest == self.bundle.digest else INCOMPATIBLE
-
     def source_info(self, entry: NodeEntry) -> pb.SourceInfo:
         """What query clients may see of a node: never its endpoint (only the admin's registry shows it)."""
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,
-            status=self.status_of(entry),
+            status=serving_status(entry, self.backbone.digest),
             status_reason=entry.status_reason,
             last_heartbeat=_timestamp(entry.last_heartbeat),
             registered_at=_timestamp(entry.registered_at),
             backbone_digest=entry.backbone_digest,
             head_digest=entry.head_digest,
-            calibration=pb.Calibration(**entry.calibration),
+            calibration=wire.calibration_to_proto(entry.calibration),
             threshold=entry.threshold,
             metrics=wire.metrics_to_struct(entry.metrics),
         )

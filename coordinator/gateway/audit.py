@@ -30,7 +30,6 @@ from coordinator.config import AuditConfig
 from coordinator.gateway.node_pool import NodePool
 from coordinator.registry import HEALTHY, PENDING_AUDIT, NodeEntry, Registry, RegistryError
 from shared_backbone.model import preprocessing
-from shared_backbone.model.calibration import Calibration
 from shared_backbone.model.rule import RuleSettings
 from shared_backbone.protocol import wire
 
@@ -93,10 +92,9 @@ def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, 
     """Why the node's canary answers show it claiming what is not its own, or None when they do not."""
     if not np.all(np.isfinite(raw)) or np.any((raw < 0.0) | (raw > 1.0)):
         return "answered canaries with scores that are not finite or outside [0, 1]"
-    calibration = Calibration.from_dict(entry.calibration)
-    calibrated = calibration.apply(raw)
+    calibrated = entry.calibration.apply(raw)
     claims = calibrated >= entry.threshold
-    p_values = calibration.p_values(calibrated)
+    p_values = entry.calibration.p_values(calibrated)
     if p_values is not None:
         claims &= p_values > alpha
     others = ~own

@@ -12,10 +12,19 @@ import grpc
 
 from coordinator.admission import CHALLENGE_TTL, Admission, NotAuthenticated, Proof, StaleChallenge
 from coordinator.config import GatewayConfig
-from coordinator.gateway.attribution_service import INCOMPATIBLE, Gateway
-from coordinator.registry import IdentityMismatch, NotEnrolled, Registry, RegistryError, SourceTaken, UnknownNode
+from coordinator.registry import (
+    INCOMPATIBLE,
+    IdentityMismatch,
+    NotEnrolled,
+    Registry,
+    RegistryError,
+    SourceTaken,
+    UnknownNode,
+    serving_status,
+)
 from coordinator.validation import InvalidRegistration, check_node_id
-from shared_backbone.protocol import identity, wire
+from shared_backbone.protocol import identity
+from shared_backbone.protocol.registration import Registration
 from shared_backbone.runtime import rpc
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
@@ -41,34 +50,24 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
 
 
 def _proof(context: grpc.ServicerContext, message) -> Proof:
-    values = {key: rpc.metadata_value(context, key) for key in (rpc.NODE_PUBLIC_KEY, rpc.NODE_CHALLENGE, rpc.NODE_SIGNATURE)}
+    keys = (rpc.PUBLIC_KEY_METADATA, rpc.CHALLENGE_METADATA, rpc.SIGNATURE_METADATA)
+    values = {key: rpc.metadata_value(context, key) for key in keys}
     missing = [key for key, value in values.items() if not value]
     if missing:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing {', '.join(missing)} metadata (the node's signed challenge)")
     return Proof(
-        public_key=values[rpc.NODE_PUBLIC_KEY], signature=values[rpc.NODE_SIGNATURE], challenge=values[rpc.NODE_CHALLENGE],
-        payload_digest=identity.message_digest(message), enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF),
+        public_key=values[rpc.PUBLIC_KEY_METADATA], signature=values[rpc.SIGNATURE_METADATA],
+        challenge=values[rpc.CHALLENGE_METADATA], payload_digest=identity.message_digest(message),
+        enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF_METADATA),
     )
 
 
-def request_fields(request: pb.RegisterRequest) -> dict:
-    """The registration as the validator reads it (the same keys the Flower path gives)."""
-    return {
-        "node_id": request.node_id, "source": request.source, "endpoint": request.endpoint,
-        "backbone_digest": request.backbone_digest, "backbone_version": request.backbone_version,
-        "head_digest": request.head_digest, "threshold": request.threshold,
-        "calibration": {"method": request.calibration.method, "a": request.calibration.a, "b": request.calibration.b,
-                        "positive_scores": list(request.calibration.positive_scores)},
-        "metrics": wire.metrics_from_struct(request.metrics),
-    }
-
-
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    """RegistryService over one Admission (challenges, proofs) and the registry."""
+    """RegistryService over one Admission (challenges, proofs) and the registry; `backbone` is the gateway's."""
 
-    def __init__(self, registry: Registry, gateway: Gateway, config: GatewayConfig, admission: Admission) -> None:
+    def __init__(self, registry: Registry, backbone: pb.Backbone, config: GatewayConfig, admission: Admission) -> None:
         self.registry = registry
-        self.gateway = gateway
+        self.backbone = backbone
         self.config = config
         self.admission = admission
 
@@ -82,10 +81,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterResponse:
         proof = _proof(context, request)
         try:
-            entry = self.admission.register(request_fields(request), proof)
+            entry = self.admission.register(Registration.from_proto(request), proof)
         except (RegistryError, InvalidRegistration) as exc:
             _abort(context, exc)
-        status = self.gateway.status_of(entry)
+        status = serving_status(entry, self.backbone.digest)
         log.info(
             "registered node %s (source %s at %s, head %s, backbone %s%s)",
             entry.node_id, entry.source, entry.endpoint, entry.head_digest[:12], entry.backbone_digest[:12],
@@ -93,7 +92,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         )
         return pb.RegisterResponse(
             status=status,
-            backbone=self.gateway.backbone,
+            backbone=self.backbone,
             heartbeat_interval_seconds=self.config.heartbeat_interval,
             stale_after_seconds=self.config.stale_after,
             gateway_credential=self.registry.gateway_credential(entry.node_id),
@@ -105,4 +104,4 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             entry = self.admission.heartbeat(request.node_id, proof)
         except RegistryError as exc:
             _abort(context, exc)
-        return pb.HeartbeatResponse(status=self.gateway.status_of(entry))
+        return pb.HeartbeatResponse(status=serving_status(entry, self.backbone.digest))

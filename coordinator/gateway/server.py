@@ -1,4 +1,5 @@
-"""The coordinator's server bootstrap: verify the bundle, open the registry, wire the servicers, serve."""
+"""The coordinator's server bootstrap: verify the bundle, open the registry, build the gateway's parts,
+hand them to the servicers (as in grpc's route_guide), serve."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from grpc_health.v1.health import HealthServicer
 
 from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig, GatewayConfig
-from coordinator.gateway.attribution_service import Gateway
+from coordinator.gateway.attribution_service import AttributionServicer
 from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
+from coordinator.gateway.intake import Intake
+from coordinator.gateway.node_pool import NodePool
 from coordinator.gateway.registry_service import RegistryServicer
+from coordinator.gateway.serving_pipeline import RoutingTable, ServingPipeline
 from coordinator.registry import Registry, RegistryError
 from coordinator.validation import InvalidRegistration, gateway_policy
 from shared_backbone.model import bundle as bundle_lib
+from shared_backbone.model import heatmaps, networks
+from shared_backbone.model.compiled import CompiledModel
+from shared_backbone.model.rule import RuleSettings
 from shared_backbone.runtime import rpc
 from shared_backbone.runtime.prometheus import MetricsInterceptor, ServerMetrics, serve_metrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -33,11 +40,13 @@ class GatewayStartError(RuntimeError):
 
 @dataclass
 class CoordinatorServer:
-    """A running coordinator server: gateway + registry service + health + reflection."""
+    """A running coordinator server: the gateway's parts, the registry, health + reflection."""
 
     server: grpc.Server
     port: int
-    gateway: Gateway
+    attribution: AttributionServicer
+    pipeline: ServingPipeline
+    pool: NodePool
     registry: Registry
     health: HealthServicer
     metrics: ServerMetrics
@@ -49,7 +58,7 @@ class CoordinatorServer:
         if self.audit is not None:
             self.audit.stop()
         self.server.stop(grace).wait(grace + 1)
-        self.gateway.close()
+        close_parts(self.attribution, self.pool)
         self.registry.close()
         self.metrics.close()
 
@@ -69,11 +78,15 @@ def check_gateway_config(config: GatewayConfig) -> None:
         raise GatewayStartError(
             f"gateway.stale_after ({config.stale_after}) must exceed gateway.heartbeat_interval ({config.heartbeat_interval})"
         )
-    for key in ("fake_threshold", "alpha"):
-        if not 0.0 <= getattr(config, key) <= 1.0:
-            raise GatewayStartError(f"gateway.{key} must be in [0, 1], got {getattr(config, key)}")
-    if not 0.0 <= config.tie_margin <= 5.0:
-        raise GatewayStartError(f"gateway.tie_margin must be in [0, 5] (log-odds), got {config.tie_margin}")
+    rule_settings(config)
+
+
+def rule_settings(config: GatewayConfig) -> RuleSettings:
+    """The rule's knobs from the gateway config; `RuleSettings` is the one place that checks their ranges."""
+    try:
+        return RuleSettings(config.fake_threshold, config.alpha, config.tie_margin)
+    except ValueError as exc:
+        raise GatewayStartError(f"gateway config (fake_threshold, alpha, tie_margin): {exc}") from None
 
 
 def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:
@@ -94,16 +107,47 @@ def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:
     return bundle, query_token, registry
 
 
-def _start_audit(gateway: Gateway, registry: Registry, config: GatewayConfig) -> CanaryAudit | None:
+def build_attribution(bundle: bundle_lib.Bundle, registry: Registry, config: GatewayConfig,
+                      metrics: ServerMetrics) -> tuple[AttributionServicer, NodePool]:
+    """The AttributionService servicer and its parts: one primary module for the trunk pass and the heatmaps."""
+    primary = bundle.load_primary()
+    serving = CompiledModel(networks.build_serving_model(primary))
+    metrics.watch_traces("serving", lambda: serving.traces)
+    pool = NodePool(
+        config.tls, config.max_message_mb, metrics=metrics, cooldown_failures=config.node_cooldown_failures,
+        cooldown_seconds=config.node_cooldown_seconds, credential=registry.gateway_credential,
+    )
+    pipeline = ServingPipeline(
+        serving, RoutingTable(registry, bundle.digest), pool, window=config.batch_window_ms / 1000.0,
+        max_batch=config.max_batch, max_queue=config.max_queue_images, max_inflight=config.max_inflight_batches,
+        node_timeout=config.node_timeout, metrics=metrics,
+    )
+    servicer = AttributionServicer(
+        backbone=pb.Backbone(version=bundle.version, digest=bundle.digest), registry=registry,
+        intake=Intake(config, bundle.input_spec, metrics), pipeline=pipeline,
+        heatmapper=heatmaps.HeatmapModel(primary, compile=True), input_mode=bundle.input_spec.mode,
+        rule=rule_settings(config), request_timeout=config.request_timeout, metrics=metrics,
+        monitor=WinRateMonitor(registry, config.audit),
+    )
+    return servicer, pool
+
+
+def close_parts(attribution: AttributionServicer, pool: NodePool) -> None:
+    attribution.pipeline.close()
+    pool.close()
+    attribution.intake.close()
+
+
+def _start_audit(bundle: bundle_lib.Bundle, attribution: AttributionServicer, pool: NodePool, registry: Registry,
+                 config: GatewayConfig) -> CanaryAudit | None:
     audit = config.audit
-    gateway.monitor = WinRateMonitor(registry, audit)
     if not audit.reference:
         return None
     try:
-        canaries = load_canaries(audit.reference, gateway.spec, gateway.trunk_features, audit.per_source)
+        canaries = load_canaries(audit.reference, bundle.input_spec, attribution.pipeline.trunk_features, audit.per_source)
     except ValueError as exc:
         raise GatewayStartError(f"gateway.audit.reference: {exc}") from None
-    worker = CanaryAudit(registry, gateway.pool, canaries, audit, gateway.bundle.digest, gateway.rule)
+    worker = CanaryAudit(registry, pool, canaries, audit, bundle.digest, attribution.rule)
     worker.start()
     return worker
 
@@ -114,8 +158,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
     check_gateway_config(gateway_config)
     bundle, query_token, registry = _open(config)
     metrics = ServerMetrics()
-    gateway = Gateway(bundle, registry, gateway_config, metrics)
-    gateway.pool.credential = registry.gateway_credential
+    attribution, pool = build_attribution(bundle, registry, gateway_config, metrics)
     server = rpc.create_server(
         workers=gateway_config.workers,
         max_message_mb=gateway_config.max_message_mb,
@@ -123,16 +166,16 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         max_concurrent_rpcs=gateway_config.max_concurrent_rpcs,
         interceptors=[MetricsInterceptor(metrics, gateway_config.access_log)],
     )
-    pb_grpc.add_AttributionServiceServicer_to_server(gateway, server)
-    registry_servicer = RegistryServicer(registry, gateway, gateway_config, Admission(registry))
+    pb_grpc.add_AttributionServiceServicer_to_server(attribution, server)
+    registry_servicer = RegistryServicer(registry, attribution.backbone, gateway_config, Admission(registry))
     pb_grpc.add_RegistryServiceServicer_to_server(registry_servicer, server)
     health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
     try:
-        audit = _start_audit(gateway, registry, gateway_config)
+        audit = _start_audit(bundle, attribution, pool, registry, gateway_config)
         port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls, insecure=gateway_config.insecure)
         metrics_port = serve_metrics(metrics, gateway_config.metrics_host, gateway_config.metrics_port)
     except (rpc.RpcConfigError, GatewayStartError) as exc:
-        gateway.close()
+        close_parts(attribution, pool)
         registry.close()
         raise GatewayStartError(str(exc)) from None
     server.start()
@@ -142,7 +185,8 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         bundle.version, bundle.short_digest, gateway_config.host, port, config.registry, len(nodes),
         "; queries need a token" if query_token else "", "; canary audits on" if audit else "",
     )
-    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port, audit)
+    return CoordinatorServer(server, port, attribution, attribution.pipeline, pool, registry, health, metrics,
+                             metrics_port, audit)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:

@@ -10,6 +10,9 @@ Layout of BUNDLE/:
 The bundle's digest is the sha256 of manifest.json; since the manifest pins every file's hash,
 the digest names the whole content. Heads record it, and nothing combines a head with a bundle
 of another digest.
+
+Keras is imported only where a model is built or saved, so reading and verifying a bundle (the
+Flower message schema does, on both roles) loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-
-from shared_backbone.model import networks, signing
+from shared_backbone.model import signing
 from shared_backbone.model.preprocessing import InputSpec, Normstats
 
 MANIFEST = "manifest.json"
@@ -33,6 +34,9 @@ SIGNATURE = "manifest.sig"
 WEIGHTS = "primary.weights.h5"
 NORMSTATS_DIR = "normstats"
 FORMAT = "attribnet.backbone/1"
+
+if TYPE_CHECKING:
+    import keras
 
 
 class BundleError(ValueError):
@@ -71,10 +75,29 @@ class Bundle:
 
     def load_primary(self) -> keras.Model:
         """Rebuilds the architecture from the manifest and loads the verified weights."""
+        from shared_backbone.model import networks
+
         spec = self.manifest["input"]
         primary = networks.build_primary(spec["image_size"], spec["mode"])
         primary.load_weights(self.path / WEIGHTS)
         return primary
+
+
+def _model_description(primary: keras.Model, spec: InputSpec) -> dict[str, Any]:
+    """The manifest's account of the model: input, branch layer, feature shape, trainable parameter counts."""
+    from shared_backbone.model import networks
+
+    head = networks.build_head(spec.image_size, pooling=networks.pooling_for_mode(spec.mode))
+    return {
+        "input": {"image_size": spec.image_size, "mode": spec.mode, "channels": spec.channels},
+        "branch_layer": networks.BRANCH_LAYER,
+        "feature_shape": list(networks.feature_shape(spec.image_size)),
+        "trainable_parameters": {
+            "primary": networks.trainable_parameter_count(primary),
+            "trunk": networks.trainable_parameter_count(networks.build_trunk(primary)),
+            "head": networks.trainable_parameter_count(head),
+        },
+    }
 
 
 def write_bundle(
@@ -109,22 +132,12 @@ def write_bundle(
         files = {
             str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }
-        trunk = networks.build_trunk(primary)
         manifest = {
             "format": FORMAT,
             "version": version,
             "parent": parent,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "input": {"image_size": spec.image_size, "mode": spec.mode, "channels": spec.channels},
-            "branch_layer": networks.BRANCH_LAYER,
-            "feature_shape": list(networks.feature_shape(spec.image_size)),
-            "trainable_parameters": {
-                "primary": networks.trainable_parameter_count(primary),
-                "trunk": networks.trainable_parameter_count(trunk),
-                "head": networks.trainable_parameter_count(
-                    networks.build_head(spec.image_size, pooling=networks.pooling_for_mode(spec.mode))
-                ),
-            },
+            **_model_description(primary, spec),
             "metrics": metrics or {},
             "source": source or {},
             "reference": reference,

@@ -29,12 +29,12 @@ DISPLAY_SIDE = 256  # rendered overlays are enlarged (nearest neighbour) to at l
 
 
 def _layer_names(model: keras.Model) -> tuple[str, str]:
-    """(last ReLU, decision layer) of a primary module or a head, from the names in `models`."""
+    """(last ReLU, decision layer) of a primary module or a head, from the names `networks` defines."""
     names = {layer.name for layer in model.layers}
-    if "aDecision" in names:
-        return f"aRelu_{networks.HEAD_BLOCKS[-1].index}", "aDecision"
-    if "dDecision" in names:
-        return f"dRelu_{networks.PRIMARY_TAIL[-1].index}", "dDecision"
+    if networks.HEAD_DECISION in names:
+        return networks.block_layer(networks.HEAD, "Relu", networks.HEAD_BLOCKS[-1]), networks.HEAD_DECISION
+    if networks.PRIMARY_DECISION in names:
+        return networks.block_layer(networks.PRIMARY, "Relu", networks.PRIMARY_TAIL[-1]), networks.PRIMARY_DECISION
     raise ValueError(f"model {model.name!r} has neither dDecision nor aDecision; no heatmap for it")
 
 

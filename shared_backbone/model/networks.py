@@ -49,6 +49,14 @@ HEAD_BLOCKS = (
     ConvSpec("01", 32, 3, 1, True),
     ConvSpec("02", 32, 4, 2, True),
 )
+PRIMARY, HEAD = "d", "a"  # the paper's layer-name prefixes: primary module (detector), head (attribution)
+PRIMARY_DECISION = f"{PRIMARY}Decision"
+HEAD_DECISION = f"{HEAD}Decision"
+
+
+def block_layer(prefix: str, kind: str, spec: ConvSpec) -> str:
+    """A conv block's layer name: `kind` is Conv, BNorm or Relu (`block_layer("d", "Conv", spec)` -> "dConv_01")."""
+    return f"{prefix}{kind}_{spec.index}"
 
 
 def _init(seed: int) -> keras.initializers.Initializer:
@@ -69,13 +77,13 @@ def _conv_block(x, prefix: str, spec: ConvSpec, seed: int, bn_momentum: float):
         padding="same",
         use_bias=True,
         kernel_initializer=_init(seed),
-        name=f"{prefix}Conv_{spec.index}",
+        name=block_layer(prefix, "Conv", spec),
     )(x)
     if spec.batch_norm:
         x = layers.BatchNormalization(
-            momentum=bn_momentum, epsilon=1e-3, name=f"{prefix}BNorm_{spec.index}"
+            momentum=bn_momentum, epsilon=1e-3, name=block_layer(prefix, "BNorm", spec)
         )(x)
-    return layers.ReLU(name=f"{prefix}Relu_{spec.index}")(x)
+    return layers.ReLU(name=block_layer(prefix, "Relu", spec))(x)
 
 
 def build_primary(
@@ -93,9 +101,9 @@ def build_primary(
     inputs = keras.Input((image_size, image_size, channels_for(mode)), name="dInput")
     x = inputs
     for i, spec in enumerate(PRIMARY_TRUNK + PRIMARY_TAIL):
-        x = _conv_block(x, "d", spec, seed + i, bn_momentum)
+        x = _conv_block(x, PRIMARY, spec, seed + i, bn_momentum)
     x = layers.GlobalAveragePooling2D(name="dGAP")(x) if pooling_for_mode(mode) == "gap" else layers.Flatten(name="dFlatten")(x)
-    outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name="dDecision")(x)
+    outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name=PRIMARY_DECISION)(x)
     return keras.Model(inputs, outputs, name=f"primary_{mode}_{image_size}")
 
 
@@ -160,9 +168,9 @@ def build_head(
     inputs = keras.Input(feature_shape(image_size), name="aInput")
     x = inputs
     for i, spec in enumerate(HEAD_BLOCKS):
-        x = _conv_block(x, "a", spec, seed + i, bn_momentum)
+        x = _conv_block(x, HEAD, spec, seed + i, bn_momentum)
     x = layers.GlobalAveragePooling2D(name="aGAP")(x) if pooling == "gap" else layers.Flatten(name="aFlatten")(x)
-    outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name="aDecision")(x)
+    outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=_init(seed + 99), name=HEAD_DECISION)(x)
     return keras.Model(inputs, outputs, name="head")
 
 

@@ -1,6 +1,6 @@
 """Khoo, Lim & Phan's published Keras 2.4 HDF5 models, read by layer name into our Keras 3 models.
 
-Keras 3 cannot deserialise those files as models, and does not need to: `models` uses the paper's
+Keras 3 cannot deserialise those files as models, and does not need to: `networks` uses the paper's
 layer names, so the importer reads each layer's arrays from `model_weights/<layer>/<layer>/<var>:0`,
 checks that the file's `model_config` describes the same layers (filters, kernel, stride, padding,
 BatchNorm epsilon, pooling), and assigns the arrays by variable name. Nothing is guessed: a layer
@@ -146,20 +146,21 @@ def read_paper_model(path: str | Path) -> PaperModel:
     if not shape or len(shape) != 4 or shape[1] != shape[2] or shape[3] not in (1, 3):
         raise PaperWeightsError(f"{path}: input shape {shape} is not square HxWx1 (DCT) or HxWx3 (pixel)")
     image_size, mode = int(shape[1]), "dct" if shape[3] == 1 else "pixel"
-    if "dDecision" not in layers:
-        raise PaperWeightsError(f"{path}: no dDecision layer; not one of the paper's models")
+    if networks.PRIMARY_DECISION not in layers:
+        raise PaperWeightsError(f"{path}: no {networks.PRIMARY_DECISION} layer; not one of the paper's models")
     expected_pooling = "gap" if mode == "pixel" else "flatten"
-    primary_pooling = _pooling_before(path, layers, "dDecision")
+    primary_pooling = _pooling_before(path, layers, networks.PRIMARY_DECISION)
     if primary_pooling != expected_pooling:
         raise PaperWeightsError(
             f"{path}: a {mode} primary pooled by {primary_pooling}; this project's {mode} models use {expected_pooling}"
         )
     head_pooling = None
     kind = PRIMARY
-    if "aDecision" in layers:
+    if networks.HEAD_DECISION in layers:
         kind = ATTRIBUTION
-        head_pooling = _pooling_before(path, layers, "aDecision")
-        if layers.get("aConv_01", {}).get("inbound") != [networks.BRANCH_LAYER]:
+        head_pooling = _pooling_before(path, layers, networks.HEAD_DECISION)
+        first_conv = networks.block_layer(networks.HEAD, "Conv", networks.HEAD_BLOCKS[0])
+        if layers.get(first_conv, {}).get("inbound") != [networks.BRANCH_LAYER]:
             raise PaperWeightsError(f"{path}: the head does not branch off {networks.BRANCH_LAYER}")
     return PaperModel(
         path=path,
@@ -207,12 +208,12 @@ def load_into(model: keras.Model, paper: PaperModel) -> None:
 
 
 def trunk_layer_names() -> list[str]:
-    """The weighted layers of the shared trunk (`dConv_01`..`dBNorm_04`), from `models`."""
+    """The weighted layers of the shared trunk (`dConv_01`..`dBNorm_04`), from `networks`."""
     names = []
     for spec in networks.PRIMARY_TRUNK:
-        names.append(f"dConv_{spec.index}")
+        names.append(networks.block_layer(networks.PRIMARY, "Conv", spec))
         if spec.batch_norm:
-            names.append(f"dBNorm_{spec.index}")
+            names.append(networks.block_layer(networks.PRIMARY, "BNorm", spec))
     return names
 
 

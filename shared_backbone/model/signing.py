@@ -60,6 +60,15 @@ def generate_keypair(directory: str | Path, *, overwrite: bool = False) -> tuple
     return private_path, public_path
 
 
+def ensure_keypair(directory: str | Path) -> tuple[Path, Path]:
+    """The key pair in `directory`, generated when it is not there yet (demos and benchmarks reuse theirs)."""
+    directory = Path(directory)
+    private_path, public_path = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
+    if private_path.is_file() and public_path.is_file():
+        return private_path, public_path
+    return generate_keypair(directory)
+
+
 def _load_pem(path: str | Path, kind: str, load, expected: type, missing_hint: str = ""):
     """A PEM key of type `expected` from `path`; a clear error for a missing, malformed or other-type key."""
     path = Path(path)

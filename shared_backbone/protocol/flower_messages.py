@@ -42,7 +42,7 @@ FILES_RECORD = "bundle.files"  # ArrayRecord: one uint8 array per bundle file
 META_RECORD = "bundle.meta"  # ConfigRecord: manifest bytes, signature, digest, version
 TRAIN_RECORD = "train.config"  # ConfigRecord: TrainConfig fields for this round
 RUN_RECORD = "run.config"  # ConfigRecord: calibration method, reference pointer, round label
-RESULT_RECORD = "fit_head.result"  # ConfigRecord: node identity, head digest, calibration, metrics JSON
+RESULT_RECORD = "fit_head.result"  # ConfigRecord: a `registration.Registration` (to_json_values) + identity proofs
 METRICS_RECORD = "fit_head.metrics"  # MetricRecord: flat numbers, for Flower's own aggregation/logs
 FINETUNE_WEIGHTS = "finetune.weights"  # ArrayRecord: primary-module weights (to and from the node)
 FINETUNE_RESULT = "finetune.result"  # ConfigRecord: example count and source, or `declined`
@@ -52,11 +52,11 @@ ALLOWED_FIT_HEAD_REPLY = frozenset({RESULT_RECORD, METRICS_RECORD})
 # RUN_RECORD; the node's RESULT_RECORD carries its public key, its signature over the challenge and
 # the record's other values, and (first registration only) the proof of its enrolment token. The
 # node's secret and the token themselves never travel.
-CHALLENGE = "challenge"  # RUN_RECORD: hex challenge for this node
-NODE_PUBLIC_KEY = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
-NODE_SIGNATURE = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
-NODE_ENROLMENT_PROOF = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
-PROOF_FIELDS = frozenset({NODE_SIGNATURE, NODE_ENROLMENT_PROOF})  # left out of the signed record digest
+CHALLENGE_FIELD = "challenge"  # RUN_RECORD: hex challenge for this node
+PUBLIC_KEY_FIELD = "public_key"  # RESULT_RECORD: the node's Ed25519 public key (hex)
+SIGNATURE_FIELD = "signature"  # RESULT_RECORD: identity.sign(FLOWER_REGISTER, challenge, node id, record digest)
+ENROLMENT_PROOF_FIELD = "enrolment_proof"  # RESULT_RECORD: identity.enrolment_proof(...) or ""
+PROOF_FIELDS = frozenset({SIGNATURE_FIELD, ENROLMENT_PROOF_FIELD})  # left out of the signed record digest
 
 
 def pack_bundle(bundle: Bundle, content: RecordDict | None = None) -> RecordDict:

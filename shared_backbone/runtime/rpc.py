@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 AUTHORIZATION = "authorization"
-NODE_PUBLIC_KEY = "x-node-public-key"  # RegistryService: the node's Ed25519 public key (hex)
-NODE_CHALLENGE = "x-node-challenge"  # RegistryService: the challenge the signature covers
-NODE_SIGNATURE = "x-node-signature"  # RegistryService: hex signature (shared_backbone/protocol/identity.py)
-ENROLMENT_PROOF = "x-enrolment-proof"  # RegistryService.Register, first registration of a node id
+# gRPC metadata keys of the node identity proofs (RegistryService); the same proofs travel in Flower
+# records under `flower_messages.*_FIELD`.
+PUBLIC_KEY_METADATA = "x-node-public-key"  # RegistryService: the node's Ed25519 public key (hex)
+CHALLENGE_METADATA = "x-node-challenge"  # RegistryService: the challenge the signature covers
+SIGNATURE_METADATA = "x-node-signature"  # RegistryService: hex signature (shared_backbone/protocol/identity.py)
+ENROLMENT_PROOF_METADATA = "x-enrolment-proof"  # RegistryService.Register, first registration of a node id
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between WARNING lines about refused tokens
 HEALTH_SERVICE = health.SERVICE_NAME
 RECONNECT_BACKOFF_MS = 500

@@ -1,2 +1,2 @@
-"""The accuracy benchmark (`attribnet bench accuracy`): configuration and roles, the data protocol,
+"""The accuracy benchmark (`attribnet bench accuracy`): configuration and roles, the data (`bench_data.py`),
 training per seed with the network's own code, evaluation, and the report."""

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from attribnet.bench.accuracy import evaluate as ev
 from attribnet.bench.accuracy import report as rep
 from attribnet.bench.accuracy.config import AccuracyConfig, resolved_roles
-from attribnet.bench.accuracy.protocol import BenchData, prepare, reference_set
+from attribnet.bench.accuracy.bench_data import BenchData, prepare, reference_set
 from attribnet.bench.accuracy.seed_metrics import seed_metrics
 from attribnet.bench.accuracy.train import SeedTrainer
 from shared_backbone.config import DataConfig, to_dict
@@ -56,9 +56,9 @@ def dataset(config: AccuracyConfig, workdir: Path, step: Callable[[str], None]) 
 
 
 def _keys(workdir: Path) -> tuple[Path, Path]:
-    from attribnet.demo.offline import make_keys
+    from shared_backbone.model.signing import ensure_keypair
 
-    return make_keys(workdir / "keys")
+    return ensure_keypair(workdir / "keys")
 
 
 def _describe(bench: BenchData, config: AccuracyConfig, reference: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from attribnet.bench.accuracy import evaluate as ev
-from attribnet.bench.accuracy.protocol import BenchData
+from attribnet.bench.accuracy.bench_data import BenchData
 from attribnet.bench.accuracy.train import CLEAN, LATE, ROBUST, SHARED, STRICT, SeedModels
 from shared_backbone.model.rule import RuleSettings
 

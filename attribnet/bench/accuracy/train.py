@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from attribnet.bench.accuracy.config import AccuracyConfig
-from attribnet.bench.accuracy.protocol import BenchData
+from attribnet.bench.accuracy.bench_data import BenchData
 from coordinator.config import CoordinatorConfig
 from coordinator.publish import publish
 from coordinator.train_primary import train_primary

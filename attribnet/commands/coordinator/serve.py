@@ -124,7 +124,7 @@ def run_registry(args: argparse.Namespace) -> int:
         registry.close()
     if args.json:
         for entry in entries:
-            print(json.dumps({**entry.__dict__, "status_reason": entry.status_reason, "last_heartbeat": _when(entry.last_heartbeat),
+            print(json.dumps({**entry.to_dict(), "status_reason": entry.status_reason, "last_heartbeat": _when(entry.last_heartbeat),
                               "registered_at": _when(entry.registered_at)}, sort_keys=True))
         return 0
     if not entries:

@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from coordinator.train_primary import read_run
     from shared_backbone.data.datasets import load_split
-    from shared_backbone.training import fit as training
+    from shared_backbone.training.fit import detection_labels
     from shared_backbone.training.evaluation import evaluate_binary, sample_ids
     from shared_backbone.training.reports import write_json
     from shared_backbone.model.bundle import load_bundle
@@ -127,7 +127,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{index.root}: the {args.split} split is empty")
     out = Path(args.out) if args.out else default_out
     results = evaluate_binary(
-        model, samples, training.detection_labels(index, samples), spec, args.perturbation or ["clean"], out,
+        model, samples, detection_labels(index, samples), spec, args.perturbation or ["clean"], out,
         ids=sample_ids(samples, index.root),
     )
     write_json(out / "metrics.json", {name: r["metrics"] for name, r in results.items()})

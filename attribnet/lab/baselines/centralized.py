@@ -19,7 +19,16 @@ import numpy as np
 
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig, to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
-from shared_backbone.training import fit as training
+from shared_backbone.training.fit import (
+    BINARY,
+    MULTICLASS,
+    class_weights,
+    detection_labels,
+    fit,
+    input_spec,
+    prepare_run_dir,
+    set_seed,
+)
 from shared_backbone.training.evaluation import parse_perturbation, predict_scores, sample_ids
 from shared_backbone.training.classification_metrics import binary_metrics, multiclass_metrics
 from shared_backbone.training.reports import write_binary_report, write_json, write_multiclass_report
@@ -57,7 +66,7 @@ class BaselineResult:
 def task_labels(index: DatasetIndex, samples: list[Sample], task: str, positive_source: str = "") -> tuple[np.ndarray, list[str]]:
     """Integer labels and class names for a task (detection: real=0/fake=1; ovr: rest=0/source=1)."""
     if task == "detection":
-        return training.detection_labels(index, samples), [REAL_CLASS, "fake"]
+        return detection_labels(index, samples), [REAL_CLASS, "fake"]
     if task == "ovr":
         if not positive_source:
             raise ValueError("task ovr needs positive_source (--source)")
@@ -104,7 +113,7 @@ def run_baseline(
     if config.model not in MODELS:
         raise ValueError(f"unknown baseline {config.model!r}; expected one of {MODELS}")
     settings = {name: parse_perturbation(name) for name in perturbations}
-    run_dir = training.prepare_run_dir(config.out, to_dict(config), config.train.seed)
+    run_dir = prepare_run_dir(config.out, to_dict(config), config.train.seed)
     index, splits = load_split(config.data)
     labels = {split: task_labels(index, samples, config.task, config.positive_source)[0] for split, samples in splits.items()}
     classes = task_labels(index, splits["train"][:1], config.task, config.positive_source)[1]
@@ -130,18 +139,18 @@ def run_baseline(
 
 
 def _keras_scorer(config: BaselineConfig, splits, labels, classes, run_dir: Path, progress: bool):
-    spec = training.input_spec(config.data, splits["train"])
+    spec = input_spec(config.data, splits["train"])
     if spec.normstats is not None:
         spec.normstats.save(run_dir / "normstats")
     multiclass = config.task == "multiclass"
-    training.set_seed(config.train.seed)
+    set_seed(config.train.seed)
     model = networks.build_baseline(
         config.model, spec.image_size, spec.mode, config.task, len(classes) if multiclass else 1,
         seed=networks.DEFAULT_SEED + config.train.seed,
     )
-    training.fit(
+    fit(
         model, splits["train"], labels["train"], splits["val"], labels["val"], spec, config.train, run_dir,
-        task=training.MULTICLASS if multiclass else training.BINARY, num_classes=len(classes) if multiclass else 2,
+        task=MULTICLASS if multiclass else BINARY, num_classes=len(classes) if multiclass else 2,
         perturb=config.perturb, progress=progress,
     )
     model.save_weights(run_dir / "model.weights.h5")
@@ -174,7 +183,7 @@ def _dctlinear_scorer(config: BaselineConfig, index: DatasetIndex, splits, label
     num_classes = len(classes)
     weights = None
     if config.train.class_weighting:
-        by_class = training.class_weights(fit_labels, num_classes)
+        by_class = class_weights(fit_labels, num_classes)
         weights = np.array([by_class[int(c)] for c in fit_labels])
     model = dct_regression.fit(features, fit_labels, num_classes, sample_weights=weights)
 

@@ -1,4 +1,4 @@
-"""The benchmark's data protocol: the dataset, the role of every source, and what each trainer may see.
+"""The benchmark's data: the dataset, the role of every source, and what each trainer may see.
 
 Every trainer reads a *view*: a folder of links to the sources it may use, so each run's data is
 visible on disk and the split of an image (a hash of its folder and file name) is the same in

@@ -6,7 +6,8 @@ once per micro-batch, sends the batch's float16 features to every healthy node o
 (`NodePool.score`, per-node deadlines, cool-down) and goes on to the next batch while the nodes
 work, up to `max_inflight` batches at the nodes; requests arriving meanwhile form the next batch.
 When the last node has answered or failed, each request gets its slice (`BatchAnswer`).
-`RoutingTable` is the registry as the gateway serves it, rebuilt only when the registry changes.
+`RoutingTable` is the registry as the gateway serves it: the nodes on its backbone, from the
+registry's in-memory snapshot (whose calibrations were parsed once, when it was read).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 
 from coordinator.gateway.node_pool import FanoutResult, NodePool
 from coordinator.registry import HEALTHY, NodeEntry, Registry, describe_status
-from shared_backbone.model.calibration import Calibration
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
 from shared_backbone.protocol import wire
@@ -34,50 +34,39 @@ MIN_MARGIN = 0.05
 MIN_NODE_TIMEOUT = 0.01
 
 
-@dataclass(frozen=True)
-class Route:
-    """A node the gateway may query, with its calibration parsed once per registry change."""
-
-    entry: NodeEntry
-    calibration: Calibration
-
-
 @dataclass
 class BatchAnswer:
     """One request's share of a batch: fake scores, raw scores per answering node, who is missing."""
 
     fake_scores: np.ndarray
     raw: dict[str, np.ndarray]  # node id -> this request's raw scores
-    routes: list[Route]  # the nodes that answered, in registry order
+    nodes: list[NodeEntry]  # the nodes that answered, in registry order
     missing: dict[str, str]  # node id -> why it did not contribute
 
 
 class RoutingTable:
-    """Nodes on the gateway's backbone with parsed calibrations, from the registry's in-memory snapshot."""
+    """Nodes on the gateway's backbone, from the registry's in-memory snapshot."""
 
     def __init__(self, registry: Registry, backbone_digest: str) -> None:
         self.registry = registry
         self.backbone_digest = backbone_digest
         self._snapshot: tuple[NodeEntry, ...] | None = None
-        self._routes: list[Route] = []
+        self._compatible: list[NodeEntry] = []
 
-    def current(self) -> tuple[list[Route], dict[str, str]]:
-        """(healthy routes, {node id: why it is not queried}) right now; incompatible nodes are in neither."""
+    def current(self) -> tuple[list[NodeEntry], dict[str, str]]:
+        """(healthy nodes, {node id: why it is not queried}) right now; incompatible nodes are in neither."""
         snapshot = self.registry.snapshot()
         if snapshot is not self._snapshot:
-            self._routes = [
-                Route(entry, Calibration.from_dict(entry.calibration))
-                for entry in snapshot if entry.backbone_digest == self.backbone_digest
-            ]
+            self._compatible = [entry for entry in snapshot if entry.backbone_digest == self.backbone_digest]
             self._snapshot = snapshot
         now = self.registry.clock()
         healthy, unavailable = [], {}
-        for route in self._routes:
-            status = self.registry.status_at(route.entry, now)
+        for entry in self._compatible:
+            status = self.registry.status_at(entry, now)
             if status == HEALTHY:
-                healthy.append(route)
+                healthy.append(entry)
             else:
-                unavailable[route.entry.node_id] = describe_status(status, route.entry)
+                unavailable[entry.node_id] = describe_status(status, entry)
         return healthy, unavailable
 
 
@@ -100,6 +89,10 @@ class ServingPipeline:
             max_inflight=max_inflight, on_batch=metrics.batch_observer(STAGE_TRUNK), on_depth=metrics.depth_setter(STAGE_TRUNK),
         )
 
+    def trunk_features(self, inputs: np.ndarray) -> np.ndarray:
+        """The heads' float16 input for a batch of model inputs, outside the queue (the canary audit's features)."""
+        return as_head_features(self.serving(inputs)[1])
+
     @property
     def runs(self) -> int:
         """Trunk runs so far (each one also made at most one Score call per node)."""
@@ -117,7 +110,7 @@ class ServingPipeline:
         fake = fake.reshape(-1).astype(np.float64)
         self._trunk_seconds(time.monotonic() - started)
         healthy, unavailable = self.routing.current()
-        calls, cooled = self.pool.cooling([route.entry for route in healthy])
+        calls, cooled = self.pool.cooling(healthy)
         left = min(item.deadline for item in items) - time.monotonic()
         timeout = max(min(self.node_timeout, left - max(MIN_MARGIN, DEADLINE_MARGIN * left)), MIN_NODE_TIMEOUT)
         request = wire.features_to_request(as_head_features(features), self.routing.backbone_digest)
@@ -130,11 +123,11 @@ class ServingPipeline:
         self.pool.score(calls, request, len(inputs), timeout, finish)
 
     @staticmethod
-    def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[Route], missing: dict[str, str],
+    def _finish(items: list[BatchItem], fake: np.ndarray, healthy: list[NodeEntry], missing: dict[str, str],
                 result: FanoutResult) -> None:
         """Hands every request its slice once all nodes have answered or failed."""
-        routes = [route for route in healthy if route.entry.node_id in result.answered]
+        answered = [entry for entry in healthy if entry.node_id in result.answered]
         missing = {**missing, **{node: NO_ANSWER for node in result.failed}}
-        ids = [route.entry.node_id for route in routes]
+        ids = [entry.node_id for entry in answered]
         for item, (fake_part, *raw_parts) in zip(items, split(items, fake, *(result.answered[i] for i in ids))):
-            item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), routes, missing))
+            item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), answered, missing))
