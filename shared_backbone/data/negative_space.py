@@ -233,6 +233,7 @@ def draw_stage(family: str, strength: float, rng: np.random.Generator) -> Stage:
 
 
 def draw_classical_stage(rng: np.random.Generator) -> ClassicalStage:
+    """A classical x2 stage: no weights to deviate, so its variety is the resampler and the sharpening."""
     unsharp = (float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.2, 1.0))) if rng.random() < P_UNSHARP else None
     return ClassicalStage(resampler=str(rng.choice(list(RESAMPLERS))), unsharp=unsharp)
 
