@@ -57,8 +57,7 @@ def request_fields(request: pb.RegisterRequest) -> dict:
         "node_id": request.node_id, "source": request.source, "endpoint": request.endpoint,
         "backbone_digest": request.backbone_digest, "backbone_version": request.backbone_version,
         "head_digest": request.head_digest, "threshold": request.threshold,
-        "calibration": {"method": request.calibration.method, "a": request.calibration.a, "b": request.calibration.b,
-                        "positive_scores": list(request.calibration.positive_scores)},
+        "calibration": wire.calibration_fields(request.calibration),
         "metrics": wire.metrics_from_struct(request.metrics),
     }
 
