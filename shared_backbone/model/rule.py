@@ -43,7 +43,7 @@ DEFAULT_FAKE_THRESHOLD = 0.5
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ALPHA = 0.05
 DEFAULT_MARGIN = 0.1  # log-odds
-DEFAULT_TYPICALITY_ALPHA = 0.01
+DEFAULT_TYPICALITY_ALPHA = 0.05  # 0.01 would need >= 99 reference images to ever reject
 
 
 @dataclass(frozen=True)

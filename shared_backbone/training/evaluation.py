@@ -115,6 +115,9 @@ def evaluate_attribution(
     - `fake_argmax` / `fake_argmax_raw`: among fake test images only, argmax of calibrated /
       raw head scores (the heads' own attribution, independent of the detector).
     - `detection`: the primary module on the same images.
+    - `typicality_coverage`: among fake test images whose source's head has a typicality
+      reference, the share its own head finds typical (p-value above `typicality_alpha`;
+      conformal: about 1 - typicality_alpha).
     """
     sources = sorted(head.source for head in attributor.heads)
     classes = [REAL, *sources]
@@ -152,6 +155,11 @@ def evaluate_attribution(
         metrics["ovr"] = {
             s: binary_metrics(true == position[s], calibrated[:, j], 0.5) for j, s in enumerate(sources)
         }
+        own_typical = [r.typicality_p_values[classes[t]] > attributor.settings.typicality_alpha
+                       for r, t in zip(results, true) if t > 0 and classes[t] in r.typicality_p_values]
+        if own_typical:
+            metrics["typicality_coverage"] = {"rate": float(np.mean(own_typical)), "n": len(own_typical),
+                                              "typicality_alpha": attributor.settings.typicality_alpha}
     p_values = np.array([[r.p_values.get(s, np.nan) for s in sources] for r in results])
     return AttributionEvaluation(classes, true, predicted, closed, fake_scores, raw, calibrated, metrics,
                                  p_values, [list(r.prediction_set) for r in results])
