@@ -161,3 +161,16 @@ def test_predict_json_shows_typicality_and_answers_small_images_out_of_scope(tmp
     assert records["a_random.png"]["heads"]["alpha"]["typicality_p_value"] > 0.05
     gradient = records["b_gradient.png"]["heads"]["alpha"]
     assert gradient["typicality_p_value"] == pytest.approx(1 / (len(alpha.calibration.typicality_scores) + 1))
+
+
+def test_a_trained_node_head_carries_its_typicality_model_and_reference(zoo_heads, zoo_bundle):
+    """`node.train_head`: fitted on own train images, reference = own val + calib images (which the fit did not use)."""
+    from shared_backbone.model.heads import load_head
+
+    for source, directory in zoo_heads.items():
+        head = load_head(directory, zoo_bundle)
+        counts = head.metrics["counts"]
+        assert head.typicality is not None and head.typicality.fitted_on == counts["train"]["positives"]
+        assert len(head.calibration.typicality_scores) == counts["val"]["positives"] + counts["calib"]["positives"]
+        assert head.calibration.has_typicality
+        assert head.metrics["typicality"]["calib_auroc_own_vs_negatives"] > 0.6, (source, head.metrics["typicality"])
