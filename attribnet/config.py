@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from shared_backbone.config import PerturbConfig, TrainConfig
 from attribnet.lab.datasets.zoo import ZooConfig
-from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
+from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN, DEFAULT_TYPICALITY_ALPHA
 
 
 @dataclass
@@ -20,6 +20,7 @@ class PredictConfig:
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set
     tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
+    typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner whose typicality p-value is <= this: "unknown"
     heatmap_dir: str = ""
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from coordinator.validation import DEFAULT_DENY
 from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
-from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN
+from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN, DEFAULT_TYPICALITY_ALPHA
 
 
 @dataclass
@@ -64,6 +64,7 @@ class GatewayConfig:
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
     tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
+    typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner whose typicality p-value is <= this: "unknown"
     batch_window_ms: float = 0.0  # extra wait of a batch for more requests (0: batches form while nodes work)
     max_batch: int = 256  # images per trunk run (and per Score call)
     max_inflight_batches: int = 4  # batches at the nodes at once; requests arriving meanwhile form the next

@@ -3,6 +3,8 @@
 Concurrent Score calls (the gateway pipelines its batches) are merged by a `MicroBatcher` into
 one run of the head, traced once as a `CompiledModel`; each call gets its rows back. Waits are
 bounded by the call's deadline (capped by `request_timeout`), a full queue is RESOURCE_EXHAUSTED.
+With the raw scores goes each image's typicality for the node's own images (`model.typicality`,
+a few numpy operations per batch), or nothing when the head has no typicality model.
 """
 
 from __future__ import annotations
@@ -76,10 +78,13 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
     def _run(self, items: list[BatchItem]) -> None:
         serving = self._serving
         start = time.monotonic()
-        raw = np.asarray(serving.compiled(concatenate(items).astype(np.float32))).reshape(-1).astype(np.float64)
+        features = concatenate(items)
+        raw = np.asarray(serving.compiled(features.astype(np.float32))).reshape(-1).astype(np.float64)
+        typicality = serving.head.typicality_scores(features)
         self._head_seconds(time.monotonic() - start)
-        for item, (scores,) in zip(items, split(items, raw)):
-            item.future.set_result((scores, serving.head))
+        parts = split(items, raw) if typicality is None else split(items, raw, typicality)
+        for item, (scores, *typical) in zip(items, parts):
+            item.future.set_result((scores, typical[0] if typical else None, serving.head))
 
     def swap_head(self, head: heads.Head) -> None:
         """Serves `head` from the next batch on (a reloaded head of the same source).
@@ -101,9 +106,10 @@ class HeadServicer(pb_grpc.HeadServiceServicer):
         except wire.WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         future = submit_or_abort(self.batcher, features, deadline, context, self.metrics, f"node {self.node_id}")
-        raw, head = answer_or_abort(future, deadline, context, self.metrics)
+        raw, typicality, head = answer_or_abort(future, deadline, context, self.metrics)
         self.metrics.images.inc(len(raw))
-        return pb.ScoreResponse(raw_scores=raw.tolist(), source=head.source, head_digest=head.digest)
+        return pb.ScoreResponse(raw_scores=raw.tolist(), source=head.source, head_digest=head.digest,
+                                typicality=[] if typicality is None else typicality.tolist())
 
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:
         return pb.DescribeResponse(

@@ -7,7 +7,9 @@ through random upsamplers. Trunk features are computed once (the trunk is frozen
 on them with class weighting, early stopping on the class-weighted validation loss, and is then
 calibrated on the calib split (own held-out images vs the common calibration negatives), which
 neither training nor model selection saw; the calibrated scores of the own held-out images are the
-head's conformal reference. The Flower ClientApp calls `train_head` too.
+head's conformal reference. The node also fits its typicality model (`model.typicality`) on its own
+train-split images only, and scores its own val and calib images (which that fit did not use) as
+the typicality reference. The Flower ClientApp calls `train_head` too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from node import state
 from node.config import BUNDLE_KEYS, NodeConfig
@@ -32,6 +35,7 @@ from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, load_configured_bundle
 from shared_backbone.model.calibration import Calibration, fit_calibration
 from shared_backbone.model.heads import Head, load_head, save_head
+from shared_backbone.model.typicality import TypicalityModel, fit_typicality
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,21 @@ def calibrate(model, calib: FeatureSet, method: str) -> tuple[Calibration, np.nd
     return calibration.with_positives(calibration.apply(raw[calib.y > 0.5])), raw
 
 
+def own_typicality(sets: dict[str, FeatureSet]) -> tuple[TypicalityModel, np.ndarray, dict[str, Any]]:
+    """The typicality model of the node's own train images, its reference (own val + calib images,
+    which the fit did not use) and metrics: AUROC of own calib images against the calib negatives."""
+    model = fit_typicality(sets["train"].x[sets["train"].y > 0.5])
+    reference = np.concatenate([model.score(sets[split].x[sets[split].y > 0.5]) for split in ("val", "calib")])
+    calib = sets["calib"]
+    scores = model.score(calib.x)
+    positives = calib.y > 0.5
+    ranks = scipy.stats.rankdata(scores)
+    auroc = (ranks[positives].sum() - positives.sum() * (positives.sum() + 1) / 2) / (positives.sum() * (~positives).sum())
+    metrics = {"fitted_on": model.fitted_on, "reference": len(reference), "shrinkage": round(model.shrinkage, 4),
+               "calib_auroc_own_vs_negatives": float(auroc), "smallest_p_value": 1.0 / (len(reference) + 1)}
+    return model, reference, metrics
+
+
 def predict(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x.astype(np.float32), batch_size=1024, verbose=0)).reshape(-1).astype(np.float64)
 
@@ -155,7 +174,7 @@ def _metrics(config: NodeConfig, data: HeadData, sets: dict[str, FeatureSet], mo
         "best_epoch": fit.best_epoch,
         "epochs_run": fit.epochs_run,
         "train_seconds": round(fit.seconds, 1),
-        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "positive_scores"},
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k not in ("positive_scores", "typicality_scores")},
         "val": {"raw": binary_metrics(sets["val"].y, predict(model, sets["val"].x))},
         "calib": {"raw": binary_metrics(sets["calib"].y, raw_calib),
                   "calibrated": binary_metrics(sets["calib"].y, calibration.apply(raw_calib))},
@@ -191,9 +210,12 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
     fit = fit_arrays(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, config.train, run_dir,
                               progress=progress)
     calibration, raw_calib = calibrate(model, sets["calib"], config.calibration)
+    typicality, reference, typicality_metrics = own_typicality(sets)
+    calibration = calibration.with_typicality(reference)
     metrics = _metrics(config, data, sets, model, calibration, raw_calib, fit)
+    metrics["typicality"] = typicality_metrics
     head = save_head(state_dir / state.HEAD_DIR, model, source=config.source, bundle=bundle, calibration=calibration,
-                     threshold=config.threshold, metrics=metrics)
+                     threshold=config.threshold, metrics=metrics, typicality=typicality)
     shown = metrics.get("test", metrics["calib"])["calibrated"]
     log.info("head %s (%s access): accuracy %.3f F1 %.3f AUC %.3f (calibrated, %s); saved to %s", config.source,
              config.access, shown["accuracy"], shown["f1"], shown["roc_auc"], "test" if "test" in metrics else "calib",

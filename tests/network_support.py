@@ -71,16 +71,37 @@ def make_bundle(out: Path, private_key: Path, public_key: Path, version: str = "
     return bundle.load_bundle(out, signing.load_public_key(public_key))
 
 
-def make_head(state_dir: Path, bundle, source: str, seed: int, a: float = 1.0, b: float = 0.0, threshold: float = 0.5):
-    """STATE_DIR/head: an untrained head (distinct seed) with a given Platt calibration."""
+def make_head(state_dir: Path, bundle, source: str, seed: int, a: float = 1.0, b: float = 0.0, threshold: float = 0.5,
+              typicality: bool = False):
+    """STATE_DIR/head: an untrained head (distinct seed) with a given Platt calibration; with `typicality`,
+    also a typicality model of the trunk features of random images and its reference (other random images)."""
     from shared_backbone.model import heads, networks
     from shared_backbone.model.calibration import Calibration
 
     model = networks.build_head(IMAGE_SIZE, seed=seed)
+    calibration, typical = Calibration("platt", a, b), None
+    if typicality:
+        typical, reference = random_image_typicality(bundle, seed)
+        calibration = calibration.with_typicality(reference)
     return heads.save_head(
         state_dir / "head", model, source=source, bundle=bundle,
-        calibration=Calibration("platt", a, b), threshold=threshold, metrics={"auroc": 0.5 + seed % 7 / 100},
+        calibration=calibration, threshold=threshold, metrics={"auroc": 0.5 + seed % 7 / 100}, typicality=typical,
     )
+
+
+def random_image_typicality(bundle, seed: int, fit: int = 48, reference: int = 32):
+    """A typicality model fitted on the bundle's trunk features of random-pixel PNGs, and the typicality
+    of `reference` other such images (its conformal reference)."""
+    from shared_backbone.model import networks
+    from shared_backbone.model.features import as_head_features
+    from shared_backbone.model.preprocessing import preprocess
+    from shared_backbone.model.typicality import fit_typicality
+
+    rng = np.random.default_rng(seed)
+    inputs = np.stack([preprocess(png_bytes(rng), bundle.input_spec) for _ in range(fit + reference)])
+    features = as_head_features(np.asarray(networks.build_trunk(bundle.load_primary())(inputs, training=False)))
+    model = fit_typicality(features[:fit])
+    return model, model.score(features[fit:])
 
 
 def start_gateway(bundle, public_key: Path, registry: Path, **gateway):

@@ -16,22 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.network_support import (
-    IMAGE_SIZE,
-    Net,
-    make_bundle,
-    make_head,
-    node_config,
-    png_bytes,
-    register_request,
-    register_signed,
-    registry_stub,
-    signed_metadata,
-    status_code,
-    wait_until,
-    write_certificates,
-    write_enrolment,
-)
+from tests.network_support import (IMAGE_SIZE, Net, make_bundle, make_head, node_config, png_bytes, register_request,
+    register_signed, registry_stub, signed_metadata, status_code, wait_until, write_certificates, write_enrolment)
 
 QUERY_TOKEN = "query-secret"
 SOURCES = ("alpha", "beta", "gamma")
@@ -61,7 +47,8 @@ def net(tmp_path_factory, keypair):
     coordinator = start_coordinator(config)
     nodes, configs = {}, {}
     for i, source in enumerate(SOURCES):
-        make_head(root / source, bundle, source, seed=100 + i, a=1.0 + 0.7 * i, b=0.3 * i - 0.3, threshold=0.4 + 0.05 * i)
+        make_head(root / source, bundle, source, seed=100 + i, a=1.0 + 0.7 * i, b=0.3 * i - 0.3, threshold=0.4 + 0.05 * i,
+                  typicality=source == "alpha")
         write_enrolment(coordinator.registry, root / source, source, source)
         configs[source] = node_config(root, bundle, source, coordinator.port, keypair)
         nodes[source] = start_node(configs[source])
@@ -107,10 +94,36 @@ def test_answers_match_offline_attributor(net, offline):
         for source in SOURCES:
             assert got.scores[source] == pytest.approx(want.calibrated[source], abs=1e-6)
             assert got.raw_scores[source] == pytest.approx(want.raw[source], abs=1e-6)
+        assert set(got.typicality) == set(got.typicality_p_values) == {"alpha"}  # the one head with a typicality model
+        assert got.typicality["alpha"] == pytest.approx(want.typicality["alpha"], abs=1e-6)
+        assert got.typicality_p_values == pytest.approx(want.typicality_p_values)
+        assert got.out_of_scope == ""
         assert got.missing_nodes == []
         assert got.backbone_digest == net.bundle.digest and got.backbone_version == net.bundle.version
     # the calibrations differ per head, so calibrated and raw scores really differ
     assert any(abs(r.scores["gamma"] - r.raw_scores["gamma"]) > 1e-3 for r in results)
+
+
+def test_images_too_small_to_judge_are_out_of_scope_and_the_others_answered(net, offline):
+    from shared_backbone.model.preprocessing import preprocess
+
+    rng = np.random.default_rng(5)
+    wide = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (20, 64, 3), dtype=np.uint8)).save(wide, format="PNG")
+    images = [png_bytes(rng, 16), png_bytes(rng), wide.getvalue(), png_bytes(rng, 40, "JPEG")]
+    with client(net) as c:
+        results = c.attribute(images)
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    for small, size in ((results[0], "16x16"), (results[2], "64x20")):
+        assert small.attribution == "unknown" and "too small to judge" in small.out_of_scope and size in small.out_of_scope
+        assert small.scores == {} and small.prediction_set == []
+    expected = offline.attribute(np.stack([preprocess(images[i], net.bundle.input_spec) for i in (1, 3)]))
+    for got, want in zip((results[1], results[3]), expected):
+        assert got.out_of_scope == "" and got.attribution == want.attribution
+        assert got.scores == pytest.approx(want.calibrated, abs=1e-6)
+    with client(net) as c:  # a request of small images only never reaches the trunk
+        only = c.attribute([png_bytes(rng, 8)])
+    assert only[0].attribution == "unknown" and only[0].out_of_scope
 
 
 def _bad(net, images, fragment):

@@ -59,7 +59,7 @@ def client(net, timeout=10.0):
 class TamperedHead:
     """A real HeadService on its own server whose answers are changed by `tamper` (or delayed)."""
 
-    def __init__(self, net, source: str, tamper, delay: float = 0.0) -> None:
+    def __init__(self, net, source: str, tamper, delay: float = 0.0, typicality: bool = False) -> None:
         from node.head_service import HeadServicer
         from shared_backbone.protocol import identity
         from shared_backbone.protocol.registration import Registration
@@ -67,7 +67,7 @@ class TamperedHead:
         from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 
         self.net, self.source, self.calls, self.release = net, source, 0, threading.Event()
-        head = make_head(net.root / source, net.bundle, source, seed=400 + len(source))
+        head = make_head(net.root / source, net.bundle, source, seed=400 + len(source), typicality=typicality)
         outer = self
 
         class Servicer(HeadServicer):
@@ -117,6 +117,38 @@ def _above_one(response):
 def _short(response):
     del response.raw_scores[-1]
     return response
+
+
+def _typicality_nan(response):
+    response.typicality[0] = float("nan")
+    return response
+
+
+def _typicality_infinite(response):
+    response.typicality[-1] = float("-inf")
+    return response
+
+
+def _typicality_short(response):
+    del response.typicality[-1]
+    return response
+
+
+@pytest.mark.parametrize("tamper", [_typicality_nan, _typicality_infinite, _typicality_short],
+                         ids=["nan", "infinite", "too-few"])
+def test_node_with_invalid_typicality_is_missing(load_net, tamper):
+    bad = TamperedHead(load_net, "liar", tamper, typicality=True)
+    honest = TamperedHead(load_net, "honest", lambda response: response, typicality=True)
+    try:
+        with client(load_net) as c:
+            results = c.attribute([png_bytes(np.random.default_rng(1)), png_bytes(np.random.default_rng(2))])
+    finally:
+        bad.close()
+        honest.close()
+    assert bad.calls == 1 and honest.calls == 1
+    for result in results:
+        assert result.missing_nodes == ["liar"] and "liar" not in result.scores
+        assert "honest" in result.typicality_p_values and "liar" not in result.typicality
 
 
 @pytest.mark.parametrize("tamper", [_nan, _above_one, _short], ids=["nan", "above-one", "too-few"])

@@ -96,3 +96,44 @@ def test_attribute_batch_applies_calibration_p_values_and_rule():
     assert results[0].p_values["a"] == pytest.approx((1 + 80) / 100, abs=0.02) and "b" not in results[0].p_values
     assert results[1].prediction_set == ["b"]  # a's p-value of 0.2 is 0.01: out; b (no reference) kept but below 0.5
     assert results[1].calibrated["a"] == pytest.approx(0.2)
+
+
+def test_a_winner_must_find_the_image_typical():
+    scores, thresholds = {"a": 0.9, "b": 0.6}, {"a": 0.5, "b": 0.5}
+    typical = decide(0.9, scores, thresholds, typicality_p_values={"a": 0.4, "b": 0.001}, typicality_alpha=0.05)
+    assert typical.attribution == "a"
+    atypical = decide(0.9, scores, thresholds, typicality_p_values={"a": 0.01, "b": 0.6}, typicality_alpha=0.05)
+    assert atypical.attribution == UNKNOWN  # the runner-up does not inherit the image
+    assert atypical.prediction_set == ["a", "b"]  # the prediction set is the scores' business
+    everywhere = decide(0.9, scores, thresholds, typicality_p_values={"a": 0.01, "b": 0.01}, typicality_alpha=0.05)
+    assert everywhere.attribution == UNKNOWN
+    assert decide(0.2, scores, thresholds, typicality_p_values={"a": 0.01}).attribution == REAL  # the detector first
+
+
+def test_a_head_without_a_typicality_reference_is_not_gated():
+    scores, thresholds = {"paper": 0.9, "b": 0.6}, {"paper": 0.5, "b": 0.5}
+    assert decide(0.9, scores, thresholds, typicality_p_values={"b": 0.001}, typicality_alpha=0.05).attribution == "paper"
+
+
+def test_a_tie_is_unknown_when_both_find_the_image_atypical():
+    scores, thresholds = {"a": 0.8, "b": 0.8}, {"a": 0.5, "b": 0.5}
+    assert decide(0.9, scores, thresholds, typicality_p_values={"a": 0.01, "b": 0.3}).attribution == AMBIGUOUS
+    assert decide(0.9, scores, thresholds, typicality_p_values={"a": 0.001, "b": 0.001}).attribution == UNKNOWN
+
+
+def test_attribute_batch_turns_typicality_into_p_values_and_ignores_degenerate_references():
+    reference = tuple(-float(v) for v in np.linspace(10, 1, 19))  # 19 values: p-values in steps of 1/20
+    calibrations = {"a": Calibration(typicality_scores=reference), "b": Calibration(typicality_scores=(-1.0,) * 30)}
+    raw = {"a": np.array([0.9, 0.9]), "b": np.array([0.2, 0.2])}
+    typicality = {"a": np.array([-2.0, -50.0]), "b": np.array([-1.0, -1.0])}
+    results = attribute_batch(np.array([0.9, 0.9]), raw, calibrations, {"a": 0.5, "b": 0.5},
+                              RuleSettings(typicality_alpha=0.05), typicality)
+    assert results[0].typicality_p_values == {"a": pytest.approx(18 / 20)}  # 17 of 19 at most -2; b's all-equal reference: no p-value
+    assert results[0].typicality == {"a": -2.0, "b": -1.0}
+    assert results[0].attribution == "a"
+    assert results[1].typicality_p_values["a"] == pytest.approx(1 / 20) and results[1].attribution == UNKNOWN
+
+
+def test_typicality_alpha_is_range_checked():
+    with pytest.raises(ValueError, match="typicality_alpha"):
+        RuleSettings(typicality_alpha=1.5)

@@ -293,11 +293,12 @@ def test_flower_replies_are_checked_by_the_same_admission(tmp_path, zoo_bundle):
     token = registry.enrol("flower-node", "tconv_a")
     key = identity.node_key("node-secret")
 
-    def reply(node: int, *, source: str = "tconv_a", with_proof: bool = True, tamper: bool = False, threshold: float = 0.5):
+    def reply(node: int, *, source: str = "tconv_a", with_proof: bool = True, tamper: bool = False, threshold: float = 0.5,
+              calibration: str = '{"method": "platt", "a": 1.0, "b": 0.0}'):
         challenge = admission.challenges.issue(flower_identity(node))
         values = {"node_id": "flower-node", "source": source, "endpoint": "127.0.0.1:61000", "head_digest": "a" * 64,
                   "backbone_digest": zoo_bundle.digest, "backbone_version": zoo_bundle.version, "threshold": threshold,
-                  "calibration": '{"method": "platt", "a": 1.0, "b": 0.0}', "metrics": "{}",
+                  "calibration": calibration, "metrics": "{}",
                   flower_messages.PUBLIC_KEY_FIELD: identity.public_key_hex(key)}
         digest = identity.record_digest(values, flower_messages.PROOF_FIELDS)
         values[flower_messages.SIGNATURE_FIELD] = identity.sign(key, identity.FLOWER_REGISTER, challenge, "flower-node", digest)
@@ -314,7 +315,12 @@ def test_flower_replies_are_checked_by_the_same_admission(tmp_path, zoo_bundle):
     assert "signature does not verify" in reply(2, tamper=True).error
     assert "threshold" in reply(3, threshold=0.0).error
     assert "reserved" in reply(4, source="real").error
+    typical = '{"method": "platt", "a": 1.0, "b": 0.0, "typicality_scores": %s}'
+    assert "typicality scores must be sorted" in reply(6, calibration=typical % "[-1.0, -2.0]").error
+    assert "typicality scores must be finite" in reply(7, calibration=typical % "[-1.0, NaN]").error
     assert registry.list() == []
-    assert reply(5).status == "registered"
+    reference = [-float(i) for i in range(12, 0, -1)]
+    assert reply(5, calibration=typical % reference).status == "registered"
     assert registry.get("flower-node").public_key == identity.public_key_hex(key)
+    assert registry.get("flower-node").calibration["typicality_scores"] == reference
     registry.close()

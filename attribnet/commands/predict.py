@@ -3,7 +3,14 @@
 One backbone pass per batch gives the fake score and the trunk features; every head scores the
 float16 wire-format features, exactly as the network gateway does, so offline answers equal online
 ones. A file that cannot be read gets an error line and the rest are still answered; the exit code
-is 1 when any file failed.
+is 1 when any file failed. An image too small to judge (shorter side below the backbone's input
+size) is never upscaled: it is answered `unknown` with an `out_of_scope` reason (not an error).
+
+--json, one object per image: path, fake_score, attribution, prediction_set, alpha,
+typicality_alpha, backbone; `heads` per source: raw, calibrated, p_value (when the head has a
+conformal reference), typicality (the image's typicality score, when the head has a typicality
+model) and typicality_p_value (when it also has a usable reference); `out_of_scope` instead of
+scores for an image too small to judge; `error` for a file that could not be read.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ class Item:
     error: str | None = None
     rgb: Any = None
     model_input: Any = None
+    out_of_scope: str = ""  # why it is not judged (too small), answered `unknown`
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="images per backbone pass (default 32)")
     parser.add_argument("--fake-threshold", type=float, help="primary score below which an image is `real` (default 0.5)")
     parser.add_argument("--alpha", type=float, help="significance of the conformal prediction set (default 0.05)")
+    parser.add_argument("--typicality-alpha", type=float,
+                        help="a winner whose typicality p-value is at most this is `unknown` (default 0.05)")
     parser.set_defaults(handler=run)
 
 
@@ -70,10 +80,13 @@ def _heatmap_path(directory: Path, source_path: Path, used: set[Path]) -> Path:
 def _format_line(record: dict[str, Any]) -> str:
     if "error" in record:
         return f"{record['path']}: error: {record['error']}"
+    if "out_of_scope" in record:
+        return f"{record['path']}: {record['attribution']} (out of scope: {record['out_of_scope']})"
     parts = [f"{record['path']}: fake {record['fake_score']:.4f}"]
     for source, scores in record["heads"].items():
         p_value = f" p {scores['p_value']:.3f}" if "p_value" in scores else ""
-        parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}{p_value}")
+        typical = f" typical-p {scores['typicality_p_value']:.3f}" if "typicality_p_value" in scores else ""
+        parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}{p_value}{typical}")
     kept = ", ".join(record["prediction_set"]) or "none"
     line = " | ".join(parts) + f" -> {record['attribution']} (set at alpha {record['alpha']:g}: {kept})"
     if "heatmap" in record:
@@ -125,6 +138,10 @@ def _head_record(answer, source: str) -> dict[str, float]:
     record = {"raw": answer.raw[source], "calibrated": answer.calibrated[source]}
     if source in answer.p_values:
         record["p_value"] = answer.p_values[source]
+    if source in answer.typicality:
+        record["typicality"] = answer.typicality[source]
+    if source in answer.typicality_p_values:
+        record["typicality_p_value"] = answer.typicality_p_values[source]
     return record
 
 
@@ -132,7 +149,7 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
     """Answers the readable items of a chunk in one backbone pass; emits every item in input order."""
     import numpy as np
 
-    batch = [item for item in chunk if item.error is None]
+    batch = [item for item in chunk if item.error is None and not item.out_of_scope]
     records: dict[int, dict[str, Any]] = {}
     if batch:
         fake_scores, features = attributor.run_backbone(np.stack([item.model_input for item in batch]))
@@ -150,13 +167,25 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
                 "attribution": answer.attribution,
                 "prediction_set": answer.prediction_set,
                 "alpha": attributor.settings.alpha,
+                "typicality_alpha": attributor.settings.typicality_alpha,
                 "backbone_version": attributor.bundle.version,
                 "backbone_digest": attributor.bundle.digest,
                 **extra,
             }
     for item in chunk:
+        if item.out_of_scope:
+            records[id(item)] = _out_of_scope_record(item, attributor)
         _emit(records.get(id(item)) or {"path": str(item.path), "error": item.error}, as_json)
         item.rgb = item.model_input = None
+
+
+def _out_of_scope_record(item: Item, attributor) -> dict[str, Any]:
+    """An image answered without judging it: `unknown` and why (no scores)."""
+    from shared_backbone.model.rule import UNKNOWN
+
+    return {"path": str(item.path), "attribution": UNKNOWN, "out_of_scope": item.out_of_scope, "heads": {},
+            "prediction_set": [], "backbone_version": attributor.bundle.version,
+            "backbone_digest": attributor.bundle.digest}
 
 
 def _load_config(args: argparse.Namespace):
@@ -173,6 +202,7 @@ def _load_config(args: argparse.Namespace):
             "batch_size": args.batch_size,
             "fake_threshold": args.fake_threshold,
             "alpha": args.alpha,
+            "typicality_alpha": args.typicality_alpha,
             "heatmap_dir": args.heatmap_dir,
         },
     )
@@ -198,7 +228,8 @@ def _load_attributor(config):
         log.warning("no public key given: %s's file digests are checked, its signature is NOT", config.backbone)
     backbone = bundle_lib.load_bundle(config.backbone, key)
     heads = [heads_lib.load_head(path, backbone) for path in config.heads]
-    attributor = OfflineAttributor(backbone, heads, RuleSettings(config.fake_threshold, config.alpha, config.tie_margin))
+    attributor = OfflineAttributor(backbone, heads, RuleSettings(config.fake_threshold, config.alpha, config.tie_margin,
+                                                                       config.typicality_alpha))
     log.info(
         "backbone %s (%s, %s %dpx), heads: %s", backbone.version, backbone.short_digest, attributor.spec.mode,
         attributor.spec.image_size, ", ".join(head.source for head in heads) or "none",
@@ -208,13 +239,15 @@ def _load_attributor(config):
 
 def _read_chunk(chunk: list[Item], spec) -> None:
     """Decodes and preprocesses every readable item of a chunk; a bad file keeps its error."""
-    from shared_backbone.model.preprocessing import ImageDecodeError, load_image, to_model_input
+    from shared_backbone.model.preprocessing import ImageDecodeError, ImageTooSmall, load_image, to_model_input
 
     for item in chunk:
         if item.error is None:
             try:
-                item.rgb = load_image(item.path, spec.image_size)
+                item.rgb = load_image(item.path, spec.image_size, refuse_upscaling=True)
                 item.model_input = to_model_input(item.rgb, spec)
+            except ImageTooSmall as exc:
+                item.out_of_scope = str(exc)
             except ImageDecodeError as exc:
                 item.error = str(exc)
 

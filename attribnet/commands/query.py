@@ -93,15 +93,19 @@ def _table(record: dict) -> str:
         f"{record['path']}: {record['attribution']}{_partial(record)}  (fake score {record['fake_score']:.3f}, "
         f"backbone {backbone['version']} {backbone['digest'][:12]})"
     ]
-    if record["scores"]:
+    if record.get("out_of_scope"):
+        lines.append(f"  out of scope: {record['out_of_scope']}")
+    elif record["scores"]:
         width = max(len("source"), *(len(s) for s in record["scores"]))
-        lines.append(f"  {'source'.ljust(width)}  calibrated     raw  threshold  p-value")
+        lines.append(f"  {'source'.ljust(width)}  calibrated     raw  threshold  p-value  typical-p")
         for source, score in sorted(record["scores"].items(), key=lambda item: -item[1]):
             mark = " <" if source == record["attribution"] else ""
             p_value = f"{record['p_values'][source]:7.3f}" if source in record["p_values"] else "      -"
+            typical = record.get("typicality_p_values", {})
+            typical_p = f"{typical[source]:9.3f}" if source in typical else "        -"
             lines.append(
                 f"  {source.ljust(width)}  {score:10.4f}  {record['raw_scores'][source]:6.4f}  "
-                f"{record['thresholds'][source]:9.3f}  {p_value}{mark}"
+                f"{record['thresholds'][source]:9.3f}  {p_value}  {typical_p}{mark}"
             )
         kept = ", ".join(record["prediction_set"]) or "none (no registered source fits)"
         lines.append(f"  prediction set at alpha {record['alpha']:g}: {kept}")

@@ -2,7 +2,9 @@
 
 zoo -> coordinator key -> primary module -> signed bundle -> one head per generator (each trained
 the way a node trains it) -> evaluation of bundle + heads (detection, one-vs-rest, multiclass argmax,
-clean and perturbed) next to centralized baselines (gdaconv multiclass, DCT regression).
+clean and perturbed) next to centralized baselines (gdaconv multiclass, DCT regression), and how
+often images no generator made (noise, smooth noise, gradients, checkerboards) are pinned on a
+source, with and without the typicality gate.
 The steps are plain functions so the network demo can reuse them and swap `train_all_heads` for a
 Flower run.
 """
@@ -123,6 +125,50 @@ def run_baselines(
     }
 
 
+def out_of_scope_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Images no generator made, a quarter each: uniform noise, smooth noise, colour gradients, checkerboards."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size)
+    images = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            image = rng.random((size, size, 3))
+        elif kind == 1:
+            coarse = rng.random((size // 8, size // 8, 3))
+            image = np.kron(coarse, np.ones((8, 8, 1)))
+        elif kind == 2:
+            angle = rng.uniform(0, 2 * np.pi)
+            field = np.add.outer(ramp * np.cos(angle), ramp * np.sin(angle))
+            image = (field[..., None] - field.min()) / max(np.ptp(field), 1e-9) * rng.random(3) + rng.random(3) * 0.2
+        else:
+            cell = int(rng.integers(2, 9))
+            board = (np.add.outer(np.arange(size) // cell, np.arange(size) // cell) % 2).astype(np.float64)
+            image = board[..., None] * rng.random(3) + (1 - board[..., None]) * rng.random(3)
+        images.append((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return images
+
+
+def out_of_scope_check(bundle: Bundle, head_dirs: dict[str, Path], count: int = 64) -> dict[str, Any]:
+    """Share of out-of-scope images attributed to a source, by the full rule and by a rule without the typicality gate."""
+    from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.heads import load_head
+    from shared_backbone.model.preprocessing import to_model_inputs
+    from shared_backbone.model.rule import RuleSettings
+
+    heads = [load_head(head_dirs[s], bundle) for s in sorted(head_dirs)]
+    inputs = to_model_inputs(out_of_scope_images(count, bundle.input_spec.image_size), bundle.input_spec)
+    result: dict[str, Any] = {"images": count}
+    for label, typicality_alpha in (("pinned_on_a_source", RuleSettings().typicality_alpha), ("pinned_without_typicality", 0.0)):
+        answers = OfflineAttributor(bundle, heads, RuleSettings(typicality_alpha=typicality_alpha)).attribute(inputs)
+        result[label] = float(np.mean([a.attribution in head_dirs for a in answers]))
+        result[f"{label}_detector_ignored"] = float(np.mean([
+            a.attribution in head_dirs for a in
+            OfflineAttributor(bundle, heads, RuleSettings(fake_threshold=0.0, typicality_alpha=typicality_alpha)).attribute(inputs)
+        ]))
+    return result
+
+
 def summarise(
     network: dict[str, Any], heads: dict[str, HeadTrainingResult], baselines: dict[str, BaselineResult],
     primary: PrimaryTrainingResult,
@@ -138,6 +184,7 @@ def summarise(
             "heads_open_set_accuracy": m["open_set"]["accuracy"],
             "heads_fake_argmax_accuracy": m.get("fake_argmax", {}).get("accuracy"),
             "heads_fake_argmax_raw_accuracy": m.get("fake_argmax_raw", {}).get("accuracy"),
+            "heads_typicality_coverage": m.get("typicality_coverage", {}).get("rate"),
             "ovr_accuracy": {s: v["accuracy"] for s, v in m.get("ovr", {}).items()},
             "ovr_auc": {s: v["roc_auc"] for s, v in m.get("ovr", {}).items()},
         }
@@ -187,6 +234,8 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
         progress=progress,
     )
     summary = summarise(network, heads, baselines, primary)
+    summary["out_of_scope"] = timed("out-of-scope images (noise, gradients, checkerboards)", out_of_scope_check,
+                                    bundle, {s: r.head_dir for s, r in heads.items()})
     summary["seed"] = seed
     summary["bundle"] = {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest}
     summary["timings_seconds"] = timer.seconds
@@ -297,6 +346,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         for source in run["results"][perturbations[0]]["ovr_accuracy"]:
             cells = [f"{run['results'][p]['ovr_accuracy'][source]:.3f} ({_fmt(run['results'][p]['ovr_auc'][source])})" for p in perturbations]
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        oos = run.get("out_of_scope")
+        if oos:
+            lines += ["", f"Out-of-scope images ({oos['images']}: noise, smooth noise, gradients, checkerboards) attributed "
+                      f"to a source: {oos['pinned_on_a_source']:.3f} with the typicality gate, "
+                      f"{oos['pinned_without_typicality']:.3f} without (detector ignored: "
+                      f"{oos['pinned_on_a_source_detector_ignored']:.3f} vs {oos['pinned_without_typicality_detector_ignored']:.3f})."]
         lines += ["", "Timings (s): " + ", ".join(f"{k}: {v}" for k, v in run["timings_seconds"].items()), ""]
         lines += ["Reports:"]
         for p, files in run["files"].items():
@@ -307,5 +362,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["Legend: `heads_multiclass_accuracy` = the paper's rule over real + every source (primary decides real/fake, "
               "argmax of calibrated heads picks the source); `heads_fake_argmax_accuracy` = argmax of calibrated heads on fake "
               "images only (`_raw` without calibration); `*_fake_argmax_accuracy` of a baseline = its argmax over the fake "
-              "classes on the same fake images; `open_set` adds `unknown` when no head clears its threshold.", ""]
+              "classes on the same fake images; `open_set` adds `unknown` when no head clears its threshold or the winner finds "
+              "the image atypical; `heads_typicality_coverage` = share of fake images their own head finds typical.", ""]
     return "\n".join(lines)

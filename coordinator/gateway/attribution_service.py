@@ -5,10 +5,11 @@ and decodes each image once (`intake.py`: limits, rate, allow-listed decoders, p
 the serving pipeline (`serving_pipeline.py`) merges concurrent requests into one micro-batch, runs the
 compiled serving model once and sends the batch's fp16 features to every healthy node once, in
 parallel under per-node deadlines. Back here, `rule.attribute_batch` calibrates each raw score
-with the calibration the node registered, computes the conformal p-values and decides, the same
-rule as offline prediction (`image_results`, the one place of that decision). A node that is slow, down, cooling down or
+with the calibration the node registered, computes the conformal and typicality p-values and
+decides, the same rule as offline prediction (`image_results`, the one place of that decision). A node that is slow, down, cooling down or
 broken only shows up in `missing_nodes`; it never fails the query. A full queue is
-RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at once.
+RESOURCE_EXHAUSTED and a request past its deadline DEADLINE_EXCEEDED, both at once. An image too
+small to judge never enters the batch: it is answered `unknown` with its `out_of_scope` reason.
 
 The servicer is thin: the server bootstrap (`server.py`) builds its collaborators (intake,
 pipeline, heatmap model, rule, win-rate monitor) and hands them to its constructor.
@@ -30,7 +31,7 @@ from coordinator.gateway.intake import Intake
 from coordinator.gateway.serving_pipeline import BatchAnswer, ServingPipeline
 from coordinator.registry import NodeEntry, Registry, serving_status
 from shared_backbone.model import heatmaps
-from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch
+from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch, out_of_scope
 from shared_backbone.protocol import wire
 from shared_backbone.runtime.prometheus import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -76,29 +77,36 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         start = time.monotonic()
         deadline = deadline_of(context.time_remaining(), self.request_timeout)
         self.intake.admit(request, context)
-        inputs, rgbs = self.intake.decode(list(request.images), context)
+        inputs, rgbs, too_small = self.intake.decode(list(request.images), context)
         self._decode_seconds(time.monotonic() - start)
-        future = submit_or_abort(self.pipeline.batcher, inputs, deadline, context, self.metrics, "the gateway")
-        pngs = self.heatmaps(inputs, rgbs) if request.heatmap else None  # while the batch runs
-        answer = answer_or_abort(future, deadline, context, self.metrics)
+        results = {i: self.image_result(i, out_of_scope(reason), {}, {}, b"") for i, reason in too_small.items()}
+        if inputs is not None:
+            future = submit_or_abort(self.pipeline.batcher, inputs, deadline, context, self.metrics, "the gateway")
+            pngs = self.heatmaps(inputs, rgbs) if request.heatmap else None  # while the batch runs
+            answer = answer_or_abort(future, deadline, context, self.metrics)
+            judged = [i for i in range(len(request.images)) if i not in too_small]
+            results.update(zip(judged, self.image_results(answer, pngs, judged)))
         answered = time.monotonic()
-        response = pb.AttributeResponse(results=self.image_results(answer, pngs))
+        response = pb.AttributeResponse(results=[results[i] for i in range(len(request.images))])
         self._respond_seconds(time.monotonic() - answered)
-        self.metrics.images.inc(len(inputs))
+        self.metrics.images.inc(len(request.images))
         return response
 
-    def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None) -> list[pb.ImageResult]:
-        """The decision for a request's images: raw scores -> `rule.attribute_batch` (calibration,
-        p-values, the rule) -> one ImageResult each."""
+    def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None,
+                      indices: list[int] | None = None) -> list[pb.ImageResult]:
+        """The decision for a request's judged images (`indices`: their places in the request): raw and
+        typicality scores -> `rule.attribute_batch` (calibration, p-values, the rule) -> one ImageResult each."""
         nodes = answer.nodes
         raw = {node.source: answer.raw[node.node_id] for node in nodes}
+        typicality = {node.source: answer.typicality[node.node_id] for node in nodes if node.node_id in answer.typicality}
         calibrations = {node.source: node.calibration for node in nodes}
         thresholds = {node.source: node.threshold for node in nodes}
-        answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule)
+        answers = attribute_batch(answer.fake_scores, raw, calibrations, thresholds, self.rule, typicality)
         if self.monitor is not None:
             self.monitor.observe([result.attribution for result in answers], nodes)
-        return [self.image_result(i, result, thresholds, answer.missing, pngs[i] if pngs else b"")
-                for i, result in enumerate(answers)]
+        indices = indices if indices is not None else list(range(len(answers)))
+        return [self.image_result(index, result, thresholds, answer.missing, pngs[i] if pngs else b"")
+                for i, (index, result) in enumerate(zip(indices, answers))]
 
     def image_result(self, index: int, answer: ImageAttribution, thresholds: dict[str, float], missing: dict[str, str],
                      heatmap_png: bytes) -> pb.ImageResult:
@@ -118,6 +126,10 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             p_values=answer.p_values,
             prediction_set=answer.prediction_set,
             alpha=self.rule.alpha,
+            typicality=answer.typicality,
+            typicality_p_values=answer.typicality_p_values,
+            typicality_alpha=self.rule.typicality_alpha,
+            out_of_scope=answer.out_of_scope,
         )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:

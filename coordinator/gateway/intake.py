@@ -3,7 +3,9 @@
 Every refusal is one line with a gRPC status: INVALID_ARGUMENT for a request that can never
 succeed (no images, too many, too many heatmaps, an image that is not an accepted format, corrupt,
 too large, or over the request's pixel budget, naming the image's index), RESOURCE_EXHAUSTED for
-a client over its rate (retry later). Decoding runs in a small thread pool for large requests:
+a client over its rate (retry later). An image too small to judge (shorter side below the
+backbone's input size) is no refusal: it is set aside with its reason and answered out of scope,
+never upscaled, while the request's other images go on. Decoding runs in a small thread pool for large requests:
 Pillow's decoders and the resize release the GIL, so big images decode on both cores.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from coordinator.config import GatewayConfig
 from shared_backbone.model import preprocessing
-from shared_backbone.model.preprocessing import ImageDecodeError, InputSpec, PixelBudget
+from shared_backbone.model.preprocessing import ImageDecodeError, ImageTooSmall, InputSpec, PixelBudget
 from shared_backbone.runtime import rpc
 from shared_backbone.runtime.prometheus import REJECT_RATE, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -61,22 +63,29 @@ class Intake:
                     f"over this client's rate limit of {config.rate_limit:g} images/s; retry in {wait:.2f}s",
                 )
 
-    def decode(self, images: list[bytes], context: grpc.ServicerContext) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(model inputs, uint8 RGB images), or INVALID_ARGUMENT naming the first bad image."""
+    def decode(self, images: list[bytes], context: grpc.ServicerContext) -> tuple[np.ndarray | None, list[np.ndarray], dict[int, str]]:
+        """(model inputs, uint8 RGB images) of the images to judge, in request order (None: no such image),
+        and {index: reason} of those too small to judge; INVALID_ARGUMENT naming the first bad image."""
         budget = PixelBudget(self.config.max_request_pixels)
         jobs = list(enumerate(images))
         try:
             if len(images) > 1 and sum(len(data) for data in images) >= PARALLEL_DECODE_BYTES:
-                rgbs = list(self.pool.map(lambda job: self._decode_one(*job, budget), jobs))
+                decoded = list(self.pool.map(lambda job: self._decode_one(*job, budget), jobs))
             else:
-                rgbs = [self._decode_one(index, data, budget) for index, data in jobs]
+                decoded = [self._decode_one(index, data, budget) for index, data in jobs]
         except _BadImage as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return preprocessing.to_model_inputs(rgbs, self.spec), rgbs
+        rgbs = [rgb for rgb in decoded if not isinstance(rgb, str)]
+        out_of_scope = {index: reason for index, reason in enumerate(decoded) if isinstance(reason, str)}
+        return (preprocessing.to_model_inputs(rgbs, self.spec) if rgbs else None), rgbs, out_of_scope
 
-    def _decode_one(self, index: int, data: bytes, budget: PixelBudget) -> np.ndarray:
+    def _decode_one(self, index: int, data: bytes, budget: PixelBudget) -> np.ndarray | str:
+        """The image's uint8 RGB array, or the reason it is too small to judge."""
         try:
-            return preprocessing.load_image(data, self.spec.image_size, max_pixels=self.config.max_pixels, budget=budget)
+            return preprocessing.load_image(data, self.spec.image_size, max_pixels=self.config.max_pixels, budget=budget,
+                                            refuse_upscaling=True)
+        except ImageTooSmall as exc:
+            return str(exc)
         except ImageDecodeError as exc:
             raise _BadImage(f"image {index}: {exc}") from None
         except (ValueError, OSError, MemoryError) as exc:

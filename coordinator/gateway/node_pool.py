@@ -4,7 +4,9 @@
 once all have answered or failed; it never blocks the caller, so the gateway's trunk computes the
 next batch meanwhile. The calls run on one asyncio event loop (grpc.aio) in a thread of the pool:
 measured, a sync-API `future()` per node cost more gateway CPU than the head it waits for. A node whose answer is wrong (count, source, head digest, a score that is
-not a finite number in [0, 1]) counts as failed, exactly like one that is down or too slow.
+not a finite number in [0, 1], typicality scores that are not finite or not one per image)
+counts as failed, exactly like one that is down or too slow. A node that sends no typicality
+scores is fine: it just has none.
 
 Cool-down: after `cooldown_failures` failed calls in a row a node sits out `cooldown_seconds`
 (listed missing, not dialled), so a hung node costs one deadline per cool-down, not one per
@@ -50,6 +52,7 @@ class FanoutResult:
 
     answered: dict[str, np.ndarray] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
+    typicality: dict[str, np.ndarray] = field(default_factory=dict)  # node id -> typicality, for nodes that sent it
 
 
 class NodePool:
@@ -110,15 +113,18 @@ class NodePool:
                 await channel.close()
             self._retired.clear()
             outcomes = await asyncio.gather(*(self._call(entry, request, rows, timeout) for entry in entries))
-            for entry, scores in zip(entries, outcomes):
-                if scores is None:
+            for entry, outcome in zip(entries, outcomes):
+                if outcome is None:
                     result.failed.add(entry.node_id)
-                else:
-                    result.answered[entry.node_id] = scores
+                    continue
+                result.answered[entry.node_id], typicality = outcome
+                if typicality is not None:
+                    result.typicality[entry.node_id] = typicality
         except Exception:  # noqa: BLE001 - the batch must complete whatever happens
             log.exception("fan-out to %d node(s) failed", len(entries))
             result.failed.update(entry.node_id for entry in entries)
             result.answered.clear()
+            result.typicality.clear()
         finally:
             done(result)
 
@@ -148,17 +154,21 @@ class NodePool:
             return None
         return np.asarray(response.raw_scores, dtype=np.float64)
 
-    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
-        """The node's checked raw scores, or None (and the failure noted) when it did not answer well."""
+    async def _call(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int,
+                    timeout: float) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The node's checked (raw scores, typicality or None), or None (and the failure noted) when it did not answer well."""
         node, stub = self._stub(entry)
         start = time.perf_counter()
-        reason, problem, scores = "", None, None
+        reason, problem, answer = "", None, None
         try:
             response = await stub.Score(request, timeout=timeout, metadata=self.metadata(entry))
             scores = np.asarray(response.raw_scores, dtype=np.float64)
-            problem = check_response(entry, response, scores, rows)
+            typicality = np.asarray(response.typicality, dtype=np.float64) if len(response.typicality) else None
+            problem = check_response(entry, response, scores, rows) or check_typicality(typicality, rows)
             if problem:
-                reason, scores = "bad_answer", None
+                reason = "bad_answer"
+            else:
+                answer = (scores, typicality)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             problem, reason = f"{code.name}: {exc.details()}", code.name.lower()
@@ -168,7 +178,7 @@ class NodePool:
         elif reason:
             self.metrics.node_errors.labels(node=entry.node_id, reason=reason).inc()
         self._note(entry, node, problem)
-        return scores
+        return answer
 
     def _note(self, entry: NodeEntry, node: _Node, problem: str | None) -> None:
         """Tracks failures in a row (cool-down) and logs transitions between answering and failing."""
@@ -212,4 +222,16 @@ def check_response(entry: NodeEntry, response: pb.ScoreResponse, scores: np.ndar
     bad = ~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0))
     if bad.any():
         return f"returned the raw score {scores[bad][0]}, not a probability in [0, 1]"
+    return None
+
+
+def check_typicality(typicality: np.ndarray | None, rows: int) -> str | None:
+    """Why a node's typicality scores cannot be used (wrong count, not finite), or None (also when it sent none)."""
+    if typicality is None:
+        return None
+    if len(typicality) != rows:
+        return f"returned {len(typicality)} typicality scores for {rows} images"
+    bad = ~np.isfinite(typicality)
+    if bad.any():
+        return f"returned the typicality score {typicality[bad][0]}, not a finite number"
     return None

@@ -13,7 +13,7 @@ registry's in-memory snapshot (whose calibrations were parsed once, when it was 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class BatchAnswer:
     raw: dict[str, np.ndarray]  # node id -> this request's raw scores
     nodes: list[NodeEntry]  # the nodes that answered, in registry order
     missing: dict[str, str]  # node id -> why it did not contribute
+    typicality: dict[str, np.ndarray] = field(default_factory=dict)  # node id -> typicality (nodes that sent it)
 
 
 class RoutingTable:
@@ -129,5 +130,9 @@ class ServingPipeline:
         answered = [entry for entry in healthy if entry.node_id in result.answered]
         missing = {**missing, **{node: NO_ANSWER for node in result.failed}}
         ids = [entry.node_id for entry in answered]
-        for item, (fake_part, *raw_parts) in zip(items, split(items, fake, *(result.answered[i] for i in ids))):
-            item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), answered, missing))
+        typical = [i for i in ids if i in result.typicality]
+        parts = split(items, fake, *(result.answered[i] for i in ids), *(result.typicality[i] for i in typical))
+        for item, (fake_part, *rest) in zip(items, parts):
+            raw_parts, typical_parts = rest[: len(ids)], rest[len(ids):]
+            item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), answered, missing,
+                                               dict(zip(typical, typical_parts))))

@@ -45,6 +45,7 @@ class OfflineAttributor:
         """The decision from `run_backbone`'s outputs, for callers that also need the features (heatmaps)."""
         features32 = features.astype(np.float32)
         raw = {head.source: head.raw_scores(features32) for head in self.heads}
+        typicality = {head.source: head.typicality_scores(features) for head in self.heads if head.typicality is not None}
         calibrations = {head.source: head.calibration for head in self.heads}
         thresholds = {head.source: head.threshold for head in self.heads}
-        return attribute_batch(fake_scores, raw, calibrations, thresholds, self.settings)
+        return attribute_batch(fake_scores, raw, calibrations, thresholds, self.settings, typicality)

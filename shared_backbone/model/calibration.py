@@ -14,6 +14,13 @@ the rule reports as ambiguous instead of deciding by name.
 reference distribution of its conformal p-value (`p_values`). For an image of the head's own
 source, P(p-value <= alpha) <= alpha (the held-out images are exchangeable with new ones, and the
 p-value depends only on ranks, so fitting the monotone map on the same images does not break it).
+
+`typicality_scores` are the typicality scores (`model.typicality`) of the same kind of held-out own
+images, sorted: the reference of the typicality p-value (`typicality_p_values`), which says whether
+an image lies where the source's own images lie at all. They ride in the calibration so every
+registration path (gRPC, Flower) carries them. A reference of fewer than
+`MIN_TYPICALITY_REFERENCE` values, or of values all equal, cannot rank anything: it is accepted and
+treated as none (no typicality p-value).
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ MAX_SLOPE = 50.0  # |a|: beyond this a head's score is effectively a step functi
 MAX_OFFSET = 30.0  # |b|: beyond this every image is (almost) certainly in or out
 SCORE_FLOOR = 1e-4
 SCORE_CAP = 1.0 - 1e-4  # calibrated scores never reach 1
-MAX_POSITIVE_SCORES = 4096
+MAX_POSITIVE_SCORES = 4096  # also the cap of typicality_scores
+MIN_TYPICALITY_REFERENCE = 10  # fewer: no typicality p-value (the smallest one would be 1/11 > 0.05 anyway)
+MAX_TYPICALITY_MAGNITUDE = 1e9  # typicality scores are finite numbers within +-this
 _EPS = 1e-7
 
 
@@ -46,9 +55,10 @@ class Calibration:
     a: float = 1.0
     b: float = 0.0
     positive_scores: tuple[float, ...] = ()
+    typicality_scores: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        problem = _problem(self.method, self.a, self.b, self.positive_scores)
+        problem = _problem(self.method, self.a, self.b, self.positive_scores) or _typicality_problem(self.typicality_scores)
         if problem:
             raise CalibrationError(problem)
 
@@ -60,19 +70,30 @@ class Calibration:
         """Conformal p-values of calibrated scores against the head's own held-out positives (None: no reference)."""
         if not self.positive_scores:
             return None
-        reference = np.asarray(self.positive_scores, dtype=np.float64)
-        below = np.searchsorted(reference, np.asarray(calibrated, dtype=np.float64), side="right")
-        return (1.0 + below) / (len(reference) + 1.0)
+        return _conformal(self.positive_scores, calibrated)
+
+    @property
+    def has_typicality(self) -> bool:
+        """True when the typicality reference can rank (enough values, not all equal)."""
+        scores = self.typicality_scores
+        return len(scores) >= MIN_TYPICALITY_REFERENCE and scores[0] < scores[-1]
+
+    def typicality_p_values(self, typicality: np.ndarray | float) -> np.ndarray | None:
+        """Conformal p-values of typicality scores against the head's held-out own images (None: no usable reference)."""
+        return _conformal(self.typicality_scores, typicality) if self.has_typicality else None
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "a": self.a, "b": self.b, "positive_scores": list(self.positive_scores)}
+        return {"method": self.method, "a": self.a, "b": self.b, "positive_scores": list(self.positive_scores),
+                "typicality_scores": list(self.typicality_scores)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibration":
         """Raises CalibrationError (a ValueError) for anything that is not a valid calibration."""
         try:
             scores = tuple(float(s) for s in data.get("positive_scores", ()) or ())
-            return cls(method=str(data.get("method")), a=float(data["a"]), b=float(data["b"]), positive_scores=scores)
+            typicality = tuple(float(s) for s in data.get("typicality_scores", ()) or ())
+            return cls(method=str(data.get("method")), a=float(data["a"]), b=float(data["b"]), positive_scores=scores,
+                       typicality_scores=typicality)
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, CalibrationError):
                 raise
@@ -80,10 +101,35 @@ class Calibration:
 
     def with_positives(self, calibrated_positives: np.ndarray) -> "Calibration":
         """The same map with the conformal reference of these held-out positives (capped, sorted)."""
-        scores = np.sort(np.asarray(calibrated_positives, dtype=np.float64).ravel())
-        if len(scores) > MAX_POSITIVE_SCORES:  # evenly spaced order statistics keep the distribution
-            scores = scores[np.linspace(0, len(scores) - 1, MAX_POSITIVE_SCORES).round().astype(int)]
-        return Calibration(self.method, self.a, self.b, tuple(float(s) for s in scores))
+        return Calibration(self.method, self.a, self.b, _reference(calibrated_positives), self.typicality_scores)
+
+    def with_typicality(self, typicality_of_held_out: np.ndarray) -> "Calibration":
+        """The same calibration with the typicality reference of these held-out own images (capped, sorted)."""
+        return Calibration(self.method, self.a, self.b, self.positive_scores, _reference(typicality_of_held_out))
+
+
+def _reference(values: np.ndarray) -> tuple[float, ...]:
+    """Sorted, at most MAX_POSITIVE_SCORES values: evenly spaced order statistics keep the distribution."""
+    scores = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if len(scores) > MAX_POSITIVE_SCORES:
+        scores = scores[np.linspace(0, len(scores) - 1, MAX_POSITIVE_SCORES).round().astype(int)]
+    return tuple(float(s) for s in scores)
+
+
+def _conformal(reference: tuple[float, ...], values: np.ndarray | float) -> np.ndarray:
+    """(1 + #reference <= value) / (n + 1): P(p <= alpha) <= alpha for a value exchangeable with the reference."""
+    below = np.searchsorted(np.asarray(reference, dtype=np.float64), np.asarray(values, dtype=np.float64), side="right")
+    return (1.0 + below) / (len(reference) + 1.0)
+
+
+def _typicality_problem(scores: tuple[float, ...]) -> str | None:
+    if len(scores) > MAX_POSITIVE_SCORES:
+        return f"{len(scores)} typicality scores; at most {MAX_POSITIVE_SCORES}"
+    if any(not (abs(s) <= MAX_TYPICALITY_MAGNITUDE) for s in scores):  # also refuses NaN and infinity
+        return f"typicality scores must be finite numbers within +-{MAX_TYPICALITY_MAGNITUDE:g}"
+    if any(later < earlier for earlier, later in zip(scores, scores[1:])):
+        return "typicality scores must be sorted ascending"
+    return None
 
 
 def _problem(method: str, a: float, b: float, positive_scores: tuple[float, ...]) -> str | None:

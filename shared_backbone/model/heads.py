@@ -2,8 +2,11 @@
 
 Layout of HEAD/:
   head.weights.h5   the secondary module's weights (`aConv_01` .. `aDecision`)
-  head.json         source, backbone digest and version, feature shape, pooling, calibration,
-                    threshold, metrics, sha256 of the weights
+  typicality.npz    the source's one-class density on trunk statistics (`model.typicality`);
+                    absent for heads without one (imported paper heads)
+  head.json         source, backbone digest and version, feature shape, pooling, calibration
+                    (with the conformal and typicality references), threshold, metrics, sha256 of
+                    the weights and of typicality.npz (checked on load)
 
 Heads pool with `aGAP` on pixel backbones and flatten (`aFlatten`) on DCT backbones, as in the
 paper; head.json records which, so `load_head` rebuilds the same graph.
@@ -27,9 +30,11 @@ from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle, sha256_file
 from shared_backbone.model.calibration import Calibration, CalibrationError
 from shared_backbone.model.rule import DEFAULT_THRESHOLD
+from shared_backbone.model.typicality import TypicalityError, TypicalityModel
 
 HEAD_WEIGHTS = "head.weights.h5"
 HEAD_META = "head.json"
+HEAD_TYPICALITY = "typicality.npz"
 
 
 class HeadError(ValueError):
@@ -47,10 +52,15 @@ class Head:
     threshold: float = DEFAULT_THRESHOLD
     metrics: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    typicality: TypicalityModel | None = None
 
     def raw_scores(self, features: np.ndarray) -> np.ndarray:
         """Sigmoid outputs for a batch of trunk features (N, H/4, W/4, 16)."""
         return np.asarray(self.model(features, training=False)).reshape(-1).astype(np.float64)
+
+    def typicality_scores(self, features: np.ndarray) -> np.ndarray | None:
+        """How typical of this source each image is (None: the head has no typicality model)."""
+        return None if self.typicality is None else self.typicality.score(features)
 
 
 def build_head_model(image_size: int, pooling: str = "gap") -> keras.Model:
@@ -74,6 +84,7 @@ def save_head(
     calibration: Calibration,
     threshold: float = DEFAULT_THRESHOLD,
     metrics: dict[str, Any] | None = None,
+    typicality: TypicalityModel | None = None,
 ) -> Head:
     """Writes the head into a temporary folder beside `directory`, then renames it into place.
 
@@ -85,6 +96,8 @@ def save_head(
     try:
         model.save_weights(staging / HEAD_WEIGHTS)
         digest = sha256_file(staging / HEAD_WEIGHTS)
+        if typicality is not None:
+            (staging / HEAD_TYPICALITY).write_bytes(typicality.to_bytes())
         meta = {
             "source": source,
             "backbone_digest": bundle.digest,
@@ -96,6 +109,7 @@ def save_head(
             "threshold": threshold,
             "metrics": metrics or {},
             "weights_sha256": digest,
+            "typicality_sha256": sha256_file(staging / HEAD_TYPICALITY) if typicality is not None else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / HEAD_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -103,7 +117,7 @@ def save_head(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Head(source, model, bundle.digest, calibration, threshold, metrics or {}, digest)
+    return Head(source, model, bundle.digest, calibration, threshold, metrics or {}, digest, typicality)
 
 
 def _replace_folder(staging: Path, directory: Path) -> None:
@@ -146,6 +160,7 @@ def load_head(directory: str | Path, bundle: Bundle) -> Head:
         calibration = Calibration.from_dict(meta["calibration"])
     except (KeyError, CalibrationError) as exc:
         raise HeadError(f"{directory / HEAD_META}: invalid calibration ({exc})") from None
+    typicality = _load_typicality(directory, meta.get("typicality_sha256"))
     model = build_head_model(int(meta["image_size"]), meta.get("pooling", "gap"))
     try:
         model.load_weights(weights)
@@ -159,4 +174,20 @@ def load_head(directory: str | Path, bundle: Bundle) -> Head:
         threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
         metrics=meta.get("metrics", {}),
         digest=digest,
+        typicality=typicality,
     )
+
+
+def _load_typicality(directory: Path, recorded: str | None) -> TypicalityModel | None:
+    """The head's typicality model when head.json records one, checked against its sha256."""
+    path = directory / HEAD_TYPICALITY
+    if not recorded:
+        return None
+    if not path.is_file():
+        raise HeadError(f"{directory}: {HEAD_TYPICALITY} missing (head.json records one)")
+    if sha256_file(path) != recorded:
+        raise HeadError(f"{directory}: {HEAD_TYPICALITY} does not match its recorded sha256 (tampered?)")
+    try:
+        return TypicalityModel.from_file(path)
+    except TypicalityError as exc:
+        raise HeadError(str(exc)) from None

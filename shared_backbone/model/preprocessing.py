@@ -10,6 +10,11 @@ the formats in `ACCEPTED_FORMATS` are opened (no EPS, PSD, TIFF, ... decoders ru
 larger than the model input is decoded reduced (`Image.draft`, before any pixel is allocated),
 the decoded size is checked against `max_pixels` and an optional per-request `PixelBudget` from
 the header alone, before decoding, and every failure of a decoder becomes `ImageDecodeError`.
+
+Serving and offline prediction never upscale: an image whose shorter side is below the model
+size raises `ImageTooSmall` (`refuse_upscaling=True`), which callers answer as out of scope.
+Upscaling replaces an image's high frequencies, where a generator's fingerprint lives, with the
+resampler's own, so the heads would judge the resampler. Training keeps resizing either way.
 """
 
 from __future__ import annotations
@@ -51,6 +56,16 @@ def check_image_size(image_size: int) -> None:
 
 class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message says why."""
+
+
+class ImageTooSmall(ValueError):
+    """A valid image too small to judge without upscaling (not an error of the request); the message says why."""
+
+
+def too_small_reason(width: int, height: int, size: int) -> str:
+    """One line for an input whose shorter side is below the model size."""
+    return (f"too small to judge: {width}x{height} px, shorter side below the backbone's {size} px input "
+            "(upscaling would erase a generator's fingerprint)")
 
 
 class PixelBudget:
@@ -210,10 +225,17 @@ def center_crop_resize(image: Image.Image, size: int) -> np.ndarray:
 
 
 def load_image(
-    data: bytes | str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None
+    data: bytes | str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None,
+    refuse_upscaling: bool = False,
 ) -> np.ndarray:
-    """Decode + centre-crop + resize: the uint8 RGB array every model input starts from."""
-    return center_crop_resize(decode_image(data, max_pixels=max_pixels, target_size=size, budget=budget), size)
+    """Decode + centre-crop + resize: the uint8 RGB array every model input starts from.
+
+    With `refuse_upscaling`, an image whose shorter side is below `size` raises ImageTooSmall.
+    """
+    image = decode_image(data, max_pixels=max_pixels, target_size=size, budget=budget)
+    if refuse_upscaling and min(image.size) < size:
+        raise ImageTooSmall(too_small_reason(*image.size, size))
+    return center_crop_resize(image, size)
 
 
 def grayscale(rgb: np.ndarray) -> np.ndarray:

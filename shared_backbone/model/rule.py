@@ -1,20 +1,29 @@
 """The attribution rule, applied identically by offline prediction and by the gateway.
 
-1. The primary module's real/fake score takes priority: `fake_score < fake_threshold` is `real`.
-2. The **prediction set** is every answering source whose conformal p-value is above `alpha`
-   (a head registered without held-out positives has no p-value and is always in the set), by
-   descending calibrated score. For an image of a registered source, its own source is missing
-   from the set at most at rate alpha.
-3. The **candidates** are the sources of the set whose calibrated score also reaches their own
+1. An input too small to judge (its shorter side below the backbone's input size: upscaling would
+   replace the very frequencies a fingerprint lives in) is `unknown` with a reason
+   (`out_of_scope`); it never reaches the rule below.
+2. The primary module's real/fake score takes priority: `fake_score < fake_threshold` is `real`.
+3. The **prediction set** is every answering source that cannot be excluded at level `alpha`: its
+   conformal p-value is above `alpha`, or it has no p-value (a head registered without held-out
+   positives, e.g. an imported paper head, cannot be excluded and so stays in the set), by
+   descending calibrated score. For an image of a registered source with a reference, its own
+   source is missing from the set at most at rate alpha.
+4. The **candidates** are the sources of the set whose calibrated score also reaches their own
    head's threshold (each head has its own).
-4. No candidate: `unknown` (no head recognises the image, or no head answered).
-5. The two best candidates within `margin` of each other on the log-odds scale (`margin` 0.1:
-   odds within about 10%): `ambiguous`. A tie is never decided by name order, and two heads
-   saturated at the calibration's cap tie exactly.
-6. Otherwise the best candidate.
+5. No candidate: `unknown` (no head recognises the image, or no head answered).
+6. The two best candidates within `margin` of each other on the log-odds scale (`margin` 0.1:
+   odds within about 10%): `ambiguous`, or `unknown` when both find the image atypical (7). A tie
+   is never decided by name order, and two heads saturated at the calibration's cap tie exactly.
+7. Otherwise the best candidate wins, **if it finds the image typical**: its typicality p-value
+   (`model.typicality`: where the source's own held-out images lie in trunk-feature space) is
+   above `typicality_alpha`. An atypical winner gives `unknown`: "more mine than the negatives
+   I saw" is not "one of mine". A head without a usable typicality reference (none registered,
+   fewer than 10 values, or all equal; e.g. imported paper heads) cannot find anything
+   atypical: it is not gated, and its answers carry no typicality p-value.
 
-The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0 and no margin
-(`closed_set`): the argmax of the calibrated scores, ties still reported as ambiguous.
+The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0, no margin and
+no typicality gate (`closed_set`): the argmax of the calibrated scores, ties still ambiguous.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ DEFAULT_FAKE_THRESHOLD = 0.5
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ALPHA = 0.05
 DEFAULT_MARGIN = 0.1  # log-odds
+DEFAULT_TYPICALITY_ALPHA = 0.05  # 0.01 would need >= 99 reference images to ever reject
 
 
 @dataclass(frozen=True)
@@ -53,19 +63,26 @@ def decide(
     p_values: dict[str, float] | None = None,
     alpha: float = DEFAULT_ALPHA,
     margin: float = DEFAULT_MARGIN,
+    typicality_p_values: dict[str, float] | None = None,
+    typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA,
 ) -> Decision:
-    """The rule of the module docstring for one image."""
+    """The rule of the module docstring (steps 2-7) for one image."""
     if fake_score < fake_threshold:
         return Decision(REAL)
     p_values = p_values or {}
+    typicality_p_values = typicality_p_values or {}
+
+    def typical(source: str) -> bool:
+        return source not in typicality_p_values or typicality_p_values[source] > typicality_alpha
+
     ranked = sorted(calibrated, key=lambda source: (-calibrated[source], source))
     kept = [s for s in ranked if s not in p_values or p_values[s] > alpha]
     candidates = [s for s in kept if calibrated[s] >= thresholds.get(s, DEFAULT_THRESHOLD)]
     if not candidates:
         return Decision(UNKNOWN, kept)
     if len(candidates) > 1 and _log_odds(calibrated[candidates[0]]) - _log_odds(calibrated[candidates[1]]) <= margin:
-        return Decision(AMBIGUOUS, kept)
-    return Decision(candidates[0], kept)
+        return Decision(AMBIGUOUS if typical(candidates[0]) or typical(candidates[1]) else UNKNOWN, kept)
+    return Decision(candidates[0] if typical(candidates[0]) else UNKNOWN, kept)
 
 
 def _log_odds(p: float) -> float:
@@ -74,7 +91,7 @@ def _log_odds(p: float) -> float:
 
 
 def closed_set(fake_score: float, calibrated: dict[str, float], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> Decision:
-    """The paper's rule: detector first, then the argmax of the calibrated scores (exact ties ambiguous)."""
+    """The paper's rule: detector first, then the argmax of the calibrated scores (exact ties ambiguous, no typicality gate)."""
     return decide(fake_score, calibrated, {s: 0.0 for s in calibrated}, fake_threshold, alpha=0.0, margin=0.0)
 
 
@@ -85,9 +102,10 @@ class RuleSettings:
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD
     alpha: float = DEFAULT_ALPHA
     margin: float = DEFAULT_MARGIN
+    typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner with typicality p-value <= this: unknown
 
     def __post_init__(self) -> None:
-        for name in ("fake_threshold", "alpha"):
+        for name in ("fake_threshold", "alpha", "typicality_alpha"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -105,6 +123,14 @@ class ImageAttribution:
     p_values: dict[str, float] = field(default_factory=dict)
     prediction_set: list[str] = field(default_factory=list)
     attribution: str = UNKNOWN
+    typicality: dict[str, float] = field(default_factory=dict)  # sources whose node sent a typicality score
+    typicality_p_values: dict[str, float] = field(default_factory=dict)  # those with a usable reference
+    out_of_scope: str = ""  # why the image was not judged (then `unknown`, nothing else set)
+
+
+def out_of_scope(reason: str) -> ImageAttribution:
+    """The answer for an input the network does not judge (too small): `unknown`, with the reason."""
+    return ImageAttribution(fake_score=0.0, attribution=UNKNOWN, out_of_scope=reason)
 
 
 def attribute_batch(
@@ -113,21 +139,28 @@ def attribute_batch(
     calibrations: dict[str, Calibration],
     thresholds: dict[str, float],
     settings: RuleSettings = RuleSettings(),
+    typicality: dict[str, np.ndarray] | None = None,
 ) -> list[ImageAttribution]:
-    """Raw head scores of a batch -> calibrated scores, p-values and the decision, per image.
+    """Raw head scores (and typicality scores) of a batch -> calibrated scores, p-values and the decision, per image.
 
-    `raw`, `calibrations` and `thresholds` are keyed by source and hold only the heads that answered.
+    `raw`, `calibrations` and `thresholds` are keyed by source and hold only the heads that answered;
+    `typicality` only the answering heads that sent typicality scores.
     """
+    typicality = {s: np.asarray(values, dtype=np.float64) for s, values in (typicality or {}).items() if s in raw}
     calibrated = {s: calibrations[s].apply(np.asarray(scores, dtype=np.float64)) for s, scores in raw.items()}
     p_values = {s: p for s in raw if (p := calibrations[s].p_values(calibrated[s])) is not None}
+    typical_p = {s: p for s, values in typicality.items() if (p := calibrations[s].typicality_p_values(values)) is not None}
     results = []
     for i, fake in enumerate(np.asarray(fake_scores, dtype=np.float64)):
         scores = {s: float(values[i]) for s, values in calibrated.items()}
         p_image = {s: float(values[i]) for s, values in p_values.items()}
+        typical_image = {s: float(values[i]) for s, values in typical_p.items()}
         decision = decide(float(fake), scores, thresholds, settings.fake_threshold, p_values=p_image,
-                          alpha=settings.alpha, margin=settings.margin)
+                          alpha=settings.alpha, margin=settings.margin, typicality_p_values=typical_image,
+                          typicality_alpha=settings.typicality_alpha)
         results.append(ImageAttribution(
             fake_score=float(fake), raw={s: float(values[i]) for s, values in raw.items()}, calibrated=scores,
             p_values=p_image, prediction_set=decision.prediction_set, attribution=decision.attribution,
+            typicality={s: float(values[i]) for s, values in typicality.items()}, typicality_p_values=typical_image,
         ))
     return results

@@ -62,13 +62,19 @@ def features_from_request(
 
 def calibration_to_proto(calibration: Calibration) -> pb.Calibration:
     return pb.Calibration(method=calibration.method, a=calibration.a, b=calibration.b,
-                          positive_scores=list(calibration.positive_scores))
+                          positive_scores=list(calibration.positive_scores),
+                          typicality_scores=list(calibration.typicality_scores))
 
 
 def calibration_from_proto(message: pb.Calibration) -> Calibration:
     """Raises CalibrationError (a ValueError) for anything that is not a valid calibration."""
-    return Calibration.from_dict({"method": message.method, "a": message.a, "b": message.b,
-                                  "positive_scores": list(message.positive_scores)})
+    return Calibration.from_dict(calibration_fields(message))
+
+
+def calibration_fields(message: pb.Calibration) -> dict[str, Any]:
+    """A Calibration message as the plain dict `Calibration.from_dict` and the registry read."""
+    return {"method": message.method, "a": message.a, "b": message.b, "positive_scores": list(message.positive_scores),
+            "typicality_scores": list(message.typicality_scores)}
 
 
 def metrics_to_struct(metrics: dict[str, Any]) -> struct_pb2.Struct:

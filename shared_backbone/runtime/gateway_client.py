@@ -52,6 +52,10 @@ class Attribution:
     p_values: dict[str, float] = field(default_factory=dict)
     prediction_set: list[str] = field(default_factory=list)
     alpha: float = 0.0
+    typicality: dict[str, float] = field(default_factory=dict)
+    typicality_p_values: dict[str, float] = field(default_factory=dict)
+    typicality_alpha: float = 0.0
+    out_of_scope: str = ""  # why the image was not judged ("" when it was)
 
     @classmethod
     def from_proto(cls, message: pb.ImageResult) -> "Attribution":
@@ -71,6 +75,10 @@ class Attribution:
             p_values=dict(sorted(message.p_values.items())),
             prediction_set=list(message.prediction_set),
             alpha=message.alpha,
+            typicality=dict(sorted(message.typicality.items())),
+            typicality_p_values=dict(sorted(message.typicality_p_values.items())),
+            typicality_alpha=message.typicality_alpha,
+            out_of_scope=message.out_of_scope,
         )
 
     def to_dict(self) -> dict[str, Any]:

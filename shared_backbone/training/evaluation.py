@@ -115,6 +115,9 @@ def evaluate_attribution(
     - `fake_argmax` / `fake_argmax_raw`: among fake test images only, argmax of calibrated /
       raw head scores (the heads' own attribution, independent of the detector).
     - `detection`: the primary module on the same images.
+    - `typicality_coverage`: among fake test images whose source's head has a typicality
+      reference, the share its own head finds typical (p-value above `typicality_alpha`;
+      conformal: about 1 - typicality_alpha).
     """
     sources = sorted(head.source for head in attributor.heads)
     classes = [REAL, *sources]
@@ -135,8 +138,7 @@ def evaluate_attribution(
     predicted = np.array([position.get(r.attribution, extra.get(r.attribution, unknown_index)) for r in results])
     closed = np.array([  # the closed-set rule answers a class or, for an exact tie, ambiguous
         position.get(closed_set(r.fake_score, r.calibrated, attributor.settings.fake_threshold).attribution, unknown_index)
-        for r in results
-    ])
+        for r in results])
     is_fake = true > 0
     metrics: dict[str, Any] = {
         "n": int(len(known)),
@@ -149,12 +151,23 @@ def evaluate_attribution(
         fake_true = true[is_fake] - 1
         metrics["fake_argmax"] = multiclass_metrics(fake_true, calibrated[is_fake].argmax(axis=1), sources, calibrated[is_fake])
         metrics["fake_argmax_raw"] = multiclass_metrics(fake_true, raw[is_fake].argmax(axis=1), sources, raw[is_fake])
-        metrics["ovr"] = {
-            s: binary_metrics(true == position[s], calibrated[:, j], 0.5) for j, s in enumerate(sources)
-        }
+        metrics["ovr"] = {s: binary_metrics(true == position[s], calibrated[:, j], 0.5) for j, s in enumerate(sources)}
+        coverage = typicality_coverage(results, [classes[t] for t in true], attributor.settings.typicality_alpha)
+        if coverage:
+            metrics["typicality_coverage"] = coverage
     p_values = np.array([[r.p_values.get(s, np.nan) for s in sources] for r in results])
     return AttributionEvaluation(classes, true, predicted, closed, fake_scores, raw, calibrated, metrics,
                                  p_values, [list(r.prediction_set) for r in results])
+
+
+def typicality_coverage(results: list, truth: list[str], typicality_alpha: float) -> dict[str, Any]:
+    """Among fake images whose own head has a typicality reference, the share it finds typical
+    (conformal: about 1 - typicality_alpha); empty when no such image."""
+    own_typical = [r.typicality_p_values[t] > typicality_alpha for r, t in zip(results, truth)
+                   if t != REAL and t in r.typicality_p_values]
+    if not own_typical:
+        return {}
+    return {"rate": float(np.mean(own_typical)), "n": len(own_typical), "typicality_alpha": typicality_alpha}
 
 
 def sample_ids(samples: list[Sample], root: Path) -> list[str]:

@@ -25,7 +25,7 @@ class AttributeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha", "missing_reasons")
+    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha", "missing_reasons", "typicality", "typicality_p_values", "typicality_alpha", "out_of_scope")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,20 @@ class ImageResult(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypicalityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class TypicalityPValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FAKE_SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +89,10 @@ class ImageResult(_message.Message):
     PREDICTION_SET_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     MISSING_REASONS_FIELD_NUMBER: _ClassVar[int]
+    TYPICALITY_FIELD_NUMBER: _ClassVar[int]
+    TYPICALITY_P_VALUES_FIELD_NUMBER: _ClassVar[int]
+    TYPICALITY_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
     index: int
     fake_score: float
     scores: _containers.ScalarMap[str, float]
@@ -89,7 +107,11 @@ class ImageResult(_message.Message):
     prediction_set: _containers.RepeatedScalarFieldContainer[str]
     alpha: float
     missing_reasons: _containers.ScalarMap[str, str]
-    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., missing_reasons: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    typicality: _containers.ScalarMap[str, float]
+    typicality_p_values: _containers.ScalarMap[str, float]
+    typicality_alpha: float
+    out_of_scope: str
+    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., missing_reasons: _Optional[_Mapping[str, str]] = ..., typicality: _Optional[_Mapping[str, float]] = ..., typicality_p_values: _Optional[_Mapping[str, float]] = ..., typicality_alpha: _Optional[float] = ..., out_of_scope: _Optional[str] = ...) -> None: ...
 
 class Backbone(_message.Message):
     __slots__ = ("version", "digest")
@@ -138,16 +160,18 @@ class SourceInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., status_reason: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("method", "a", "b", "positive_scores")
+    __slots__ = ("method", "a", "b", "positive_scores", "typicality_scores")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TYPICALITY_SCORES_FIELD_NUMBER: _ClassVar[int]
     method: str
     a: float
     b: float
     positive_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., positive_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    typicality_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, method: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., positive_scores: _Optional[_Iterable[float]] = ..., typicality_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ChallengeRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -224,14 +248,16 @@ class ScoreRequest(_message.Message):
     def __init__(self, features: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., backbone_digest: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("raw_scores", "source", "head_digest")
+    __slots__ = ("raw_scores", "source", "head_digest", "typicality")
     RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TYPICALITY_FIELD_NUMBER: _ClassVar[int]
     raw_scores: _containers.RepeatedScalarFieldContainer[float]
     source: str
     head_digest: str
-    def __init__(self, raw_scores: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ..., head_digest: _Optional[str] = ...) -> None: ...
+    typicality: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, raw_scores: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ..., head_digest: _Optional[str] = ..., typicality: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

@@ -55,6 +55,8 @@ class AttributionServiceServicer:
         """Attributes a batch of encoded images. A node that is slow or down never fails the call: its
         source is listed in `missing_nodes` and left out of the decision. An image that cannot be
         decoded fails the whole call with INVALID_ARGUMENT naming the image's index and the reason.
+        An image too small to judge is not an error: it is answered "unknown" with `out_of_scope` set,
+        and the request's other images are answered as usual.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
