@@ -12,6 +12,7 @@ from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig, GatewayConfig
 from coordinator.gateway.attribution_service import Gateway
 from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
+from coordinator.gateway.distribution_service import DistributionServicer, distribution_servicer
 from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.registry import Registry, RegistryError
 from coordinator.validation import InvalidRegistration, gateway_policy
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_SERVICE = pb.DESCRIPTOR.services_by_name["AttributionService"].full_name
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+DISTRIBUTION_SERVICE = pb.DESCRIPTOR.services_by_name["DistributionService"].full_name
 
 
 class GatewayStartError(RuntimeError):
@@ -43,6 +45,7 @@ class CoordinatorServer:
     metrics: ServerMetrics
     metrics_port: int = -1  # the bound /metrics port, -1 when off
     audit: CanaryAudit | None = None
+    distribution: DistributionServicer | None = None  # None when gateway.distribution.enabled is off
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
@@ -124,9 +127,14 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         interceptors=[MetricsInterceptor(metrics, gateway_config.access_log)],
     )
     pb_grpc.add_AttributionServiceServicer_to_server(gateway, server)
-    registry_servicer = RegistryServicer(registry, gateway, gateway_config, Admission(registry))
+    admission = Admission(registry)
+    registry_servicer = RegistryServicer(registry, gateway, gateway_config, admission)
     pb_grpc.add_RegistryServiceServicer_to_server(registry_servicer, server)
-    health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
+    distribution = distribution_servicer(config, bundle, admission)
+    if distribution is not None:
+        pb_grpc.add_DistributionServiceServicer_to_server(distribution, server)
+    health = rpc.enable_health_and_reflection(
+        server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE] + ([DISTRIBUTION_SERVICE] if distribution else []))
     try:
         audit = _start_audit(gateway, registry, gateway_config)
         port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls, insecure=gateway_config.insecure)
@@ -142,7 +150,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         bundle.version, bundle.short_digest, gateway_config.host, port, config.registry, len(nodes),
         "; queries need a token" if query_token else "", "; canary audits on" if audit else "",
     )
-    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port, audit)
+    return CoordinatorServer(server, port, gateway, registry, health, metrics, metrics_port, audit, distribution)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:
