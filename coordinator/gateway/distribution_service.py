@@ -92,8 +92,14 @@ class Catalogue:
             except OSError as exc:
                 raise CatalogueError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot read {exc.filename}: {exc.strerror}") from None
             if stats != self._stats:
+                self._files, self._stats = {}, ()  # nothing is served from a catalogue that no longer builds
                 self._files, self.reference_digest = self._build(sources)
                 self._stats = stats
+            return self._files
+
+    def cached(self) -> dict[tuple[str, str], CatalogueFile]:
+        """The catalogue as the last `files()` built it (Fetch: no re-statting per file; the node checks sha256)."""
+        with self._lock:
             return self._files
 
     def _build(self, sources: list[tuple[str, str, Path]]) -> tuple[dict[tuple[str, str], CatalogueFile], str]:
@@ -172,11 +178,9 @@ class DistributionServicer(pb_grpc.DistributionServiceServicer):
         try:
             distribution.check_set(request.set)
             distribution.check_relative_path(request.path)
-            entry = self.catalogue.files().get((request.set, request.path))
+            entry = self.catalogue.cached().get((request.set, request.path))
         except distribution.UnsafePath as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except CatalogueError as exc:
-            context.abort(exc.code, str(exc))
         if entry is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{request.set} file {request.path} is not in the catalogue")
         yield from self._stream(entry, context)
