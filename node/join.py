@@ -230,5 +230,5 @@ def join(settings: JoinSettings) -> NodeConfig:
         from node.train_head import train_head
 
         train_head(config, bundle, progress=False)
-    log.info("joined in %.1f s; serving next", time.monotonic() - began)
+    log.info("joined in %.1f s", time.monotonic() - began)
     return config
