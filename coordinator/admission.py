@@ -96,6 +96,27 @@ class Admission:
                     raise NotAuthenticated(f"node id {node_id!r}: the enrolment proof does not verify (wrong token?)")
         return self.registry.register(registration, public_key=proof.public_key, enrolment_verified=enrolment_ok)
 
+    def admit_fetch(self, node_id: str, source: str, proof: Proof) -> None:
+        """Lets a node fetch the bundle and reference set (DistributionService.Open), or raises NotAuthenticated.
+
+        Admitted: the HMAC of the node id's unused enrolment token for exactly this source, or, once
+        the node registered (the token used up), the bound key's signature over the request.
+        """
+        self.challenges.take(proof.challenge, node_id)
+        enrolment = self.registry.enrolment(node_id)
+        if enrolment is not None and proof.enrolment_proof and enrolment[0] == source and identity.check_fetch_proof(
+                enrolment[1], proof.enrolment_proof, proof.challenge, node_id, source):
+            return
+        bound = self.registry.bound_key(node_id)
+        if bound is not None and proof.signature and bound == (source, proof.public_key) and identity.verify(
+                proof.public_key, proof.signature, identity.FETCH, proof.challenge, node_id, proof.payload_digest):
+            return
+        if enrolment is None and bound is None:
+            raise NotAuthenticated(f"node id {node_id!r} is not enrolled, or its enrolment token was used "
+                                   "(the admin runs `attribnet coordinator enrol`)")
+        raise NotAuthenticated(f"node id {node_id!r}: neither an enrolment proof for source {source!r} nor the "
+                               "registered node's signature verifies (wrong or used token, or another source?)")
+
     def heartbeat(self, node_id: str, proof: Proof) -> NodeEntry:
         bound = self.registry.bound_key(node_id)
         if bound is None:

@@ -36,6 +36,22 @@ class AuditConfig:
 
 
 @dataclass
+class DistributionConfig:
+    """What the gateway hands a joining node (`DistributionService`, `attribnet node join`).
+
+    The served bundle (`bundle`), the coordinator's public key (`public_key`) and the reference set
+    (`reference`), to enrolled nodes only. Files beyond `max_file_mb`, or a catalogue beyond
+    `max_total_mb`, are refused (RESOURCE_EXHAUSTED) rather than streamed.
+    """
+
+    enabled: bool = True
+    max_file_mb: float = 256.0
+    max_total_mb: float = 2048.0
+    chunk_kb: int = 256  # bytes per streamed chunk (well under the message limit)
+    ticket_ttl: float = 900.0  # seconds a fetch ticket from Open stays valid
+
+
+@dataclass
 class GatewayConfig:
     """The coordinator's query gateway and registry server (`attribnet coordinator serve`).
 
@@ -81,6 +97,7 @@ class GatewayConfig:
     access_log: bool = False  # one INFO line per RPC on the attribnet.access logger
     tls: TLSConfig = field(default_factory=TLSConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
 
 
 @dataclass

@@ -6,6 +6,10 @@
   bundles/<digest>  every bundle received through Flower, verified; `bundle` links the last one
   node.secret       the node's identity secret (0600, never sent anywhere), created on first use
   enrolment.token   the one-time enrolment token the coordinator admin issued for this node (0600)
+  coordinator.pub   the coordinator's public key, fetched by `node join` and checked against its fingerprint
+  reference/<digest> the reference set fetched by `node join`, verified against the bundle's signed digest
+  data/<source>     `node join`: a link to the organisation's own images (when --images is not already such a root)
+  node.yaml         `node join`: the node's config (`attribnet node serve --config STATE_DIR/node.yaml`)
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ BUNDLES_DIR = "bundles"
 CURRENT_BUNDLE = "bundle"  # STATE_DIR/bundle -> bundles/<digest>, the last verified bundle
 SECRET_FILE = "node.secret"
 ENROLMENT_TOKEN_FILE = "enrolment.token"
+COORDINATOR_KEY_FILE = "coordinator.pub"
+REFERENCE_DIR = "reference"
+DATA_DIR = "data"
+NODE_CONFIG_FILE = "node.yaml"
 
 
 class StateError(ValueError):

@@ -35,6 +35,7 @@ def test_services_and_package_are_versioned():
         "AttributionService": ["Attribute", "ListSources"],
         "RegistryService": ["Challenge", "Register", "Heartbeat"],
         "HeadService": ["Score", "Describe"],
+        "DistributionService": ["Open", "Fetch"],
     }
 
 

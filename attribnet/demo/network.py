@@ -327,7 +327,8 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     head_dirs = {s: network_dir / f"node-{s}" / "head" for s in sorted(n.source for n in federation.registered)}
     with _sigterm_interrupts():  # again: Flower's simulation replaces the process's signal handlers
         network = timer.run("network start", f"start gateway + {len(head_dirs)} node services", start_local_network,
-                            network_dir, bundle.path, keys[1], head_dirs, port=port, node_ports={s: ports[s] for s in head_dirs})
+                            network_dir, bundle.path, keys[1], head_dirs, port=port, node_ports={s: ports[s] for s in head_dirs},
+                            reference=reference)
         with network:
             report = _query_and_report(network, data, bundle, primary, federation, result_file, head_dirs, out, timer, began)
             step(f"report {out / 'network-report.md'}: accuracy {report['attribution']['accuracy']:.3f} "

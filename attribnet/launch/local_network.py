@@ -92,11 +92,12 @@ def _after(timestamp: str | None, since: datetime) -> bool:
 
 
 def _write_coordinator_yaml(workdir: Path, bundle: str | Path, public_key: str | Path, port: int,
-                            gateway_settings: dict | None) -> Path:
+                            gateway_settings: dict | None, reference: str | Path = "") -> Path:
     path = workdir / "coordinator.yaml"
     path.write_text(yaml.safe_dump({
         "bundle": str(bundle),
         "public_key": str(public_key),
+        "reference": str(reference) if reference else "",
         "registry": str(workdir / "registry.sqlite"),
         "gateway": {"host": "127.0.0.1", "port": port, "heartbeat_interval": 1.0, **(gateway_settings or {})},
     }))
@@ -139,13 +140,15 @@ def start_local_network(
     timeout: float = START_TIMEOUT,
     port: int = 0,
     node_ports: dict[str, int] | None = None,
+    reference: str | Path = "",
 ) -> LocalNetwork:
     """Starts the gateway and one node per head (head folders are copied into node state folders).
 
     `port` / `node_ports` fix the gateway's and nodes' ports (0 / absent = any free port). Every
     node id (= its source) not yet bound in WORKDIR/registry.sqlite is enrolled, its token written
     to WORKDIR/node-SOURCE/enrolment.token. `gateway_settings` and `node_settings` add keys to the
-    coordinator's `gateway:` and every node's `serve:` section.
+    coordinator's `gateway:` and every node's `serve:` section. `reference`: the reference set the
+    gateway hands nodes that join later (`attribnet node join`).
     """
     from node.state import ENROLMENT_TOKEN_FILE
 
@@ -156,7 +159,7 @@ def start_local_network(
     })
     port = port or free_port()
     gateway = f"127.0.0.1:{port}"
-    coordinator_yaml = _write_coordinator_yaml(workdir, bundle, public_key, port, gateway_settings)
+    coordinator_yaml = _write_coordinator_yaml(workdir, bundle, public_key, port, gateway_settings, reference)
     env = flower_env()
     python = [sys.executable, "-m", "attribnet.cli"]
     network = LocalNetwork(workdir, gateway)

@@ -15,6 +15,7 @@ from coordinator.gateway.attribution_service import AttributionServicer
 from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
 from coordinator.gateway.intake import Intake
 from coordinator.gateway.node_pool import NodePool
+from coordinator.gateway.distribution_service import DistributionServicer, distribution_servicer
 from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.gateway.serving_pipeline import RoutingTable, ServingPipeline
 from coordinator.registry import Registry, RegistryError
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_SERVICE = pb.DESCRIPTOR.services_by_name["AttributionService"].full_name
 REGISTRY_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+DISTRIBUTION_SERVICE = pb.DESCRIPTOR.services_by_name["DistributionService"].full_name
 
 
 class GatewayStartError(RuntimeError):
@@ -52,6 +54,7 @@ class CoordinatorServer:
     metrics: ServerMetrics
     metrics_port: int = -1  # the bound /metrics port, -1 when off
     audit: CanaryAudit | None = None
+    distribution: DistributionServicer | None = None  # None when gateway.distribution.enabled is off
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
@@ -167,9 +170,14 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         interceptors=[MetricsInterceptor(metrics, gateway_config.access_log)],
     )
     pb_grpc.add_AttributionServiceServicer_to_server(attribution, server)
-    registry_servicer = RegistryServicer(registry, attribution.backbone, gateway_config, Admission(registry))
+    admission = Admission(registry)
+    registry_servicer = RegistryServicer(registry, attribution.backbone, gateway_config, admission)
     pb_grpc.add_RegistryServiceServicer_to_server(registry_servicer, server)
-    health = rpc.enable_health_and_reflection(server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE])
+    distribution = distribution_servicer(config, bundle, admission)
+    if distribution is not None:
+        pb_grpc.add_DistributionServiceServicer_to_server(distribution, server)
+    health = rpc.enable_health_and_reflection(
+        server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE] + ([DISTRIBUTION_SERVICE] if distribution else []))
     try:
         audit = _start_audit(bundle, attribution, pool, registry, gateway_config)
         port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls, insecure=gateway_config.insecure)
@@ -186,7 +194,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         "; queries need a token" if query_token else "", "; canary audits on" if audit else "",
     )
     return CoordinatorServer(server, port, attribution, attribution.pipeline, pool, registry, health, metrics,
-                             metrics_port, audit)
+                             metrics_port, audit, distribution)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:

@@ -16,19 +16,29 @@ class ReferenceSetError(ValueError):
     """A reference set whose folder is missing or whose content differs from the announced digest."""
 
 
-def folder_digest(root: str | Path) -> str:
-    """sha256 over every (relative path, file sha256) of a folder, in sorted order."""
+def folder_files(root: str | Path) -> list[tuple[str, Path]]:
+    """(relative "/"-path, path) of every file the digest covers, sorted: hidden files and folders are not."""
     root = Path(root)
     if not root.is_dir():
         raise ReferenceSetError(f"reference set folder {root} not found")
-    digest = hashlib.sha256()
     files = []
     for folder, subfolders, names in os.walk(root, followlinks=True):  # sources are often symlinked folders
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         files.extend(Path(folder) / name for name in names if not name.startswith("."))
-    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return sorted(((p.relative_to(root).as_posix(), p) for p in files), key=lambda item: item[0])
+
+
+def digest_of(entries: list[tuple[str, str]]) -> str:
+    """The content digest of (relative path, file sha256) pairs, sorted by path: what `folder_digest` computes."""
+    digest = hashlib.sha256()
+    for relative, file_sha in sorted(entries):
+        digest.update(f"{relative}\0{file_sha}\n".encode())
     return digest.hexdigest()
+
+
+def folder_digest(root: str | Path) -> str:
+    """sha256 over every (relative path, file sha256) of a folder, in sorted order."""
+    return digest_of([(relative, sha256_file(path)) for relative, path in folder_files(root)])
 
 
 def verify_reference(path: str | Path, expected_digest: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -94,6 +95,19 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """sha256 (hex) of the raw 32-byte public key: what an admin hands over so a node can check the key it fetched."""
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()
+
+
+def normalise_fingerprint(text: str) -> str:
+    """A fingerprint as typed (optional "sha256:" prefix, colons, spaces, any case) -> 64 lower-case hex digits."""
+    value = text.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SignatureError(f"fingerprint {text.strip()!r}: not a sha256 (64 hex digits, as `attribnet coordinator enrol` prints)")
+    return value
 
 
 def sign(key: Ed25519PrivateKey, payload: bytes) -> bytes:

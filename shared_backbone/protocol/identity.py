@@ -11,6 +11,9 @@ issued for exactly that node id and source (`attribnet coordinator enrol`). The 
 travel either: the node sends an HMAC, keyed with sha256(token), over the same challenge, its
 node id, source and public key; the coordinator stores only sha256(token) and so can check it.
 
+The same token (or, once registered, the node's key) lets a joining node fetch the bundle, the
+coordinator's key and the reference set (`DistributionService`, purpose `fetch`).
+
 Both registration paths use these functions: the gRPC `RegistryService` (challenge from its
 `Challenge` RPC, proofs in metadata) and the Flower head round (challenge in the `train.fit_head`
 message, proofs in the reply record).
@@ -32,6 +35,7 @@ CONTEXT = "attribnet.identity.v1"
 REGISTER = "register"  # RegistryService.Register
 HEARTBEAT = "heartbeat"  # RegistryService.Heartbeat
 FLOWER_REGISTER = "flower-register"  # the reply to train.fit_head
+FETCH = "fetch"  # DistributionService.Open: a registered node's signature, or an enrolment holder's HMAC
 PUBLIC_KEY_HEX_LENGTH = 64
 SIGNATURE_HEX_LENGTH = 128
 MAX_CHALLENGE_LENGTH = 128
@@ -84,6 +88,20 @@ def enrolment_proof(token: str, challenge: str, node_id: str, source: str, publi
 
 def check_enrolment_proof(key: bytes, proof: str, challenge: str, node_id: str, source: str, public_hex: str) -> bool:
     expected = hmac.new(key, _enrolment_message(challenge, node_id, source, public_hex), "sha256").hexdigest()
+    return hmac.compare_digest(expected.encode(), proof.encode())
+
+
+def _fetch_message(challenge: str, node_id: str, source: str) -> bytes:
+    return f"{CONTEXT}|{FETCH}|{challenge}|{node_id}|{source}".encode()
+
+
+def fetch_proof(token: str, challenge: str, node_id: str, source: str) -> str:
+    """HMAC proving possession of the enrolment token before the node has a registered key (DistributionService)."""
+    return hmac.new(enrolment_key(token), _fetch_message(challenge, node_id, source), "sha256").hexdigest()
+
+
+def check_fetch_proof(key: bytes, proof: str, challenge: str, node_id: str, source: str) -> bool:
+    expected = hmac.new(key, _fetch_message(challenge, node_id, source), "sha256").hexdigest()
     return hmac.compare_digest(expected.encode(), proof.encode())
 
 

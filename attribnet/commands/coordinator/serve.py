@@ -27,6 +27,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     enrol.add_argument("--out", required=True, help="new file (0600) for the token, to hand to the node")
     enrol.add_argument("--config", help="coordinator.yaml")
     enrol.add_argument("--registry", help="SQLite registry file (overrides `registry`)")
+    enrol.add_argument("--public-key", help="the coordinator's public key, whose fingerprint the node checks (overrides `public_key`)")
     enrol.add_argument("--new-registry", action="store_true",
                        help="start the registry file if it does not exist yet (the network's first enrolment)")
     enrol.set_defaults(handler=run_enrol)
@@ -89,7 +90,25 @@ def run_enrol(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} exists already; choose a new file for the token") from None
     print(f"enrolled node {node_id} for source {args.source} in {Path(config.registry).resolve()}: token in {args.out} "
           "(one use; give it to the node as serve.enrolment_token_file)")
+    _print_handover(config, node_id, args.source, args.out)
     return 0
+
+
+def _print_handover(config, node_id: str, source: str, token_file: str) -> None:
+    """What the admin hands the organisation: the token file, the gateway address and the key's fingerprint."""
+    from shared_backbone.model.signing import SignatureError, fingerprint, load_public_key
+
+    try:
+        print_fingerprint = fingerprint(load_public_key(config.public_key))
+    except (FileNotFoundError, SignatureError) as exc:
+        print(f"no fingerprint to hand over: {exc} (pass --public-key)")
+        return
+    gateway = f"{config.gateway.host}:{config.gateway.port}"
+    print(f"coordinator key fingerprint: sha256:{print_fingerprint}")
+    print(f"hand over the token file, the gateway address ({gateway} as the node reaches it) and the fingerprint; the node "
+          f"joins with:\n  attribnet node join --gateway {gateway} --token-file {Path(token_file).name} "
+          f"--fingerprint sha256:{print_fingerprint} --source {source}"
+          + (f" --node-id {node_id}" if node_id != source else "") + " --images IMAGES --state-dir STATE_DIR")
 
 
 def _change(registry, operation: str, node_id: str | None, where: str) -> int:

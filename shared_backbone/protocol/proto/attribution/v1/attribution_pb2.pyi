@@ -280,3 +280,57 @@ class DescribeResponse(_message.Message):
     calibration: Calibration
     threshold: float
     def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., head_digest: _Optional[str] = ..., feature_shape: _Optional[_Iterable[int]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class OpenRequest(_message.Message):
+    __slots__ = ("node_id", "source")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    source: str
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class DistributedFile(_message.Message):
+    __slots__ = ("set", "path", "size", "sha256")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, set: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class OpenResponse(_message.Message):
+    __slots__ = ("public_key_pem", "backbone", "reference_digest", "files", "ticket", "ticket_expires_in_seconds", "chunk_bytes")
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    TICKET_EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    public_key_pem: bytes
+    backbone: Backbone
+    reference_digest: str
+    files: _containers.RepeatedCompositeFieldContainer[DistributedFile]
+    ticket: str
+    ticket_expires_in_seconds: float
+    chunk_bytes: int
+    def __init__(self, public_key_pem: _Optional[bytes] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., reference_digest: _Optional[str] = ..., files: _Optional[_Iterable[_Union[DistributedFile, _Mapping]]] = ..., ticket: _Optional[str] = ..., ticket_expires_in_seconds: _Optional[float] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("set", "path")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    set: str
+    path: str
+    def __init__(self, set: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("data", "offset")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...

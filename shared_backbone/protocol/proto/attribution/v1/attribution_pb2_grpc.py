@@ -437,3 +437,168 @@ class HeadService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class DistributionServiceStub:
+    """What a joining node fetches from the coordinator (same server as the gateway): the signed
+    backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
+    fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
+    x-node-public-key + x-node-signature
+    a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
+    <challenge>|<node_id>|<sha256 of the deterministic OpenRequest bytes>".
+    `Open` answers with the catalogue and a short-lived ticket that `Fetch` needs in the
+    "x-fetch-ticket" metadata. The node trusts nothing it fetches until it verified it: the key
+    against the fingerprint the admin handed over, the bundle's signature and file digests, the
+    reference set's content digest that the signed bundle announces.
+    Errors: UNAUTHENTICATED (no or wrong proof or ticket), ABORTED (stale challenge), NOT_FOUND (a
+    file not in the catalogue), RESOURCE_EXHAUSTED (a file or the total beyond the coordinator's
+    limit), FAILED_PRECONDITION (the coordinator distributes nothing, or its reference folder differs
+    from the digest its bundle announces), INVALID_ARGUMENT (a malformed request).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Open = channel.unary_unary(
+                '/attribution.v1.DistributionService/Open',
+                request_serializer=attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
+                response_deserializer=attribution_dot_v1_dot_attribution__pb2.OpenResponse.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_stream(
+                '/attribution.v1.DistributionService/Fetch',
+                request_serializer=attribution_dot_v1_dot_attribution__pb2.FetchRequest.SerializeToString,
+                response_deserializer=attribution_dot_v1_dot_attribution__pb2.FileChunk.FromString,
+                _registered_method=True)
+
+
+class DistributionServiceServicer:
+    """What a joining node fetches from the coordinator (same server as the gateway): the signed
+    backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
+    fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
+    x-node-public-key + x-node-signature
+    a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
+    <challenge>|<node_id>|<sha256 of the deterministic OpenRequest bytes>".
+    `Open` answers with the catalogue and a short-lived ticket that `Fetch` needs in the
+    "x-fetch-ticket" metadata. The node trusts nothing it fetches until it verified it: the key
+    against the fingerprint the admin handed over, the bundle's signature and file digests, the
+    reference set's content digest that the signed bundle announces.
+    Errors: UNAUTHENTICATED (no or wrong proof or ticket), ABORTED (stale challenge), NOT_FOUND (a
+    file not in the catalogue), RESOURCE_EXHAUSTED (a file or the total beyond the coordinator's
+    limit), FAILED_PRECONDITION (the coordinator distributes nothing, or its reference folder differs
+    from the digest its bundle announces), INVALID_ARGUMENT (a malformed request).
+    """
+
+    def Open(self, request, context):
+        """The catalogue of every file a joining node needs, and a ticket for fetching them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """One file of the catalogue, in order, in chunks of at most `OpenResponse.chunk_bytes`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DistributionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=attribution_dot_v1_dot_attribution__pb2.OpenRequest.FromString,
+                    response_serializer=attribution_dot_v1_dot_attribution__pb2.OpenResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=attribution_dot_v1_dot_attribution__pb2.FetchRequest.FromString,
+                    response_serializer=attribution_dot_v1_dot_attribution__pb2.FileChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'attribution.v1.DistributionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('attribution.v1.DistributionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DistributionService:
+    """What a joining node fetches from the coordinator (same server as the gateway): the signed
+    backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
+    fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
+    x-node-public-key + x-node-signature
+    a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
+    <challenge>|<node_id>|<sha256 of the deterministic OpenRequest bytes>".
+    `Open` answers with the catalogue and a short-lived ticket that `Fetch` needs in the
+    "x-fetch-ticket" metadata. The node trusts nothing it fetches until it verified it: the key
+    against the fingerprint the admin handed over, the bundle's signature and file digests, the
+    reference set's content digest that the signed bundle announces.
+    Errors: UNAUTHENTICATED (no or wrong proof or ticket), ABORTED (stale challenge), NOT_FOUND (a
+    file not in the catalogue), RESOURCE_EXHAUSTED (a file or the total beyond the coordinator's
+    limit), FAILED_PRECONDITION (the coordinator distributes nothing, or its reference folder differs
+    from the digest its bundle announces), INVALID_ARGUMENT (a malformed request).
+    """
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attribution.v1.DistributionService/Open',
+            attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
+            attribution_dot_v1_dot_attribution__pb2.OpenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/attribution.v1.DistributionService/Fetch',
+            attribution_dot_v1_dot_attribution__pb2.FetchRequest.SerializeToString,
+            attribution_dot_v1_dot_attribution__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
