@@ -25,6 +25,7 @@ accuracy:
   test_perturbations: {jpeg: 75, multi: 0.5}
   baselines: [gdaconv, dctlinear]
   alpha: 0.1
+  protocols: [shared, robust, late_join]
 """
 METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear"}
 
