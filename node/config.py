@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared_backbone.config import PATH, DataConfig, PerturbConfig, TLSConfig, TrainConfig
+from shared_backbone.config import PATH, ConfigError, DataConfig, PerturbConfig, TLSConfig, TrainConfig
+from shared_backbone.data.negative_space import FAMILIES
 from shared_backbone.model.rule import DEFAULT_THRESHOLD
 
 # The config names of the bundle and key paths, for messages about them.
@@ -49,14 +50,24 @@ class NodeServeConfig:
 @dataclass
 class NegativesConfig:
     """Negatives the node makes itself (`shared_backbone.data.negatives`): its own and the reference
-    set's images re-rendered by `generators` random upsamplers of the common families."""
+    set's images re-rendered by `generators` random networks drawn from `families` (the vocabulary
+    of `shared_backbone.data.negative_space.FAMILIES`) minus `exclude_families`."""
 
     count: int = 1200
     generators: int = 12
-    strength: list[float] = field(default_factory=lambda: [0.003, 0.05])  # log-uniform weight deviation per network
-    families: list[str] = field(default_factory=lambda: ["tconv", "nnconv", "bilinear", "pixshuffle"])
-    seed: int = 0
+    strength: list[float] = field(default_factory=lambda: [0.003, 0.05])  # log-uniform deviation per network (x weight RMS)
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    exclude_families: list[str] = field(default_factory=list)  # e.g. a benchmark's left-out family
+    seed: int = 0  # mixed with train.seed and the node's source name
     match_bandwidth: bool = True  # pre-sharpen so negatives keep the bandwidth of the node's own images
+
+    def __post_init__(self) -> None:
+        for key in ("families", "exclude_families"):
+            unknown = sorted(set(getattr(self, key)) - set(FAMILIES))
+            if unknown:
+                raise ConfigError(f"negatives.{key}: unknown family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
+        if not set(self.families) - set(self.exclude_families):
+            raise ConfigError(f"negatives: exclude_families {self.exclude_families} leaves no family of {self.families}")
 
 
 @dataclass

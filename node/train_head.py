@@ -12,6 +12,7 @@ head's conformal reference. The Flower ClientApp calls `train_head` too.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 PERTURBED_SPLITS = ("train", "val", "calib")  # a robust head is selected and calibrated on what it will see
 # Self-made negatives join every split, calibration included: calibrated against reals alone, a
 # head's map learns "anything unlike a real image is mine" and lifts foreign fakes to high scores.
-# They are made by the same families and strength range on every node, so the negatives every
-# head is calibrated against (the common reference set plus such re-renderings) are alike.
+# They are drawn from the same space (families, strength range) on every node, so the negatives
+# every head is calibrated against (the common reference set plus such re-renderings) are alike.
 SELF_MADE_SPLITS = ("train", "val", "calib", "test")
 
 
@@ -60,9 +61,12 @@ class FeatureSet:
 
 
 def negative_settings(config: NodeConfig) -> NegativeSettings:
+    """The node's negative settings; its source name is mixed into the seed, so two nodes with the
+    same config draw different networks (and none draws the same one a benchmark fixes by seed)."""
     n = config.negatives
-    return NegativeSettings(count=n.count, generators=n.generators, strength=tuple(n.strength), seed=n.seed + config.train.seed,
-                            families=tuple(n.families))
+    seed = int.from_bytes(hashlib.sha256(f"{config.source}/{n.seed + config.train.seed}".encode()).digest()[:4], "big")
+    return NegativeSettings(count=n.count, generators=n.generators, strength=tuple(n.strength), seed=seed,
+                            families=tuple(n.families), exclude_families=tuple(n.exclude_families))
 
 
 def _self_made(own: list[np.ndarray], others: list[np.ndarray], settings: NegativeSettings, count: int) -> list[np.ndarray]:

@@ -64,16 +64,11 @@ def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-# Crossings being removed (issue 18: the node's negatives get a generator space of their own).
-KNOWN_CROSSINGS = {("shared_backbone.data.negatives", "attribnet.lab.datasets.zoo")}
-
-
 def violations(module: str, imports: set[str]) -> list[str]:
     rule = max((p for p in FORBIDDEN if _within(module, p)), key=len, default=None)
     if rule is None:
         return []
-    return sorted(f"{module} imports {name}" for name in imports for banned in FORBIDDEN[rule]
-                  if _within(name, banned) and not any(module == m and _within(name, c) for m, c in KNOWN_CROSSINGS))
+    return sorted(f"{module} imports {name}" for name in imports for banned in FORBIDDEN[rule] if _within(name, banned))
 
 
 def project_modules() -> list[tuple[str, Path]]:
@@ -101,10 +96,23 @@ def test_every_import_follows_the_layering():
     assert not problems, "\n".join(problems)
 
 
+def test_no_production_module_imports_the_lab():
+    """Production code (`node`, `coordinator`, `shared_backbone`) never reaches the benchmark lab:
+    a node's self-made negatives rendered by the benchmark's own generators would grade their own
+    homework. The checker catches exactly the crossing this rule was written against."""
+    assert violations("shared_backbone.data.negatives", imported_modules("from attribnet.lab.datasets.zoo import make_generator", "x"))
+    assert violations("shared_backbone.data.negative_space", imported_modules("def f():\n    from attribnet.lab.datasets import upscalers\n", "x"))
+    production = [(name, path) for name, path in project_modules() if not _within(name, "attribnet")]
+    assert any(name == "shared_backbone.data.negatives" for name, _ in production)
+    crossings = [f"{name} imports {imported}" for name, path in production
+                 for imported in imported_modules(path.read_text(), name) if _within(imported, "attribnet.lab")]
+    assert not crossings, "\n".join(crossings)
+
+
 @pytest.mark.parametrize("module", ["shared_backbone.protocol.wire", "shared_backbone.protocol.identity",
-                                    "attribnet.lab.datasets.zoo", "shared_backbone.config"])
+                                    "attribnet.lab.datasets.zoo", "shared_backbone.config", "shared_backbone.data.negatives"])
 def test_light_modules_do_not_load_tensorflow(module):
-    """The wire definitions, the zoo and the config loader are numpy-level: importing them loads no Keras."""
+    """The wire definitions, the zoo, the config loader and the negatives are numpy-level: importing them loads no Keras."""
     code = f"import sys, {module}; print(any(m in sys.modules for m in ('keras', 'tensorflow')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]

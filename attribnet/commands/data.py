@@ -1,5 +1,6 @@
-"""`attribnet data zoo | upscalers | normstats | perturb | info`: datasets, the fingerprint zoo, the
-real-generator benchmark, DCT normstats and perturbed test sets.
+"""`attribnet data zoo | upscalers | out-of-scope | normstats | perturb | info`: datasets, the
+fingerprint zoo (and its independent second implementation), the real-generator benchmark, the
+out-of-scope corpus, DCT normstats and perturbed test sets.
 
 `--config FILE.yaml` is read as a `DataConfig` (its top level, or the `data:` section of a
 coordinator/node/baseline file; `zoo` reads `ZooConfig` keys or a `zoo:` section, `upscalers`
@@ -19,6 +20,8 @@ from typing import Any
 
 log = logging.getLogger("attribnet.data")
 
+IMPLEMENTATIONS = ("zoo", "independent")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="datasets, the fingerprint zoo, normstats, perturbed test sets")
@@ -31,7 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     zoo.add_argument("--preset", choices=("benchmark", "easy"), help="zoo.preset (easy = for quick tests)")
     zoo.add_argument("--strength", type=float, help="fingerprint strength, 0 = the preset's (zoo.strength)")
+    zoo.add_argument(
+        "--implementation", choices=IMPLEMENTATIONS,
+        help="zoo (default) or independent: a second zoo written apart from the first, for evaluation (zoo.implementation)",
+    )
     zoo.set_defaults(handler=run_zoo)
+
+    oos = actions.add_parser("out-of-scope", help="write an out-of-scope corpus: images no generator made, a folder per kind")
+    oos.add_argument("--out", required=True, help="output folder, empty or absent")
+    oos.add_argument("--image-size", type=int, default=64, help="square image size in pixels (default 64; tiny images 8-16)")
+    oos.add_argument("--per-kind", type=int, default=100, help="images per kind (default 100)")
+    oos.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    oos.add_argument("--from", dest="source_dataset", metavar="DATASET_DIR",
+                     help="dataset (e.g. a zoo) whose real and fake images the content-matched kinds resample and JPEG")
+    oos.add_argument("--json", action="store_true", help="print the manifest's kinds as JSON")
+    oos.set_defaults(handler=run_out_of_scope)
 
     ups = actions.add_parser("upscalers", help="write the real-generator benchmark: GAN upscalers, real photos")
     _add_builder_flags(
@@ -169,10 +186,15 @@ def _progress(label: str):
 def run_zoo(args: argparse.Namespace) -> int:
     from attribnet.lab.datasets.zoo import REAL_SOURCE, ZooConfig, settings_from_config, write_zoo
 
-    config = _builder_config(args, ZooConfig, "zoo", preset=args.preset, strength=args.strength)
-    settings = settings_from_config(config)
+    config = _builder_config(args, ZooConfig, "zoo", preset=args.preset, strength=args.strength, implementation=args.implementation)
     started = time.monotonic()
-    manifest = write_zoo(config.out, settings, workers=max(1, config.workers), progress=_progress("zoo"))
+    if config.implementation == "independent":
+        manifest = _write_independent_zoo(config)
+    elif config.implementation == "zoo":
+        settings = settings_from_config(config)
+        manifest = write_zoo(config.out, settings, workers=max(1, config.workers), progress=_progress("zoo"))
+    else:
+        raise ValueError(f"zoo.implementation must be one of {IMPLEMENTATIONS}, got {config.implementation!r}")
     seconds = time.monotonic() - started
     if args.json:
         print(json.dumps({**manifest, "out": config.out, "seconds": round(seconds, 1)}, indent=2))
@@ -180,7 +202,43 @@ def run_zoo(args: argparse.Namespace) -> int:
         count = manifest["per_source"] * len(manifest["sources"])
         fakes = ", ".join(sorted(s for s in manifest["sources"] if s != REAL_SOURCE))
         print(f"wrote {count} images ({manifest['image_size']} px, {manifest['per_source']} per source) to {config.out} in {seconds:.1f}s")
-        print(f"real: {REAL_SOURCE}; generators: {fakes}")
+        implementation = manifest.get("implementation", "zoo")
+        print(f"real: {REAL_SOURCE}; generators: {fakes}" + ("; independent implementation" if implementation == "independent" else ""))
+    return 0
+
+
+def _write_independent_zoo(config) -> dict:
+    """The second zoo from the same ZooConfig keys (one process: `workers` does not apply)."""
+    from attribnet.lab.datasets.zoo import PRESETS
+    from attribnet.lab.datasets.zoo_independent import write_independent_zoo
+
+    if config.preset not in PRESETS:
+        raise ValueError(f"zoo.preset must be one of {PRESETS}, got {config.preset!r}")
+    if config.strength < 0:
+        raise ValueError(f"zoo.strength must be >= 0, got {config.strength}")
+    return write_independent_zoo(
+        config.out, image_size=config.image_size, per_source=config.per_source, seed=config.seed,
+        sources=config.sources, strength=config.strength or None, easy=config.preset == "easy", progress=_progress("zoo"),
+    )
+
+
+def run_out_of_scope(args: argparse.Namespace) -> int:
+    from attribnet.lab.datasets.out_of_scope import write_out_of_scope
+
+    started = time.monotonic()
+    manifest = write_out_of_scope(
+        args.out, image_size=args.image_size, per_kind=args.per_kind, seed=args.seed,
+        source_dataset=args.source_dataset, progress=_progress("out-of-scope"),
+    )
+    seconds = time.monotonic() - started
+    if args.json:
+        summary = {k: manifest[k] for k in ("image_size", "per_kind", "seed", "source_dataset", "kinds", "omitted_kinds")}
+        print(json.dumps({**summary, "out": args.out, "seconds": round(seconds, 1)}, indent=2))
+        return 0
+    count = sum(kind["count"] for kind in manifest["kinds"].values())
+    print(f"wrote {count} out-of-scope images ({len(manifest['kinds'])} kinds, {args.per_kind} each) to {args.out} in {seconds:.1f}s")
+    for kind, reason in manifest["omitted_kinds"].items():
+        print(f"  omitted {kind}: {reason} (use --from DATASET_DIR)")
     return 0
 
 

@@ -82,6 +82,7 @@ class ZooConfig:
     preset: str = "benchmark"  # or "easy": strong fingerprints, sharper reals (quick tests)
     strength: float = 0.0  # fingerprint strength; 0 = the preset's (0.01 benchmark, 0.06 easy)
     workers: int = 2
+    implementation: str = "zoo"  # or "independent": the second zoo (zoo_independent.py), for evaluation
 
 
 @dataclass(frozen=True)
