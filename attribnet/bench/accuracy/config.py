@@ -8,6 +8,13 @@ Roles (the who-sees-what rule, made explicit):
   held_out     in no training set at all: the open-set generators
 Real sources are the dataset's (`data.real_sources`). A role left empty takes the dataset's own
 default (`DATASET_ROLES`: the zoo's and the upscalers'); a `folder` dataset must name every role.
+
+Settings (who the coordinator's detector and source-aware trunk train on; `protocols` picks them):
+  founding     reals, every node and the coordinator's generators (what `make demo` and the
+               offline workflow do today: the trunk has seen every node's source)
+  private      reals and the coordinator's own generators only: every node joins late
+  lofo-FAMILY  leave one family out: its sources leave the detector, the trunk and the reference
+               set, and every node's self-made negatives exclude it; its sources stay nodes
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from attribnet.lab.datasets.zoo import ZooConfig
 ZOO_NODES = ["tconv_a", "tconv_b", "nnconv_a", "bilinear_a", "pixshuffle_a"]
 ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]
 ZOO_HELD_OUT = ["modconv_a"]
+ZOO_FAMILIES = ["tconv", "nnconv", "bilinear", "pixshuffle"]  # the node sources' families (text before "_")
+# What a run does besides the founding setting's clean models, strict heads and baselines.
+PROTOCOLS = ("shared", "robust", "late_join", "private", "lofo", "out_of_scope")
 METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear")
 BASELINES = ("gdaconv", "postpool", "dctlinear")
 
@@ -48,6 +58,10 @@ DATASET_ROLES = {
 }
 
 
+DATASET_ROLES["zoo_independent"] = DATASET_ROLES["zoo"]
+DATASET_FAMILIES = {"zoo": ZOO_FAMILIES, "zoo_independent": ZOO_FAMILIES}
+
+
 def resolved_roles(dataset: str, roles: Roles) -> Roles:
     """`roles` with every empty role filled from the dataset's defaults; refuses a folder without them."""
     default = DATASET_ROLES.get(dataset, Roles())
@@ -63,6 +77,8 @@ class AccuracyConfig:
     """`attribnet bench accuracy` (YAML: these keys, or an `accuracy:` section of configs/bench.yaml)."""
 
     # "zoo" / "upscalers": written (or reused) by the benchmark from `zoo` / `upscalers`;
+    # "zoo_independent": the separately written zoo (same `zoo` settings), evaluation only: the
+    # coordinator's generators are rendered by the coordinator's own code from the dataset's reals;
     # "folder": an existing folder-per-source dataset at data.root
     dataset: str = "zoo"
     zoo: ZooConfig = field(default_factory=lambda: ZooConfig(
@@ -83,6 +99,9 @@ class AccuracyConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     calibration: str = "temperature"
     alpha: float = 0.05
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    lofo_families: list[str] = field(default_factory=list)  # empty: the dataset's (DATASET_FAMILIES)
+    out_of_scope_per_kind: int = 24
     out: str = "bench/results"
     workdir: str = ""  # default OUT/work (datasets, bundles, heads, baseline runs)
 
@@ -98,5 +117,24 @@ QUICK = {
     "baseline.epochs": 10,
     "negatives.count": 600,
     "perturb_copies": 1,
+    "protocols": ["shared", "robust", "late_join", "out_of_scope"],
 }
-PROFILES = {"full": {}, "quick": QUICK}
+# --profile lofo-quick: the generalisation protocol (founding, private, leave-one-family-out x4,
+# out-of-scope) for one seed in about 15 minutes on 2 cores; no robust retraining, shared heads or
+# late-join detector (the private setting is the harder late join).
+LOFO_QUICK = {
+    "zoo.image_size": 32,
+    "data.image_size": 32,
+    "zoo.per_source": 200,
+    "seeds": [0],
+    "primary.epochs": 8,
+    "head.epochs": 10,
+    "baseline.epochs": 8,
+    "negatives.count": 300,
+    "negatives.generators": 8,
+    "test_perturbations": {"jpeg": 75},
+    "baselines": ["gdaconv", "dctlinear"],
+    "protocols": ["private", "lofo", "out_of_scope"],
+    "out_of_scope_per_kind": 16,
+}
+PROFILES = {"full": {}, "quick": QUICK, "lofo-quick": LOFO_QUICK}

@@ -6,53 +6,24 @@ import dataclasses
 import json
 import logging
 import platform
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from attribnet.bench.accuracy import evaluate as ev
 from attribnet.bench.accuracy import report as rep
 from attribnet.bench.accuracy.config import AccuracyConfig, resolved_roles
+from attribnet.bench.accuracy.datasets import dataset
 from attribnet.bench.accuracy.bench_data import BenchData, prepare, reference_set
-from attribnet.bench.accuracy.seed_metrics import seed_metrics
-from attribnet.bench.accuracy.train import SeedTrainer
-from shared_backbone.config import DataConfig, to_dict
+from attribnet.bench.accuracy.seed_run import SeedRun
+from shared_backbone.config import to_dict
 from shared_backbone.data.perturbations import check_config as check_perturb
-from attribnet.lab.datasets.zoo import zoo_data_config
-from shared_backbone.model.rule import RuleSettings
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "accuracy.json"
 SECTION = "## Accuracy"
-DATASET_NAMES = {"zoo": "fingerprint zoo", "upscalers": "GAN upscalers on real photos"}
-
-
-def dataset(config: AccuracyConfig, workdir: Path, step: Callable[[str], None]) -> DataConfig:
-    """The zoo or the upscalers dataset (written, or reused when identical), or the given folder."""
-    if config.dataset == "folder":
-        if not config.data.root:
-            raise ValueError("dataset: folder needs data.root (a folder with one sub-folder per source)")
-        return config.data
-    if config.dataset == "zoo":
-        from attribnet.lab.datasets.zoo import settings_from_config, write_zoo
-
-        settings = settings_from_config(config.zoo)
-        step(f"fingerprint zoo: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
-        write_zoo(workdir / "zoo", settings, workers=config.zoo.workers)
-        root = workdir / "zoo"
-    elif config.dataset == "upscalers":
-        from attribnet.lab.datasets import upscalers
-
-        settings = upscalers.settings_from_config(config.upscalers)
-        step(f"upscalers: {len(settings.sources) + 1} sources x {settings.per_source} images, {settings.image_size} px")
-        upscalers.write_upscalers(workdir / "upscalers", settings, workers=config.upscalers.workers)
-        root = workdir / "upscalers"
-    else:
-        raise ValueError(f"dataset must be zoo, upscalers or folder, got {config.dataset!r}")
-    return zoo_data_config(root, mode=config.data.mode, split_seed=config.data.split_seed)
+DATASET_NAMES = {"zoo": "fingerprint zoo", "zoo_independent": "independently written zoo", "upscalers": "GAN upscalers on real photos"}
 
 
 def _keys(workdir: Path) -> tuple[Path, Path]:
@@ -77,7 +48,7 @@ def _describe(bench: BenchData, config: AccuracyConfig, reference: Path) -> dict
 
 
 def run_accuracy(config: AccuracyConfig, *, profile: str, command: str, step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Trains and evaluates every seed, writes OUT/accuracy.json, returns the report."""
+    """Trains and evaluates every seed and setting, writes OUT/accuracy.json, returns the report."""
     step = step or (lambda label: log.info("bench accuracy: %s", label))
     check_perturb(config.robust)
     began = time.monotonic()
@@ -87,30 +58,24 @@ def run_accuracy(config: AccuracyConfig, *, profile: str, command: str, step: Ca
     workdir.mkdir(parents=True, exist_ok=True)
     bench = prepare(config, dataset(config, workdir, step), workdir)
     reference, keys = reference_set(bench, workdir), _keys(workdir)
-    settings = RuleSettings(alpha=config.alpha)
-    size = bench.data.image_size
-    known = ev.TestImages(bench.test_samples([*bench.reals, *config.roles.nodes]), size, config.test_perturbations)
-    everything = ev.TestImages(bench.test_samples([*bench.reals, *config.roles.nodes, *config.roles.held_out]), size, {})
+    seeds = SeedRun(config, bench, keys, workdir, step)
     per_seed = []
     for number, seed in enumerate(config.seeds, 1):
         step(f"seed {seed} ({number} of {len(config.seeds)})")
-        seed_dir = workdir / f"seed-{seed}"
-        shutil.rmtree(seed_dir, ignore_errors=True)  # an earlier (or killed) run's models: every seed trains afresh
-        models = SeedTrainer(config, bench, keys, reference, seed, seed_dir, step).run()
-        step(f"seed {seed}: evaluate on {len(known.samples)} test images x {len(known.names)} test sets")
-        per_seed.append({"seed": seed, **seed_metrics(models, bench, known, everything, settings)})
+        per_seed.append(seeds.run(seed, reference))
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "profile": profile, "seeds": list(config.seeds),
         "machine": f"{platform.machine()}, {platform.system()}",
         "dataset": _describe(bench, config, reference),
         "settings": {"negatives": config.negatives.count, "robust": "+".join(config.robust.kinds), "alpha": config.alpha,
-                     "test_perturbations": config.test_perturbations, "config": to_dict(config)},
+                     "test_perturbations": config.test_perturbations, "protocols": list(config.protocols),
+                     "config": to_dict(config)},
         "wall_seconds": round(time.monotonic() - began, 1),
         "per_seed": per_seed,
     }
     report["summary"] = rep.summary(per_seed)
-    report.update({k: report["summary"][k] for k in ("clean", "perturbed", "robust_trained", "open_set", "late_join")})
+    report.update({k: report["summary"][k] for k in rep.TOP_KEYS if k in report["summary"]})
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     return report

@@ -24,13 +24,14 @@ def test_set_metrics(models: SeedModels, bench: BenchData, images: ev.TestImages
     for name in images.names:
         outputs = ev.run_backbone(bundle, images.images(name))
         strict = ev.answers(outputs, models.heads[f"{STRICT}-{training}"], settings)
-        shared = ev.answers(outputs, models.heads[f"{SHARED}-{training}"], settings)
         row = {
             "detection": ev.detection_accuracy(outputs, truth, settings.fake_threshold),
             "heads_raw": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth),
             "heads_calibrated": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold), truth),
-            "heads_shared": ev.accuracy(ev.closed_set_answers(shared, settings.fake_threshold), truth),
         }
+        if f"{SHARED}-{training}" in models.heads:
+            shared = ev.answers(outputs, models.heads[f"{SHARED}-{training}"], settings)
+            row["heads_shared"] = ev.accuracy(ev.closed_set_answers(shared, settings.fake_threshold), truth)
         for model, key in BASELINE_KEYS.items():
             result = models.baselines.get(f"{model}-{training}")
             if result is not None:
@@ -62,12 +63,33 @@ def late_join(models: SeedModels, bench: BenchData, images: ev.TestImages, setti
     }
 
 
+def per_source(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, dict[str, float]]:
+    """{method: {node: accuracy on its clean test images}} of the clean-trained strict heads and baselines."""
+    truth = ev.truths(bench.index, images.samples)
+    strict = ev.answers(ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN)), models.heads[f"{STRICT}-{CLEAN}"], settings)
+    table = {
+        "heads_raw": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth, bench.roles.nodes),
+        "heads_calibrated": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold), truth, bench.roles.nodes),
+    }
+    for model, key in BASELINE_KEYS.items():
+        result = models.baselines.get(f"{model}-{CLEAN}")
+        if result is not None:
+            classes = result.metrics["clean"]["per_class"]
+            table[key] = {s: classes[bench.index.class_of(s)]["recall"] for s in bench.roles.nodes}
+    return table
+
+
 def seed_metrics(models: SeedModels, bench: BenchData, known: ev.TestImages, everything: ev.TestImages,
                  settings: RuleSettings) -> dict[str, Any]:
-    return {
+    """The founding setting's numbers; robust-trained and late-join ones when those models were trained."""
+    metrics = {
         "clean_trained": test_set_metrics(models, bench, known, CLEAN, settings),
-        "robust_trained": test_set_metrics(models, bench, known, ROBUST, settings),
+        "per_source": per_source(models, bench, known, settings),
         "open_set": open_set(models, bench, everything, settings),
-        "late_join": late_join(models, bench, known, settings),
         "train_seconds": models.seconds,
     }
+    if ROBUST in models.bundles:
+        metrics["robust_trained"] = test_set_metrics(models, bench, known, ROBUST, settings)
+    if LATE in models.bundles:
+        metrics["late_join"] = late_join(models, bench, known, settings)
+    return metrics

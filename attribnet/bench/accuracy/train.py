@@ -1,9 +1,11 @@
 """Training everything one seed of the benchmark compares, with the code the network itself runs.
 
-Per seed: the detector (clean, then retrained on perturbations as in the paper, and once more
-without the late joiners), signed into bundles that announce the reference set; on each bundle
-one head per node with `node.train_head` (strict access, and the paper's shared setting for
-comparison); the centralized baselines (clean- and robust-trained).
+Per seed, the founding setting: the detector (clean, then retrained on perturbations as in the
+paper, and once more without the late joiners), signed into bundles that announce the reference
+set; on each bundle one head per node with `node.train_head` (strict access, and the paper's
+shared setting for comparison); the centralized baselines (clean- and robust-trained). Every other
+setting (private, leave-one-family-out) is one detector on its own sources, its own reference set,
+and one strict head per node whose negatives leave out the setting's families.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from attribnet.bench.accuracy.config import AccuracyConfig
-from attribnet.bench.accuracy.bench_data import BenchData
+from attribnet.bench.accuracy.bench_data import BenchData, Setting
 from coordinator.config import CoordinatorConfig
 from coordinator.publish import publish
 from coordinator.train_primary import train_primary
 from node.config import NegativesConfig, NodeConfig
 from node.train_head import train_head
-from shared_backbone.config import PerturbConfig
+from shared_backbone.config import DataConfig, PerturbConfig
 from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
 from shared_backbone.model.bundle import Bundle, load_bundle
 from shared_backbone.model.heads import Head, load_head
@@ -57,39 +59,56 @@ class SeedTrainer:
         self.models.seconds[key] = self.models.seconds.get(key, 0.0) + round(time.monotonic() - began, 1)
         return value
 
-    def detector(self, name: str, *, late_join: bool = False, init_from: str = "", perturb: PerturbConfig | None = None) -> Bundle:
+    def detector(self, name: str, view: DataConfig, reference: Path, *, init_from: str = "",
+                 perturb: PerturbConfig | None = None) -> Bundle:
+        """Trains the detector (and its source-aware trunk) on `view`, signs it with `reference` announced."""
         train = self.config.robust_primary if init_from else self.config.primary
         config = CoordinatorConfig(
-            data=self.bench.detector_view(late_join=late_join), train=dataclasses.replace(train, seed=self.seed),
+            data=view, train=dataclasses.replace(train, seed=self.seed),
             perturb=perturb or PerturbConfig(), init_from=init_from, run_dir=str(self.out / f"primary-{name}"),
         )
         train_primary(config, progress=False)
         folder = self.out / f"bundle-{name}"
-        publish(config.run_dir, folder, self.keys[0], version=f"bench-seed{self.seed}-{name}", reference=self.reference)
+        publish(config.run_dir, folder, self.keys[0], version=f"bench-seed{self.seed}-{name}", reference=reference)
         bundle = load_bundle(folder, load_public_key(self.keys[1]))
         self.models.bundles[name] = bundle
         return bundle
 
-    def node_config(self, source: str, bundle: Bundle, access: str, robust: bool, init_head: str = "") -> NodeConfig:
+    def node_config(self, source: str, bundle: Bundle, access: str, robust: bool, init_head: str = "", *,
+                    reference: Path | None = None, negatives: NegativesConfig | None = None) -> NodeConfig:
         config = self.config
-        negatives = config.negatives if access == STRICT else NegativesConfig(count=0)  # the paper's setting
+        if access == SHARED:
+            negatives = NegativesConfig(count=0)  # the paper's setting
         data = self.bench.node_view(source) if access == STRICT else self.bench.classes_view()
         return NodeConfig(
             source=source, access=access, data=data, train=dataclasses.replace(config.head, seed=self.seed),
-            perturb=config.robust if robust else PerturbConfig(), perturb_copies=config.perturb_copies, negatives=negatives,
-            backbone=str(bundle.path), public_key=str(self.keys[1]), reference=str(self.reference), init_head=init_head,
+            perturb=config.robust if robust else PerturbConfig(), perturb_copies=config.perturb_copies,
+            negatives=negatives or config.negatives, backbone=str(bundle.path), public_key=str(self.keys[1]),
+            reference=str(reference or self.reference), init_head=init_head,
             calibration=config.calibration, state_dir=str(self.out / f"heads-{access}-{bundle.version}" / source),
         )
 
-    def heads(self, name: str, bundle: Bundle, access: str, *, robust: bool = False, init_from: str = "") -> list[Head]:
+    def heads(self, name: str, bundle: Bundle, access: str, *, robust: bool = False, init_from: str = "",
+              reference: Path | None = None, negatives: NegativesConfig | None = None) -> list[Head]:
         """One head per node on `bundle`; robust heads start from the clean ones (`init_from` head set)."""
         heads = []
         for source in self.config.roles.nodes:
             start = str(Path(self.node_config(source, self.models.bundles[CLEAN], access, False).state_dir) / "head") if init_from else ""
-            result = train_head(self.node_config(source, bundle, access, robust, start), bundle, progress=False)
+            node = self.node_config(source, bundle, access, robust, start, reference=reference, negatives=negatives)
+            result = train_head(node, bundle, progress=False)
             heads.append(load_head(result.head_dir, bundle))
         self.models.heads[name] = heads
         return heads
+
+    def setting(self, setting: Setting, reference: Path) -> SeedModels:
+        """One detector on the setting's sources and a strict head per node (negatives without its families)."""
+        sources = ", ".join(setting.detector_fakes) or "no generator"
+        bundle = self._timed("detector", f"{setting.name}: the detector and its trunk on real + {sources}", self.detector,
+                             setting.name, self.bench.setting_view(setting), reference)
+        negatives = dataclasses.replace(self.config.negatives, exclude_families=list(setting.exclude_families))
+        self._timed("heads_strict", f"{setting.name}: {len(self.config.roles.nodes)} strict heads", self.heads, STRICT, bundle,
+                    STRICT, reference=reference, negatives=negatives)
+        return self.models
 
     def baseline(self, model: str, robust: bool) -> BaselineResult:
         names = ("clean", *(f"{kind}:{value}" for kind, value in self.config.test_perturbations.items()))
@@ -102,21 +121,27 @@ class SeedTrainer:
         return result
 
     def run(self) -> SeedModels:
-        nodes = len(self.config.roles.nodes)
-        clean = self._timed("detector", "train the detector (clean) and sign its bundle", self.detector, CLEAN)
+        """The founding setting: the detector sees every node; the extra protocols `protocols` asks for."""
+        nodes, protocols = len(self.config.roles.nodes), self.config.protocols
+        clean = self._timed("detector", "train the detector (clean) and sign its bundle", self.detector, CLEAN,
+                            self.bench.detector_view(), self.reference)
         self._timed("heads_strict", f"{nodes} strict heads (own images, reference set, self-made negatives)", self.heads, f"{STRICT}-{CLEAN}", clean, STRICT)
-        self._timed("heads_shared", f"{nodes} shared heads (the paper's setting: every node's images)", self.heads, f"{SHARED}-{CLEAN}", clean, SHARED)
-        robust = self._timed("detector_robust", "retrain the detector on perturbations", self.detector, ROBUST,
-                             init_from=str(self.out / f"primary-{CLEAN}"), perturb=self.config.robust)
-        self._timed("heads_strict_robust", "strict heads retrained on perturbations", self.heads, f"{STRICT}-{ROBUST}", robust, STRICT,
-                    robust=True, init_from=CLEAN)
-        self._timed("heads_shared_robust", "shared heads retrained on perturbations", self.heads, f"{SHARED}-{ROBUST}", robust, SHARED,
-                    robust=True, init_from=CLEAN)
-        late = self._timed("detector_late", f"the detector without the late joiners ({', '.join(self.config.roles.late)})",
-                           self.detector, LATE, late_join=True)
-        self._timed("heads_late", "strict heads of founding and late nodes on it", self.heads, LATE, late, STRICT)
+        if "shared" in protocols:
+            self._timed("heads_shared", f"{nodes} shared heads (the paper's setting: every node's images)", self.heads, f"{SHARED}-{CLEAN}", clean, SHARED)
+        if "robust" in protocols:
+            robust = self._timed("detector_robust", "retrain the detector on perturbations", self.detector, ROBUST, self.bench.detector_view(),
+                                 self.reference, init_from=str(self.out / f"primary-{CLEAN}"), perturb=self.config.robust)
+            self._timed("heads_strict_robust", "strict heads retrained on perturbations", self.heads, f"{STRICT}-{ROBUST}", robust, STRICT,
+                        robust=True, init_from=CLEAN)
+            if "shared" in protocols:
+                self._timed("heads_shared_robust", "shared heads retrained on perturbations", self.heads, f"{SHARED}-{ROBUST}", robust, SHARED,
+                            robust=True, init_from=CLEAN)
+        if "late_join" in protocols:
+            late = self._timed("detector_late", f"the detector without the late joiners ({', '.join(self.config.roles.late)})",
+                               self.detector, LATE, self.bench.detector_view(late_join=True), self.reference)
+            self._timed("heads_late", "strict heads of founding and late nodes on it", self.heads, LATE, late, STRICT)
         for model in self.config.baselines:
-            for robust_trained in (False, True):
+            for robust_trained in (False, True) if "robust" in protocols else (False,):
                 label = f"{model} ({'robust' if robust_trained else 'clean'}-trained, centralized: sees every source)"
                 self._timed(f"{model}{'_robust' if robust_trained else ''}", label, self.baseline, model, robust_trained)
         return self.models

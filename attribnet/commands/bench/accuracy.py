@@ -1,4 +1,4 @@
-"""`attribnet bench accuracy`: strict heads vs the paper's shared setting vs centralized baselines, over seeds."""
+"""`attribnet bench accuracy`: strict heads vs the paper's shared setting vs centralized baselines, over seeds and settings."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ log = logging.getLogger("attribnet.bench")
 
 def register(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
-        "accuracy", help="the accuracy benchmark: detection, strict and shared heads, baselines, perturbations, open set, late joiners",
+        "accuracy", help="the accuracy benchmark: detection, strict and shared heads, baselines, perturbations, open set, late joiners, "
+             "fully private setting, leave-one-family-out, out-of-scope",
     )
     parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
-    parser.add_argument("--profile", choices=("full", "quick"), default="full",
-                        help="full (default): the benchmark; quick: every protocol at small size, 1 seed, < 15 min")
-    parser.add_argument("--dataset", choices=("zoo", "upscalers", "folder"),
-                        help="zoo or upscalers (written here; upscalers needs `make upscalers`) or folder (--data)")
+    parser.add_argument("--profile", choices=("full", "quick", "lofo-quick"), default="full",
+                        help="full (default): every protocol; quick: the founding setting's protocols at small size, 1 seed; "
+                             "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~15 min")
+    parser.add_argument("--dataset", choices=("zoo", "zoo_independent", "upscalers", "folder"),
+                        help="zoo, zoo_independent (a separately written zoo, evaluation only) or upscalers (written here; "
+                             "upscalers needs `make upscalers`) or folder (--data)")
     parser.add_argument("--data", help="folder-per-source dataset for --dataset folder (data.root)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--out", help="results folder: OUT/accuracy.json (default bench/results)")
@@ -40,6 +43,7 @@ def load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from attribnet.bench.accuracy.report import TOP_KEYS
     from attribnet.bench.accuracy.run import run_accuracy, update_benchmarks_md
     from shared_backbone.runtime.device import configure_tensorflow
 
@@ -49,15 +53,22 @@ def run(args: argparse.Namespace) -> int:
     report = run_accuracy(config, profile=args.profile, command=command, step=lambda label: log.info("%s", label))
     if args.benchmarks_md:
         update_benchmarks_md(Path(args.benchmarks_md), report)
-    summary = {k: report[k] for k in ("clean", "perturbed", "robust_trained", "open_set", "late_join")}
+    summary = {k: report[k] for k in TOP_KEYS if k in report}
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         clean = report["clean"]
         print(f"accuracy on the clean test set ({len(config.seeds)} seed(s)): "
               + ", ".join(f"{k} {v:.3f}" for k, v in clean.items()))
-        o, late = report["open_set"], report["late_join"]
-        print(f"open set: AUROC {o['auroc']:.3f}, unknown rate {o['unknown_rate']:.3f}, coverage {o['coverage']:.3f} "
-              f"(alpha {o['alpha']}); late joiners {late['joined_accuracy']:.3f} vs founding {late['founding_accuracy']:.3f}")
+        o = report["open_set"]
+        print(f"open set: AUROC {o['auroc']:.3f}, unknown rate {o['unknown_rate']:.3f}, coverage {o['coverage']:.3f} (alpha {o['alpha']})")
+        if "late_join" in report:
+            print(f"late joiners {report['late_join']['joined_accuracy']:.3f} vs founding {report['late_join']['founding_accuracy']:.3f}")
+        if "private" in report:
+            print(f"fully private: strict heads {report['private']['heads_calibrated']:.3f}")
+        for family, row in report.get("leave_one_family_out", {}).items():
+            print(f"{family} left out: strict heads {row['heads_calibrated']:.3f} vs gdaconv {row.get('gdaconv', float('nan')):.3f}")
+        for kind, row in report.get("out_of_scope", {}).items():
+            print(f"out of scope {kind}: pinned {row['pinned_rate']:.3f}")
         print(f"report: {Path(config.out) / 'accuracy.json'}")
     return 0
