@@ -35,7 +35,7 @@ def keys(tmp_path_factory):
     private, public = signing.generate_keypair(root / "coordinator")
     _, other_public = signing.generate_keypair(root / "other")
     return {"private": signing.load_private_key(private), "public": signing.load_public_key(public),
-            "public_path": public, "other": signing.load_public_key(other_public)}
+            "public_path": public, "other": signing.load_public_key(other_public), "other_path": other_public}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,15 @@ def test_missing_signature_refused(published, keys):
 def test_signature_by_another_key_refused(published, keys):
     with pytest.raises(bundle_lib.BundleError, match="signature does not verify with the configured public key"):
         bundle_lib.load_bundle(published.path, keys["other"])
+
+
+def test_a_configured_bundle_that_does_not_verify_names_the_key_file(published, keys):
+    """The operator learns which key was tried, not only that something did not verify."""
+    with pytest.raises(bundle_lib.BundleError) as refused:
+        bundle_lib.load_configured_bundle(str(published.path), str(keys["other_path"]))
+    message = str(refused.value)
+    assert "signature does not verify" in message and str(keys["other_path"]) in message and "\n" not in message
+    assert bundle_lib.load_configured_bundle(str(published.path), str(keys["public_path"])).signed
 
 
 def test_broken_bundles_refused(tmp_path, published, keys, primary):

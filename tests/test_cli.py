@@ -78,3 +78,22 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     proc.wait(timeout=60)
     assert b"missing-0.png: ERROR" in first
     assert "Traceback" not in stderr and "Broken pipe" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
+
+
+def test_bench_baseline_judges_a_dataset_at_its_own_size(tmp_path):
+    """A 48-px zoo is trained at 48 px unless --image-size or the YAML says otherwise (it used to fail
+    with 'normstats shape (128, 128) does not match' unless told twice)."""
+    import json
+
+    from attribnet.commands.bench.baseline import dataset_image_size
+
+    data = tmp_path / "zoo"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"image_size": 48}))
+    parser = build_parser()
+    assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(data)])) == 48
+    assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(data), "--image-size", "32"])) == 32
+    config = tmp_path / "b.yaml"
+    config.write_text("data:\n  image_size: 64\n")
+    assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(data), "--config", str(config)])) is None
+    assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(tmp_path)])) is None

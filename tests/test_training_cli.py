@@ -15,7 +15,7 @@ def test_coordinator_and_node_commands_end_to_end(tiny_zoo, keypair, tmp_path, c
         "train:\n  epochs: 1\n  min_epochs: 1\n  batch_size: 32\n"
     )
     run = tmp_path / "run"
-    assert main(["-q", "coordinator", "train", "--config", str(config), "--out", str(run), "--no-progress", "--json"]) == 0
+    assert main(["-q", "coordinator", "train", "--config", str(config), "--out", str(run), "--json"]) == 0  # no progress bar in JSON
     trained = json.loads(capsys.readouterr().out)
     assert trained["run_dir"] == str(run) and "test" in trained["metrics"]
 
@@ -35,7 +35,7 @@ def test_coordinator_and_node_commands_end_to_end(tiny_zoo, keypair, tmp_path, c
 
     node = ["--config", str(config), "--source", "tconv_a", "--backbone", str(bundle),
             "--public-key", str(public_key), "--state-dir", str(tmp_path / "node")]
-    assert main(["-q", "node", "train", *node, "--no-progress", "--json"]) == 0
+    assert main(["-q", "node", "train", *node, "--json"]) == 0  # stdout: JSON only
     head = json.loads(capsys.readouterr().out)
     assert head["metrics"]["source"] == "tconv_a"
     assert main(["-q", "node", "evaluate", *node, "--json"]) == 0

@@ -207,6 +207,10 @@ def load_configured_bundle(bundle_path: str, public_key_path: str, *, keys: tupl
     if not public_key_path:
         raise BundleError(f"{keys[1]} is not set (the coordinator's coordinator.pub): only signed bundles are trusted")
     try:
-        return load_bundle(bundle_path, signing.load_public_key(public_key_path))
+        key = signing.load_public_key(public_key_path)
     except (signing.SignatureError, FileNotFoundError) as exc:
         raise BundleError(str(exc)) from None
+    try:
+        return load_bundle(bundle_path, key)
+    except BundleError as exc:
+        raise BundleError(f"{exc} ({keys[1]}: {public_key_path})") from None

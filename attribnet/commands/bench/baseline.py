@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 log = logging.getLogger("attribnet.bench")
 
@@ -75,13 +76,32 @@ def run_attribution(args: argparse.Namespace) -> int:
     return 0
 
 
+def dataset_image_size(args: argparse.Namespace) -> int | None:
+    """--image-size, else the dataset's own size from its manifest (zoo, upscalers) unless the YAML
+    names one: a 128-px zoo is judged at 128 px without being told twice."""
+    from shared_backbone.config import read_yaml
+
+    if args.image_size or not args.data:
+        return args.image_size
+    if args.config and "image_size" in ((read_yaml(args.config).get("data") or {})):
+        return None
+    manifest = Path(args.data) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        size = json.loads(manifest.read_text()).get("image_size")
+    except (ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def run(args: argparse.Namespace) -> int:
     from shared_backbone.config import load_config
     from attribnet.lab.baselines.centralized import DEFAULT_PERTURBATIONS, BaselineConfig, run_baseline
 
     config = load_config(BaselineConfig, args.config, {
         "model": args.model, "task": args.task, "positive_source": args.source, "data.root": args.data,
-        "data.image_size": args.image_size, "data.mode": args.mode, "data.normstats": args.normstats,
+        "data.image_size": dataset_image_size(args), "data.mode": args.mode, "data.normstats": args.normstats,
         "train.epochs": args.epochs, "train.seed": args.seed, "out": args.out,
     })
     if not config.data.root:

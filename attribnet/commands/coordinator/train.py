@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     })
     if not config.data.root:
         raise ValueError("no dataset: set data.root in --config or pass --data")
-    result = train_primary(config, progress=not args.no_progress)
+    result = train_primary(config, progress=not (args.no_progress or args.json))  # --json: stdout holds JSON only
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "metrics": result.metrics}, indent=2))
         return 0

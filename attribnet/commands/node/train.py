@@ -36,7 +36,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     train.add_argument("--perturb", action="append", metavar="KIND", help="train on perturbations: blur, crop, jpeg, noise or multi (perturb.kinds)")
     train.add_argument("--negatives", type=int, help="self-made negatives (negatives.count; 0 = none)")
     train.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
-    train.add_argument("--json", action="store_true", help="print the head's metrics as JSON")
+    train.add_argument("--json", action="store_true", help="print the head's metrics as JSON (stdout holds only the JSON; no progress bar)")
     train.set_defaults(handler=run_train)
 
     evaluate = actions.add_parser("evaluate", help="one-vs-rest metrics of this node's head")
@@ -72,7 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
         "calibration": args.calibration, "access": args.access, "init_head": args.init_head,
         "perturb.kinds": args.perturb, "negatives.count": args.negatives,
     })
-    result = train_head(config, progress=not args.no_progress)
+    result = train_head(config, progress=not (args.no_progress or args.json))  # --json: stdout holds JSON only
     if args.json:
         print(json.dumps({"head_dir": str(result.head_dir), "metrics": result.metrics}, indent=2))
         return 0
