@@ -112,12 +112,12 @@ def head_data(config: NodeConfig, bundle: Bundle, *, announced_reference_digest:
         raise DataAccessError(f"node config: access must be one of {ACCESS_MODES}, got {config.access!r}")
     if not config.source:
         raise DataAccessError("node config: source (this node's generator folder name) is not set")
+    reference = _reference(config, bundle, announced_reference_digest)  # first: a stale copy is the likelier fault
     local = scan_node_folder(config.data.root, config)
     if config.source not in local.sources:
         raise DataAccessError(f"{local.root}: no folder for source {config.source!r} (have {', '.join(local.sources)})")
     used, ignored = _local_negatives(local, config)
     local_splits = node_splits(local, config)
-    reference = _reference(config, bundle, announced_reference_digest)
     reference_splits = node_splits(reference, config) if reference else {s: [] for s in SPLITS}
     own_in_reference = reference is not None and config.source in reference.sources
     if own_in_reference:
