@@ -16,8 +16,9 @@ class AuditConfig:
     With `reference` set (a folder with one sub-folder of images per source, labels known to the
     coordinator), every node is audited when it registers (it is not queried before) and every
     `interval` seconds: it scores `sample` images of other sources (and its own, where the folder
-    has them); a node whose claim rate on images that are not its own exceeds the false-positive
-    rate it registered by more than `tolerance` is quarantined until the admin clears it.
+    has them); a node is quarantined until the admin clears it when the lower `confidence` bound
+    of its observed claim rate on images that are not its own exceeds `tolerance` (the node's
+    self-reported metrics play no part).
     The win-rate monitor flags a source that wins more than `max_win_share` of the last
     `win_window` answers (once `win_min_answers` were seen and at least `win_min_sources` answer).
     """
@@ -26,7 +27,8 @@ class AuditConfig:
     per_source: int = 32  # canary images loaded per reference source
     sample: int = 24  # negatives per node per audit
     interval: float = 60.0
-    tolerance: float = 0.25
+    tolerance: float = 0.25  # the false-claim rate on other sources' canaries an honest head may have
+    confidence: float = 0.95  # one-sided confidence of the claim-rate bound compared with `tolerance`
     timeout: float = 5.0  # seconds a node has to answer an audit
     win_window: int = 200
     win_min_answers: int = 50

@@ -58,10 +58,10 @@ def open_distribution(channel: grpc.Channel, node_id: str, source: str, token: s
     key = identity.node_key(secret)
     try:
         challenge = pb_grpc.RegistryServiceStub(channel).Challenge(pb.ChallengeRequest(node_id=node_id), timeout=timeout).challenge
-        metadata = [(rpc.NODE_PUBLIC_KEY, identity.public_key_hex(key)), (rpc.NODE_CHALLENGE, challenge),
-                    (rpc.NODE_SIGNATURE, identity.sign(key, identity.FETCH, challenge, node_id, identity.message_digest(request)))]
+        metadata = [(rpc.PUBLIC_KEY_METADATA, identity.public_key_hex(key)), (rpc.CHALLENGE_METADATA, challenge),
+                    (rpc.SIGNATURE_METADATA, identity.sign(key, identity.FETCH, challenge, node_id, identity.message_digest(request)))]
         if token:
-            metadata.append((rpc.ENROLMENT_PROOF, identity.fetch_proof(token, challenge, node_id, source)))
+            metadata.append((rpc.ENROLMENT_PROOF_METADATA, identity.fetch_proof(token, challenge, node_id, source)))
         return pb_grpc.DistributionServiceStub(channel).Open(request, metadata=tuple(metadata), timeout=timeout)
     except grpc.RpcError as exc:
         raise rpc_error(exc, "the coordinator refused to distribute its files") from None

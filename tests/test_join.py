@@ -205,7 +205,7 @@ def test_tampered_bundle_and_oversized_files_are_refused(zoo_bundle, zoo_referen
         small.stop()
 
 
-def test_fetch_needs_a_ticket_and_stays_in_the_catalogue(gateway, tmp_path):
+def test_fetch_needs_a_ticket_and_stays_in_the_catalogue(gateway, zoo_bundle, tmp_path):
     from node.fetch import FetchError, open_distribution
     from shared_backbone.protocol import distribution
     from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
@@ -233,7 +233,7 @@ def test_fetch_needs_a_ticket_and_stays_in_the_catalogue(gateway, tmp_path):
                 list(stub.Fetch(pb.FetchRequest(set="bundle", path=path), metadata=ticket, timeout=5))
             assert outside.value.code() == code, path
         chunks = list(stub.Fetch(pb.FetchRequest(set="bundle", path="manifest.json"), metadata=ticket, timeout=5))
-        assert b"".join(c.data for c in chunks) == (Path(gateway.gateway.bundle.path) / "manifest.json").read_bytes()
+        assert b"".join(c.data for c in chunks) == (Path(zoo_bundle.path) / "manifest.json").read_bytes()
     finally:
         channel.close()
     assert "tconv_a" in str(other_source.value)

@@ -49,7 +49,7 @@ def test_register_is_idempotent_and_updates_the_entry(tmp_path):
     assert second.generation == first.generation + 1
     assert second.registered_at == first.registered_at and second.last_heartbeat == clock.now
     assert [e.endpoint for e in registry.list()] == ["127.0.0.1:6000"]
-    assert second.calibration.to_dict() == {"method": "platt", "a": 1.5, "b": -0.25, "positive_scores": []}
+    assert second.calibration.to_dict() == {"method": "platt", "a": 1.5, "b": -0.25, "positive_scores": [], "typicality_scores": []}
     assert second.metrics == {"auroc": 0.9}
 
 

@@ -322,5 +322,29 @@ def test_flower_replies_are_checked_by_the_same_admission(tmp_path, zoo_bundle):
     reference = [-float(i) for i in range(12, 0, -1)]
     assert reply(5, calibration=typical % reference).status == "registered"
     assert registry.get("flower-node").public_key == identity.public_key_hex(key)
-    assert registry.get("flower-node").calibration["typicality_scores"] == reference
+    assert list(registry.get("flower-node").calibration.typicality_scores) == reference
     registry.close()
+
+
+@pytest.mark.parametrize("claimed,reported_specificity,quarantined", [
+    (8, 0.99, False),  # an honest tiny head that claims a third of a small sample: not proof of anything
+    (0, 0.99, False),
+    (14, 0.0, True),  # claiming most of what it is shown; reporting specificity 0 about itself does not help
+    (24, 0.0, True),
+])
+def test_the_audit_judges_what_it_observed_not_what_the_node_reports(claimed, reported_specificity, quarantined):
+    import numpy as np
+
+    from coordinator.gateway.audit import judge
+    from coordinator.registry import NodeEntry
+    from shared_backbone.model.calibration import Calibration
+
+    entry = NodeEntry(node_id="n", source="s", endpoint="127.0.0.1:1", head_digest="e" * 64, backbone_digest="b",
+                      backbone_version="1", calibration=Calibration(method="identity", a=1.0, b=0.0), threshold=0.5,
+                      metrics={"test": {"calibrated": {"specificity": reported_specificity}}})
+    own = np.array([False] * 24 + [True] * 12)
+    raw = np.concatenate([np.r_[np.full(claimed, 0.9), np.full(24 - claimed, 0.1)], np.full(12, 0.9)])
+    reason = judge(entry, raw, own, tolerance=0.25, alpha=0.05, confidence=0.95)
+    assert (reason is not None) == quarantined, reason
+    if quarantined:
+        assert f"claimed {claimed} of 24" in reason

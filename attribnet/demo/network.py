@@ -345,7 +345,7 @@ def federation_summary(federation: Any, result_file: str) -> dict[str, Any]:
         "engine": federation.flower.get("engine", "simulation"), "result_file": result_file,
         "registered": sorted(registered),
         "problems": {n.source or str(n.flower_node_id): f"{n.status}: {n.error}" for n in federation.problems},
-        "head_test_accuracy": {s: n.metrics.get("test", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
+        "head_test_accuracy": {s: n.registration.metrics.get("test", {}).get("calibrated", {}).get("accuracy") for s, n in sorted(registered.items())},
     }
 
 

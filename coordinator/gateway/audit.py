@@ -5,10 +5,12 @@ sub-folder per source of `gateway.audit.reference`, each image also mirrored, so
 feature bytes vary). A node is audited when it registers (it is `pending_audit`, not queried,
 until it passes) and every `audit.interval` seconds: it scores a random sample of canaries of
 other sources, shuffled with some of its own where the folder has them, through the same
-`NodePool` calls as a query. A node whose claim rate on images that are not its own exceeds the
-false-positive rate it registered (1 - specificity in its metrics) by more than
-`audit.tolerance`, or that answers with scores that are not finite or outside [0, 1], is
-quarantined until the admin clears it (`attribnet coordinator registry clear NODE_ID`).
+`NodePool` calls as a query. The gateway judges what it observed, never what the node reports
+about itself: a node is quarantined until the admin clears it (`attribnet coordinator registry
+clear NODE_ID`) when the lower confidence bound (`audit.confidence`, Wilson) of its claim rate
+on images that are not its own exceeds `audit.tolerance`, or when it answers with scores that
+are not finite or outside [0, 1]. The bound keeps an honest but imperfect head (a few claims in
+a small sample) in service while a node that claims most of what it is shown is caught at once.
 
 A node could recognise canaries it has seen before; the win-rate monitor watches live answers
 instead: a source that wins more than `audit.max_win_share` of the recent answers while several
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import stats
 
 from coordinator.config import AuditConfig
 from coordinator.gateway.node_pool import NodePool
@@ -79,16 +82,16 @@ def load_canaries(folder: str | Path, spec: preprocessing.InputSpec, trunk_featu
     return Canaries(features, np.array(labels))
 
 
-def registered_false_positive_rate(metrics: dict) -> float:
-    """1 - specificity of the head's calibrated held-out metrics (0 when the node reported none)."""
-    for split in ("test", "val"):
-        specificity = metrics.get(split, {}).get("calibrated", {}).get("specificity")
-        if isinstance(specificity, (int, float)):
-            return float(min(max(1.0 - specificity, 0.0), 1.0))
-    return 0.0
+def claim_rate_lower_bound(claimed: int, shown: int, confidence: float) -> float:
+    """One-sided lower confidence bound of a claim rate (Wilson score interval; 0 when nothing was shown)."""
+    if shown == 0:
+        return 0.0
+    two_sided = 2.0 * confidence - 1.0
+    return float(stats.binomtest(claimed, shown).proportion_ci(confidence_level=two_sided, method="wilson").low)
 
 
-def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, alpha: float) -> str | None:
+def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, alpha: float,
+          confidence: float = 0.95) -> str | None:
     """Why the node's canary answers show it claiming what is not its own, or None when they do not."""
     if not np.all(np.isfinite(raw)) or np.any((raw < 0.0) | (raw > 1.0)):
         return "answered canaries with scores that are not finite or outside [0, 1]"
@@ -98,11 +101,11 @@ def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, 
     if p_values is not None:
         claims &= p_values > alpha
     others = ~own
-    rate = float(claims[others].mean()) if others.any() else 0.0
-    allowed = registered_false_positive_rate(entry.metrics) + tolerance
-    if rate > allowed:
-        return (f"claimed {int(claims[others].sum())} of {int(others.sum())} canary images of other sources "
-                f"(rate {rate:.2f} > registered false-positive rate + tolerance {allowed:.2f})")
+    claimed, shown = int(claims[others].sum()), int(others.sum())
+    lower = claim_rate_lower_bound(claimed, shown, confidence)
+    if lower > tolerance:
+        return (f"claimed {claimed} of {shown} canary images of other sources "
+                f"(rate at least {lower:.2f} with {confidence:.0%} confidence > tolerance {tolerance:.2f})")
     return None
 
 
@@ -141,7 +144,7 @@ class CanaryAudit(threading.Thread):
         if raw is None:
             return None
         self.audits += 1
-        reason = judge(entry, raw, own, self.config.tolerance, self.rule.alpha)
+        reason = judge(entry, raw, own, self.config.tolerance, self.rule.alpha, self.config.confidence)
         try:
             if reason:
                 log.warning("canary audit: quarantined node %s (%s): %s", entry.node_id, entry.source, reason)

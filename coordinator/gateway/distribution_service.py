@@ -147,9 +147,9 @@ class DistributionServicer(pb_grpc.DistributionServiceServicer):
         except InvalidRegistration as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         proof = Proof(
-            public_key=rpc.metadata_value(context, rpc.NODE_PUBLIC_KEY), signature=rpc.metadata_value(context, rpc.NODE_SIGNATURE),
-            challenge=rpc.metadata_value(context, rpc.NODE_CHALLENGE), payload_digest=identity.message_digest(request),
-            enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF),
+            public_key=rpc.metadata_value(context, rpc.PUBLIC_KEY_METADATA), signature=rpc.metadata_value(context, rpc.SIGNATURE_METADATA),
+            challenge=rpc.metadata_value(context, rpc.CHALLENGE_METADATA), payload_digest=identity.message_digest(request),
+            enrolment_proof=rpc.metadata_value(context, rpc.ENROLMENT_PROOF_METADATA),
         )
         try:
             self.admission.admit_fetch(request.node_id, request.source, proof)
