@@ -21,6 +21,7 @@ class PredictConfig:
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set
     tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
     typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner whose typicality p-value is <= this: "unknown"
+    rank_by: str = "raw"  # which head scores order the sources: "raw" (the paper's argmax) or "calibrated"
     heatmap_dir: str = ""
 
 

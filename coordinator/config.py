@@ -83,6 +83,7 @@ class GatewayConfig:
     alpha: float = DEFAULT_ALPHA  # significance of the conformal prediction set (rule.py)
     tie_margin: float = DEFAULT_MARGIN  # two best sources closer than this in log-odds: "ambiguous"
     typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner whose typicality p-value is <= this: "unknown"
+    rank_by: str = "raw"  # which head scores order the sources: "raw" (the paper's argmax) or "calibrated"
     batch_window_ms: float = 0.0  # extra wait of a batch for more requests (0: batches form while nodes work)
     max_batch: int = 256  # images per trunk run (and per Score call)
     max_inflight_batches: int = 4  # batches at the nodes at once; requests arriving meanwhile form the next

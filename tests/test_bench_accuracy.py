@@ -69,7 +69,8 @@ def test_benchmarks_md_gets_the_table_and_keeps_other_sections(report):
     _, benchmarks = report
     text = benchmarks.read_text()
     assert "## Serving\n\nkept as is" in text and "## Accuracy" in text and "### fingerprint zoo:" in text
-    assert "strict heads, calibrated" in text and "Late joiners" in text and "Open set" in text
+    assert "strict heads, ranked by raw scores" in text and "ranked by calibrated scores" in text
+    assert "Late joiners" in text and "Open set" in text
 
 
 def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):

@@ -137,3 +137,22 @@ def test_attribute_batch_turns_typicality_into_p_values_and_ignores_degenerate_r
 def test_typicality_alpha_is_range_checked():
     with pytest.raises(ValueError, match="typicality_alpha"):
         RuleSettings(typicality_alpha=1.5)
+
+
+def test_sources_are_ranked_by_raw_scores_unless_told_otherwise():
+    """Calibration decides whether a source may be named, `rank_by` which one is: a head calibrated
+    to a flatter scale does not lose an image its raw score wins (the paper's argmax)."""
+    raw = {"a": np.array([0.95]), "b": np.array([0.9])}
+    calibrations = {"a": Calibration("platt", 0.5, 0.0), "b": Calibration("platt", 1.0, 0.0)}  # a: 0.81, b: 0.90
+    thresholds = {"a": 0.5, "b": 0.5}
+    by_raw = attribute_batch(np.array([0.9]), raw, calibrations, thresholds, RuleSettings(margin=0.0))[0]
+    by_calibrated = attribute_batch(np.array([0.9]), raw, calibrations, thresholds,
+                                    RuleSettings(margin=0.0, rank_by="calibrated"))[0]
+    assert by_raw.calibrated["a"] < by_raw.calibrated["b"]
+    assert (by_raw.attribution, by_raw.prediction_set) == ("a", ["a", "b"])
+    assert (by_calibrated.attribution, by_calibrated.prediction_set) == ("b", ["b", "a"])
+    # the threshold stays on the calibrated scale: a head calibrated below its threshold is never named
+    strict = attribute_batch(np.array([0.9]), raw, calibrations, {"a": 0.85, "b": 0.95}, RuleSettings())[0]
+    assert strict.attribution == UNKNOWN
+    with pytest.raises(ValueError, match="rank_by"):
+        RuleSettings(rank_by="median")

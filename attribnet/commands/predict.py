@@ -7,7 +7,7 @@ is 1 when any file failed. An image too small to judge (shorter side below the b
 size) is never upscaled: it is answered `unknown` with an `out_of_scope` reason (not an error).
 
 --json, one object per image: path, fake_score, attribution, prediction_set, alpha,
-typicality_alpha, backbone; `heads` per source: raw, calibrated, p_value (when the head has a
+typicality_alpha, rank_by, backbone; `heads` per source: raw, calibrated, p_value (when the head has a
 conformal reference), typicality (the image's typicality score, when the head has a typicality
 model) and typicality_p_value (when it also has a usable reference); `out_of_scope` instead of
 scores for an image too small to judge; `error` for a file that could not be read.
@@ -168,6 +168,7 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
                 "prediction_set": answer.prediction_set,
                 "alpha": attributor.settings.alpha,
                 "typicality_alpha": attributor.settings.typicality_alpha,
+                "rank_by": attributor.settings.rank_by,
                 "backbone_version": attributor.bundle.version,
                 "backbone_digest": attributor.bundle.digest,
                 **extra,
@@ -229,7 +230,7 @@ def _load_attributor(config):
     backbone = bundle_lib.load_bundle(config.backbone, key)
     heads = [heads_lib.load_head(path, backbone) for path in config.heads]
     attributor = OfflineAttributor(backbone, heads, RuleSettings(config.fake_threshold, config.alpha, config.tie_margin,
-                                                                       config.typicality_alpha))
+                                                                       config.typicality_alpha, config.rank_by))
     log.info(
         "backbone %s (%s, %s %dpx), heads: %s", backbone.version, backbone.short_digest, attributor.spec.mode,
         attributor.spec.image_size, ", ".join(head.source for head in heads) or "none",

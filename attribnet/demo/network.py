@@ -109,7 +109,8 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     predicted = np.array([position.get(a.attribution, extra.get(a.attribution, unknown)) for a in answers])
     scores = np.array([[a.scores.get(s, 0.0) for s in sources] for a in answers])  # a missing node's score counts as 0
     metrics = multiclass_metrics(true, predicted, classes)
-    closed = np.array([position.get(closed_set(a.fake_score, a.scores, a.fake_threshold).attribution, unknown) for a in answers])
+    closed = np.array([position.get(closed_set(a.fake_score, a.raw_scores, a.fake_threshold).attribution, unknown)  # ranked as the
+                       for a in answers])  # demo's gateway ranks (`rank_by: raw`)
     closed_metrics = multiclass_metrics(true, closed, classes)
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",
@@ -123,7 +124,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
         "per_source": {name: {"accuracy": v["recall"], "n": v["support"]} for name, v in metrics["per_class"].items()},
         "unknown": int((predicted == unknown).sum()),
         "ambiguous": int((predicted == unknown + 1).sum()),
-        "closed_set": {  # the paper's rule without `unknown`: argmax of the heads' calibrated scores
+        "closed_set": {  # the paper's rule without `unknown`: argmax of the heads' raw scores
             "accuracy": closed_metrics["accuracy"],
             "per_source": {name: v["recall"] for name, v in closed_metrics["per_class"].items()},
         },

@@ -87,9 +87,9 @@ def check_gateway_config(config: GatewayConfig) -> None:
 def rule_settings(config: GatewayConfig) -> RuleSettings:
     """The rule's knobs from the gateway config; `RuleSettings` is the one place that checks their ranges."""
     try:
-        return RuleSettings(config.fake_threshold, config.alpha, config.tie_margin, config.typicality_alpha)
+        return RuleSettings(config.fake_threshold, config.alpha, config.tie_margin, config.typicality_alpha, config.rank_by)
     except ValueError as exc:
-        raise GatewayStartError(f"gateway config (fake_threshold, alpha, tie_margin, typicality_alpha): {exc}") from None
+        raise GatewayStartError(f"gateway config (fake_threshold, alpha, tie_margin, typicality_alpha, rank_by): {exc}") from None
 
 
 def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:

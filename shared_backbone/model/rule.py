@@ -4,18 +4,24 @@
    replace the very frequencies a fingerprint lives in) is `unknown` with a reason
    (`out_of_scope`); it never reaches the rule below.
 2. The primary module's real/fake score takes priority: `fake_score < fake_threshold` is `real`.
-3. The **prediction set** is every answering source that cannot be excluded at level `alpha`: its
-   conformal p-value is above `alpha`, or it has no p-value (a head registered without held-out
-   positives, e.g. an imported paper head, cannot be excluded and so stays in the set), by
-   descending calibrated score. For an image of a registered source with a reference, its own
-   source is missing from the set at most at rate alpha.
-4. The **candidates** are the sources of the set whose calibrated score also reaches their own
+3. Sources are **ranked** by their heads' raw scores (`rank_by: raw`, the default and the paper's
+   argmax of the sigmoid outputs) or by their calibrated scores (`rank_by: calibrated`).
+   Calibration decides whether a source may be named (steps 4-5), not the order: ranking by
+   calibrated scores lost closed-set accuracy on most datasets measured (BENCHMARKS.md,
+   "Ranking by raw or calibrated scores").
+4. The **prediction set** is every answering source that cannot be excluded at level `alpha`: its
+   conformal p-value (of its calibrated score) is above `alpha`, or it has no p-value (a head
+   registered without held-out positives, e.g. an imported paper head, cannot be excluded and
+   so stays in the set), in rank order. For an image of a registered source with a reference,
+   its own source is missing from the set at most at rate alpha.
+5. The **candidates** are the sources of the set whose calibrated score also reaches their own
    head's threshold (each head has its own).
-5. No candidate: `unknown` (no head recognises the image, or no head answered).
-6. The two best candidates within `margin` of each other on the log-odds scale (`margin` 0.1:
-   odds within about 10%): `ambiguous`, or `unknown` when both find the image atypical (7). A tie
-   is never decided by name order, and two heads saturated at the calibration's cap tie exactly.
-7. Otherwise the best candidate wins, **if it finds the image typical**: its typicality p-value
+6. No candidate: `unknown` (no head recognises the image, or no head answered).
+7. The two best candidates within `margin` of each other on the log-odds scale of the ranking
+   scores (`margin` 0.1: odds within about 10%): `ambiguous`, or `unknown` when both find the
+   image atypical (8). A tie is never decided by name order, and two heads saturated at the
+   cap tie exactly.
+8. Otherwise the best candidate wins, **if it finds the image typical**: its typicality p-value
    (`model.typicality`: where the source's own held-out images lie in trunk-feature space) is
    above `typicality_alpha`. An atypical winner gives `unknown`: "more mine than the negatives
    I saw" is not "one of mine". A head without a usable typicality reference (none registered,
@@ -23,7 +29,7 @@
    atypical: it is not gated, and its answers carry no typicality p-value.
 
 The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0, no margin and
-no typicality gate (`closed_set`): the argmax of the calibrated scores, ties still ambiguous.
+no typicality gate (`closed_set`): the argmax of the ranking scores, ties still ambiguous.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_ALPHA = 0.05
 DEFAULT_MARGIN = 0.1  # log-odds
 DEFAULT_TYPICALITY_ALPHA = 0.05  # 0.01 would need >= 99 reference images to ever reject
+RANK_BY = ("raw", "calibrated")  # which scores order the sources (step 3)
 
 
 @dataclass(frozen=True)
@@ -65,22 +72,24 @@ def decide(
     margin: float = DEFAULT_MARGIN,
     typicality_p_values: dict[str, float] | None = None,
     typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA,
+    ranking: dict[str, float] | None = None,
 ) -> Decision:
-    """The rule of the module docstring (steps 2-7) for one image."""
+    """The rule of the module docstring (steps 2-8) for one image; `ranking` orders the sources (default: `calibrated`)."""
     if fake_score < fake_threshold:
         return Decision(REAL)
     p_values = p_values or {}
     typicality_p_values = typicality_p_values or {}
+    ranking = calibrated if ranking is None else ranking
 
     def typical(source: str) -> bool:
         return source not in typicality_p_values or typicality_p_values[source] > typicality_alpha
 
-    ranked = sorted(calibrated, key=lambda source: (-calibrated[source], source))
+    ranked = sorted(calibrated, key=lambda source: (-ranking[source], source))
     kept = [s for s in ranked if s not in p_values or p_values[s] > alpha]
     candidates = [s for s in kept if calibrated[s] >= thresholds.get(s, DEFAULT_THRESHOLD)]
     if not candidates:
         return Decision(UNKNOWN, kept)
-    if len(candidates) > 1 and _log_odds(calibrated[candidates[0]]) - _log_odds(calibrated[candidates[1]]) <= margin:
+    if len(candidates) > 1 and _log_odds(ranking[candidates[0]]) - _log_odds(ranking[candidates[1]]) <= margin:
         return Decision(AMBIGUOUS if typical(candidates[0]) or typical(candidates[1]) else UNKNOWN, kept)
     return Decision(candidates[0] if typical(candidates[0]) else UNKNOWN, kept)
 
@@ -90,9 +99,9 @@ def _log_odds(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def closed_set(fake_score: float, calibrated: dict[str, float], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> Decision:
-    """The paper's rule: detector first, then the argmax of the calibrated scores (exact ties ambiguous, no typicality gate)."""
-    return decide(fake_score, calibrated, {s: 0.0 for s in calibrated}, fake_threshold, alpha=0.0, margin=0.0)
+def closed_set(fake_score: float, scores: dict[str, float], fake_threshold: float = DEFAULT_FAKE_THRESHOLD) -> Decision:
+    """The paper's rule: detector first, then the argmax of `scores` (exact ties ambiguous, no typicality gate)."""
+    return decide(fake_score, scores, {s: 0.0 for s in scores}, fake_threshold, alpha=0.0, margin=0.0)
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,11 @@ class RuleSettings:
     alpha: float = DEFAULT_ALPHA
     margin: float = DEFAULT_MARGIN
     typicality_alpha: float = DEFAULT_TYPICALITY_ALPHA  # a winner with typicality p-value <= this: unknown
+    rank_by: str = "raw"  # which scores order the sources: "raw" (the paper's argmax) or "calibrated"
 
     def __post_init__(self) -> None:
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
         for name in ("fake_threshold", "alpha", "typicality_alpha"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -126,6 +138,10 @@ class ImageAttribution:
     typicality: dict[str, float] = field(default_factory=dict)  # sources whose node sent a typicality score
     typicality_p_values: dict[str, float] = field(default_factory=dict)  # those with a usable reference
     out_of_scope: str = ""  # why the image was not judged (then `unknown`, nothing else set)
+
+    def ranking(self, rank_by: str) -> dict[str, float]:
+        """The scores that order the sources under `rank_by` (`RuleSettings.rank_by`)."""
+        return self.raw if rank_by == "raw" else self.calibrated
 
 
 def out_of_scope(reason: str) -> ImageAttribution:
@@ -155,9 +171,10 @@ def attribute_batch(
         scores = {s: float(values[i]) for s, values in calibrated.items()}
         p_image = {s: float(values[i]) for s, values in p_values.items()}
         typical_image = {s: float(values[i]) for s, values in typical_p.items()}
+        ranking = {s: float(values[i]) for s, values in raw.items()} if settings.rank_by == "raw" else scores
         decision = decide(float(fake), scores, thresholds, settings.fake_threshold, p_values=p_image,
                           alpha=settings.alpha, margin=settings.margin, typicality_p_values=typical_image,
-                          typicality_alpha=settings.typicality_alpha)
+                          typicality_alpha=settings.typicality_alpha, ranking=ranking)
         results.append(ImageAttribution(
             fake_score=float(fake), raw={s: float(values[i]) for s, values in raw.items()}, calibrated=scores,
             p_values=p_image, prediction_set=decision.prediction_set, attribution=decision.attribution,

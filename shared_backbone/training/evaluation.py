@@ -137,7 +137,8 @@ def evaluate_attribution(
     extra = {UNKNOWN: unknown_index, AMBIGUOUS: unknown_index + 1}  # no class: count as wrong
     predicted = np.array([position.get(r.attribution, extra.get(r.attribution, unknown_index)) for r in results])
     closed = np.array([  # the closed-set rule answers a class or, for an exact tie, ambiguous
-        position.get(closed_set(r.fake_score, r.calibrated, attributor.settings.fake_threshold).attribution, unknown_index)
+        position.get(closed_set(r.fake_score, r.ranking(attributor.settings.rank_by), attributor.settings.fake_threshold).attribution,
+                     unknown_index)
         for r in results])
     is_fake = true > 0
     metrics: dict[str, Any] = {
