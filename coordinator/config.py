@@ -20,7 +20,8 @@ class AuditConfig:
     of its observed claim rate on images that are not its own exceeds `tolerance` (the node's
     self-reported metrics play no part).
     The win-rate monitor flags a source that wins more than `max_win_share` of the last
-    `win_window` answers (once `win_min_answers` were seen and at least `win_min_sources` answer).
+    `win_window` requests (each request counts once, its answers split evenly; once
+    `win_min_answers` requests were seen and at least `win_min_sources` sources answer).
     """
 
     reference: str = field(default="", metadata=PATH)

@@ -230,7 +230,9 @@ def test_names_squatting_and_missing_enrolment_are_refused_at_registration(trust
 
 
 def test_without_audits_the_saturated_node_would_capture_the_answers(trust, tmp_path, keypair):
-    """The control: the same attack against a gateway without canary audits takes the honest images."""
+    """The control: the attack against a gateway without canary audits takes the honest images.
+
+    The rule ranks by raw scores, so the attacker pairs the largest calibration with the largest raw score."""
     from coordinator.registry import Registry
     from shared_backbone.protocol.registration import Registration
 
@@ -242,7 +244,7 @@ def test_without_audits_the_saturated_node_would_capture_the_answers(trust, tmp_
     registry.close()
     coordinator = start_gateway(tmp_path, trust.bundle, keypair)
     coordinator.pool.credential = trust.coordinator.registry.gateway_credential  # the honest nodes' credential
-    head = EvilHead("evil", "e" * 64, 0.6)
+    head = EvilHead("evil", "e" * 64, 1.0)
     server, port = serve_evil(head)
     channel, stub = _stub(f"127.0.0.1:{coordinator.port}")
     try:
@@ -277,6 +279,28 @@ def test_win_rate_monitor_flags_a_source_that_wins_everything(tmp_path):
     for _ in range(100):
         quarantining.observe(["s1"], entries)
     assert registry.get("n1").status == "quarantined"
+    registry.close()
+
+
+def test_win_rate_monitor_counts_requests_and_never_raises(tmp_path):
+    """A folder of one source's images is one request, not hundreds of wins; a dominant source that is
+    not answering the current request (its node down) must not fail the query (it raised KeyError)."""
+    from coordinator.config import AuditConfig
+    from coordinator.gateway.audit import WinRateMonitor
+    from coordinator.registry import Registry
+    from tests.test_registry import register
+
+    registry = Registry(tmp_path / "r.sqlite")
+    entries = [register(registry, f"n{i}", f"s{i}", f"k{i}") for i in range(3)]
+    monitor = WinRateMonitor(registry, AuditConfig(win_window=100, win_min_answers=30, max_win_share=0.8))
+    for i in range(40):
+        monitor.observe([f"s{i % 3}"] * 3, entries)
+    monitor.observe(["s0"] * 480, entries)  # a fact-checker's folder of one source
+    assert all(registry.get(f"n{i}").flag == "" for i in range(3))
+    for _ in range(100):
+        monitor.observe(["s2"], entries)
+    monitor.observe(["s0", "s1"], entries[:2])  # n2 down: its source is not in this request
+    assert "won" in registry.get("n2").flag and "requests" in registry.get("n2").flag
     registry.close()
 
 

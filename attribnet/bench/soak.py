@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,11 @@ def _chaos(network, settings: SoakSettings, stop: threading.Event, events: dict[
 
 
 def _settle(network, nodes: int, timeout: float = 60.0) -> None:
-    """Waits (bounded) until every node is registered and healthy again."""
-    from attribnet.launch.local_network import _registered
+    """Waits (bounded) until every node is healthy again and has heartbeated the gateway since the chaos stopped."""
+    from attribnet.launch.local_network import nodes_registered
 
-    end = time.monotonic() + timeout
-    while not _registered(network.gateway, nodes) and time.monotonic() < end:
+    end, since = time.monotonic() + timeout, datetime.now(timezone.utc)
+    while not nodes_registered(network.gateway, nodes, since) and time.monotonic() < end:
         time.sleep(0.5)
 
 

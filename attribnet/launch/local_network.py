@@ -71,7 +71,7 @@ def _wait_serving(target: str, process: FlowerProcess, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def _registered(gateway: str, count: int, since: datetime) -> bool:
+def nodes_registered(gateway: str, count: int, since: datetime) -> bool:
     """`count` nodes are healthy and have heartbeated this gateway since `since`.
 
     A registry kept from a Flower run already lists the nodes as healthy; only a node that has
@@ -123,7 +123,7 @@ def _wait_ready(network: LocalNetwork, targets: dict[str, str], nodes: int, dead
     """Every process reports SERVING, then every node has registered with the gateway."""
     for name, target in targets.items():
         _wait_serving(target, network.processes[name], deadline)
-    while not _registered(network.gateway, nodes, since):
+    while not nodes_registered(network.gateway, nodes, since):
         if time.monotonic() > deadline:
             raise LocalNetworkError(f"nodes did not register in time:\n{network.processes['coordinator'].log_tail()}")
         time.sleep(0.2)

@@ -13,8 +13,9 @@ are not finite or outside [0, 1]. The bound keeps an honest but imperfect head (
 a small sample) in service while a node that claims most of what it is shown is caught at once.
 
 A node could recognise canaries it has seen before; the win-rate monitor watches live answers
-instead: a source that wins more than `audit.max_win_share` of the recent answers while several
-sources answer is flagged for the admin (and quarantined with `audit.quarantine_on_win_rate`).
+instead: a source that wins more than `audit.max_win_share` of the recent requests (each request
+counts once) while several sources answer is flagged for the admin (and quarantined with
+`audit.quarantine_on_win_rate`).
 """
 
 from __future__ import annotations
@@ -157,28 +158,47 @@ class CanaryAudit(threading.Thread):
 
 
 class WinRateMonitor:
-    """Flags a source that suddenly wins (almost) every answer among several answering sources."""
+    """Flags a source that suddenly wins (almost) every request among several answering sources.
+
+    Each request counts once, its attributions split evenly over the sources they name: a
+    fact-checker asking about a folder of one source's images is one request, not hundreds of
+    wins. `win_window` and `win_min_answers` therefore count requests. The monitor never raises
+    into the query path: a failure is logged and the answer goes out as computed.
+    """
 
     def __init__(self, registry: Registry, config: AuditConfig) -> None:
         self.registry = registry
         self.config = config
-        self.recent: collections.deque[str] = collections.deque(maxlen=max(config.win_window, 1))
+        self.recent: collections.deque[dict[str, float]] = collections.deque(maxlen=max(config.win_window, 1))
         self.flagged: set[str] = set()
         self._lock = threading.Lock()
 
     def observe(self, attributions: list[str], scoring: list[NodeEntry]) -> None:
-        """Records one request's answers; flags (once) every node over the share."""
-        nodes = {entry.source: entry.node_id for entry in scoring}
+        """Records one request's answers; flags (once per node) every node over the share."""
+        try:
+            for node_id, reason in self._over_share(attributions, scoring):
+                self._flag(node_id, reason)
+        except Exception:  # noqa: BLE001 - a monitor must never fail a query
+            log.exception("win-rate monitor: could not record a request (the answers are unaffected)")
+
+    def _over_share(self, attributions: list[str], scoring: list[NodeEntry]) -> list[tuple[str, str]]:
+        """(node id, reason) of every not yet flagged node whose share of the recent requests is over the limit."""
+        node_of = {entry.source: entry.node_id for entry in scoring}
+        named = [node_of[a] for a in attributions if a in node_of]
         with self._lock:
-            self.recent.extend(a for a in attributions if a in nodes)
-            if len(self.recent) < self.config.win_min_answers or len(nodes) < self.config.win_min_sources:
-                return
-            counts = collections.Counter(self.recent)
+            if named:
+                self.recent.append({node: count / len(named) for node, count in collections.Counter(named).items()})
+            if len(self.recent) < self.config.win_min_answers or len(node_of) < self.config.win_min_sources:
+                return []
+            shares: collections.Counter[str] = collections.Counter()
+            for request in self.recent:
+                shares.update(request)
             total = len(self.recent)
-            over = [(s, n) for s, n in counts.items() if n / total > self.config.max_win_share and nodes[s] not in self.flagged]
-            self.flagged.update(nodes[s] for s, _ in over)
-        for source, count in over:
-            self._flag(nodes[source], f"won {count} of the last {total} answers among {len(nodes)} answering sources")
+            over = [(node, share) for node, share in shares.items()
+                    if share / total > self.config.max_win_share and node not in self.flagged]
+            self.flagged.update(node for node, _ in over)
+        return [(node, f"won {share:.0f} of the last {total} requests among {len(node_of)} answering sources")
+                for node, share in over]
 
     def _flag(self, node_id: str, reason: str) -> None:
         log.warning("win-rate monitor: node %s %s", node_id, reason)
