@@ -100,3 +100,23 @@ def test_message_size_limit_is_enforced_and_server_keeps_serving(gateway):
             client.attribute([b"\0" * (3 << 19)])  # 1.5 MB against the gateway's 1 MB limit
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert len(client.attribute([buffer.getvalue()])) == 1
+
+
+def test_the_enrolment_proof_is_computed_as_the_proto_says():
+    """A client written from the `.proto` alone: the key and message spelled out there give the proof the gateway checks."""
+    import hashlib
+    import hmac
+
+    from shared_backbone.protocol import identity
+
+    from shared_backbone.protocol.proto import generate
+
+    text = (generate.PROTO_ROOT / "attribution" / "v1" / "attribution.proto").read_text()
+    assert 'sha256("attribnet.identity.v1|enrolment|<token>")' in text
+    assert '"attribnet.identity.v1|enrol|<challenge>|<node_id>|' in text
+    key = hashlib.sha256(b"attribnet.identity.v1|enrolment|tok").digest()
+    message = b"attribnet.identity.v1|enrol|ch|node-1|tconv_a|" + b"ab" * 32
+    from_the_proto = hmac.new(key, message, "sha256").hexdigest()
+    assert from_the_proto == identity.enrolment_proof("tok", "ch", "node-1", "tconv_a", "ab" * 32)
+    fetch = hmac.new(key, b"attribnet.identity.v1|fetch|ch|node-1|tconv_a", "sha256").hexdigest()
+    assert fetch == identity.fetch_proof("tok", "ch", "node-1", "tconv_a")

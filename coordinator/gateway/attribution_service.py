@@ -32,7 +32,6 @@ from coordinator.gateway.serving_pipeline import BatchAnswer, ServingPipeline
 from coordinator.registry import NodeEntry, Registry, serving_status
 from shared_backbone.model import heatmaps
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch, out_of_scope
-from shared_backbone.protocol import wire
 from shared_backbone.runtime.prometheus import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2 as pb
 from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
@@ -138,7 +137,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         )
 
     def source_info(self, entry: NodeEntry) -> pb.SourceInfo:
-        """What query clients may see of a node: never its endpoint (only the admin's registry shows it)."""
+        """What query clients may see of a node: never its endpoint, calibration, threshold or metrics (the admin's registry shows them)."""
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,
@@ -148,7 +147,4 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             registered_at=_timestamp(entry.registered_at),
             backbone_digest=entry.backbone_digest,
             head_digest=entry.head_digest,
-            calibration=wire.calibration_to_proto(entry.calibration),
-            threshold=entry.threshold,
-            metrics=wire.metrics_to_struct(entry.metrics),
         )

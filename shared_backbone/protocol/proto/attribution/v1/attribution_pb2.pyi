@@ -134,7 +134,7 @@ class ListSourcesResponse(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[SourceInfo, _Mapping]]] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ...) -> None: ...
 
 class SourceInfo(_message.Message):
-    __slots__ = ("node_id", "source", "status", "last_heartbeat", "registered_at", "backbone_digest", "head_digest", "calibration", "threshold", "metrics", "status_reason")
+    __slots__ = ("node_id", "source", "status", "last_heartbeat", "registered_at", "backbone_digest", "head_digest", "status_reason")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -142,9 +142,6 @@ class SourceInfo(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
-    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     source: str
@@ -153,11 +150,8 @@ class SourceInfo(_message.Message):
     registered_at: _timestamp_pb2.Timestamp
     backbone_digest: str
     head_digest: str
-    calibration: Calibration
-    threshold: float
-    metrics: _struct_pb2.Struct
     status_reason: str
-    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., status_reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., status: _Optional[str] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backbone_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., status_reason: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
     __slots__ = ("method", "a", "b", "positive_scores", "typicality_scores")

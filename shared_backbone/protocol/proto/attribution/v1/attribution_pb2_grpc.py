@@ -443,7 +443,8 @@ class DistributionServiceStub:
     """What a joining node fetches from the coordinator (same server as the gateway): the signed
     backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
     fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
-    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256("attribnet.identity.v1|enrolment|<token>") of the
+    node's unused enrolment token, over
     "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
     x-node-public-key + x-node-signature
     a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
@@ -480,7 +481,8 @@ class DistributionServiceServicer:
     """What a joining node fetches from the coordinator (same server as the gateway): the signed
     backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
     fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
-    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256("attribnet.identity.v1|enrolment|<token>") of the
+    node's unused enrolment token, over
     "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
     x-node-public-key + x-node-signature
     a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
@@ -534,7 +536,8 @@ class DistributionService:
     """What a joining node fetches from the coordinator (same server as the gateway): the signed
     backbone bundle, the coordinator's public key and the reference set. Only an enrolled node may
     fetch: `Open` needs a challenge from RegistryService.Challenge and, in metadata, either
-    x-enrolment-proof  HMAC-SHA256 keyed with sha256 of the node's unused enrolment token over
+    x-enrolment-proof  HMAC-SHA256 keyed with sha256("attribnet.identity.v1|enrolment|<token>") of the
+    node's unused enrolment token, over
     "attribnet.identity.v1|fetch|<challenge>|<node_id>|<source>", or
     x-node-public-key + x-node-signature
     a registered node's Ed25519 signature over "attribnet.identity.v1|fetch|
