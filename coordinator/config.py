@@ -142,6 +142,26 @@ class FederationConfig:
 
 
 @dataclass
+class PretextConfig:
+    """Extra classes for the source-aware trunk's pretraining (`coordinator/trunk_pretext.py`): `generators`
+    random networks of the nodes' negative space re-rendering the coordinator's reals (0: none)."""
+
+    generators: int = 0
+    per_generator: int = 0  # images per network and split (0: one per real image)
+    exclude_families: list[str] = field(default_factory=list)  # e.g. a benchmark's left-out family
+    seed: int = 0  # mixed with train.seed
+
+    def __post_init__(self) -> None:
+        from shared_backbone.data.negative_space import FAMILIES
+
+        if self.generators < 0 or self.per_generator < 0:
+            raise ValueError(f"pretext: generators and per_generator must be >= 0 (got {self.generators}, {self.per_generator})")
+        unknown = sorted(set(self.exclude_families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"pretext: exclude_families has unknown {unknown} (known: {', '.join(FAMILIES)})")
+
+
+@dataclass
 class CoordinatorConfig:
     """One coordinator.yaml for `attribnet coordinator train|evaluate|publish|serve`."""
 
@@ -151,6 +171,7 @@ class CoordinatorConfig:
     run_dir: str = field(default="runs/primary", metadata=PATH)
     init_from: str = field(default="", metadata=PATH)  # a run or bundle to retrain from (e.g. on perturbed data)
     source_aware_trunk: bool = True  # train the trunk to tell sources apart first, then the detector's tail on it
+    pretext: PretextConfig = field(default_factory=PretextConfig)  # extra generator classes for that pretraining
     private_key: str = field(default="keys/coordinator.key", metadata=PATH)
     public_key: str = field(default="keys/coordinator.pub", metadata=PATH)
     bundle: str = field(default="", metadata=PATH)

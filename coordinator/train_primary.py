@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.config import CoordinatorConfig
+from coordinator.trunk_pretext import PRETEXT_PREFIX, pretext_samples
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
 from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed
@@ -80,28 +81,32 @@ def initial_model(path: str | Path) -> tuple[Any, InputSpec]:
     return bundle.load_primary(), bundle.input_spec
 
 
-def source_labels(index: DatasetIndex, samples: list[Sample]) -> tuple[np.ndarray, list[str]]:
-    """Class ids over real + every fake class of the coordinator's data (arch-level grouping applied)."""
-    classes = [REAL_CLASS, *index.fake_classes]
-    position = {name: i for i, name in enumerate(classes)}
-    return np.array([position[index.class_of(s.source)] for s in samples], dtype=np.float32), classes
-
-
 def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec,
                    config: CoordinatorConfig, run_dir: Path, *, progress: bool) -> None:
     """Trains the trunk to tell the coordinator's sources apart, then freezes it for the detector's tail.
 
     A detector trained only on real vs fake needs no fingerprint beyond "fake", and its trunk then
     carries little that separates one generator from another: every head reads these features.
+    With `config.pretext.generators`, random generators of the coordinator's own join the classes
+    (`coordinator/trunk_pretext.py`).
     """
-    labels, classes = source_labels(index, splits["train"])
+    run_dir = prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True)
+    train, val = list(splits["train"]), list(splits["val"])
+    classes = [REAL_CLASS, *index.fake_classes]
+    class_of = index.class_of
+    if config.pretext.generators:
+        reals = {name: [s for s in splits[name] if index.is_real(s.source)] for name in ("train", "val")}
+        extra = pretext_samples(reals, spec.image_size, config.pretext, config.train.seed, run_dir / "pretext")
+        train, val = train + extra["train"], val + extra["val"]
+        classes += sorted({s.source for s in extra["train"]}, key=lambda name: int(name.removeprefix(PRETEXT_PREFIX)))
+        class_of = lambda source: source if source.startswith(PRETEXT_PREFIX) else index.class_of(source)  # noqa: E731
+    position = {name: i for i, name in enumerate(classes)}
+    labels = {name: np.array([position[class_of(s.source)] for s in part], dtype=np.float32)
+              for name, part in (("train", train), ("val", val))}
     classifier = networks.build_source_classifier(model, len(classes), seed=networks.DEFAULT_SEED + 500 + config.train.seed)
     log.info("source-aware trunk: %d classes (%s)", len(classes), ", ".join(classes))
-    fit(
-        classifier, splits["train"], labels, splits["val"], source_labels(index, splits["val"])[0], spec, config.train,
-        prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True),
-        task=MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress,
-    )
+    fit(classifier, train, labels["train"], val, labels["val"], spec, config.train, run_dir,
+        task=MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress)
     networks.set_trunk_trainable(model, False)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from coordinator.config import PretextConfig
 from node.config import NegativesConfig
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
 from attribnet.lab.datasets.upscalers import UpscalersConfig
@@ -92,6 +93,7 @@ class AccuracyConfig:
     head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=64, learning_rate=1e-3, patience=5, min_epochs=3))
     baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=2e-3, patience=4, min_epochs=4))
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)  # the coordinator's own generator classes for its trunk
     robust: PerturbConfig = field(default_factory=lambda: PerturbConfig(kinds=["multi"]))
     perturb_copies: int = 2
     test_perturbations: dict[str, float] = field(default_factory=lambda: {

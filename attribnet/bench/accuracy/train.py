@@ -60,11 +60,13 @@ class SeedTrainer:
         return value
 
     def detector(self, name: str, view: DataConfig, reference: Path, *, init_from: str = "",
-                 perturb: PerturbConfig | None = None) -> Bundle:
-        """Trains the detector (and its source-aware trunk) on `view`, signs it with `reference` announced."""
+                 perturb: PerturbConfig | None = None, exclude_families: tuple[str, ...] = ()) -> Bundle:
+        """Trains the detector (and its source-aware trunk, its pretext generators without `exclude_families`)
+        on `view`, signs it with `reference` announced."""
         train = self.config.robust_primary if init_from else self.config.primary
+        pretext = dataclasses.replace(self.config.pretext, exclude_families=list(exclude_families))
         config = CoordinatorConfig(
-            data=view, train=dataclasses.replace(train, seed=self.seed),
+            data=view, train=dataclasses.replace(train, seed=self.seed), pretext=pretext,
             perturb=perturb or PerturbConfig(), init_from=init_from, run_dir=str(self.out / f"primary-{name}"),
         )
         train_primary(config, progress=False)
@@ -104,7 +106,7 @@ class SeedTrainer:
         """One detector on the setting's sources and a strict head per node (negatives without its families)."""
         sources = ", ".join(setting.detector_fakes) or "no generator"
         bundle = self._timed("detector", f"{setting.name}: the detector and its trunk on real + {sources}", self.detector,
-                             setting.name, self.bench.setting_view(setting), reference)
+                             setting.name, self.bench.setting_view(setting), reference, exclude_families=setting.exclude_families)
         negatives = dataclasses.replace(self.config.negatives, exclude_families=list(setting.exclude_families))
         self._timed("heads_strict", f"{setting.name}: {len(self.config.roles.nodes)} strict heads", self.heads, STRICT, bundle,
                     STRICT, reference=reference, negatives=negatives)

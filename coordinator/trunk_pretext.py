@@ -1,0 +1,68 @@
+"""Pretext classes for the coordinator's source-aware trunk: random generators of its own.
+
+The trunk every head reads is pretrained to tell the coordinator's sources apart, so it learns
+the fingerprints of the few generators the coordinator holds, and a family it never saw may
+leave no trace in the features (leave-one-family-out: a head then has nothing to separate its
+source with). Here the coordinator adds `generators` classes to that pretraining, each one
+random network of `shared_backbone.data.negative_space` (the nodes' negative space: no code
+shared with any benchmark generator) re-rendering the coordinator's own real images. Telling
+many random upsamplers apart asks the trunk for upsampling fingerprints in general.
+The classes exist only for the pretraining: the detector's tail is still trained on the
+coordinator's real vs fake data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from coordinator.config import PretextConfig
+from shared_backbone.data.datasets import Sample
+from shared_backbone.data.negatives import NegativeSettings, negative_networks, render_negatives
+from shared_backbone.model.preprocessing import load_image
+
+log = logging.getLogger(__name__)
+
+PRETEXT_PREFIX = "pretext-"  # class names: never a source name (sources are checked against RESERVED elsewhere)
+SPLITS = ("train", "val")
+
+
+def pretext_samples(reals: dict[str, list[Sample]], image_size: int, config: PretextConfig, seed: int,
+                    out: Path) -> dict[str, list[Sample]]:
+    """Per split, the rendered images as samples whose source is their network's class name.
+
+    `reals`: the coordinator's real training and validation samples. Each network renders up to
+    `config.per_generator` images per split (all reals when 0); written once under `out`.
+    """
+    settings = NegativeSettings(count=0, generators=config.generators, seed=seed * 1000 + config.seed,
+                                exclude_families=tuple(config.exclude_families))
+    networks = negative_networks(settings)
+    samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    for split in SPLITS:
+        images = np.stack([load_image(s.path, image_size) for s in reals[split]]) if reals[split] else None
+        for index, network in enumerate(networks):
+            if images is None:
+                continue
+            samples[split].extend(_render_class(images, network, index, split, config, seed, out))
+    log.info("trunk pretext: %d generator classes (%s), %d train / %d val images", len(networks),
+             ", ".join(sorted({n.name.split("_")[0] for n in networks})), len(samples["train"]), len(samples["val"]))
+    return samples
+
+
+def _render_class(images: np.ndarray, network, index: int, split: str, config: PretextConfig, seed: int,
+                  out: Path) -> list[Sample]:
+    """One network's images of one split, as PNG files (rendered once; a rerun reads them back)."""
+    name = f"{PRETEXT_PREFIX}{index}"
+    folder = out / name / split
+    count = len(images) if config.per_generator <= 0 else min(config.per_generator, len(images))
+    paths = [folder / f"{i:05d}.png" for i in range(count)]
+    if not all(path.is_file() for path in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([seed, config.seed, index, SPLITS.index(split)])
+        picked = images[rng.permutation(len(images))[:count]]
+        for path, image in zip(paths, render_negatives(picked, network, rng)):
+            Image.fromarray(image).save(path)
+    return [Sample(path, name) for path in paths]
