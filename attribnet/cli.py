@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+from attribnet.commands import describe
+
 COMMAND_MODULES = ("data", "coordinator", "node", "predict", "query", "bench", "federation", "demo")
 
 
@@ -35,8 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"attribnet.commands.{name}")
+        before = set(subparsers.choices)
         module.register(subparsers)
+        for command in set(subparsers.choices) - before:
+            describe_tree(subparsers, command, module.__doc__)
     return parser
+
+
+def describe_tree(actions: argparse._SubParsersAction, name: str, docstring: str | None) -> None:
+    """Every parser under `name` without a description gets its one-line help (and, for `name`, its module's docstring)."""
+    describe(actions, name, docstring)
+    for sub in actions.choices[name]._actions:
+        if isinstance(sub, argparse._SubParsersAction):
+            for child in sub.choices:
+                describe_tree(sub, child, None)
 
 
 def main(argv: list[str] | None = None) -> int:

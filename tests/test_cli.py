@@ -97,3 +97,22 @@ def test_bench_baseline_judges_a_dataset_at_its_own_size(tmp_path):
     config.write_text("data:\n  image_size: 64\n")
     assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(data), "--config", str(config)])) is None
     assert dataset_image_size(parser.parse_args(["bench", "baseline", "--data", str(tmp_path)])) is None
+
+
+def test_every_leaf_help_page_says_what_the_command_does():
+    import argparse
+
+    from attribnet.cli import build_parser
+
+    def leaves(parser: argparse.ArgumentParser, path: str):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for sub in subs:
+            for name, child in sub.choices.items():
+                yield from leaves(child, f"{path} {name}")
+
+    found = list(leaves(build_parser(), "attribnet"))
+    assert len(found) > 20
+    for path, parser in found:
+        assert parser.description and len(parser.description) > 30, f"`{path} --help` does not say what it does"

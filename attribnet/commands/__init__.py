@@ -11,7 +11,21 @@ import importlib
 def register_group(subparsers: argparse._SubParsersAction, name: str, help_text: str, package: str,
                    modules: tuple[str, ...]) -> None:
     """`attribnet NAME ACTION`: a sub-command whose actions are registered by `package.MODULE.register`."""
-    parser = subparsers.add_parser(name, help=help_text)
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for module in modules:
-        importlib.import_module(f"{package}.{module}").register(actions)
+        before = set(actions.choices)
+        loaded = importlib.import_module(f"{package}.{module}")
+        loaded.register(actions)
+        for action in set(actions.choices) - before:
+            describe(actions, action, loaded.__doc__)
+
+
+def describe(actions: argparse._SubParsersAction, action: str, docstring: str | None) -> None:
+    """A leaf `--help` says what the command does: its one-line help, then its module's docstring."""
+    parser = actions.choices[action]
+    if parser.description:
+        return
+    summary = next((a.help for a in actions._choices_actions if a.dest == action), "") or ""
+    parser.description = "\n\n".join(part for part in (summary, (docstring or "").strip()) if part)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
