@@ -122,7 +122,7 @@ QUICK = {
     "protocols": ["shared", "robust", "late_join", "out_of_scope"],
 }
 # --profile lofo-quick: the generalisation protocol (founding, private, leave-one-family-out x4,
-# out-of-scope) for one seed in about 15 minutes on 2 cores; no robust retraining, shared heads or
+# out-of-scope) for one seed in 5-8 minutes on 2 cores (267 s idle, 2026-12-05); no robust retraining, shared heads or
 # late-join detector (the private setting is the harder late join).
 LOFO_QUICK = {
     "zoo.image_size": 32,

@@ -18,7 +18,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
     parser.add_argument("--profile", choices=("full", "quick", "lofo-quick"), default="full",
                         help="full (default): every protocol; quick: the founding setting's protocols at small size, 1 seed; "
-                             "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~15 min")
+                             "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~5-8 min a seed")
     parser.add_argument("--dataset", choices=("zoo", "zoo_independent", "upscalers", "folder"),
                         help="zoo, zoo_independent (a separately written zoo, evaluation only) or upscalers (written here; "
                              "upscalers needs `make upscalers`) or folder (--data)")
