@@ -26,7 +26,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")  # CANCELLED: in flight when the gateway stopped (a restart)
 MAX_REQUESTS = 200_000  # a hard bound on the whole run, whatever `seconds` says
 
 
