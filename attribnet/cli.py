@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from attribnet.commands import describe
+from attribnet.commands import describe_tree
 
 COMMAND_MODULES = ("data", "coordinator", "node", "predict", "query", "bench", "federation", "demo")
 
@@ -42,15 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         for command in set(subparsers.choices) - before:
             describe_tree(subparsers, command, module.__doc__)
     return parser
-
-
-def describe_tree(actions: argparse._SubParsersAction, name: str, docstring: str | None) -> None:
-    """Every parser under `name` without a description gets its one-line help (and, for `name`, its module's docstring)."""
-    describe(actions, name, docstring)
-    for sub in actions.choices[name]._actions:
-        if isinstance(sub, argparse._SubParsersAction):
-            for child in sub.choices:
-                describe_tree(sub, child, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,13 @@ def initial_model(path: str | Path) -> tuple[Any, InputSpec]:
     return bundle.load_primary(), bundle.input_spec
 
 
+def source_labels(index: DatasetIndex, samples: list[Sample], classes: list[str], pretext: frozenset[str] = frozenset()) -> np.ndarray:
+    """Class ids of `samples` in `classes`: a dataset image by its class (arch-level grouping applied),
+    an image of one of the `pretext` classes by that class."""
+    position = {name: i for i, name in enumerate(classes)}
+    return np.array([position[s.source if s.source in pretext else index.class_of(s.source)] for s in samples], dtype=np.float32)
+
+
 def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec,
                    config: CoordinatorConfig, run_dir: Path, *, progress: bool) -> None:
     """Trains the trunk to tell the coordinator's sources apart, then freezes it for the detector's tail.
@@ -92,17 +99,15 @@ def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], 
     """
     run_dir = prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True)
     train, val = list(splits["train"]), list(splits["val"])
-    classes = [REAL_CLASS, *index.fake_classes]
-    class_of = index.class_of
+    classes, names = [REAL_CLASS, *index.fake_classes], []
     if config.pretext.generators:
+        taken = sorted(s for s in index.sources if s.startswith(PRETEXT_PREFIX))
+        if taken:
+            raise ValueError(f"{index.root}: source(s) {', '.join(taken)} clash with the trunk's pretext classes; rename them")
         reals = {name: [s for s in splits[name] if index.is_real(s.source)] for name in ("train", "val")}
-        extra = pretext_samples(reals, spec.image_size, config.pretext, config.train.seed, run_dir / "pretext")
-        train, val = train + extra["train"], val + extra["val"]
-        classes += sorted({s.source for s in extra["train"]}, key=lambda name: int(name.removeprefix(PRETEXT_PREFIX)))
-        class_of = lambda source: source if source.startswith(PRETEXT_PREFIX) else index.class_of(source)  # noqa: E731
-    position = {name: i for i, name in enumerate(classes)}
-    labels = {name: np.array([position[class_of(s.source)] for s in part], dtype=np.float32)
-              for name, part in (("train", train), ("val", val))}
+        names, extra = pretext_samples(reals, spec.image_size, config.pretext, config.train.seed, run_dir / "pretext")
+        classes, train, val = classes + names, train + extra["train"], val + extra["val"]
+    labels = {name: source_labels(index, part, classes, frozenset(names)) for name, part in (("train", train), ("val", val))}
     classifier = networks.build_source_classifier(model, len(classes), seed=networks.DEFAULT_SEED + 500 + config.train.seed)
     log.info("source-aware trunk: %d classes (%s)", len(classes), ", ".join(classes))
     fit(classifier, train, labels["train"], val, labels["val"], spec, config.train, run_dir,

@@ -26,13 +26,13 @@ from shared_backbone.model.preprocessing import load_image
 
 log = logging.getLogger(__name__)
 
-PRETEXT_PREFIX = "pretext-"  # class names: never a source name (sources are checked against RESERVED elsewhere)
+PRETEXT_PREFIX = "pretext-"  # class names; `train_primary` refuses a dataset source that starts with it
 SPLITS = ("train", "val")
 
 
 def pretext_samples(reals: dict[str, list[Sample]], image_size: int, config: PretextConfig, seed: int,
-                    out: Path) -> dict[str, list[Sample]]:
-    """Per split, the rendered images as samples whose source is their network's class name.
+                    out: Path) -> tuple[list[str], dict[str, list[Sample]]]:
+    """(class names in order, per split the rendered images as samples whose source is their class name).
 
     `reals`: the coordinator's real training and validation samples. Each network renders up to
     `config.per_generator` images per split (all reals when 0); written once under `out`.
@@ -40,22 +40,22 @@ def pretext_samples(reals: dict[str, list[Sample]], image_size: int, config: Pre
     settings = NegativeSettings(count=0, generators=config.generators, seed=seed * 1000 + config.seed,
                                 exclude_families=tuple(config.exclude_families))
     networks = negative_networks(settings)
+    names = [f"{PRETEXT_PREFIX}{index}" for index in range(len(networks))]
     samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for split in SPLITS:
-        images = np.stack([load_image(s.path, image_size) for s in reals[split]]) if reals[split] else None
-        for index, network in enumerate(networks):
-            if images is None:
-                continue
-            samples[split].extend(_render_class(images, network, index, split, config, seed, out))
+        if not reals[split]:
+            continue
+        images = np.stack([load_image(s.path, image_size) for s in reals[split]])
+        for index, (name, network) in enumerate(zip(names, networks)):
+            samples[split].extend(_render_class(images, network, name, index, split, config, seed, out))
     log.info("trunk pretext: %d generator classes (%s), %d train / %d val images", len(networks),
              ", ".join(sorted({n.name.split("_")[0] for n in networks})), len(samples["train"]), len(samples["val"]))
-    return samples
+    return names, samples
 
 
-def _render_class(images: np.ndarray, network, index: int, split: str, config: PretextConfig, seed: int,
+def _render_class(images: np.ndarray, network, name: str, index: int, split: str, config: PretextConfig, seed: int,
                   out: Path) -> list[Sample]:
     """One network's images of one split, as PNG files (rendered once; a rerun reads them back)."""
-    name = f"{PRETEXT_PREFIX}{index}"
     folder = out / name / split
     count = len(images) if config.per_generator <= 0 else min(config.per_generator, len(images))
     paths = [folder / f"{i:05d}.png" for i in range(count)]

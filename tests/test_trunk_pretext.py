@@ -25,10 +25,10 @@ def _reals(folder, count: int, size: int = 16) -> list[Sample]:
 def test_pretext_classes_are_rendered_once_and_deterministic(tmp_path):
     reals = {"train": _reals(tmp_path / "train", 6), "val": _reals(tmp_path / "val", 3)}
     config = PretextConfig(generators=3, per_generator=4)
-    first = pretext_samples(reals, 16, config, seed=1, out=tmp_path / "a")
-    assert sorted({s.source for s in first["train"]}) == [f"{PRETEXT_PREFIX}{i}" for i in range(3)]
+    names, first = pretext_samples(reals, 16, config, seed=1, out=tmp_path / "a")
+    assert names == [f"{PRETEXT_PREFIX}{i}" for i in range(3)] == sorted({s.source for s in first["train"]})
     assert len(first["train"]) == 12 and len(first["val"]) == 9  # val: all 3 reals per network (fewer than 4)
-    again = pretext_samples(reals, 16, config, seed=1, out=tmp_path / "b")
+    _, again = pretext_samples(reals, 16, config, seed=1, out=tmp_path / "b")
     for a, b in zip(first["train"], again["train"]):
         assert a.path.read_bytes() == b.path.read_bytes()
     real_pixels = np.stack([np.asarray(Image.open(s.path)) for s in reals["train"]])

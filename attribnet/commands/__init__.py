@@ -29,3 +29,12 @@ def describe(actions: argparse._SubParsersAction, action: str, docstring: str | 
     summary = next((a.help for a in actions._choices_actions if a.dest == action), "") or ""
     parser.description = "\n\n".join(part for part in (summary, (docstring or "").strip()) if part)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def describe_tree(actions: argparse._SubParsersAction, name: str, docstring: str | None) -> None:
+    """Every parser under `name` without a description gets its one-line help (and, for `name`, its module's docstring)."""
+    describe(actions, name, docstring)
+    for sub in actions.choices[name]._actions:
+        if isinstance(sub, argparse._SubParsersAction):
+            for child in sub.choices:
+                describe_tree(sub, child, None)

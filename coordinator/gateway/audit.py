@@ -92,7 +92,7 @@ def claim_rate_lower_bound(claimed: int, shown: int, confidence: float) -> float
 
 
 def judge(entry: NodeEntry, raw: np.ndarray, own: np.ndarray, tolerance: float, alpha: float,
-          confidence: float = 0.95) -> str | None:
+          confidence: float) -> str | None:
     """Why the node's canary answers show it claiming what is not its own, or None when they do not."""
     if not np.all(np.isfinite(raw)) or np.any((raw < 0.0) | (raw > 1.0)):
         return "answered canaries with scores that are not finite or outside [0, 1]"
