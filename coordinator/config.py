@@ -78,6 +78,9 @@ class GatewayConfig:
     node_timeout: float = 2.0  # seconds a node has to answer Score
     node_cooldown_failures: int = 3  # failed Score calls in a row before a node sits out a cool-down
     node_cooldown_seconds: float = 5.0  # how long it is skipped (listed missing) before one probe
+    node_budget_floor: float = 0.25  # seconds the other nodes get, at least, once a quorum of the called nodes answered
+    node_budget_factor: float = 2.0  # ... or this many times the quorum's own time, if longer (node_pool.py)
+    node_slow_strikes: int = 2  # answers later than that budget in a row before a node sits out a cool-down
     heartbeat_interval: float = 5.0  # told to nodes at registration
     stale_after: float = 20.0  # seconds without heartbeat before a node is stale (not queried)
     fake_threshold: float = DEFAULT_FAKE_THRESHOLD

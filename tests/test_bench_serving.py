@@ -44,3 +44,22 @@ def test_bench_serving_writes_the_report_the_checks_read(tmp_path, capsys):
     assert "| 2 | 2 | 3 |" in text and "**Transfer**" in text
     for log_file in out.glob("work/network-*/*.log"):
         assert "Traceback" not in log_file.read_text(), log_file
+
+
+def test_bench_serving_slow_node_reports_both_phases_side_by_side(tmp_path, capsys):
+    """`--slow-node`: honest latency without and with one late node, from real processes; the late node
+    costs its strikes (node_slow_strikes) and is missing from every answer, never an error."""
+    from attribnet.cli import main
+
+    config = write_yaml(tmp_path / "bench.yaml", {"image_size": 32, "repeats": 1})
+    out = tmp_path / "out"
+    assert main(["bench", "serving", "--config", str(config), "--out", str(out), "--nodes", "2", "--slow-node", "0.8",
+                 "--queries", "12", "--json"]) == 0
+    report = json.loads((out / "slow-node.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["rounds"] == 1 and report["honest_nodes"] == 2 and report["errors"] == {"without": 0, "with": 0}
+    assert report["slow_node"]["slower than the latency budget"] == 2 and sum(report["slow_node"].values()) == 12
+    assert "answered" not in report["slow_node"]
+    for key in ("p50_ms", "p99_ms"):
+        assert report[key]["without"] > 0 and report[key]["with"] > 0
+    assert report["p99_ratio"] == report["p99_ms"]["with"] / report["p99_ms"]["without"]

@@ -166,8 +166,8 @@ def test_node_with_invalid_scores_is_missing_never_part_of_the_answer(load_net, 
         assert all(0.0 <= v <= 1.0 for v in result.raw_scores.values())
 
 
-def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
-    from shared_backbone.runtime.prometheus import NODE_SKIPPED, NODE_TIMEOUTS
+def test_hung_node_costs_a_latency_budget_per_strike_then_sits_out_a_cool_down(load_net):
+    from shared_backbone.runtime.prometheus import NODE_SKIPPED, NODE_SLOW, NODE_TIMEOUTS
 
     slow = TamperedHead(load_net, "sloth", lambda response: response, delay=30.0)
     image = [png_bytes(np.random.default_rng(3))]
@@ -181,8 +181,9 @@ def test_slow_node_costs_one_deadline_then_sits_out_a_cool_down(load_net):
         slow.close()
     for result in [first, *answers]:
         assert result.missing_nodes == ["sloth"] and sorted(result.scores) == list(GOOD)
-    assert calls == 2  # two timeouts in a row, then the node is skipped instead of dialled
-    assert sample(load_net, f"{NODE_TIMEOUTS}_total", {"node": "sloth"}) == 2
+    assert calls == 2  # two late answers in a row (node_slow_strikes), then the node is skipped instead of dialled
+    assert sample(load_net, f"{NODE_SLOW}_total", {"node": "sloth"}) == 2
+    assert sample(load_net, f"{NODE_TIMEOUTS}_total", {"node": "sloth"}) == 0  # cut by the budget, not its deadline
     assert sample(load_net, f"{NODE_SKIPPED}_total", {"node": "sloth"}) == 2
 
 

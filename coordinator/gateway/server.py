@@ -14,7 +14,7 @@ from coordinator.config import CoordinatorConfig, GatewayConfig
 from coordinator.gateway.attribution_service import AttributionServicer
 from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
 from coordinator.gateway.intake import Intake
-from coordinator.gateway.node_pool import NodePool
+from coordinator.gateway.node_pool import LatencyBudget, NodePool
 from coordinator.gateway.distribution_service import DistributionServicer, distribution_servicer
 from coordinator.gateway.registry_service import RegistryServicer
 from coordinator.gateway.serving_pipeline import RoutingTable, ServingPipeline
@@ -69,12 +69,13 @@ class CoordinatorServer:
 def check_gateway_config(config: GatewayConfig) -> None:
     """Refuses settings that would make the gateway misbehave, naming the key."""
     positive = ("max_message_mb", "max_images", "max_pixels", "max_request_pixels", "max_heatmap_images", "node_timeout",
-                "node_cooldown_failures", "heartbeat_interval", "stale_after", "max_batch", "max_queue_images",
-                "max_inflight_batches", "request_timeout", "workers", "max_concurrent_rpcs", "decode_workers")
+                "node_cooldown_failures", "node_budget_floor", "node_slow_strikes", "heartbeat_interval", "stale_after",
+                "max_batch", "max_queue_images", "max_inflight_batches", "request_timeout", "workers", "max_concurrent_rpcs",
+                "decode_workers")
     for key in positive:
         if getattr(config, key) <= 0:
             raise GatewayStartError(f"gateway.{key} must be positive, got {getattr(config, key)}")
-    for key in ("batch_window_ms", "node_cooldown_seconds", "rate_limit", "rate_burst"):
+    for key in ("batch_window_ms", "node_cooldown_seconds", "node_budget_factor", "rate_limit", "rate_burst"):
         if getattr(config, key) < 0:
             raise GatewayStartError(f"gateway.{key} must be >= 0, got {getattr(config, key)}")
     if config.stale_after <= config.heartbeat_interval:
@@ -119,6 +120,7 @@ def build_attribution(bundle: bundle_lib.Bundle, registry: Registry, config: Gat
     pool = NodePool(
         config.tls, config.max_message_mb, metrics=metrics, cooldown_failures=config.node_cooldown_failures,
         cooldown_seconds=config.node_cooldown_seconds, credential=registry.gateway_credential,
+        budget=LatencyBudget(config.node_budget_floor, config.node_budget_factor, config.node_slow_strikes),
     )
     pipeline = ServingPipeline(
         serving, RoutingTable(registry, bundle.digest), pool, window=config.batch_window_ms / 1000.0,

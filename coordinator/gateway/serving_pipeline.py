@@ -27,7 +27,7 @@ from shared_backbone.runtime.batching import BatchItem, MicroBatcher, concatenat
 
 # Of the time a batch's earliest request has left, the share kept for the answer's way back after
 # the nodes' deadline (at least MIN_MARGIN seconds): a loaded machine needs more than a fixed 50 ms.
-COOLING = "skipped for a cool-down after failing repeatedly"
+COOLING = "skipped for a cool-down after failing or answering late repeatedly"
 NO_ANSWER = "did not answer in time or answered wrongly"
 DEADLINE_MARGIN = 0.1
 MIN_MARGIN = 0.05
@@ -128,7 +128,7 @@ class ServingPipeline:
                 result: FanoutResult) -> None:
         """Hands every request its slice once all nodes have answered or failed."""
         answered = [entry for entry in healthy if entry.node_id in result.answered]
-        missing = {**missing, **{node: NO_ANSWER for node in result.failed}}
+        missing = {**missing, **{node: result.reasons.get(node, NO_ANSWER) for node in result.failed}}
         ids = [entry.node_id for entry in answered]
         typical = [i for i in ids if i in result.typicality]
         parts = split(items, fake, *(result.answered[i] for i in ids), *(result.typicality[i] for i in typical))

@@ -14,6 +14,7 @@ the tests, never mix counts) and may expose it on `/metrics` (`serve_http`). Exp
   attribnet_node_timeouts_total{node}           gateway: Score calls past their deadline
   attribnet_node_errors_total{node,reason}      gateway: other failed calls or wrong answers
   attribnet_node_skipped_total{node}            gateway: batches a node sat out in cool-down
+  attribnet_node_slow_total{node}               gateway: Score calls cut for exceeding the latency budget
   attribnet_trace_count{model}                  traces of the compiled models (stays 1 per model)
   attribnet_stage_seconds{stage}                histogram of the time spent in each step of a query:
                                                 decode, queue, trunk, nodes, respond (gateway), head (node)
@@ -47,6 +48,7 @@ NODE_LATENCY = f"{PREFIX}_node_latency_seconds"
 NODE_TIMEOUTS = f"{PREFIX}_node_timeouts"
 NODE_ERRORS = f"{PREFIX}_node_errors"
 NODE_SKIPPED = f"{PREFIX}_node_skipped"
+NODE_SLOW = f"{PREFIX}_node_slow"
 TRACES = f"{PREFIX}_trace_count"
 STAGE_SECONDS = f"{PREFIX}_stage_seconds"
 
@@ -81,6 +83,7 @@ class ServerMetrics:
         self.node_timeouts = Counter(NODE_TIMEOUTS, "Score calls past their deadline", ["node"], registry=r)
         self.node_errors = Counter(NODE_ERRORS, "failed Score calls or wrong answers", ["node", "reason"], registry=r)
         self.node_skipped = Counter(NODE_SKIPPED, "batches a node sat out in cool-down", ["node"], registry=r)
+        self.node_slow = Counter(NODE_SLOW, "Score calls cut for exceeding the latency budget", ["node"], registry=r)
         self.traces = Gauge(TRACES, "traces of a compiled model", ["model"], registry=r)
         self.stage_seconds = Histogram(STAGE_SECONDS, "time in one step of a query", ["stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)

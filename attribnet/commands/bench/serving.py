@@ -28,8 +28,33 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-window-ms", type=float, help="the gateway's micro-batch window")
     parser.add_argument("--max-inflight-batches", type=int, help="the gateway's batches at the nodes at once")
     parser.add_argument("--skip-transfer", action="store_true", default=None, help="no head-vs-full-model training")
+    parser.add_argument("--slow-node", type=float, metavar="SECONDS",
+                        help="instead: honest single-image latency without and with one node answering SECONDS late, "
+                             "side by side (N = the first --nodes, default 3; OUT/slow-node.json)")
+    parser.add_argument("--queries", type=int, default=500, help="--slow-node: sequential queries per phase (default 500)")
+    parser.add_argument("--node-budget-floor", type=float, metavar="SECONDS",
+                        help="--slow-node: the gateway's node_budget_floor (e.g. 10: no latency budget, as before it)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress stays on stderr)")
     parser.set_defaults(handler=run)
+
+
+def run_slow_node(args: argparse.Namespace, config) -> int:
+    from attribnet.bench.slow_node import run_slow_node as measure
+
+    gateway = {} if args.node_budget_floor is None else {"node_budget_floor": args.node_budget_floor}
+    report = measure(args.out, config, args.slow_node, honest=(args.nodes or [3])[0], queries=args.queries,
+                     gateway=gateway, progress=lambda message: log.info("%s", message))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'':28s}{'without':>10s}{'with':>10s}{'ratio':>8s}")
+    for key in ("p50_ms", "p99_ms"):
+        print(f"{key:28s}{report[key]['without']:10.1f}{report[key]['with']:10.1f}{report[key.replace('_ms', '_ratio')]:8.2f}")
+    print(f"{'max_ms':28s}{report['max_ms']['without']:10.1f}{report['max_ms']['with']:10.1f}")
+    print(f"slow node in the answers: {report['slow_node']}; errors {report['errors']}; rounds {report['rounds']}")
+    print(f"queries slower than any without it: {report['queries_slower_than_any_without']}")
+    print(f"wrote {Path(args.out) / 'slow-node.json'} in {report['wall_seconds']:.0f} s")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**PROFILES[args.profile], **{key: value for key, value in flags.items() if value is not None}}
     config = load_config(ServingBenchConfig, args.config, overrides, section="serving")
     configure_tensorflow()
+    if args.slow_node is not None:
+        return run_slow_node(args, config)
     report = run_serving(args.out, config, progress=lambda message: log.info("%s", message))
     markdown = (Path(args.out) / "serving.md").read_text()
     if args.benchmarks_md:
