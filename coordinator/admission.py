@@ -118,13 +118,22 @@ class Admission:
                                "registered node's signature verifies (wrong or used token, or another source?)")
 
     def heartbeat(self, node_id: str, proof: Proof) -> NodeEntry:
+        self._check_bound_node(node_id, proof, identity.HEARTBEAT)
+        return self.registry.heartbeat(node_id)
+
+    def deregister(self, node_id: str, generation: int, proof: Proof) -> NodeEntry:
+        """The node's own signed leave (the proof's digest covers `generation`); the registry checks the generation."""
+        self._check_bound_node(node_id, proof, identity.DEREGISTER)
+        return self.registry.deregister(node_id, generation)
+
+    def _check_bound_node(self, node_id: str, proof: Proof, purpose: str) -> None:
+        """A registered node id, a signature that verifies, made with the key bound to the id (in that order)."""
         bound = self.registry.bound_key(node_id)
         if bound is None:
             raise UnknownNode(f"node id {node_id!r} is not registered")
-        self._check_signature(node_id, proof, identity.HEARTBEAT)
+        self._check_signature(node_id, proof, purpose)
         if bound[1] != proof.public_key:
             raise IdentityMismatch(f"node id {node_id!r} is registered by another node (key does not match)")
-        return self.registry.heartbeat(node_id)
 
     def _check_signature(self, node_id: str, proof: Proof, purpose: str, challenge_for: str | None = None) -> None:
         self.challenges.take(proof.challenge, challenge_for or node_id)

@@ -11,10 +11,20 @@ Everything a node says arrives as one `Registration` (`shared_backbone.protocol.
 which also maps it to this table's columns) and is checked by
 `coordinator.validation.validate_registration` before it is stored, whichever path it came by.
 
-Status is derived when read: `quarantined` (an audit found the node claiming what is not its own;
-only the admin clears it), `pending_audit` (registered, not yet audited, when audits are on),
-`stale` (no heartbeat for `stale_after` s), else `healthy`. Only healthy nodes are queried.
+Status is derived when read: `left` (the node deregistered when it stopped), `quarantined` (an
+audit found the node claiming what is not its own; only the admin clears it), `pending_audit`
+(registered, not yet audited, when audits are on), `stale` (no heartbeat for `stale_after` s), else
+`healthy`. Only healthy nodes are queried; the gateway lists every other one of its backbone in
+`missing_nodes`, except a node that left, which is out of the network, not missing.
 Every write is committed at once, so a restarted coordinator finds every node.
+
+Leaving (`deregister`, the node's signed `RegistryService.Deregister`) keeps the row and stamps
+`left_at`, rather than deleting it: the node keeps its key binding and source (its enrolment token
+was used up, so a deleted node could not come back without the admin), the admin still sees it in
+`attribnet coordinator registry list` as `left`, and a quarantine stays on the row, so leaving and
+registering again never lifts it. Only the registration that is current may leave (its
+`generation`): an older process of the node cannot remove a newer one. A later `register` of the
+node clears `left_at`; its heartbeats are refused until then. `remove` (the admin) deletes.
 
 Reads are served from an in-memory snapshot, not from SQLite: the gateway reads the registry for
 every batch it serves. The snapshot is replaced on every write through this object (`version`
@@ -34,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from coordinator.registry_schema import SchemaTooOld, prepare
 from coordinator.validation import EndpointPolicy, InvalidRegistration, check_node_id, check_source, validate_registration
 from shared_backbone.protocol import identity
 from shared_backbone.protocol.registration import COLUMNS as REGISTRATION_COLUMNS
@@ -44,36 +55,8 @@ STALE = "stale"
 QUARANTINED = "quarantined"
 PENDING_AUDIT = "pending_audit"
 INCOMPATIBLE = "incompatible"  # what the gateway reports for a node on another backbone (never queried)
-SCHEMA_VERSION = 2
+LEFT = "left"
 EXTERNAL_CHECK_SECONDS = 1.0
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL UNIQUE,
-    endpoint TEXT NOT NULL,
-    backbone_digest TEXT NOT NULL,
-    backbone_version TEXT NOT NULL DEFAULT '',
-    head_digest TEXT NOT NULL,
-    calibration TEXT NOT NULL,
-    threshold REAL NOT NULL,
-    metrics TEXT NOT NULL DEFAULT '{}',
-    public_key TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    last_heartbeat REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 1,
-    quarantine TEXT NOT NULL DEFAULT '',
-    flag TEXT NOT NULL DEFAULT '',
-    audit_pending INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS enrolments (
-    node_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    key TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 
 class RegistryError(ValueError):
@@ -96,6 +79,10 @@ class NotEnrolled(RegistryError):
     """A first registration for a node id the admin never enrolled (or whose enrolment was used)."""
 
 
+class StaleGeneration(RegistryError):
+    """A deregistration naming a registration that a newer one of the same node id replaced."""
+
+
 @dataclass(frozen=True)
 class NodeEntry(Registration):
     """One registered node as stored: its registration, its bound key, the registry's bookkeeping and status."""
@@ -107,6 +94,7 @@ class NodeEntry(Registration):
     quarantine: str = ""
     flag: str = ""
     audit_pending: bool = False
+    left_at: float = 0.0  # when the node deregistered; 0 while it is in the network
     status: str = HEALTHY
 
     @property
@@ -117,6 +105,9 @@ class NodeEntry(Registration):
 
 def describe_status(status: str, entry: NodeEntry) -> str:
     """Why a node with `status` is not queried, in one line (empty when it is healthy)."""
+    if status == LEFT:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.left_at))
+        return f"left the network at {when}" + (f"; still quarantined: {entry.quarantine}" if entry.quarantine else "")
     if status == QUARANTINED:
         return f"quarantined: {entry.quarantine}"
     if status == PENDING_AUDIT:
@@ -127,8 +118,8 @@ def describe_status(status: str, entry: NodeEntry) -> str:
 
 
 def serving_status(entry: NodeEntry, backbone_digest: str) -> str:
-    """The entry's status as a gateway serving `backbone_digest` reports it: `incompatible` on another backbone."""
-    return entry.status if entry.backbone_digest == backbone_digest else INCOMPATIBLE
+    """The entry's status as a gateway serving `backbone_digest` reports it: `incompatible` on another backbone (unless it left)."""
+    return entry.status if entry.backbone_digest == backbone_digest or entry.status == LEFT else INCOMPATIBLE
 
 
 class Registry:
@@ -156,26 +147,16 @@ class Registry:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._check_schema()
-            self._db.executescript(SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.commit()
+            prepare(self._db)
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"registry {self.path}: cannot open ({exc})") from None
+        except SchemaTooOld as exc:
+            raise RegistryError(f"registry {self.path}: {exc}") from None
         self.version = 0
         self._snapshot: tuple[NodeEntry, ...] | None = None
         self._data_version = -1
         self._checked = 0.0
         self._credential_key = self._meta("credential_key", lambda: secrets.token_hex(32))
-
-    def _check_schema(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "nodes" in tables and version < SCHEMA_VERSION:
-            raise RegistryError(
-                f"registry {self.path}: written before per-node identity (schema {version}, need {SCHEMA_VERSION}); "
-                "move it aside and enrol the nodes again"
-            )
 
     def _meta(self, key: str, make: Callable[[], str]) -> str:
         with self._lock, self._db:
@@ -240,7 +221,7 @@ class Registry:
         if len(public_key) != identity.PUBLIC_KEY_HEX_LENGTH:
             raise RegistryError("public_key must be 32 bytes as hex")
         now = self.clock()
-        row = {**registration.to_json_values(), "audit_pending": int(self.audit), "last_heartbeat": now}
+        row = {**registration.to_json_values(), "audit_pending": int(self.audit), "last_heartbeat": now, "left_at": 0.0}
         with self._lock, self._db:
             bound = self._db.execute("SELECT public_key, source FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
             if bound:
@@ -278,11 +259,31 @@ class Registry:
             raise IdentityMismatch(f"node id {node_id!r} is enrolled for source {row[0]!r}, not {source!r}")
 
     def heartbeat(self, node_id: str) -> NodeEntry:
-        """Records that the node is alive (its signature was checked by the caller); raises UnknownNode."""
+        """Records that the node is alive (its signature was checked by the caller); UnknownNode also once it left."""
         with self._lock, self._db:
-            if not self._db.execute("UPDATE nodes SET last_heartbeat = ? WHERE node_id = ?", (self.clock(), node_id)).rowcount:
-                raise UnknownNode(f"node id {node_id!r} is not registered")
+            query = "UPDATE nodes SET last_heartbeat = ? WHERE node_id = ? AND left_at = 0"
+            if not self._db.execute(query, (self.clock(), node_id)).rowcount:
+                raise UnknownNode(f"node id {node_id!r} is not registered (or left: register again)")
             self._changed()
+        return self.get(node_id)
+
+    def deregister(self, node_id: str, generation: int) -> NodeEntry:
+        """Marks the node as left (its signature was checked by the caller); see the module docstring.
+
+        Only its current registration may leave (StaleGeneration otherwise); leaving twice is no error.
+        """
+        if generation < 1:
+            raise RegistryError("generation must be the one the node's RegisterResponse returned")
+        with self._lock, self._db:
+            row = self._db.execute("SELECT generation, left_at FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise UnknownNode(f"node id {node_id!r} is not registered")
+            if row[0] != generation:
+                raise StaleGeneration(f"node id {node_id!r} registered again since (generation {row[0]}, not "
+                                      f"{generation}): the newer registration stays")
+            if not row[1]:
+                self._db.execute("UPDATE nodes SET left_at = ? WHERE node_id = ?", (self.clock(), node_id))
+                self._changed()
         return self.get(node_id)
 
     def _set(self, node_id: str, column: str, value: Any) -> NodeEntry:
@@ -353,7 +354,9 @@ class Registry:
             return self._snapshot
 
     def status_at(self, entry: NodeEntry, now: float) -> str:
-        """`quarantined`, `pending_audit`, `stale` (last heartbeat older than `stale_after` at `now`) or `healthy`."""
+        """`left`, `quarantined`, `pending_audit`, `stale` (last heartbeat older than `stale_after` at `now`) or `healthy`."""
+        if entry.left_at:
+            return LEFT
         if entry.quarantine:
             return QUARANTINED
         if entry.audit_pending:
@@ -384,5 +387,5 @@ class Registry:
         return dataclasses.replace(entry, status=self.status_at(entry, self.clock()))
 
 
-_BOOKKEEPING = ("public_key", "registered_at", "last_heartbeat", "generation", "quarantine", "flag")
+_BOOKKEEPING = ("public_key", "registered_at", "last_heartbeat", "generation", "quarantine", "flag", "left_at")
 _COLUMNS = ", ".join((*REGISTRATION_COLUMNS, *_BOOKKEEPING, "audit_pending"))

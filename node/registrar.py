@@ -1,4 +1,4 @@
-"""The node's registration with the coordinator: register, heartbeat, back off, register again.
+"""The node's registration with the coordinator: register, heartbeat, back off, register again, leave.
 
 Every call is signed: the registrar asks for a challenge, signs it with the node's key (derived
 from its secret, which never leaves the node) together with the request's digest, and, while the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Callable
 
 import grpc
@@ -29,6 +30,7 @@ FATAL_CODES = (
     grpc.StatusCode.INVALID_ARGUMENT,
 )
 INITIAL_BACKOFF = 0.5
+LEAVE_TIMEOUT = 3.0  # seconds a stopping node spends at most on leaving the registry (challenge + Deregister)
 
 
 class Registrar(threading.Thread):
@@ -67,10 +69,34 @@ class Registrar(threading.Thread):
         self.stop_event = threading.Event()
         self.registered = threading.Event()
         self.registrations = 0
+        self.generation = 0  # of the coordinator's entry for our last accepted Register (what Deregister names)
         self.fatal_error: str | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def leave(self, timeout: float = LEAVE_TIMEOUT) -> bool:
+        """Stops registering, then takes the node out of the registry (signed Deregister); True when it left.
+
+        Bounded by `timeout` in all: a coordinator that is away or refuses costs one log line, never
+        the node's shutdown. A node that never registered has nothing to leave.
+        """
+        deadline = time.monotonic() + min(timeout, self.rpc_timeout)
+        self.stop()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(max(deadline - time.monotonic(), 0.0))  # no heartbeat or Register may follow the leave
+        if not self.generation:
+            return False
+        request = pb.DeregisterRequest(node_id=self.request.node_id, generation=self.generation)
+        try:
+            metadata = self._signed(identity.DEREGISTER, request, timeout=max(deadline - time.monotonic(), 0.05))
+            self.stub.Deregister(request, metadata=metadata, timeout=max(deadline - time.monotonic(), 0.05))
+        except grpc.RpcError as exc:
+            log.warning("could not leave the coordinator's registry (%s: %s); it marks node %s stale after its timeout",
+                        exc.code().name, exc.details(), self.request.node_id)
+            return False
+        log.info("node %s left the coordinator's registry", self.request.node_id)
+        return True
 
     def update(self, request: pb.RegisterRequest) -> None:
         """Registers `request` next (a reloaded head: new digest, calibration, threshold)."""
@@ -114,10 +140,10 @@ class Registrar(threading.Thread):
             healthy, backoff = True, INITIAL_BACKOFF
             self.stop_event.wait(self.interval)
 
-    def _signed(self, purpose: str, message) -> tuple[tuple[str, str], ...]:
+    def _signed(self, purpose: str, message, timeout: float | None = None) -> tuple[tuple[str, str], ...]:
         """Metadata proving the node's key over a fresh challenge and exactly this message."""
         node_id = self.request.node_id
-        challenge = self.stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=self.rpc_timeout).challenge
+        challenge = self.stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=timeout or self.rpc_timeout).challenge
         signature = identity.sign(self.key, purpose, challenge, node_id, identity.message_digest(message))
         metadata = [(rpc.PUBLIC_KEY_METADATA, self.public_key), (rpc.CHALLENGE_METADATA, challenge),
                     (rpc.SIGNATURE_METADATA, signature)]
@@ -131,6 +157,7 @@ class Registrar(threading.Thread):
             self.request, metadata=self._signed(identity.REGISTER, self.request), timeout=self.rpc_timeout
         )
         self.gateway_credential = response.gateway_credential
+        self.generation = response.generation
         if not self.configured_interval and response.heartbeat_interval_seconds > 0:
             self.interval = response.heartbeat_interval_seconds
         self.registrations += 1

@@ -3,7 +3,9 @@
 `start_node(config)` verifies the bundle with the coordinator's public key, loads the head from
 STATE_DIR/head (refused unless bound to that bundle), serves `HeadService` (+ health, reflection),
 and starts a `Registrar` that registers, heartbeats, backs off while the coordinator is away and
-registers again when it returns (a restarted coordinator, or one that forgot the node).
+registers again when it returns (a restarted coordinator, or one that forgot the node). A clean
+stop (`NodeServer.stop`, which `attribnet node serve` runs on SIGINT/SIGTERM) first leaves the
+registry with a signed `Deregister`, so the gateway stops dialling the node at once.
 
 `HeadService` answers only the gateway: an interceptor refuses every call without the credential
 the coordinator returned at registration (none before it). A `HeadReloader` watches STATE_DIR/head
@@ -57,9 +59,10 @@ class NodeServer:
     reloader: "HeadReloader | None" = None
 
     def stop(self, grace: float = 2.0) -> None:
+        """Leaves the registry first (bounded; the gateway stops dialling at once), then stops serving."""
         if self.reloader is not None:
             self.reloader.stop()
-        self.registrar.stop()
+        self.registrar.leave()
         rpc.set_not_serving(self.health)
         self.server.stop(grace).wait(grace + 1)
         self.channel.close()

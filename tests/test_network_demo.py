@@ -200,6 +200,18 @@ def _check_sigterm_stops_everything(process, out: Path, lines, seen: list[str]) 
             break
         tail.append(line)
     assert any(line.startswith("report: ") for line in tail), "".join(seen[-10:] + tail[-10:])
+    _check_nodes_left(out / "network" / "registry.sqlite")
+
+
+def _check_nodes_left(path: Path) -> None:
+    """Stopped before the gateway, every node left the registry (a signed Deregister), none is merely stale."""
+    from coordinator.registry import Registry
+
+    registry = Registry(path, stale_after=3600.0, create=False)
+    try:
+        assert {entry.node_id: entry.status for entry in registry.list()} == {source: "left" for source in SOURCES}
+    finally:
+        registry.close()
 
 
 def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):

@@ -33,7 +33,7 @@ def test_services_and_package_are_versioned():
     services = {name: [m.name for m in service.methods] for name, service in pb.DESCRIPTOR.services_by_name.items()}
     assert services == {
         "AttributionService": ["Attribute", "ListSources"],
-        "RegistryService": ["Challenge", "Register", "Heartbeat"],
+        "RegistryService": ["Challenge", "Register", "Heartbeat", "Deregister"],
         "HeadService": ["Score", "Describe"],
         "DistributionService": ["Open", "Fetch"],
     }

@@ -227,3 +227,53 @@ def test_admin_commands_never_start_a_registry_at_a_misspelt_path(tmp_path, caps
         err = capsys.readouterr().err
         assert "does not exist" in err and str(missing) in err and err.count("\n") == 1
     assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "t").exists()
+
+
+def test_a_node_that_leaves_is_kept_as_left_until_it_registers_again(tmp_path):
+    """Only the current registration may leave; a left node is not heartbeated back, only registered back."""
+    from coordinator.registry import StaleGeneration
+
+    clock = Clock()
+    registry = Registry(tmp_path / "r.sqlite", stale_after=10, clock=clock)
+    first = register(registry)
+    second = register(registry)  # a newer process of the same node
+    with pytest.raises(StaleGeneration, match="registered again since"):
+        registry.deregister("n1", first.generation)
+    with pytest.raises(UnknownNode):
+        registry.deregister("n2", 1)
+    with pytest.raises(RegistryError, match="generation"):
+        registry.deregister("n1", 0)
+    assert registry.get("n1").status == "healthy"
+    clock.now += 1
+    left = registry.deregister("n1", second.generation)
+    assert left.status == "left" and left.left_at == clock.now and left.status_reason.startswith("left the network at")
+    assert registry.deregister("n1", second.generation).left_at == left.left_at  # leaving twice is no error
+    with pytest.raises(UnknownNode, match="left"):
+        registry.heartbeat("n1")
+    clock.now += 60  # a node that left never turns stale: it is out of the network
+    assert registry.get("n1").status == "left" and registry.bound_key("n1") == ("progan", key("s1"))
+    back = register(registry)  # its bound key, no new enrolment
+    assert back.status == "healthy" and back.left_at == 0 and back.generation == second.generation + 1
+    registry.close()
+
+
+def test_a_registry_file_of_schema_2_gains_left_at_in_place(tmp_path):
+    """A registry written before Deregister opens with its nodes, keys and quarantines, and can record a leave."""
+    import sqlite3
+
+    path = tmp_path / "r.sqlite"
+    registry = Registry(path)
+    register(registry)
+    registry.quarantine("n1", "canary audit: claimed everything")
+    registry.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE nodes DROP COLUMN left_at")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    reopened = Registry(path)
+    entry = reopened.get("n1")
+    assert entry.status == "quarantined" and entry.left_at == 0 and entry.public_key == key("s1")
+    assert reopened.deregister("n1", entry.generation).status == "left"
+    reopened.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3

@@ -44,7 +44,8 @@ class LocalNetwork:
         self.stop()
 
     def stop(self) -> None:
-        for process in self.processes.values():
+        """Nodes first (each leaves the registry on SIGTERM while the gateway still answers), the gateway last."""
+        for process in reversed(self.processes.values()):
             process.stop()
 
 

@@ -1,4 +1,4 @@
-"""`RegistryService`: nodes ask for a challenge, then register their head and heartbeat, signed.
+"""`RegistryService`: nodes ask for a challenge, then register their head, heartbeat and leave, signed.
 
 The proofs travel in metadata (`shared_backbone.runtime.rpc` names the keys); `coordinator.admission`
 checks them and `Registry.register` validates every field, for this path and the Flower one alike.
@@ -19,6 +19,7 @@ from coordinator.registry import (
     Registry,
     RegistryError,
     SourceTaken,
+    StaleGeneration,
     UnknownNode,
     serving_status,
 )
@@ -39,6 +40,7 @@ STATUS_OF = (
     (IdentityMismatch, grpc.StatusCode.PERMISSION_DENIED),
     (SourceTaken, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownNode, grpc.StatusCode.NOT_FOUND),
+    (StaleGeneration, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidRegistration, grpc.StatusCode.INVALID_ARGUMENT),
     (RegistryError, grpc.StatusCode.INVALID_ARGUMENT),
 )
@@ -96,6 +98,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             heartbeat_interval_seconds=self.config.heartbeat_interval,
             stale_after_seconds=self.config.stale_after,
             gateway_credential=self.registry.gateway_credential(entry.node_id),
+            generation=entry.generation,
         )
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
@@ -105,3 +108,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         except RegistryError as exc:
             _abort(context, exc)
         return pb.HeartbeatResponse(status=serving_status(entry, self.backbone.digest))
+
+    def Deregister(self, request: pb.DeregisterRequest, context: grpc.ServicerContext) -> pb.DeregisterResponse:
+        proof = _proof(context, request)
+        try:
+            entry = self.admission.deregister(request.node_id, request.generation, proof)
+        except RegistryError as exc:
+            _abort(context, exc)
+        log.info("node %s (source %s) left the network (registration %d)", entry.node_id, entry.source, entry.generation)
+        return pb.DeregisterResponse(status=entry.status)

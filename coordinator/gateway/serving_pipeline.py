@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coordinator.gateway.node_pool import FanoutResult, NodePool
-from coordinator.registry import HEALTHY, NodeEntry, Registry, describe_status
+from coordinator.registry import HEALTHY, LEFT, NodeEntry, Registry, describe_status
 from shared_backbone.model.compiled import CompiledModel
 from shared_backbone.model.features import as_head_features
 from shared_backbone.protocol import wire
@@ -55,7 +55,7 @@ class RoutingTable:
         self._compatible: list[NodeEntry] = []
 
     def current(self) -> tuple[list[NodeEntry], dict[str, str]]:
-        """(healthy nodes, {node id: why it is not queried}) right now; incompatible nodes are in neither."""
+        """(healthy nodes, {node id: why it is not queried}) right now; incompatible nodes and nodes that left are in neither."""
         snapshot = self.registry.snapshot()
         if snapshot is not self._snapshot:
             self._compatible = [entry for entry in snapshot if entry.backbone_digest == self.backbone_digest]
@@ -66,7 +66,7 @@ class RoutingTable:
             status = self.registry.status_at(entry, now)
             if status == HEALTHY:
                 healthy.append(entry)
-            else:
+            elif status != LEFT:
                 unavailable[entry.node_id] = describe_status(status, entry)
         return healthy, unavailable
 

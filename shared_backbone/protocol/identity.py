@@ -2,9 +2,9 @@
 
 A node's identity secret (STATE_DIR/node.secret) never leaves the node. It derives an Ed25519
 key pair from it (`node_key`); the coordinator binds the *public* key to the node id at the
-first registration and from then on accepts a registration or heartbeat for that id only with a
-signature, made with that key, over a challenge the coordinator issued (single use, short-lived)
-and the digest of the exact request. A replayed or altered request does not verify.
+first registration and from then on accepts a registration, heartbeat or deregistration for that
+id only with a signature, made with that key, over a challenge the coordinator issued (single use,
+short-lived) and the digest of the exact request. A replayed or altered request does not verify.
 
 The first registration of a node id also needs an enrolment token, which the coordinator admin
 issued for exactly that node id and source (`attribnet coordinator enrol`). The token does not
@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 CONTEXT = "attribnet.identity.v1"
 REGISTER = "register"  # RegistryService.Register
 HEARTBEAT = "heartbeat"  # RegistryService.Heartbeat
+DEREGISTER = "deregister"  # RegistryService.Deregister (the request names the registration's generation)
 FLOWER_REGISTER = "flower-register"  # the reply to train.fit_head
 FETCH = "fetch"  # DistributionService.Open: a registered node's signature, or an enrolment holder's HMAC
 PUBLIC_KEY_HEX_LENGTH = 64

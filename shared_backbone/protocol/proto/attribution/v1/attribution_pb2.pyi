@@ -204,18 +204,20 @@ class RegisterRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., source: _Optional[str] = ..., endpoint: _Optional[str] = ..., backbone_digest: _Optional[str] = ..., backbone_version: _Optional[str] = ..., head_digest: _Optional[str] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., threshold: _Optional[float] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("status", "backbone", "heartbeat_interval_seconds", "stale_after_seconds", "gateway_credential")
+    __slots__ = ("status", "backbone", "heartbeat_interval_seconds", "stale_after_seconds", "gateway_credential", "generation")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STALE_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     status: str
     backbone: Backbone
     heartbeat_interval_seconds: float
     stale_after_seconds: float
     gateway_credential: str
-    def __init__(self, status: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_after_seconds: _Optional[float] = ..., gateway_credential: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, status: _Optional[str] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_after_seconds: _Optional[float] = ..., gateway_credential: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -224,6 +226,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
+class DeregisterRequest(_message.Message):
+    __slots__ = ("node_id", "generation")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    generation: int
+    def __init__(self, node_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class DeregisterResponse(_message.Message):
     __slots__ = ("status",)
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: str

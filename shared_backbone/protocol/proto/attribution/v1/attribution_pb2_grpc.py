@@ -174,6 +174,11 @@ class RegistryServiceStub:
                 request_serializer=attribution_dot_v1_dot_attribution__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=attribution_dot_v1_dot_attribution__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Deregister = channel.unary_unary(
+                '/attribution.v1.RegistryService/Deregister',
+                request_serializer=attribution_dot_v1_dot_attribution__pb2.DeregisterRequest.SerializeToString,
+                response_deserializer=attribution_dot_v1_dot_attribution__pb2.DeregisterResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -196,7 +201,27 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Marks a registered node alive (signed like Register). NOT_FOUND tells the node to register again.
+        """Marks a registered node alive (signed like Register). NOT_FOUND tells the node to register again
+        (the node id is unknown, or its node left).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deregister(self, request, context):
+        """Takes a stopping node out of the network at once, instead of after `stale_after_seconds`
+        (`attribnet node serve` calls it on SIGINT/SIGTERM, before it stops serving). Only the node
+        itself may: it is signed like Heartbeat (purpose "deregister", over a fresh single-use challenge
+        and the digest of this request, whose `generation` it therefore covers; a replay's challenge is
+        used up). The entry is kept, marked "left": never queried, not listed in `missing_nodes`, shown
+        as "left" by ListSources and the admin's `attribnet coordinator registry list`; its key binding,
+        source and any quarantine stay, so the node comes back by registering again (no new enrolment)
+        and a quarantined node comes back quarantined. Deregistering a node that left already succeeds.
+        Errors: NOT_FOUND (unknown node id), UNAUTHENTICATED (missing or bad signature), ABORTED (stale
+        challenge), PERMISSION_DENIED (signed with a key other than the one bound to the node id),
+        FAILED_PRECONDITION (`generation` is not the current registration's: an older process of a node
+        that has registered again since may not remove the newer registration), INVALID_ARGUMENT
+        (`generation` unset).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +244,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=attribution_dot_v1_dot_attribution__pb2.HeartbeatRequest.FromString,
                     response_serializer=attribution_dot_v1_dot_attribution__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Deregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deregister,
+                    request_deserializer=attribution_dot_v1_dot_attribution__pb2.DeregisterRequest.FromString,
+                    response_serializer=attribution_dot_v1_dot_attribution__pb2.DeregisterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +333,33 @@ class RegistryService:
             '/attribution.v1.RegistryService/Heartbeat',
             attribution_dot_v1_dot_attribution__pb2.HeartbeatRequest.SerializeToString,
             attribution_dot_v1_dot_attribution__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attribution.v1.RegistryService/Deregister',
+            attribution_dot_v1_dot_attribution__pb2.DeregisterRequest.SerializeToString,
+            attribution_dot_v1_dot_attribution__pb2.DeregisterResponse.FromString,
             options,
             channel_credentials,
             insecure,
