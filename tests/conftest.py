@@ -1,4 +1,4 @@
-"""Shared fixtures: data fixtures live in fixtures_data.py, model/bundle fixtures in fixtures_backbone.py."""
+"""Shared fixtures: data in fixtures_data.py, model/bundle in fixtures_backbone.py, the demo runs in fixtures_demo.py."""
 
 import os
 
@@ -9,3 +9,4 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from tests.fixtures_backbone import *  # noqa: E402,F401,F403
 from tests.fixtures_data import *  # noqa: E402,F401,F403
+from tests.fixtures_demo import *  # noqa: E402,F401,F403

@@ -6,13 +6,15 @@ The reader uses h5py directly, independently of the importer under test.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-PAPER = Path(__file__).resolve().parents[2] / "shared/reference/paper_weights"
+# ATTRIBNET_PAPER_WEIGHTS points elsewhere (e.g. a worktree whose ../shared is not the checkout's).
+PAPER = Path(os.environ.get("ATTRIBNET_PAPER_WEIGHTS") or Path(__file__).resolve().parents[2] / "shared/reference/paper_weights")
 NORMSTATS = PAPER / "ganfp_dctnorm"
 
 requires_paper_weights = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""`attribnet demo --tiny` end to end through the CLI, on the session's tiny zoo."""
+"""`attribnet demo --offline --config configs/demo.yaml --tiny` end to end through the CLI, on the session's
+tiny zoo: the run of the `offline_demo` fixture, the one docs/paper-workflow.md's command maps to."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from attribnet.cli import main
 
-
-def test_demo_runs_end_to_end(tiny_zoo, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["-q", "demo", "--offline", "--tiny", "--data", str(tiny_zoo), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+def test_demo_runs_end_to_end(offline_demo):
+    out = offline_demo.out
+    assert offline_demo.code == 0
+    printed = offline_demo.stdout
     assert "publish signed bundle" in printed and "# attribnet offline demo" in printed
     report = json.loads((out / "report.json").read_text())
     (run,) = report["seeds"]

@@ -1,132 +1,20 @@
-"""The whole-network demo, tiny: one `serve=True` run in a subprocess (zoo, bundle, Flower simulation,
-gateway + node processes, queries). While it serves, the test asks the gateway itself and checks
-the report's predictions are the network's answers; SIGTERM must then stop every process."""
+"""The whole-network demo, tiny: one `--serve` run in a subprocess (zoo, bundle, Flower simulation,
+gateway + node processes, queries), shared with test_doc_commands.py (tests/fixtures_demo.py). While
+it serves, the test asks the gateway itself and checks the report's predictions are the network's
+answers; SIGTERM must then stop every process."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-PROJECT = Path(__file__).resolve().parent.parent
-SOURCES = ["tconv_a", "nnconv_a"]
-OVERRIDES = {
-    "zoo.image_size": 32, "zoo.per_source": 30, "zoo.sources": SOURCES, "zoo.workers": 1,
-    "primary.epochs": 2, "primary.min_epochs": 1, "head.epochs": 1, "head.min_epochs": 1,
-}
-READY = "gateway listening on "
-
-
-def nested(dotted: dict) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}: the overrides as a demo YAML."""
-    tree: dict = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc, no extra dependency)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def started_for(out: Path) -> set[int]:
-    """Processes whose command line names this test's output folder (orphans of a killed demo)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(out).encode() in (entry / "cmdline").read_bytes():
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def read_lines(stream, lines: "queue.Queue[str]") -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put("")
-
-
-@pytest.fixture
-def served_demo(tmp_path):
-    """Starts the demo with serve=True; yields (process, gateway, out, log lines); always ends it."""
-    from attribnet.launch.flower_processes import free_port
-
-    out = tmp_path / "out"
-    port = free_port()
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(nested(OVERRIDES)))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT)}
-    command = [sys.executable, "-m", "attribnet.cli", "demo", "--config", str(config), "--out", str(out), "--serve", "--port", str(port)]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
-    seen: list[str] = []
-    gateway = None
-    deadline = time.monotonic() + 240
-    try:
-        while gateway is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if line == "":
-                break
-            seen.append(line)
-            if READY in line:
-                gateway = line.split(READY, 1)[1].strip()
-        assert gateway, "no 'gateway listening on' line; output tail:\n" + "".join(seen[-30:])
-        assert gateway == f"127.0.0.1:{port}"
-        yield process, gateway, out, lines, seen
-    finally:  # on failure: the node/gateway processes run in their own sessions, end them one by one
-        for pid in descendants(process.pid) | started_for(out) | {process.pid}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.wait(timeout=10)
+from tests.fixtures_demo import DEMO_SOURCES as SOURCES, alive, descendants, started_for
 
 
 def _check_report(out: Path) -> tuple[list, list[dict]]:
@@ -215,7 +103,9 @@ def _check_nodes_left(path: Path) -> None:
 
 
 def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):
-    process, gateway, out, lines, seen = served_demo
+    demo = served_demo.ensure()
+    process, gateway, out, lines, seen = demo.process, demo.gateway, demo.out, demo.lines, demo.seen
+    assert gateway == f"127.0.0.1:{demo.port}"
     host, port = gateway.rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
     test, rows = _check_report(out)

@@ -59,7 +59,8 @@ def _print_result(result, as_json: bool) -> None:
     print(f"federation {result.status}: backbone {result.backbone.get('version')} ({str(result.backbone.get('digest'))[:12]}), "
           f"{len(result.registered)} registered, {len(result.problems)} not")
     for node in result.nodes:
-        detail = f"head {node.head_digest[:12]} at {node.endpoint}" if node.status == "registered" else node.error
+        registration = node.registration
+        detail = f"head {registration.head_digest[:12]} at {registration.endpoint}" if registration and node.status == "registered" else node.error
         print(f"  {node.source or node.flower_node_id}: {node.status}: {detail}")
     if result.finetune:
         print(f"  fine-tuned bundle: {result.finetune.get('bundle')} (parent {str(result.finetune.get('parent'))[:12]})")
