@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,3 +300,84 @@ def status_code(call):
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code()
+
+
+def start_net(root: Path, keypair, sources: tuple[str, ...], seed: int, node_metrics: bool = False, **gateway) -> Net:
+    """A gateway (`gateway` settings) and one real node per source with an untrained head, all healthy."""
+    from node.server import start_node
+
+    bundle = make_bundle(root / "bundle", *keypair)
+    coordinator = start_gateway(bundle, keypair[1], root / "registry.sqlite", **gateway)
+    nodes = {}
+    for i, source in enumerate(sources):
+        make_head(root / source, bundle, source, seed=seed + i)
+        write_enrolment(coordinator.registry, root / source, source, source)
+        config = node_config(root, bundle, source, coordinator.port, keypair)
+        if node_metrics:
+            config.serve.metrics_port = 0
+        nodes[source] = start_node(config)
+    wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(sources), 30,
+               f"{len(sources)} healthy nodes")
+    return Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
+
+
+def stop_net(net: Net) -> None:
+    for node in net.nodes.values():
+        node.stop(0.2)
+    net.coordinator.stop(0.2)
+
+
+def client(net: Net, timeout: float = 10.0):
+    from shared_backbone.runtime.gateway_client import AttributionClient
+
+    return AttributionClient(net.target, timeout=timeout)
+
+
+class TamperedHead:
+    """A real HeadService on its own server, registered like any node (what admission does once its proofs
+    check out), whose answers are changed by `tamper`, delayed by `delay` seconds, and held while `resume`
+    is clear (a stall, e.g. a GC pause)."""
+
+    def __init__(self, net: Net, source: str, tamper: Callable = lambda response: response, delay: float = 0.0,
+                 typicality: bool = False, seed: int = 400, workers: int = 4, hold: float = 0.0) -> None:
+        from node.head_service import HeadServicer
+        from shared_backbone.protocol import identity
+        from shared_backbone.protocol.registration import Registration
+        from shared_backbone.runtime import rpc
+        from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+        self.net, self.source, self.calls, self.release, self.resume = net, source, 0, threading.Event(), threading.Event()
+        self.resume.set()
+        head = make_head(net.root / source, net.bundle, source, seed=seed + len(source), typicality=typicality)
+        outer = self
+
+        class Servicer(HeadServicer):
+            def Score(self, request, context):
+                outer.calls += 1
+                if delay:
+                    outer.release.wait(delay)
+                outer.resume.wait(hold)
+                return tamper(super().Score(request, context))
+
+        self.servicer = Servicer(head, net.bundle, source, 64)
+        self.server = rpc.create_server(workers=workers, max_message_mb=4)
+        pb_grpc.add_HeadServiceServicer_to_server(self.servicer, self.server)
+        self.port = rpc.bind(self.server, "127.0.0.1", 0)
+        self.server.start()
+        registry = net.coordinator.registry
+        if registry.bound_key(source) is None and registry.enrolment(source) is None:
+            registry.enrol(source, source)
+        registry.register(
+            Registration.from_fields(dict(
+                node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
+                head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5)),
+            public_key=identity.public_key_hex(identity.node_key(f"{source}-secret")),
+            enrolment_verified=registry.bound_key(source) is None,
+        )
+
+    def close(self) -> None:
+        self.release.set()
+        self.resume.set()
+        self.net.coordinator.registry.remove(self.source)
+        self.server.stop(0.2).wait(2)
+        self.servicer.close()

@@ -9,14 +9,13 @@ tests count calls, trace counters and Prometheus samples.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.network_support import Net, make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
+from tests.network_support import TamperedHead, client, png_bytes, start_gateway, start_net, stop_net, wait_until
 
 GOOD = ("alpha", "beta")
 MAX_QUEUE = 4
@@ -25,79 +24,13 @@ NODE_TIMEOUT = 4.0
 
 @pytest.fixture(scope="module")
 def load_net(tmp_path_factory, keypair):
-    from node.server import start_node
-    from tests.network_support import node_config
-
-    root = tmp_path_factory.mktemp("load")
-    bundle = make_bundle(root / "bundle", *keypair)
-    coordinator = start_gateway(
-        bundle, keypair[1], root / "registry.sqlite", max_images=4,
+    net = start_net(
+        tmp_path_factory.mktemp("load"), keypair, GOOD, 300, node_metrics=True, max_images=4,
         max_queue_images=MAX_QUEUE, node_timeout=NODE_TIMEOUT, node_cooldown_failures=2, node_cooldown_seconds=600.0,
         heartbeat_interval=0.3, stale_after=600.0, metrics_port=0, access_log=True,
     )
-    nodes = {}
-    for i, source in enumerate(GOOD):
-        make_head(root / source, bundle, source, seed=300 + i)
-        write_enrolment(coordinator.registry, root / source, source, source)
-        config = node_config(root, bundle, source, coordinator.port, keypair)
-        config.serve.metrics_port = 0
-        nodes[source] = start_node(config)
-    wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(GOOD), 30, "2 healthy nodes")
-    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
     yield net
-    for node in nodes.values():
-        node.stop(0.2)
-    coordinator.stop(0.2)
-
-
-def client(net, timeout=10.0):
-    from shared_backbone.runtime.gateway_client import AttributionClient
-
-    return AttributionClient(net.target, timeout=timeout)
-
-
-class TamperedHead:
-    """A real HeadService on its own server whose answers are changed by `tamper` (or delayed)."""
-
-    def __init__(self, net, source: str, tamper, delay: float = 0.0, typicality: bool = False) -> None:
-        from node.head_service import HeadServicer
-        from shared_backbone.protocol import identity
-        from shared_backbone.protocol.registration import Registration
-        from shared_backbone.runtime import rpc
-        from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-
-        self.net, self.source, self.calls, self.release = net, source, 0, threading.Event()
-        head = make_head(net.root / source, net.bundle, source, seed=400 + len(source), typicality=typicality)
-        outer = self
-
-        class Servicer(HeadServicer):
-            def Score(self, request, context):
-                outer.calls += 1
-                if delay:
-                    outer.release.wait(delay)
-                return tamper(super().Score(request, context))
-
-        self.servicer = Servicer(head, net.bundle, source, 64)
-        self.server = rpc.create_server(workers=4, max_message_mb=4)
-        pb_grpc.add_HeadServiceServicer_to_server(self.servicer, self.server)
-        self.port = rpc.bind(self.server, "127.0.0.1", 0)
-        self.server.start()
-        registry = net.coordinator.registry
-        if registry.bound_key(source) is None and registry.enrolment(source) is None:
-            registry.enrol(source, source)
-        registry.register(  # what admission does once the node's proofs check out
-            Registration.from_fields(dict(
-                node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
-                head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5)),
-            public_key=identity.public_key_hex(identity.node_key(f"{source}-secret")),
-            enrolment_verified=registry.bound_key(source) is None,
-        )
-
-    def close(self) -> None:
-        self.release.set()
-        self.net.coordinator.registry.remove(self.source)
-        self.server.stop(0.2).wait(2)
-        self.servicer.close()
+    stop_net(net)
 
 
 def sample(net, name: str, labels: dict) -> float:

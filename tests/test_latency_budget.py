@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import statistics
-import threading
 import time
 import numpy as np
 import pytest
 
-from tests.network_support import Net, make_bundle, make_head, png_bytes, start_gateway, wait_until, write_enrolment
+from tests.network_support import Net, TamperedHead, client, png_bytes, start_gateway, start_net, stop_net, wait_until
 
 GOOD = ("alpha", "beta")
 NODE_TIMEOUT = 3.0
@@ -28,77 +27,18 @@ STRIKES = 2
 
 @pytest.fixture(scope="module")
 def budget_net(tmp_path_factory, keypair):
-    from node.server import start_node
-    from tests.network_support import node_config
-
-    root = tmp_path_factory.mktemp("budget")
-    bundle = make_bundle(root / "bundle", *keypair)
-    coordinator = start_gateway(
-        bundle, keypair[1], root / "registry.sqlite", max_images=4, node_timeout=NODE_TIMEOUT,
+    net = start_net(
+        tmp_path_factory.mktemp("budget"), keypair, GOOD, 500, max_images=4, node_timeout=NODE_TIMEOUT,
         node_cooldown_seconds=COOLDOWN, node_slow_strikes=STRIKES, heartbeat_interval=0.3, stale_after=600.0,
     )
-    nodes = {}
-    for i, source in enumerate(GOOD):
-        make_head(root / source, bundle, source, seed=500 + i)
-        write_enrolment(coordinator.registry, root / source, source, source)
-        nodes[source] = start_node(node_config(root, bundle, source, coordinator.port, keypair))
-    wait_until(lambda: sum(e.status == "healthy" for e in coordinator.registry.list()) == len(GOOD), 30, "2 healthy nodes")
-    net = Net(root, bundle, coordinator, nodes, f"127.0.0.1:{coordinator.port}")
     yield net
-    for node in nodes.values():
-        node.stop(0.2)
-    coordinator.stop(0.2)
+    stop_net(net)
 
 
-class DelayedHead:
-    """A real HeadService on its own server, registered like any node, that sleeps `delay` seconds before
-    answering, and holds every call while `resume` is clear (a stall, e.g. a GC pause)."""
-
-    def __init__(self, net: Net, source: str, delay: float = 0.0) -> None:
-        from node.head_service import HeadServicer
-        from shared_backbone.protocol import identity
-        from shared_backbone.protocol.proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-        from shared_backbone.protocol.registration import Registration
-        from shared_backbone.runtime import rpc
-
-        self.net, self.source, self.calls, self.release, self.resume = net, source, 0, threading.Event(), threading.Event()
-        self.resume.set()
-        head = make_head(net.root / source, net.bundle, source, seed=600 + len(source))
-        outer = self
-
-        class Servicer(HeadServicer):
-            def Score(self, request, context):
-                outer.calls += 1
-                outer.release.wait(delay)
-                outer.resume.wait(NODE_TIMEOUT)
-                return super().Score(request, context)
-
-        self.servicer = Servicer(head, net.bundle, source, 64)
-        self.server = rpc.create_server(workers=8, max_message_mb=4)
-        pb_grpc.add_HeadServiceServicer_to_server(self.servicer, self.server)
-        self.port = rpc.bind(self.server, "127.0.0.1", 0)
-        self.server.start()
-        registry = net.coordinator.registry
-        registry.enrol(source, source)
-        registry.register(  # what admission does once the node's proofs check out
-            Registration.from_fields(dict(
-                node_id=source, source=source, endpoint=f"127.0.0.1:{self.port}", backbone_digest=net.bundle.digest,
-                head_digest=head.digest, calibration=head.calibration.to_dict(), threshold=0.5)),
-            public_key=identity.public_key_hex(identity.node_key(f"{source}-secret")), enrolment_verified=True,
-        )
-
-    def close(self) -> None:
-        self.release.set()
-        self.resume.set()
-        self.net.coordinator.registry.remove(self.source)
-        self.server.stop(0.2).wait(2)
-        self.servicer.close()
-
-
-def client(net: Net, timeout: float = 10.0):
-    from shared_backbone.runtime.gateway_client import AttributionClient
-
-    return AttributionClient(net.target, timeout=timeout)
+def delayed_head(net: Net, source: str, delay: float = 0.0) -> TamperedHead:
+    """A real HeadService registered like any node that sleeps `delay` seconds before answering and holds
+    every call while `resume` is clear (a stall, e.g. a GC pause)."""
+    return TamperedHead(net, source, delay=delay, seed=600, workers=8, hold=NODE_TIMEOUT)
 
 
 def timed(c, image: list[bytes]):
@@ -131,7 +71,7 @@ def test_a_slow_member_is_cut_then_cooled_and_then_costs_nothing(budget_net):
         for _ in range(3):
             c.attribute(image)
         baseline = [timed(c, image)[1] for _ in range(10)]
-    slow = DelayedHead(budget_net, "sloth", SLOW_SECONDS)
+    slow = delayed_head(budget_net, "sloth", SLOW_SECONDS)
     try:
         with client(budget_net) as c:
             answers = [timed(c, image) for _ in range(STRIKES)]
@@ -160,7 +100,7 @@ def test_a_single_stall_of_an_honest_node_never_cools_it(budget_net):
     from coordinator.gateway.node_pool import SLOW
     from shared_backbone.runtime.prometheus import NODE_SKIPPED, NODE_SLOW
 
-    spiky = DelayedHead(budget_net, "spiky")
+    spiky = delayed_head(budget_net, "spiky")
     images = [[png_bytes(np.random.default_rng(20 + i))] for i in range(3)]
     try:
         with client(budget_net) as c:
