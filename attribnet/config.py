@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from coordinator.config import AuditConfig
 from shared_backbone.config import PerturbConfig, TrainConfig
 from attribnet.lab.datasets.zoo import ZooConfig
 from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DEFAULT_MARGIN, DEFAULT_TYPICALITY_ALPHA
@@ -43,6 +44,7 @@ class DemoConfig:
     baselines: list[str] = field(default_factory=lambda: ["gdaconv", "dctlinear"])
     perturbations: list[str] = field(default_factory=lambda: ["clean", "jpeg75", "blur1"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    audit: AuditConfig = field(default_factory=AuditConfig)  # the served demo's gateway audit (on; private reals: the test split's)
 
 
 @dataclass

@@ -11,26 +11,37 @@ from shared_backbone.model.rule import DEFAULT_ALPHA, DEFAULT_FAKE_THRESHOLD, DE
 
 @dataclass
 class AuditConfig:
-    """Canary audits of the nodes (`coordinator/gateway/audit.py`) and the win-rate monitor.
+    """Canary audits of the nodes (`coordinator/gateway/audit.py`, `canaries.py`) and the win-rate monitor.
 
-    With `reference` set (a folder with one sub-folder of images per source, labels known to the
-    coordinator), every node is audited when it registers (it is not queried before) and every
-    `interval` seconds: it scores `sample` images of other sources (and its own, where the folder
-    has them); a node is quarantined until the admin clears it when the lower `confidence` bound
-    of its observed claim rate on images that are not its own exceeds `tolerance` (the node's
-    self-reported metrics play no part).
+    On by default (needs the coordinator's `reference` set): every batch the nodes score carries
+    `per_batch` canaries (fresh views of `reals` real images from `private_reals`, else the
+    reference set; `own_generators` fresh renders of them by the coordinator's own random
+    generators; the members' private audit sets under `reference`, one sub-folder per source),
+    and while no client asks for `interval` seconds, or a node waits for its audit, a
+    canary-only batch goes out. A node is quarantined until the admin clears it when the lower
+    `confidence` bound of its observed claim rate on the last `window` canaries of one kind not
+    its own exceeds that kind's tolerance; a new or restarted registration serves once
+    `min_canaries` such canaries passed (the node's self-reported metrics play no part).
     The win-rate monitor flags a source that wins more than `max_win_share` of the last
     `win_window` requests (each request counts once, its answers split evenly; once
     `win_min_answers` requests were seen and at least `win_min_sources` sources answer).
     """
 
-    reference: str = field(default="", metadata=PATH)
-    per_source: int = 32  # canary images loaded per reference source
-    sample: int = 24  # negatives per node per audit
-    interval: float = 60.0
-    tolerance: float = 0.25  # the false-claim rate on other sources' canaries an honest head may have
-    confidence: float = 0.95  # one-sided confidence of the claim-rate bound compared with `tolerance`
-    timeout: float = 5.0  # seconds a node has to answer an audit
+    enabled: bool = True
+    reference: str = field(default="", metadata=PATH)  # members' private audit sets: one sub-folder per source
+    per_source: int = 64  # images read per deposited source
+    private_reals: str = field(default="", metadata=PATH)  # real images no node received ("": the reference set's)
+    reals: int = 64  # reference-set reals used as canaries (and re-rendered by the coordinator's generators)
+    own_generators: int = 64  # fresh renders by the coordinator's own random generators (0: none)
+    per_batch: int = 2  # canaries mixed into every batch the nodes score
+    window: int = 200  # canaries of each kind remembered per node
+    min_canaries: int = 16  # canaries not of its source a pending node answers before it serves
+    interval: float = 2.0  # seconds without a batch before a canary-only batch goes out
+    tolerance_real: float = 0.25  # the claim rate on real canaries an honest head may have
+    tolerance_own_generators: float = 0.6  # ... on the coordinator's generators' renders (honest tiny heads: up to 0.34)
+    tolerance_per_source: float = 0.6  # ... on another member's canaries, counted where it outranks that member's node
+    confidence: float = 0.95  # one-sided confidence of the claim-rate bounds compared with the tolerances
+    seed: int | None = None  # the canaries' and the coordinator's generators' seed (None: secret, new each start)
     win_window: int = 200
     win_min_answers: int = 50
     max_win_share: float = 0.8

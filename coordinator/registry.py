@@ -54,6 +54,8 @@ HEALTHY = "healthy"
 STALE = "stale"
 QUARANTINED = "quarantined"
 PENDING_AUDIT = "pending_audit"
+STARTING = "starting"  # PENDING_AUDIT as clients see it
+STARTING_REASON = "registered, not serving answers yet"
 INCOMPATIBLE = "incompatible"  # what the gateway reports for a node on another backbone (never queried)
 LEFT = "left"
 EXTERNAL_CHECK_SECONDS = 1.0
@@ -115,6 +117,13 @@ def describe_status(status: str, entry: NodeEntry) -> str:
     if status == STALE:
         return "no heartbeat within the registry's timeout"
     return ""
+
+
+def public_status(entry: NodeEntry, backbone_digest: str) -> tuple[str, str]:
+    """(status, reason) as clients see them: a node pending its canary audit is just `starting` (no audit state
+    in a public answer, so a node cannot learn from one when it is being audited)."""
+    status = serving_status(entry, backbone_digest)
+    return (STARTING, STARTING_REASON) if status == PENDING_AUDIT else (status, entry.status_reason)
 
 
 def serving_status(entry: NodeEntry, backbone_digest: str) -> str:

@@ -86,7 +86,7 @@ class Servers:
 
 
 def start_servers(root: Path | None = None) -> Servers:
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
     from node.config import NodeConfig, NodeServeConfig
     from node.server import start_node
@@ -99,7 +99,7 @@ def start_servers(root: Path | None = None) -> Servers:
     make_head(root / "node", bundle, "fuzzed", seed=1)
     coordinator = start_coordinator(CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(keys[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, max_message_mb=4),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, max_message_mb=4, audit=AuditConfig(enabled=False)),  # random heads
     ))
     node = start_node(NodeConfig(source="fuzzed", backbone=str(bundle.path), public_key=str(keys[1]), state_dir=str(root / "node"),
                                  serve=NodeServeConfig(host="127.0.0.1", port=0, coordinator="127.0.0.1:9", max_batch=64,

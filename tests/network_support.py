@@ -107,10 +107,10 @@ def random_image_typicality(bundle, seed: int, fit: int = 48, reference: int = 3
 
 def start_gateway(bundle, public_key: Path, registry: Path, **gateway):
     """A real coordinator server on a free loopback port serving `bundle`, with these gateway settings."""
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
 
-    settings = {"host": "127.0.0.1", "port": 0, **gateway}
+    settings = {"host": "127.0.0.1", "port": 0, "audit": AuditConfig(enabled=False), **gateway}  # random heads: see test_trust
     return start_coordinator(CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(public_key), registry=str(registry), gateway=GatewayConfig(**settings),
     ))

@@ -23,11 +23,12 @@ QUERY_TOKEN = "query-secret"
 SOURCES = ("alpha", "beta", "gamma")
 MAX_PIXELS = 64 * 64
 MAX_IMAGES = 8
+NO_AUDIT = {"enabled": False}  # random synthetic heads, no reference set: the canary audit is tested in test_trust
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, keypair):
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
     from node.server import start_node
 
@@ -41,7 +42,7 @@ def net(tmp_path_factory, keypair):
         gateway=GatewayConfig(
             host="127.0.0.1", port=0, query_token_file=str(root / "query.token"),
             max_pixels=MAX_PIXELS, max_images=MAX_IMAGES, node_timeout=2.0, heartbeat_interval=0.3,
-            stale_after=2.0, batch_window_ms=50.0,
+            stale_after=2.0, batch_window_ms=50.0, audit=AuditConfig(**NO_AUDIT),
         ),
     )
     coordinator = start_coordinator(config)
@@ -329,7 +330,7 @@ def test_wrong_enrolment_token_stops_node(net, keypair):
 
 def test_mutual_tls_network(net, tmp_path, keypair):
     """Coordinator and node with mTLS: registration, scoring and queries all need a CA-signed cert."""
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
     from node.server import start_node
     from shared_backbone.config import TLSConfig
@@ -339,7 +340,7 @@ def test_mutual_tls_network(net, tmp_path, keypair):
     tls = TLSConfig(cert=pem["cert"], key=pem["key"], ca=pem["ca"], require_client_cert=True)
     coordinator = start_coordinator(CoordinatorConfig(
         bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, tls=tls),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, tls=tls, audit=AuditConfig(**NO_AUDIT)),
     ))
     write_enrolment(coordinator.registry, tmp_path / "gamma-state", "gamma-tls", "gamma")
     config = net.node_configs["gamma"]
@@ -365,17 +366,19 @@ def test_mutual_tls_network(net, tmp_path, keypair):
 def test_gateway_refuses_bad_settings_and_tampered_bundle(net, tmp_path, keypair):
     import shutil
 
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import GatewayStartError, start_coordinator
 
     def config(**gateway) -> CoordinatorConfig:
         return CoordinatorConfig(
             bundle=str(net.bundle.path), public_key=str(keypair[1]), registry=str(tmp_path / "r.sqlite"),
-            gateway=GatewayConfig(**{"host": "127.0.0.1", "port": 0, **gateway}),
+            gateway=GatewayConfig(**{"host": "127.0.0.1", "port": 0, "audit": AuditConfig(**NO_AUDIT), **gateway}),
         )
 
     with pytest.raises(GatewayStartError, match="gateway.max_images"):
         start_coordinator(config(max_images=0))
+    with pytest.raises(GatewayStartError, match="canary audits need the reference set"):
+        start_coordinator(config(audit=AuditConfig()))  # the default: audits on
     with pytest.raises(GatewayStartError, match="stale_after"):
         start_coordinator(config(heartbeat_interval=5, stale_after=5))
     with pytest.raises(GatewayStartError, match="query_token_file .*cannot read"):

@@ -98,8 +98,13 @@ def _check_nodes_left(path: Path) -> None:
     registry = Registry(path, stale_after=3600.0, create=False)
     try:
         assert {entry.node_id: entry.status for entry in registry.list()} == {source: "left" for source in SOURCES}
+        assert not [(e.node_id, e.quarantine, e.flag) for e in registry.list() if e.quarantine or e.flag], \
+            "an honest founding node was quarantined or flagged over the demo's queries"
     finally:
         registry.close()
+    log = (path.parent / "coordinator.log").read_text(errors="replace")
+    assert "canary audits on" in log and "canary audit: node" in log and "passed on" in log, \
+        "the demo's gateway must audit its nodes (canaries mixed into its batches)"
 
 
 def test_network_demo_serves_real_answers_and_stops_cleanly_on_sigterm(served_demo):

@@ -71,7 +71,7 @@ def registered(net: Network, want: set[str]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
+def network(tmp_path_factory, zoo_bundle, zoo_heads, zoo_reference, keypair):
     from coordinator.registry import Registry
 
     root = tmp_path_factory.mktemp("e2e")
@@ -80,6 +80,7 @@ def network(tmp_path_factory, zoo_bundle, zoo_heads, keypair):
     coordinator_yaml = write_yaml(root / "coordinator.yaml", {
         "bundle": str(zoo_bundle.path),
         "public_key": str(keypair[1]),
+        "reference": str(zoo_reference),  # canary audits on, as by default
         "registry": str(root / "coordinator-state" / "registry.sqlite"),
         "gateway": {"host": "127.0.0.1", "port": gateway_port,
                     "node_timeout": NODE_TIMEOUT, "heartbeat_interval": 0.5, "stale_after": 3.0},

@@ -42,14 +42,14 @@ def test_services_and_package_are_versioned():
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, keypair):
     """A gateway with no nodes (attribution still answers, from the detector alone)."""
-    from coordinator.config import CoordinatorConfig, GatewayConfig
+    from coordinator.config import AuditConfig, CoordinatorConfig, GatewayConfig
     from coordinator.gateway.server import start_coordinator
 
     root = tmp_path_factory.mktemp("proto")
     bundle = make_bundle(root / "bundle", *keypair)
     config = CoordinatorConfig(
         bundle=str(bundle.path), public_key=str(keypair[1]), registry=str(root / "registry.sqlite"),
-        gateway=GatewayConfig(host="127.0.0.1", port=0, max_message_mb=1),
+        gateway=GatewayConfig(host="127.0.0.1", port=0, max_message_mb=1, audit=AuditConfig(enabled=False)),  # random heads
     )
     server = start_coordinator(config)
     yield server, bundle

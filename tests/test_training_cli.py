@@ -74,11 +74,11 @@ def test_bench_attribution_of_bundle_and_heads(zoo_bundle, zoo_heads, tiny_zoo, 
     from attribnet.lab.datasets.zoo import zoo_data_config
 
     assert len(rows) == metrics["n"] == len(load_split(zoo_data_config(tiny_zoo))[1]["test"])
-    for row in rows:  # the paper's rule: the primary's "real" wins, else the best calibrated head
+    for row in rows:  # the paper's rule: the primary's "real" wins, else the head with the best raw score (rank_by)
         if float(row["score_fake_score"]) < 0.5:
             assert row["predicted"] == "real"
         else:
-            scores = {s: float(row[f"score_{s}"]) for s in zoo_heads}
+            scores = {s: float(row[f"raw_{s}"]) for s in zoo_heads}
             assert row["predicted"] == max(scores, key=scores.get)
     correct = sum(row["predicted"] == row["truth"] for row in rows)
     assert metrics["multiclass"]["accuracy"] == correct / len(rows)

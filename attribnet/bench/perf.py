@@ -43,6 +43,12 @@ class PerfSettings:
     seed: int = 0
 
 
+# The serving benchmarks' gateway settings for `synthetic_models`: untrained heads answer at random, so the
+# canary audit (on by default) would rightly quarantine them, and there is no reference set to draw canaries
+# from. These benchmarks measure the serving path's mechanics; the audit is measured by tests/test_trust.py.
+SYNTHETIC_GATEWAY = {"audit": {"enabled": False}}
+
+
 def synthetic_models(workdir: Path, image_size: int, nodes: int) -> tuple[Path, Path, dict[str, Path]]:
     """An untrained signed bundle and `nodes` untrained heads (bundle, public key, source -> head dir)."""
     from shared_backbone.model import bundle as bundle_lib
@@ -153,7 +159,7 @@ def run_perf(
     def shared_local(batch: list[bytes]) -> object:
         return shared.attribute(np.stack([preprocess(data, bundle.input_spec) for data in batch]))
 
-    with start_local_network(out / "network", bundle.path, public_key, head_dirs) as network, \
+    with start_local_network(out / "network", bundle.path, public_key, head_dirs, gateway_settings=SYNTHETIC_GATEWAY) as network, \
             AttributionClient(network.gateway, timeout=60.0) as client:
         variants = {
             "network": client.attribute,

@@ -178,6 +178,7 @@ def open_loop_point(network, images: list[bytes], nodes: int, config: ServingBen
 def measure_network(out: Path, bundle, public_key: Path, head_dirs: dict[str, Path], nodes: int, images: list[bytes],
                     config: ServingBenchConfig, progress: Progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Starts the gateway + `nodes` node processes; measures every closed-loop (C, B) point and the open-loop one."""
+    from attribnet.bench.perf import SYNTHETIC_GATEWAY
     from attribnet.launch.flower_processes import free_port
     from attribnet.launch.local_network import start_local_network
 
@@ -185,7 +186,7 @@ def measure_network(out: Path, bundle, public_key: Path, head_dirs: dict[str, Pa
     metrics_port = free_port()
     gateway = {"metrics_port": metrics_port, "batch_window_ms": config.batch_window_ms,
                "max_inflight_batches": config.max_inflight_batches, "max_concurrent_rpcs": 256,
-               "workers": 48, "stale_after": 60.0}
+               "workers": 48, "stale_after": 60.0, **SYNTHETIC_GATEWAY}
     progress(f"network: starting the gateway and {nodes} node process(es)")
     rows = []
     shutil.rmtree(out / f"network-{nodes}", ignore_errors=True)  # an earlier run's heads belong to another bundle

@@ -136,7 +136,7 @@ def run_slow_node(out: str | Path, config: ServingBenchConfig, delay: float, *, 
                   gateway: dict[str, Any] | None = None, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Honest single-image latency without, then with, one node answering `delay` s late, `config.repeats`
     rounds in turn (so load drift on a shared machine hits both alike); writes OUT/slow-node.json."""
-    from attribnet.bench.perf import random_images, synthetic_models
+    from attribnet.bench.perf import SYNTHETIC_GATEWAY, random_images, synthetic_models
     from attribnet.launch.local_network import start_local_network
     from shared_backbone.model import bundle as bundle_lib
     from shared_backbone.model import signing
@@ -148,7 +148,7 @@ def run_slow_node(out: str | Path, config: ServingBenchConfig, delay: float, *, 
     sources = sorted(head_dirs)
     images = random_images(64, config.image_size, seed=0)
     settings = {"max_inflight_batches": config.max_inflight_batches, "batch_window_ms": config.batch_window_ms,
-                "stale_after": 60.0, **(gateway or {})}
+                "stale_after": 60.0, **SYNTHETIC_GATEWAY, **(gateway or {})}
     shutil.rmtree(work / "network", ignore_errors=True)
     progress(f"slow node: starting the gateway and {honest} honest node process(es)")
     with start_local_network(work / "network", bundle_path, public_key, {s: head_dirs[s] for s in sources[:-1]},

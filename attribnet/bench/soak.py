@@ -149,7 +149,7 @@ def _settle(network, nodes: int, timeout: float = 60.0) -> None:
 
 def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
     """Runs the soak and writes OUT/soak.json; returns the report."""
-    from attribnet.bench.perf import random_images, synthetic_models
+    from attribnet.bench.perf import SYNTHETIC_GATEWAY, random_images, synthetic_models
     from attribnet.launch.local_network import start_local_network
 
     out = Path(out)
@@ -157,7 +157,7 @@ def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
     bundle, public_key, head_dirs = synthetic_models(out / "models", settings.image_size, settings.nodes)
     images = random_images(settings.images_per_request, settings.image_size, seed=3)
     counts, events = Counts(), {"node_kills": 0, "coordinator_restarts": 0}
-    gateway_settings = {"node_timeout": settings.node_timeout, "stale_after": 5.0}
+    gateway_settings = {"node_timeout": settings.node_timeout, "stale_after": 5.0, **SYNTHETIC_GATEWAY}
     began = time.monotonic()
     with start_local_network(out / "network", bundle, public_key, head_dirs, gateway_settings=gateway_settings) as network:
         before = _registry_ids(out / "network" / "registry.sqlite")

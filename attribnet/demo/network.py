@@ -305,6 +305,25 @@ def _query_and_report(network: Any, data: DataConfig, bundle: Any, primary: Any,
     return report
 
 
+def _audit_settings(config: DemoConfig, data: DataConfig, out: Path) -> dict[str, Any]:
+    """The gateway's canary audit: the demo's settings, with the test split's reals (which no node receives:
+    the reference set leaves them out) as the coordinator's private reals unless the config names some."""
+    from shared_backbone.config import to_dict
+    from shared_backbone.data.datasets import load_split
+
+    settings = to_dict(config.audit)
+    if config.audit.enabled and not config.audit.private_reals:
+        folder = out / "audit-reals"
+        folder.mkdir(exist_ok=True)
+        index, splits = load_split(data)
+        for sample in splits["test"]:
+            link = folder / f"{sample.source}-{sample.path.name}"
+            if index.is_real(sample.source) and not link.exists():
+                link.symlink_to(sample.path.resolve())
+        settings["private_reals"] = str(folder)
+    return settings
+
+
 def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: bool, step: Callable[[str], None] | None) -> dict[str, Any]:
     from attribnet.demo.offline import check_config, make_reference, train_and_publish
     from attribnet.launch.local_network import start_local_network
@@ -329,7 +348,7 @@ def _run(config: DemoConfig, out: Path, *, serve: bool, port: int, progress: boo
     with _sigterm_interrupts():  # again: Flower's simulation replaces the process's signal handlers
         network = timer.run("network start", f"start gateway + {len(head_dirs)} node services", start_local_network,
                             network_dir, bundle.path, keys[1], head_dirs, port=port, node_ports={s: ports[s] for s in head_dirs},
-                            reference=reference)
+                            reference=reference, gateway_settings={"audit": _audit_settings(config, data, out)})
         with network:
             report = _query_and_report(network, data, bundle, primary, federation, result_file, head_dirs, out, timer, began)
             step(f"report {out / 'network-report.md'}: accuracy {report['attribution']['accuracy']:.3f} "

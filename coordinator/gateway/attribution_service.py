@@ -26,10 +26,10 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 from PIL import Image
 
-from coordinator.gateway.audit import WinRateMonitor
+from coordinator.gateway.win_rate import WinRateMonitor
 from coordinator.gateway.intake import Intake
 from coordinator.gateway.serving_pipeline import BatchAnswer, ServingPipeline
-from coordinator.registry import NodeEntry, Registry, serving_status
+from coordinator.registry import NodeEntry, Registry, public_status
 from shared_backbone.model import heatmaps
 from shared_backbone.model.rule import ImageAttribution, RuleSettings, attribute_batch, out_of_scope
 from shared_backbone.runtime.prometheus import STAGE_DECODE, STAGE_RESPOND, ServerMetrics
@@ -138,11 +138,12 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
 
     def source_info(self, entry: NodeEntry) -> pb.SourceInfo:
         """What query clients may see of a node: never its endpoint, calibration, threshold or metrics (the admin's registry shows them)."""
+        status, reason = public_status(entry, self.backbone.digest)
         return pb.SourceInfo(
             node_id=entry.node_id,
             source=entry.source,
-            status=serving_status(entry, self.backbone.digest),
-            status_reason=entry.status_reason,
+            status=status,
+            status_reason=reason,
             last_heartbeat=_timestamp(entry.last_heartbeat),
             registered_at=_timestamp(entry.registered_at),
             backbone_digest=entry.backbone_digest,

@@ -95,6 +95,7 @@ class _Call:
     probe: bool  # the first call after a cool-down: never holds the batch once a quorum answered
     sent: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = None
+    invalid: str = ""  # why its scores were unusable (count or values), for the canary audit
 
 
 @dataclass
@@ -105,6 +106,19 @@ class FanoutResult:
     failed: set[str] = field(default_factory=set)
     typicality: dict[str, np.ndarray] = field(default_factory=dict)  # node id -> typicality, for nodes that sent it
     reasons: dict[str, str] = field(default_factory=dict)  # failed node id -> why, where more is known than "failed"
+    invalid: dict[str, str] = field(default_factory=dict)  # node id -> why its scores were unusable (count, values)
+
+    def head(self, rows: int) -> FanoutResult:
+        """The answers to the batch's first `rows` rows (the clients'; the audit's canaries follow them)."""
+        return self._rows(slice(None, rows))
+
+    def tail(self, rows: int) -> FanoutResult:
+        """The answers to the rows after the first `rows` (the audit's canaries)."""
+        return self._rows(slice(rows, None))
+
+    def _rows(self, rows: slice) -> FanoutResult:
+        return FanoutResult({node: raw[rows] for node, raw in self.answered.items()}, self.failed,
+                            {node: typical[rows] for node, typical in self.typicality.items()}, self.reasons, self.invalid)
 
 
 class NodePool:
@@ -227,6 +241,8 @@ class NodePool:
         outcome = call.task.result()
         if outcome is None:
             result.failed.add(node_id)
+            if call.invalid:
+                result.invalid[node_id] = call.invalid
             return
         result.answered[node_id], typicality = outcome
         if typicality is not None:
@@ -257,22 +273,6 @@ class NodePool:
             node.stub = pb_grpc.HeadServiceStub(node.channel)
         return node, node.stub
 
-    def probe(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
-        """One node's raw answer to an audit batch, its values unchecked so the auditor can judge them;
-        None when it did not answer in time, or answered for another head or batch size."""
-        future = asyncio.run_coroutine_threadsafe(self._probe(entry, request, rows, timeout), self._loop)
-        return future.result(timeout + 5.0)
-
-    async def _probe(self, entry: NodeEntry, request: pb.ScoreRequest, rows: int, timeout: float) -> np.ndarray | None:
-        _, stub = self._stub(entry)
-        try:
-            response = await stub.Score(request, timeout=timeout, metadata=self.metadata(entry))
-        except grpc.aio.AioRpcError:
-            return None
-        if len(response.raw_scores) != rows or response.source != entry.source or response.head_digest != entry.head_digest:
-            return None
-        return np.asarray(response.raw_scores, dtype=np.float64)
-
     async def _call(self, call: _Call, request: pb.ScoreRequest, rows: int,
                     timeout: float) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The node's checked (raw scores, typicality or None), or None (and the failure noted) when it did not answer well."""
@@ -287,6 +287,7 @@ class NodePool:
             problem = check_response(entry, response, scores, rows) or check_typicality(typicality, rows)
             if problem:
                 reason = "bad_answer"
+                call.invalid = check_values(scores, rows) or check_typicality(typicality, rows) or ""
             else:
                 answer = (scores, typicality)
         except grpc.aio.AioRpcError as exc:
@@ -353,11 +354,17 @@ class NodePool:
 
 
 def check_response(entry: NodeEntry, response: pb.ScoreResponse, scores: np.ndarray, rows: int) -> str | None:
-    """Why a node's answer cannot be used (wrong count, source, head, or score values), or None."""
-    if len(scores) != rows:
-        return f"returned {len(scores)} scores for {rows} images"
+    """Why a node's answer cannot be used (wrong source or head, count, or score values), or None."""
     if response.source != entry.source or response.head_digest != entry.head_digest:
         return f"serves {response.source}/{response.head_digest[:12]}, registered {entry.source}/{entry.head_digest[:12]}"
+    return check_values(scores, rows)
+
+
+def check_values(scores: np.ndarray, rows: int) -> str | None:
+    """Why scores are unusable whatever head sent them (count, not a probability), or None. A node restarting
+    with a new head may answer for it before it re-registers; a wrong count or value is never honest."""
+    if len(scores) != rows:
+        return f"returned {len(scores)} scores for {rows} images"
     bad = ~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0))
     if bad.any():
         return f"returned the raw score {scores[bad][0]}, not a probability in [0, 1]"

@@ -4,6 +4,7 @@ hand them to the servicers (as in grpc's route_guide), serve."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -12,7 +13,9 @@ from grpc_health.v1.health import HealthServicer
 from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig, GatewayConfig
 from coordinator.gateway.attribution_service import AttributionServicer
-from coordinator.gateway.audit import CanaryAudit, WinRateMonitor, load_canaries
+from coordinator.gateway.audit import CanaryAudit, CanaryProber
+from coordinator.gateway.canaries import CanaryError, build_pool
+from coordinator.gateway.win_rate import WinRateMonitor
 from coordinator.gateway.intake import Intake
 from coordinator.gateway.node_pool import LatencyBudget, NodePool
 from coordinator.gateway.distribution_service import DistributionServicer, distribution_servicer
@@ -54,12 +57,13 @@ class CoordinatorServer:
     metrics: ServerMetrics
     metrics_port: int = -1  # the bound /metrics port, -1 when off
     audit: CanaryAudit | None = None
+    prober: CanaryProber | None = None
     distribution: DistributionServicer | None = None  # None when gateway.distribution.enabled is off
 
     def stop(self, grace: float = 2.0) -> None:
         rpc.set_not_serving(self.health)
-        if self.audit is not None:
-            self.audit.stop()
+        if self.prober is not None:
+            self.prober.stop()
         self.server.stop(grace).wait(grace + 1)
         close_parts(self.attribution, self.pool)
         self.registry.close()
@@ -101,7 +105,7 @@ def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:
         rpc.check_plaintext(gateway_config.host, gateway_config.tls, gateway_config.insecure, "gateway.host")
     except (bundle_lib.BundleError, rpc.RpcConfigError) as exc:
         raise GatewayStartError(str(exc)) from None
-    audit_on = bool(gateway_config.audit.reference)
+    audit_on = gateway_config.audit.enabled
     try:
         registry = Registry(config.registry, stale_after=gateway_config.stale_after,
                             policy=gateway_policy(gateway_config), audit=audit_on)
@@ -111,8 +115,27 @@ def _open(config: CoordinatorConfig) -> tuple[bundle_lib.Bundle, str, Registry]:
     return bundle, query_token, registry
 
 
+def canary_audit(config: CoordinatorConfig, bundle: bundle_lib.Bundle, registry: Registry,
+                 metrics: ServerMetrics) -> CanaryAudit | None:
+    """The canary audit (`gateway.audit`), None when it is off; its pool needs the reference set."""
+    audit = config.gateway.audit
+    if not audit.enabled:
+        log.warning("canary audits are off (gateway.audit.enabled: false): a node's claims are not checked")
+        return None
+    if not config.reference:
+        raise GatewayStartError("gateway.audit.enabled: canary audits need the reference set (`reference:`, "
+                                "see `attribnet coordinator reference`); set gateway.audit.enabled: false to serve without")
+    try:
+        pool = build_pool(config.reference, audit.reference, bundle.input_spec, reals=audit.reals,
+                          own_generators=audit.own_generators, per_source=audit.per_source, seed=audit.seed,
+                          private_reals=audit.private_reals)
+    except (CanaryError, OSError, ValueError) as exc:
+        raise GatewayStartError(f"gateway.audit: {exc}") from None
+    return CanaryAudit(registry, pool, audit, metrics, seed=audit.seed)
+
+
 def build_attribution(bundle: bundle_lib.Bundle, registry: Registry, config: GatewayConfig,
-                      metrics: ServerMetrics) -> tuple[AttributionServicer, NodePool]:
+                      metrics: ServerMetrics, audit: CanaryAudit | None = None) -> tuple[AttributionServicer, NodePool]:
     """The AttributionService servicer and its parts: one primary module for the trunk pass and the heatmaps."""
     primary = bundle.load_primary()
     serving = CompiledModel(networks.build_serving_model(primary))
@@ -125,14 +148,14 @@ def build_attribution(bundle: bundle_lib.Bundle, registry: Registry, config: Gat
     pipeline = ServingPipeline(
         serving, RoutingTable(registry, bundle.digest), pool, window=config.batch_window_ms / 1000.0,
         max_batch=config.max_batch, max_queue=config.max_queue_images, max_inflight=config.max_inflight_batches,
-        node_timeout=config.node_timeout, metrics=metrics,
+        node_timeout=config.node_timeout, metrics=metrics, audit=audit,
     )
     servicer = AttributionServicer(
         backbone=pb.Backbone(version=bundle.version, digest=bundle.digest), registry=registry,
         intake=Intake(config, bundle.input_spec, metrics), pipeline=pipeline,
         heatmapper=heatmaps.HeatmapModel(primary, compile=True), input_mode=bundle.input_spec.mode,
         rule=rule_settings(config), request_timeout=config.request_timeout, metrics=metrics,
-        monitor=WinRateMonitor(registry, config.audit),
+        monitor=WinRateMonitor(registry, config.audit, metrics),
     )
     return servicer, pool
 
@@ -143,18 +166,15 @@ def close_parts(attribution: AttributionServicer, pool: NodePool) -> None:
     attribution.intake.close()
 
 
-def _start_audit(bundle: bundle_lib.Bundle, attribution: AttributionServicer, pool: NodePool, registry: Registry,
-                 config: GatewayConfig) -> CanaryAudit | None:
-    audit = config.audit
-    if not audit.reference:
+def _start_prober(attribution: AttributionServicer, config: GatewayConfig) -> CanaryProber | None:
+    """Canary-only batches while no client asks or a node waits for its audit."""
+    pipeline = attribution.pipeline
+    if pipeline.audit is None:
         return None
-    try:
-        canaries = load_canaries(audit.reference, bundle.input_spec, attribution.pipeline.trunk_features, audit.per_source)
-    except ValueError as exc:
-        raise GatewayStartError(f"gateway.audit.reference: {exc}") from None
-    worker = CanaryAudit(registry, pool, canaries, audit, bundle.digest, attribution.rule)
-    worker.start()
-    return worker
+    prober = CanaryProber(lambda: pipeline.probe(time.monotonic() + config.node_timeout + 1.0),
+                          lambda: pipeline.last_batch, pipeline.has_pending, config.audit)
+    prober.start()
+    return prober
 
 
 def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
@@ -163,7 +183,12 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
     check_gateway_config(gateway_config)
     bundle, query_token, registry = _open(config)
     metrics = ServerMetrics()
-    attribution, pool = build_attribution(bundle, registry, gateway_config, metrics)
+    try:
+        audit = canary_audit(config, bundle, registry, metrics)
+    except GatewayStartError:
+        registry.close()
+        raise
+    attribution, pool = build_attribution(bundle, registry, gateway_config, metrics, audit)
     server = rpc.create_server(
         workers=gateway_config.workers,
         max_message_mb=gateway_config.max_message_mb,
@@ -181,7 +206,6 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
     health = rpc.enable_health_and_reflection(
         server, [ATTRIBUTION_SERVICE, REGISTRY_SERVICE] + ([DISTRIBUTION_SERVICE] if distribution else []))
     try:
-        audit = _start_audit(bundle, attribution, pool, registry, gateway_config)
         port = rpc.bind(server, gateway_config.host, gateway_config.port, gateway_config.tls, insecure=gateway_config.insecure)
         metrics_port = serve_metrics(metrics, gateway_config.metrics_host, gateway_config.metrics_port)
     except (rpc.RpcConfigError, GatewayStartError) as exc:
@@ -189,6 +213,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         registry.close()
         raise GatewayStartError(str(exc)) from None
     server.start()
+    prober = _start_prober(attribution, gateway_config)
     nodes = registry.list()
     log.info(
         "coordinator serving backbone %s (%s) on %s:%d; registry %s holds %d node(s)%s%s",
@@ -196,7 +221,7 @@ def start_coordinator(config: CoordinatorConfig) -> CoordinatorServer:
         "; queries need a token" if query_token else "", "; canary audits on" if audit else "",
     )
     return CoordinatorServer(server, port, attribution, attribution.pipeline, pool, registry, health, metrics,
-                             metrics_port, audit, distribution)
+                             metrics_port, audit, prober, distribution)
 
 
 def serve_forever(config: CoordinatorConfig) -> int:

@@ -49,6 +49,9 @@ NODE_TIMEOUTS = f"{PREFIX}_node_timeouts"
 NODE_ERRORS = f"{PREFIX}_node_errors"
 NODE_SKIPPED = f"{PREFIX}_node_skipped"
 NODE_SLOW = f"{PREFIX}_node_slow"
+CANARIES = f"{PREFIX}_canaries"
+NODE_QUARANTINED = f"{PREFIX}_node_quarantined"
+NODE_FLAGGED = f"{PREFIX}_node_flagged"
 TRACES = f"{PREFIX}_trace_count"
 STAGE_SECONDS = f"{PREFIX}_stage_seconds"
 
@@ -84,6 +87,9 @@ class ServerMetrics:
         self.node_errors = Counter(NODE_ERRORS, "failed Score calls or wrong answers", ["node", "reason"], registry=r)
         self.node_skipped = Counter(NODE_SKIPPED, "batches a node sat out in cool-down", ["node"], registry=r)
         self.node_slow = Counter(NODE_SLOW, "Score calls cut for exceeding the latency budget", ["node"], registry=r)
+        self.canaries = Counter(CANARIES, "canary images a node scored, by what it did with them", ["node", "outcome"], registry=r)
+        self.node_quarantined = Counter(NODE_QUARANTINED, "quarantines by the gateway's audits", ["node", "by"], registry=r)
+        self.node_flagged = Counter(NODE_FLAGGED, "flags by the win-rate monitor", ["node"], registry=r)
         self.traces = Gauge(TRACES, "traces of a compiled model", ["model"], registry=r)
         self.stage_seconds = Histogram(STAGE_SECONDS, "time in one step of a query", ["stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)

@@ -233,6 +233,7 @@ def evaluate_network(
                 name=f"{name}_multiclass", title=f"bundle + heads, {name}",
                 scores=np.column_stack([evaluation.fake_scores, evaluation.calibrated]),
                 score_names=["fake_score", *sources], extra_predicted=[AMBIGUOUS],
+                columns={f"raw_{source}": evaluation.raw[:, j] for j, source in enumerate(sources)},  # what the rule ranks
             ),
             "open_set": write_multiclass_report(
                 out, ids, evaluation.classes, evaluation.true, evaluation.predicted, metrics["open_set"],

@@ -63,7 +63,7 @@ class AttributionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSources(self, request, context):
-        """The registered nodes with their status and metrics.
+        """The registered nodes and their status (never their calibration, thresholds or metrics).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
