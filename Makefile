@@ -53,10 +53,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/attribnet demo --out $(DEMO_OUT)
 
-# Two workers (CI has 2 cores; most tests use one): the modules that run Flower simulations (Ray)
-# and share the demo runs are one xdist group, so they run in one worker, once.
 test: upscalers
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
 
 # Regenerate the gRPC/protobuf code beside its .proto (a test checks it is current).
 proto: $(STAMP)

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("flower-simulation")  # Ray and the shared demo runs: one worker (Makefile)
-
 
 def test_demo_runs_end_to_end(offline_demo):
     out = offline_demo.out

@@ -56,8 +56,6 @@ from tests.doc_shell import Background, Reply, install_shims, run_block, run_in_
 from tests.network_support import free_port
 from tests.paper_reference import PAPER
 
-pytestmark = pytest.mark.xdist_group("flower-simulation")  # Ray and the shared demo runs: one worker (Makefile)
-
 NODE_READY = r"registered node \S+( \(source|; the coordinator audits)"
 SERVERS = {("coordinator", "serve"): r"coordinator serving backbone", ("node", "serve"): NODE_READY,
            ("node", "join"): NODE_READY}

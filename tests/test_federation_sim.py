@@ -16,8 +16,6 @@ from attribnet.lab.datasets.zoo import ZooSettings, write_zoo
 from shared_backbone.model.bundle import load_bundle, sha256_file
 from shared_backbone.model.heads import HEAD_WEIGHTS, load_head
 
-pytestmark = pytest.mark.xdist_group("flower-simulation")  # Ray and the shared demo runs: one worker (Makefile)
-
 # Eight generators, several per architecture (instances), as eight organisations.
 SOURCES = ("tconv_a", "tconv_b", "tconv_c", "nnconv_a", "nnconv_b", "bilinear_a", "pixshuffle_a", "pixshuffle_b")
 BROKEN = "bilinear_b"  # its node's data folder does not exist: training crashes there

@@ -16,8 +16,6 @@ import pytest
 
 from tests.fixtures_demo import DEMO_SOURCES as SOURCES, alive, descendants, started_for
 
-pytestmark = pytest.mark.xdist_group("flower-simulation")  # Ray and the shared demo runs: one worker (Makefile)
-
 
 def _check_report(out: Path) -> tuple[list, list[dict]]:
     """The report agrees with the test split and its own predictions file; returns (test samples, rows)."""
