@@ -20,7 +20,7 @@ class AuditConfig:
     and while no client asks for `interval` seconds, or a node waits for its audit, a
     canary-only batch goes out. A node is quarantined until the admin clears it when the lower
     `confidence` bound of its observed claim rate on the last `window` canaries of one kind not
-    its own exceeds that kind's tolerance; a new or restarted registration serves once
+    its own (once it answered `min_per_kind` of them) exceeds that kind's tolerance; a new or restarted registration serves once
     `min_canaries` such canaries passed (the node's self-reported metrics play no part).
     The win-rate monitor flags a source that wins more than `max_win_share` of the last
     `win_window` requests (each request counts once, its answers split evenly; once
@@ -35,7 +35,8 @@ class AuditConfig:
     own_generators: int = 64  # fresh renders by the coordinator's own random generators (0: none)
     per_batch: int = 2  # canaries mixed into every batch the nodes score
     window: int = 200  # canaries of each kind remembered per node
-    min_canaries: int = 16  # canaries not of its source a pending node answers before it serves
+    min_canaries: int = 32  # canaries not of its source a pending node answers before it serves
+    min_per_kind: int = 10  # canaries of one kind a node answered before its claim rate on them is judged
     interval: float = 2.0  # seconds without a batch before a canary-only batch goes out
     tolerance_real: float = 0.25  # the claim rate on real canaries an honest head may have
     tolerance_own_generators: float = 0.6  # ... on the coordinator's generators' renders (honest tiny heads: up to 0.34)
