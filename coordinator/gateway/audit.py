@@ -12,7 +12,7 @@ number a node sends can hide a claim); on another member's canary it counts only
 also outranked that member's node (raw scores, as the rule ranks). The node is quarantined until
 the admin clears it when the one-sided Wilson lower bound (`audit.confidence`) of its claim rate on
 the recent canaries of one kind (`real`, the coordinator's generators, one member's deposited
-images) exceeds that kind's tolerance, or when it answers a batch with a wrong count or scores that
+images; judged once it answered `audit.min_per_kind` of them) exceeds that kind's tolerance, or when it answers a batch with a wrong count or scores that
 are not probabilities. A pending node starts serving once it answered `audit.min_canaries` of them
 without crossing a bound; one that does not answer usable scores never does. Nothing of this
 reaches a client: `ListSources` shows a pending node as `starting`.
