@@ -20,6 +20,7 @@ Every draw is a fresh view of a random pick, so a node cannot learn the pool's b
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -61,7 +62,7 @@ class CanaryPool:
         inputs = preprocessing.to_model_inputs(np.clip(views, 0, 255).astype(np.uint8), self.spec)
         return inputs, self.labels[picks]
 
-    @property
+    @functools.cached_property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one model input (what the trunk takes)."""
         return preprocessing.to_model_inputs(self.images[:1], self.spec).shape[1:]

@@ -110,13 +110,14 @@ class FanoutResult:
 
     def head(self, rows: int) -> FanoutResult:
         """The answers to the batch's first `rows` rows (the clients'; the audit's canaries follow them)."""
-        return self._rows(slice(None, rows))
+        return self.rows(slice(None, rows))
 
     def tail(self, rows: int) -> FanoutResult:
         """The answers to the rows after the first `rows` (the audit's canaries)."""
-        return self._rows(slice(rows, None))
+        return self.rows(slice(rows, None))
 
-    def _rows(self, rows: slice) -> FanoutResult:
+    def rows(self, rows: slice | np.ndarray) -> FanoutResult:
+        """The answers to these rows (a slice, or an index array that reorders them)."""
         return FanoutResult({node: raw[rows] for node, raw in self.answered.items()}, self.failed,
                             {node: typical[rows] for node, typical in self.typicality.items()}, self.reasons, self.invalid)
 

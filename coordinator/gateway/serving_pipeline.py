@@ -141,7 +141,7 @@ class ServingPipeline:
 
         def finish(result: FanoutResult) -> None:
             self._nodes_seconds(time.monotonic() - sent)
-            result = unshuffled(result, order)
+            result = result.rows(np.argsort(order))  # back in batch order: the nodes scored the rows in `order`
             queries = len(inputs) - len(labels)
             if self.audit is not None:
                 self.audit.observe(labels, result.tail(queries).answered, calls, result.invalid)
@@ -164,11 +164,3 @@ class ServingPipeline:
             raw_parts, typical_parts = rest[: len(ids)], rest[len(ids):]
             item.future.set_result(BatchAnswer(fake_part, dict(zip(ids, raw_parts)), answered, missing,
                                                dict(zip(typical, typical_parts))))
-
-
-def unshuffled(result: FanoutResult, order: np.ndarray) -> FanoutResult:
-    """The nodes' answers back in batch order (they scored the rows in `order`)."""
-    inverse = np.argsort(order)
-    return FanoutResult({node: raw[inverse] for node, raw in result.answered.items()}, result.failed,
-                        {node: typical[inverse] for node, typical in result.typicality.items()}, result.reasons,
-                        result.invalid)
