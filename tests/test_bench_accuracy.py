@@ -12,9 +12,9 @@ from attribnet.cli import main
 CONFIG = """
 accuracy:
   zoo: {image_size: 32, per_source: 48, preset: easy, workers: 1,
-        sources: [tconv_a, nnconv_a, pixshuffle_a, bilinear_r, modconv_a]}
+        sources: [tconv_a, pixshuffle_a, bilinear_r, modconv_a]}
   data: {image_size: 32, mode: dct}
-  roles: {nodes: [tconv_a, nnconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [bilinear_r], held_out: [modconv_a]}
+  roles: {nodes: [tconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [bilinear_r], held_out: [modconv_a]}
   seeds: [0]
   primary: {epochs: 8, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 3}
   robust_primary: {epochs: 1, batch_size: 16, learning_rate: 0.001, patience: 3, min_epochs: 1}
@@ -56,7 +56,7 @@ def test_every_field_the_interface_promises(report):
 
 
 def test_the_models_learn_and_nothing_leaks(report):
-    """Chance is 0.25 over real + 3 nodes: the network and the baselines must do far better on clean images."""
+    """Chance is 1/3 over real + 2 nodes: the network and the baselines must do far better on clean images."""
     result, _ = report
     assert result["clean"]["detection"] >= 0.8, result["clean"]
     assert result["clean"]["heads_calibrated"] >= 0.5 and result["clean"]["gdaconv"] >= 0.5, result["clean"]

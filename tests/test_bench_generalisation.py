@@ -1,6 +1,7 @@
-"""`attribnet bench accuracy`'s generalisation protocol end to end on a tiny zoo: the fully private
-setting, leave-one-family-out and the out-of-scope corpus report what the interface promises, the
-roles really leave the family out, and a second run resumes from the stored results."""
+"""`attribnet bench accuracy`'s generalisation protocols end to end on a tiny zoo: the fully private
+setting, leave-one-family-out, the out-of-scope corpus and the robustness oracle report what the
+interface promises, the roles really leave the family out, the oracle really trains on perturbed
+data, and a second run resumes from the stored results."""
 
 from __future__ import annotations
 
@@ -15,18 +16,18 @@ from attribnet.cli import main
 CONFIG = """
 accuracy:
   zoo: {image_size: 32, per_source: 40, preset: easy, workers: 1,
-        sources: [tconv_a, nnconv_a, pixshuffle_a, tconv_r, modconv_a]}
+        sources: [tconv_a, pixshuffle_a, tconv_r, modconv_a]}
   data: {image_size: 32, mode: dct}
-  roles: {nodes: [tconv_a, nnconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [tconv_r], held_out: [modconv_a]}
+  roles: {nodes: [tconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [tconv_r], held_out: [modconv_a]}
   seeds: [0]
   primary: {epochs: 2, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 1}
   head: {epochs: 2, batch_size: 32, learning_rate: 0.003, patience: 3, min_epochs: 1}
   baseline: {epochs: 1, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 1}
   negatives: {count: 24, generators: 3}
   perturb_copies: 1
-  test_perturbations: {}
+  test_perturbations: {jpeg: 75}
   baselines: [gdaconv]
-  protocols: [private, lofo, out_of_scope]
+  protocols: [private, lofo, out_of_scope, oracle]
   lofo_families: [tconv]
   out_of_scope_per_kind: 4
   alpha: 0.1
@@ -68,15 +69,15 @@ def test_the_roles_leave_the_family_out(run):
     result, root = run
     settings = result["per_seed"][0]["settings"]
     lofo, private, founding = settings["lofo-tconv"], settings["private"], settings["founding"]
-    assert lofo["detector_sources"] == lofo["trunk_sources"] == ["real", "nnconv_a", "pixshuffle_a"]
+    assert lofo["detector_sources"] == lofo["trunk_sources"] == ["real", "pixshuffle_a"]
     assert lofo["reference_sources"] == ["real"] and lofo["negatives_exclude_families"] == ["tconv"]
     assert private["detector_sources"] == ["real", "tconv_r"] and private["negatives_exclude_families"] == []
-    assert set(founding["detector_sources"]) == {"real", "tconv_a", "nnconv_a", "pixshuffle_a", "tconv_r"}
+    assert set(founding["detector_sources"]) == {"real", "tconv_a", "pixshuffle_a", "tconv_r"}
     work = root / "results" / "work" / "seed-0" / "lofo-tconv"
     primary = yaml.safe_load((work / "primary-lofo-tconv" / "config.yaml").read_text())
-    assert sorted(p.name for p in Path(primary["data"]["root"]).iterdir() if p.is_dir()) == ["nnconv_a", "pixshuffle_a", "real"]
+    assert sorted(p.name for p in Path(primary["data"]["root"]).iterdir() if p.is_dir()) == ["pixshuffle_a", "real"]
     head_configs = sorted(work.glob("heads-strict-*/*/runs/*/config.yaml"))
-    assert len(head_configs) == 3
+    assert len(head_configs) == 2
     for path in head_configs:
         node = yaml.safe_load(path.read_text())
         assert node["negatives"]["exclude_families"] == ["tconv"]
@@ -89,5 +90,29 @@ def test_a_second_run_resumes_from_the_stored_results(run, caplog):
     caplog.set_level("INFO")
     again = _run(root)
     assert again["leave_one_family_out"] == result["leave_one_family_out"] and again["private"] == result["private"]
-    assert again["out_of_scope"] == result["out_of_scope"]
-    assert sum("results of an earlier run" in r.getMessage() for r in caplog.records) == 3  # founding, private, lofo-tconv
+    assert again["out_of_scope"] == result["out_of_scope"] and again["oracle"] == result["oracle"]
+    # founding, private, lofo-tconv, oracle-jpeg
+    assert sum("results of an earlier run" in r.getMessage() for r in caplog.records) == 4
+
+
+def test_the_oracle_trains_and_tests_on_the_perturbed_copy(run):
+    """Every model of the oracle read the JPEG'd copy: its detector's view links into it, and the copy's images
+    are the originals as the evaluation perturbs them (same names, hence the same split)."""
+    import numpy as np
+
+    from shared_backbone.data.perturbations import perturb_fixed
+    from shared_backbone.model.preprocessing import load_image
+
+    result, root = run
+    assert set(result["oracle"]) == {"jpeg"}
+    assert {"detection", "heads_raw", "heads_calibrated", "gdaconv"} <= set(result["oracle"]["jpeg"])
+    assert all(0.0 <= v <= 1.0 for v in result["oracle"]["jpeg"].values()), result["oracle"]
+    work = root / "results" / "work"
+    copy = work / "oracle-data" / "jpeg-75"
+    primary = yaml.safe_load((work / "seed-0" / "oracle-jpeg" / "primary-clean" / "config.yaml").read_text())
+    assert {p.resolve().parent for p in Path(primary["data"]["root"]).iterdir() if p.is_dir()} == {copy.resolve()}
+    original = next((work / "zoo" / "tconv_a").glob("*.png"))
+    expected = perturb_fixed(load_image(original, 32), "jpeg", 75)
+    assert np.array_equal(load_image(copy / "tconv_a" / original.name, 32), expected)
+    text = (root / "BENCHMARKS.md").read_text()
+    assert "Robustness against an oracle" in text and "| jpeg 75 |" in text

@@ -179,3 +179,29 @@ def test_train_head_refuses_bad_configs(tiny_zoo_config, zoo_bundle, keypair, tm
         (only_one / "tconv_a" / image.name).write_bytes(image.read_bytes())
     with pytest.raises(ValueError, match="needs positives and negatives"):
         train_head(dataclasses.replace(base, data=dataclasses.replace(tiny_zoo_config, root=str(only_one))), zoo_bundle)
+
+
+def test_a_reused_compiled_twin_trains_exactly_as_a_fresh_compile(tmp_path):
+    """fit_arrays trains a compiled twin per architecture (no second tracing): the second head of an
+    architecture must come out bit for bit as the first did from a fresh compile, and land in its own model."""
+    from shared_backbone.training import compiled_twins
+    from shared_backbone.training.fit import fit_arrays
+
+    rng = np.random.default_rng(0)
+    shape = networks.feature_shape(32)
+    x, val_x = (rng.normal(size=(n, *shape)).astype("float16") for n in (96, 32))
+    y, val_y = ((rng.random(n) < 0.3).astype("float32") for n in (96, 32))
+    train = TrainConfig(epochs=3, batch_size=32, learning_rate=3e-3, patience=3, min_epochs=1, seed=4)
+
+    def trained(seed: int, run: str) -> list[np.ndarray]:
+        model = networks.build_head(32, seed=seed)
+        assert fit_arrays(model, x, y, val_x, val_y, train, tmp_path / run, progress=False).model is model
+        return model.get_weights()
+
+    compiled_twins.clear()
+    fresh = trained(7, "fresh")
+    other = trained(8, "other seed, reused twin")  # the twin now holds another head's trained state
+    reused = trained(7, "reused")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, reused))
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh, other))
+    assert len(compiled_twins._TWINS) == 1

@@ -1,7 +1,11 @@
 """`attribnet bench soak`: closed-loop clients against a local network while its processes are killed.
 
-Everything runs on loopback: a gateway and `nodes` node processes (untrained synthetic models,
-started like an operator would, `attribnet.launch.local_network`). `clients` threads each send
+Everything runs on loopback: a gateway and `nodes` node processes, started like an operator would
+(`attribnet.launch.local_network`). By default the models are untrained synthetic ones and the
+canary audit is off (random heads are not honest heads). With `network` (the folder an `attribnet
+demo --out DIR` run wrote), the demo's trained bundle and heads serve instead, with the demo's
+reference set, private reals and audit settings, so the audit runs as in production and the report
+says whether it quarantined or flagged an honest node. `clients` threads each send
 one Attribute request at a time until `seconds` have passed; a request that meets UNAVAILABLE or
 a deadline (the coordinator is restarting) is retried within its own `request_budget`. Meanwhile
 a chaos thread SIGKILLs one node process every `kill_every` seconds and restarts it, and restarts
@@ -10,13 +14,16 @@ the coordinator once, half-way. The report counts every request exactly once:
   succeeded  every registered node answered       partial  an answer with missing nodes (flagged)
   failed     an error after the retries            lost     sent but with no outcome at all
 
-and lists the registry's node ids before and after. The bar: zero lost, an unchanged registry.
+and lists the registry's node ids before and after, and the nodes quarantined or flagged at the end.
+The bar: zero lost, an unchanged registry, nobody quarantined or flagged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +47,7 @@ class SoakSettings:
     kill_every: float = 15.0
     request_budget: float = 30.0  # seconds one request may spend on retries
     node_timeout: float = 1.0
+    network: str = ""  # a demo's --out folder: serve its trained network, audits on
 
 
 @dataclass
@@ -69,6 +77,19 @@ def _registry_ids(path: Path) -> list[str]:
         registry.close()
 
 
+def _registry_verdicts(path: Path) -> dict[str, dict[str, str]]:
+    """Node id -> reason, for every quarantined and every flagged node."""
+    from coordinator.registry import Registry
+
+    registry = Registry(path)
+    try:
+        entries = registry.list()
+    finally:
+        registry.close()
+    return {"quarantined": {e.node_id: e.quarantine for e in entries if e.quarantine},
+            "flagged": {e.node_id: e.flag for e in entries if e.flag}}
+
+
 def _one_request(gateway: str, images: list[bytes], settings: SoakSettings, counts: Counts) -> None:
     """Sends one request (retrying what a restart causes) and records its outcome."""
     from shared_backbone.runtime.gateway_client import AttributionClient, GatewayError
@@ -91,9 +112,12 @@ def _one_request(gateway: str, images: list[bytes], settings: SoakSettings, coun
             time.sleep(0.2)
 
 
-def _client(gateway: str, images: list[bytes], settings: SoakSettings, counts: Counts, stop: threading.Event) -> None:
+def _client(gateway: str, pool: list[bytes], settings: SoakSettings, counts: Counts, stop: threading.Event,
+            seed: int) -> None:
+    """Sends requests of `images_per_request` images drawn afresh from the pool until stopped."""
+    rng = random.Random(seed)
     while not stop.is_set() and counts.sent < MAX_REQUESTS:
-        _one_request(gateway, images, settings, counts)
+        _one_request(gateway, rng.sample(pool, min(settings.images_per_request, len(pool))), settings, counts)
 
 
 def _restart(network, name: str) -> None:
@@ -147,23 +171,69 @@ def _settle(network, nodes: int, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+POOL_PER_SOURCE = 16  # images a source contributes to a trained network's query pool
+
+
+@dataclass
+class SoakModels:
+    """What the soaked network serves and what the clients send."""
+
+    bundle: Path
+    public_key: Path
+    head_dirs: dict[str, Path]
+    gateway_settings: dict[str, Any]
+    reference: str
+    pool: list[bytes]
+    image_size: int
+
+
+def _synthetic(out: Path, settings: SoakSettings) -> SoakModels:
+    from attribnet.bench.perf import SYNTHETIC_GATEWAY, random_images, synthetic_models
+
+    bundle, public_key, head_dirs = synthetic_models(out / "models", settings.image_size, settings.nodes)
+    return SoakModels(bundle, public_key, head_dirs, dict(SYNTHETIC_GATEWAY), "",
+                      random_images(4 * settings.images_per_request, settings.image_size, seed=3), settings.image_size)
+
+
+def _demo_network(demo: Path) -> SoakModels:
+    """A demo's trained network (`attribnet demo --out DEMO`): its bundle, heads, reference set and audit
+    settings as the demo's coordinator used them, and a pool of its zoo's images, every source mixed."""
+    from shared_backbone.config import read_yaml
+
+    coordinator_yaml = demo / "network" / "coordinator.yaml"
+    if not coordinator_yaml.is_file():
+        raise FileNotFoundError(f"{coordinator_yaml} not found: --network takes the --out folder of an `attribnet demo` run")
+    coordinator = read_yaml(coordinator_yaml)
+    head_dirs = {p.parent.name.removeprefix("node-"): p for p in sorted((demo / "network").glob("node-*/head"))}
+    if not head_dirs:
+        raise FileNotFoundError(f"no node heads under {demo / 'network'} (node-SOURCE/head)")
+    rng = random.Random(3)
+    pool = []
+    for folder in sorted(p for p in (demo / "zoo").iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.png"))
+        pool += [f.read_bytes() for f in rng.sample(files, min(POOL_PER_SOURCE, len(files)))]
+    size = json.loads((demo / "zoo" / "manifest.json").read_text())["image_size"]
+    return SoakModels(Path(coordinator["bundle"]), Path(coordinator["public_key"]), head_dirs,
+                      {"audit": coordinator["gateway"]["audit"]}, coordinator.get("reference", ""), pool, size)
+
+
 def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
     """Runs the soak and writes OUT/soak.json; returns the report."""
-    from attribnet.bench.perf import SYNTHETIC_GATEWAY, random_images, synthetic_models
     from attribnet.launch.local_network import start_local_network
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle, public_key, head_dirs = synthetic_models(out / "models", settings.image_size, settings.nodes)
-    images = random_images(settings.images_per_request, settings.image_size, seed=3)
+    models = _demo_network(Path(settings.network)) if settings.network else _synthetic(out, settings)
+    settings = dataclasses.replace(settings, nodes=len(models.head_dirs), image_size=models.image_size)
     counts, events = Counts(), {"node_kills": 0, "coordinator_restarts": 0}
-    gateway_settings = {"node_timeout": settings.node_timeout, "stale_after": 5.0, **SYNTHETIC_GATEWAY}
+    gateway_settings = {"node_timeout": settings.node_timeout, "stale_after": 5.0, **models.gateway_settings}
     began = time.monotonic()
-    with start_local_network(out / "network", bundle, public_key, head_dirs, gateway_settings=gateway_settings) as network:
+    with start_local_network(out / "network", models.bundle, models.public_key, models.head_dirs,
+                             gateway_settings=gateway_settings, reference=models.reference) as network:
         before = _registry_ids(out / "network" / "registry.sqlite")
         stop = threading.Event()
-        threads = [threading.Thread(target=_client, args=(network.gateway, images, settings, counts, stop), daemon=True)
-                   for _ in range(settings.clients)]
+        threads = [threading.Thread(target=_client, args=(network.gateway, models.pool, settings, counts, stop, i), daemon=True)
+                   for i in range(settings.clients)]
         chaos = threading.Thread(target=_chaos, args=(network, settings, stop, events), daemon=True)
         for thread in [*threads, chaos]:
             thread.start()
@@ -171,14 +241,15 @@ def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
         stop.set()
         for thread in [chaos, *threads]:
             thread.join(settings.request_budget + 100)
-        _settle(network, settings.nodes)
+        _settle(network, len(models.head_dirs))
         after = _registry_ids(out / "network" / "registry.sqlite")
     report = {
         "seconds": round(time.monotonic() - began, 1), "settings": asdict(settings), "sent": counts.sent,
         "succeeded": counts.succeeded, "partial": counts.partial, "failed": counts.failed,
         "lost": counts.sent - counts.succeeded - counts.partial - counts.failed, "retries": counts.retries,
         "errors": counts.errors, **events, "registry_before": before, "registry_after": after,
-        "registry_unchanged": before == after,
+        "registry_unchanged": before == after, "audited": bool(gateway_settings["audit"].get("enabled", True)),
+        **_registry_verdicts(out / "network" / "registry.sqlite"),
     }
     (out / "soak.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -254,16 +254,22 @@ def fit_arrays(
     num_classes: int = 2,
     progress: bool = True,
 ) -> FitResult:
-    """`fit` on arrays held in memory, e.g. a head on trunk features computed once (the trunk is frozen)."""
+    """`fit` on arrays held in memory, e.g. a head on trunk features computed once (the trunk is frozen).
+
+    It trains a compiled twin of `model` (`compiled_twins`: no second tracing for the same architecture,
+    the same weights as a fresh compile) and leaves the trained weights in `model`."""
     from shared_backbone.runtime.device import configure_tensorflow
+    from shared_backbone.training.compiled_twins import compiled_twin
 
     configure_tensorflow()
-    set_seed(train.seed)
-    compile_model(model, train, task)
     weights = class_weights(train_y, num_classes) if train.class_weighting else None
     val_w = validation_weights(val_y, weights)
     val_data = (val_x, val_y) if val_w is None else (val_x, val_y, val_w)
     log.info("training %s on %d arrays (val %d) for up to %d epochs, class weights %s", model.name, len(train_x),
              len(val_x), train.epochs, weights)
-    return _run(model, (train_x, train_y), val_data, train, Path(run_dir), class_weight=weights, progress=progress,
-                batch_size=train.batch_size)
+    with compiled_twin(model, task, train.learning_rate, lambda twin: compile_model(twin, train, task)) as twin:
+        set_seed(train.seed)  # after the twin exists: a new twin and a reused one then train from the same state
+        result = _run(twin, (train_x, train_y), val_data, train, Path(run_dir), class_weight=weights, progress=progress,
+                      batch_size=train.batch_size)
+    result.model = model
+    return result

@@ -15,6 +15,8 @@ Settings (who the coordinator's detector and source-aware trunk train on; `proto
   private      reals and the coordinator's own generators only: every node joins late
   lofo-FAMILY  leave one family out: its sources leave the detector, the trunk and the reference
                set, and every node's self-made negatives exclude it; its sources stay nodes
+  oracle-KIND  the founding setting trained and tested on a copy of the data perturbed as the test
+               perturbation KIND is: the ceiling robust training is judged against (oracle.py)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]
 ZOO_HELD_OUT = ["modconv_a"]
 ZOO_FAMILIES = ["tconv", "nnconv", "bilinear", "pixshuffle"]  # the node sources' families (text before "_")
 # What a run does besides the founding setting's clean models, strict heads and baselines.
-PROTOCOLS = ("shared", "robust", "late_join", "private", "lofo", "out_of_scope")
+PROTOCOLS = ("shared", "robust", "late_join", "private", "lofo", "out_of_scope", "oracle")
 METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear")
 BASELINES = ("gdaconv", "postpool", "dctlinear")
 
@@ -139,4 +141,13 @@ LOFO_QUICK = {
     "protocols": ["private", "lofo", "out_of_scope"],
     "out_of_scope_per_kind": 16,
 }
-PROFILES = {"full": {}, "quick": QUICK, "lofo-quick": LOFO_QUICK}
+# --profile robust-quick: clean-trained, robust-trained and oracle models (trained and tested on perturbed
+# data) for JPEG q75 and blur sigma 1, one seed at the quick profile's size.
+ROBUST_QUICK = {
+    **{k: QUICK[k] for k in ("zoo.per_source", "upscalers.per_source", "seeds", "primary.epochs", "robust_primary.epochs",
+                              "head.epochs", "baseline.epochs", "negatives.count", "perturb_copies")},
+    "test_perturbations": {"jpeg": 75, "blur": 1.0},
+    "baselines": ["gdaconv", "dctlinear"],
+    "protocols": ["robust", "oracle"],
+}
+PROFILES = {"full": {}, "quick": QUICK, "lofo-quick": LOFO_QUICK, "robust-quick": ROBUST_QUICK}

@@ -48,8 +48,9 @@ def means(tree: Any) -> Any:
 
 # Summary keys also copied to the top of accuracy.json (when the run measured them).
 TOP_KEYS = ("clean", "perturbed", "robust_trained", "open_set", "late_join", "private", "leave_one_family_out",
-            "out_of_scope", "out_of_scope_known")
-OPTIONAL = ("late_join", "private", "leave_one_family_out", "out_of_scope", "out_of_scope_known")
+            "out_of_scope", "out_of_scope_known", "oracle")
+OPTIONAL = ("late_join", "private", "leave_one_family_out", "out_of_scope", "out_of_scope_known", "oracle")
+ORACLE_METHODS = ("detection", "heads_raw", "heads_calibrated", "gdaconv", "postpool", "dct_linear")
 
 
 def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +116,7 @@ def markdown(report: dict[str, Any]) -> str:
         *_table(spread["clean_trained"], seconds),
         "",
         *_robust_section(report),
+        *_oracle_section(report),
         *_open_set_section(report),
         *generalisation_sections(report),
     ]
@@ -131,6 +133,31 @@ def _robust_section(report: dict[str, Any]) -> list[str]:
                       **{k: seconds.get(f"{k}_robust", 0) for k in ("gdaconv", "postpool", "dctlinear")}}
     return [f"Robust-trained models (detector retrained, heads retrained, baselines trained on `{report['settings']['robust']}`):",
             "", *_table(s["spread"]["robust_trained"], robust_seconds), ""]
+
+
+def _ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) -> str:
+    if not numerator or not denominator or not denominator["mean"] > 0:
+        return "–"
+    return f"{numerator['mean'] / denominator['mean']:.2f}"
+
+
+def _oracle_section(report: dict[str, Any]) -> list[str]:
+    """Per perturbation: clean-trained, robust-trained and the oracle (trained and tested on perturbed data)."""
+    spread = report["summary"]["spread"]
+    if "oracle" not in spread:
+        return []
+    lines = ["Robustness against an oracle: per test perturbation, the clean-trained and robust-trained models on "
+             "perturbed test images beside the oracle, the same setting trained and tested on a perturbed copy of the "
+             "data (the ceiling: what survives the perturbation at all). `robust / oracle` is the target's ratio.", "",
+             "| perturbation | method | clean-trained | robust-trained | oracle | robust / oracle |", "|---|---|---|---|---|---|"]
+    for kind, oracle in spread["oracle"].items():
+        clean = spread["clean_trained"].get(kind, {})
+        robust = spread.get("robust_trained", {}).get(kind, {})
+        for method in (m for m in ORACLE_METHODS if m in oracle):
+            lines.append(f"| {kind} {report['settings']['test_perturbations'][kind]:g} | {ROW_LABELS[method]} | "
+                         f"{_cell(clean.get(method))} | {_cell(robust.get(method))} | {_cell(oracle[method])} | "
+                         f"{_ratio(robust.get(method), oracle[method])} |")
+    return [*lines, ""]
 
 
 def _open_set_section(report: dict[str, Any]) -> list[str]:

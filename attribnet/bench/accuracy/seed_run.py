@@ -17,6 +17,7 @@ from attribnet.bench.accuracy import evaluate as ev
 from attribnet.bench.accuracy import out_of_scope as oos
 from attribnet.bench.accuracy.config import AccuracyConfig
 from attribnet.bench.accuracy.generalisation import leave_one_family_out, setting_metrics
+from attribnet.bench.accuracy.oracle import ORACLE, oracle_metrics
 from attribnet.bench.accuracy.bench_data import FOUNDING, PRIVATE, BenchData, Setting, reference_set
 from attribnet.bench.accuracy.seed_metrics import seed_metrics
 from attribnet.bench.accuracy.train import CLEAN, STRICT, SeedTrainer
@@ -108,8 +109,15 @@ class SeedRun:
 
         return self._setting(seed, setting.name, [setting.name, self.corpus is not None and setting.name == PRIVATE], run)
 
+    def oracle(self, seed: int, kind: str, value: float) -> dict[str, Any]:
+        """The founding setting trained and tested on data perturbed by `kind` at `value` (`oracle.py`)."""
+        def run(out: Path) -> dict[str, Any]:
+            return oracle_metrics(self.config, self.bench, self.keys, self.workdir, seed, kind, value, out, self.rule, self.step)
+
+        return self._setting(seed, f"{ORACLE}-{kind}", [ORACLE, kind, value], run)
+
     def run(self, seed: int, reference: Path) -> dict[str, Any]:
-        """{seed, the founding setting's numbers, private, leave_one_family_out, settings (who trained on what)}."""
+        """{seed, the founding setting's numbers, private, leave_one_family_out, oracle, settings (who trained on what)}."""
         founding = self.founding(seed, reference)
         others = {setting.name: self.other(seed, setting) for setting in self.bench.settings()}
         result = {"seed": seed, **founding}
@@ -120,4 +128,6 @@ class SeedRun:
         lofo = leave_one_family_out(others, founding, self.bench)
         if lofo:
             result["leave_one_family_out"] = lofo
+        if ORACLE in self.config.protocols:
+            result[ORACLE] = {kind: self.oracle(seed, kind, value) for kind, value in self.config.test_perturbations.items()}
         return result

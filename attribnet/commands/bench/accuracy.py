@@ -13,12 +13,13 @@ log = logging.getLogger("attribnet.bench")
 def register(actions: argparse._SubParsersAction) -> None:
     parser = actions.add_parser(
         "accuracy", help="the accuracy benchmark: detection, strict and shared heads, baselines, perturbations, open set, late joiners, "
-             "fully private setting, leave-one-family-out, out-of-scope",
+             "fully private setting, leave-one-family-out, out-of-scope, robustness oracle",
     )
     parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
-    parser.add_argument("--profile", choices=("full", "quick", "lofo-quick"), default="full",
+    parser.add_argument("--profile", choices=("full", "quick", "lofo-quick", "robust-quick"), default="full",
                         help="full (default): every protocol; quick: the founding setting's protocols at small size, 1 seed; "
-                             "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~5-8 min a seed")
+                             "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~5-8 min a seed; "
+                             "robust-quick: clean-, robust-trained and oracle models for JPEG q75 and blur 1 at the quick size, 1 seed")
     parser.add_argument("--dataset", choices=("zoo", "zoo_independent", "upscalers", "folder"),
                         help="zoo, zoo_independent (a separately written zoo, evaluation only) or upscalers (written here; "
                              "upscalers needs `make upscalers`) or folder (--data)")

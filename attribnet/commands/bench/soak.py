@@ -12,6 +12,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--clients", type=int, default=2, help="closed-loop client threads (default 2)")
     parser.add_argument("--nodes", type=int, default=3, help="node processes (default 3)")
     parser.add_argument("--kill-every", type=float, default=15.0, help="seconds between node kills (default 15)")
+    parser.add_argument("--network", default="", metavar="DEMO_OUT",
+                        help="serve the trained network an `attribnet demo --out DEMO_OUT` run wrote, canary audits on "
+                             "(default: untrained synthetic models, audits off); --nodes is then the demo's")
     parser.set_defaults(handler=run)
 
 
@@ -23,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.seconds <= 3600 or args.clients < 1 or args.nodes < 1 or args.kill_every <= 0:
         raise ValueError("--seconds must be in (0, 3600], --clients/--nodes >= 1, --kill-every > 0")
     report = run_soak(args.out, SoakSettings(seconds=args.seconds, clients=args.clients, nodes=args.nodes,
-                                             kill_every=args.kill_every))
+                                             kill_every=args.kill_every, network=args.network))
     print(json.dumps({k: v for k, v in report.items() if k != "settings"}, indent=2, sort_keys=True))
-    return 0 if report["lost"] == 0 and report["registry_unchanged"] else 1
+    honest = not report["quarantined"] and not report["flagged"]
+    return 0 if report["lost"] == 0 and report["registry_unchanged"] and honest else 1
