@@ -111,6 +111,10 @@ class ServedDemo:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def folder(self) -> Path:
+        """The output folder of a run (its trained network stays there after it stopped); starts one if none ran."""
+        return self.out if self.runs and self.gateway else self.ensure().out
+
     def ensure(self) -> "ServedDemo":
         if not self.running():
             self.start()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from node.config import NegativesConfig, NodeConfig
-from shared_backbone.config import TrainConfig
+from shared_backbone.config import PerturbConfig, TrainConfig
 from shared_backbone.data.datasets import load_split
 from attribnet.lab.datasets.zoo import zoo_data_config
 from shared_backbone.training.fit import BEST_WEIGHTS, MIN_PATIENCE, class_weights, detection_labels, fit
@@ -205,3 +205,24 @@ def test_a_reused_compiled_twin_trains_exactly_as_a_fresh_compile(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(fresh, reused))
     assert not all(np.array_equal(a, b) for a, b in zip(fresh, other))
     assert len(compiled_twins._TWINS) == 1
+
+
+def test_a_reused_compiled_twin_trains_on_images_exactly_as_a_fresh_compile(tiny_zoo_config, tmp_path):
+    """The same for `fit` on images (detectors, baselines): tf.data input, perturbations, BatchNorm."""
+    from shared_backbone.training import compiled_twins
+
+    index, splits = load_split(dataclasses.replace(tiny_zoo_config, image_size=16, max_per_source=12))
+    labels = {name: detection_labels(index, splits[name]) for name in ("train", "val")}
+    train = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3, min_epochs=1, seed=2)
+
+    def trained(seed: int, run: str) -> list[np.ndarray]:
+        model = networks.build_primary(16, seed=seed)
+        fit(model, splits["train"], labels["train"], splits["val"], labels["val"], InputSpec(16), train, tmp_path / run,
+            perturb=PerturbConfig(kinds=["jpeg"]), progress=False)
+        return model.get_weights()
+
+    compiled_twins.clear()
+    fresh, other, reused = trained(7, "fresh"), trained(8, "other"), trained(7, "reused")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, reused))
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh, other))
+    assert len(compiled_twins._TWINS) == 1  # the primary module was rebuilt as a twin, not compiled three times

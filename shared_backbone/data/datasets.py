@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -266,7 +265,8 @@ def make_tf_dataset(
     """Streams (input, label) batches, or (input, label, weight) with per-example `weights`; files
     are decoded lazily in parallel, never all in memory.
 
-    Unreadable files are logged with their path and dropped from the stream, not fatal.
+    Unreadable files are logged with their path and dropped from the stream, not fatal. Shuffling
+    and perturbations are seeded by `seed`, so a run repeats exactly.
     """
     import tensorflow as tf
 
@@ -276,21 +276,20 @@ def make_tf_dataset(
         raise DatasetError("empty split: no samples to stream")
     paths = np.array([str(s.path) for s in samples])
     labels = np.asarray(labels, dtype=np.float32)
-    draws = itertools.count()
     zero = np.zeros(spec.shape, dtype=np.float32)
 
-    def load(index: np.ndarray) -> tuple[np.ndarray, np.bool_]:
+    def load(index: np.ndarray, draw: np.ndarray) -> tuple[np.ndarray, np.bool_]:
         path = paths[int(index)]
         try:
-            rng = np.random.default_rng([seed, int(index), next(draws)])
+            rng = np.random.default_rng([seed, int(index), int(draw) & (2**63 - 1)])
             return read_model_input(Path(path), spec, perturb, rng), np.bool_(True)
         except (ImageDecodeError, OSError) as exc:
             log.warning("skipping unreadable image %s: %s", path, exc)
             return zero, np.bool_(False)
 
     @tf.autograph.experimental.do_not_convert
-    def tf_load(index, label, weight):
-        image, ok = tf.numpy_function(load, [index], [tf.float32, tf.bool], stateful=True)
+    def tf_load(index, label, weight, draw):
+        image, ok = tf.numpy_function(load, [index, draw], [tf.float32, tf.bool], stateful=False)
         image.set_shape(spec.shape)
         ok.set_shape(())
         return image, label, weight, ok
@@ -301,6 +300,10 @@ def make_tf_dataset(
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    # Each element's perturbation draw comes from a seeded stream that changes every epoch, in element
+    # order: the same run perturbs the same images the same way, however the parallel map is scheduled.
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip(dataset, draws).map(lambda element, draw: (*element, draw))
     dataset = dataset.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.filter(_was_readable).map(_without_flag)
     if weights is None:

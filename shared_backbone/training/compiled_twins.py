@@ -1,23 +1,28 @@
-"""Compiled twins: one compiled model per architecture, reused by every fit on arrays in a process.
+"""Compiled twins: one compiled model per architecture, reused by every fit in a process.
 
 Keras traces a model's train and validation steps on its first fit: about 2 s on 2 cores, while a
 head trains in 1-3 s on cached trunk features, so tracing was most of a head's training time. A
-node retraining, a benchmark's dozens of heads and the test suite's all share a few architectures,
-so `fit_arrays` trains a *twin*: a compiled model of the same architecture that receives the
-given model's initial weights and a reset optimizer (zero moments, step 0, the run's learning
-rate), which is exactly the state a fresh compile starts from: the trained weights are the same,
-bit for bit (tests/test_training.py checks it). The weights are copied back into the caller's
-model afterwards; the twin never leaves this module's users.
+node retraining, a benchmark's dozens of heads and detectors and the test suite's all share a few
+architectures, so `fit` and `fit_arrays` train a *twin*: a compiled model of the same architecture
+(trainable flags included) that receives the given model's weights and a reset optimizer (zero
+moments, step 0, the run's learning rate), which is exactly the state a fresh compile starts from:
+the trained weights are the same, bit for bit (tests/test_training.py checks it). The weights are
+copied back into the caller's model afterwards (layers it shares with another model, such as the
+trunk of the source-aware pretext classifier, are updated with it). A model Keras cannot rebuild
+from its config is compiled and trained itself, as before.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 _TWINS: dict[str, Any] = {}
 _LOCK = threading.Lock()  # one fit per twin at a time (and the dict)
@@ -56,7 +61,13 @@ def compiled_twin(model, task: str, learning_rate: float, compile_model: Callabl
     with _LOCK:
         twin = _TWINS.get(key)
         if twin is None:
-            twin = keras.Model.from_config(model.get_config())
+            try:
+                twin = keras.Model.from_config(model.get_config())
+            except Exception as exc:  # noqa: BLE001 - e.g. a layer Keras cannot rebuild: train the model itself
+                log.debug("no compiled twin for %s (%s); compiling it", model.name, exc)
+                compile_model(model)
+                yield model
+                return
             compile_model(twin)
             twin.optimizer.build(twin.trainable_variables)
             _TWINS[key] = twin

