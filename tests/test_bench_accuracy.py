@@ -95,3 +95,16 @@ def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):
     _, splits = load_split(bench.node_view("srvgg_x2"))
     assert {name: {p.path.name.split("-", 1)[1][:-4] for p in samples} for name, samples in splits.items()} == {
         "train": {"astronaut", "rocket"}, "val": {"chelsea"}, "test": {"coffee"}}
+
+
+def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
+    """configs/bench.yaml says 3 seeds; --profile quick says 1; a --seeds flag beats both."""
+    from attribnet.cli import build_parser
+    from attribnet.commands.bench.accuracy import load
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "bench.yaml"
+    parse = lambda *flags: build_parser().parse_args(["bench", "accuracy", "--config", str(config), *flags])  # noqa: E731
+    assert load(parse()).seeds == [0, 1, 2]
+    assert load(parse("--profile", "robust-quick")).seeds == [0]
+    assert load(parse("--profile", "quick", "--seeds", "3", "4")).seeds == [3, 4]
+    assert load(parse("--profile", "robust-quick")).protocols == ["robust", "oracle"]

@@ -36,8 +36,9 @@ def load(args: argparse.Namespace):
     from attribnet.bench.accuracy.config import PROFILES, AccuracyConfig
     from shared_backbone.config import load_config
 
-    overrides = {**PROFILES[args.profile], "dataset": args.dataset, "data.root": args.data, "seeds": args.seeds,
-                 "out": args.out, "workdir": args.workdir}
+    given = {"dataset": args.dataset, "data.root": args.data, "seeds": args.seeds, "out": args.out, "workdir": args.workdir}
+    # A flag left out must not erase the profile's value (`--profile quick` is one seed unless --seeds says otherwise).
+    overrides = {**PROFILES[args.profile], **{key: value for key, value in given.items() if value is not None}}
     return load_config(AccuracyConfig, args.config, overrides, section="accuracy")
 
 

@@ -28,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
     report = run_soak(args.out, SoakSettings(seconds=args.seconds, clients=args.clients, nodes=args.nodes,
                                              kill_every=args.kill_every, network=args.network))
     print(json.dumps({k: v for k, v in report.items() if k != "settings"}, indent=2, sort_keys=True))
-    honest = not report["quarantined"] and not report["flagged"]
+    # Synthetic heads are random, not honest: a flag says nothing about them. A trained network's must stay clean.
+    honest = not report["audited"] or (not report["quarantined"] and not report["flagged"])
     return 0 if report["lost"] == 0 and report["registry_unchanged"] and honest else 1
