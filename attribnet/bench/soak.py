@@ -67,25 +67,22 @@ class Counts:
                 self.errors[error] = self.errors.get(error, 0) + 1
 
 
-def _registry_ids(path: Path) -> list[str]:
+def _registry_entries(path: Path) -> list:
     from coordinator.registry import Registry
 
     registry = Registry(path)
     try:
-        return sorted(entry.node_id for entry in registry.list())
+        return registry.list()
     finally:
         registry.close()
 
 
-def _registry_verdicts(path: Path) -> dict[str, dict[str, str]]:
+def _node_ids(entries: list) -> list[str]:
+    return sorted(entry.node_id for entry in entries)
+
+
+def _verdicts(entries: list) -> dict[str, dict[str, str]]:
     """Node id -> reason, for every quarantined and every flagged node."""
-    from coordinator.registry import Registry
-
-    registry = Registry(path)
-    try:
-        entries = registry.list()
-    finally:
-        registry.close()
     return {"quarantined": {e.node_id: e.quarantine for e in entries if e.quarantine},
             "flagged": {e.node_id: e.flag for e in entries if e.flag}}
 
@@ -230,7 +227,7 @@ def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
     began = time.monotonic()
     with start_local_network(out / "network", models.bundle, models.public_key, models.head_dirs,
                              gateway_settings=gateway_settings, reference=models.reference) as network:
-        before = _registry_ids(out / "network" / "registry.sqlite")
+        before = _node_ids(_registry_entries(out / "network" / "registry.sqlite"))
         stop = threading.Event()
         threads = [threading.Thread(target=_client, args=(network.gateway, models.pool, settings, counts, stop, i), daemon=True)
                    for i in range(settings.clients)]
@@ -242,14 +239,15 @@ def run_soak(out: str | Path, settings: SoakSettings) -> dict[str, Any]:
         for thread in [chaos, *threads]:
             thread.join(settings.request_budget + 100)
         _settle(network, len(models.head_dirs))
-        after = _registry_ids(out / "network" / "registry.sqlite")
+        ended = _registry_entries(out / "network" / "registry.sqlite")
+        after = _node_ids(ended)
     report = {
         "seconds": round(time.monotonic() - began, 1), "settings": asdict(settings), "sent": counts.sent,
         "succeeded": counts.succeeded, "partial": counts.partial, "failed": counts.failed,
         "lost": counts.sent - counts.succeeded - counts.partial - counts.failed, "retries": counts.retries,
         "errors": counts.errors, **events, "registry_before": before, "registry_after": after,
         "registry_unchanged": before == after, "audited": bool(gateway_settings["audit"].get("enabled", True)),
-        **_registry_verdicts(out / "network" / "registry.sqlite"),
+        **_verdicts(ended),
     }
     (out / "soak.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report

@@ -38,18 +38,21 @@ def perturbed_copy(bench: BenchData, workdir: Path, kind: str, value: float) -> 
     return folder
 
 
-def oracle_bench(config: AccuracyConfig, bench: BenchData, workdir: Path, kind: str, value: float) -> BenchData:
-    """The benchmark's data on the perturbed copy: the same roles, the founding setting only, no test perturbations."""
+def oracle_bench(config: AccuracyConfig, bench: BenchData, workdir: Path, kind: str, value: float,
+                 oracle_dir: Path) -> BenchData:
+    """The benchmark's data on the perturbed copy: the same roles, the founding setting only, no test
+    perturbations; its views under ORACLE_DIR."""
     copy = perturbed_copy(bench, workdir, kind, value)
     oracle_config = dataclasses.replace(config, protocols=[], test_perturbations={})
-    return prepare(oracle_config, dataclasses.replace(bench.data, root=str(copy)), workdir / f"{ORACLE}-{kind}")
+    return prepare(oracle_config, dataclasses.replace(bench.data, root=str(copy)), oracle_dir)
 
 
 def oracle_metrics(config: AccuracyConfig, bench: BenchData, keys: tuple[Path, Path], workdir: Path, seed: int,
                    kind: str, value: float, out: Path, rule: RuleSettings, step: Callable[[str], None]) -> dict[str, Any]:
     """{method: accuracy} of the founding setting trained and tested on data perturbed by `kind` at `value`."""
-    copy = oracle_bench(config, bench, workdir, kind, value)
-    reference = reference_set(copy, workdir / f"{ORACLE}-{kind}")
+    oracle_dir = workdir / f"{ORACLE}-{kind}"  # the copy's views and reference set
+    copy = oracle_bench(config, bench, workdir, kind, value, oracle_dir)
+    reference = reference_set(copy, oracle_dir)
     step(f"seed {seed}: oracle for {kind} {value:g}: the founding setting trained on perturbed data")
     models = SeedTrainer(copy.config, copy, keys, reference, seed, out, step).run()
     known = ev.TestImages(copy.test_samples([*copy.reals, *copy.roles.nodes]), copy.data.image_size, {})
