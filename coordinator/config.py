@@ -20,8 +20,12 @@ class AuditConfig:
     and while no client asks for `interval` seconds, or a node waits for its audit, a
     canary-only batch goes out. A node is quarantined until the admin clears it when the lower
     `confidence` bound of its observed claim rate on the last `window` canaries of one kind not
-    its own (once it answered `min_per_kind` of them) exceeds that kind's tolerance; a new or restarted registration serves once
-    `min_canaries` such canaries passed (the node's self-reported metrics play no part).
+    its own (once it answered `min_per_kind` of them) exceeds that kind's tolerance, or when its conformal
+    reference sits below its own source's deposited canaries: so few of them score at or below one of
+    its quantiles (5%, 25%, 50%) that an honest reference would leave so few with probability under
+    `reference_significance` / j^2 at its j-th check (at `min_per_kind` of them, twice that, ... then
+    once per `window`). A new or restarted registration serves once `min_canaries` canaries not
+    of its source passed (the node's self-reported metrics play no part).
     The win-rate monitor flags a source that wins more than `max_win_share` of the last
     `win_window` requests (each request counts once, its answers split evenly; once
     `win_min_answers` requests were seen and at least `win_min_sources` sources answer).
@@ -42,6 +46,7 @@ class AuditConfig:
     tolerance_own_generators: float = 0.6  # ... on the coordinator's generators' renders (honest tiny heads: up to 0.34)
     tolerance_per_source: float = 0.6  # ... on another member's canaries, counted where it outranks that member's node
     confidence: float = 0.95  # one-sided confidence of the claim-rate bounds compared with the tolerances
+    reference_significance: float = 1e-4  # how unlikely an honest reference's count of own canaries below it must be
     seed: int | None = None  # the canaries' and the coordinator's generators' seed (None: secret, new each start)
     win_window: int = 200
     win_min_answers: int = 50

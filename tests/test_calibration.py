@@ -95,3 +95,20 @@ def test_positive_scores_round_trip_and_are_capped_in_number():
     assert len(calibration.positive_scores) == 4096
     assert list(calibration.positive_scores) == sorted(calibration.positive_scores)
     assert Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+@pytest.mark.parametrize("reference,usable", [
+    ((), False),
+    ((0.3,) * 9, False),  # too few to exclude anything at any usual level
+    ((0.0,) * 4096, False),  # nothing above the floor: every score the map can produce gets p-value 1
+    ((1e-4,) * 50, False),
+    ((0.5,) * 10, True),
+    ((0.9999,) * 50, True),  # a saturated honest head: excludes every score below the cap
+])
+def test_a_degenerate_conformal_reference_is_treated_as_none(reference, usable):
+    calibration = Calibration("platt", 1.0, 0.0, positive_scores=reference)
+    assert calibration.has_reference is usable
+    p_values = calibration.p_values(np.array([1e-4, 0.4, 0.9999]))
+    assert (p_values is not None) is usable
+    if usable:
+        assert p_values[0] < 0.1 and p_values[-1] == 1.0

@@ -25,6 +25,8 @@ from tests.canary_sets import deposit_folder, private_reals
 from tests.network_support import register_signed, wait_until, write_enrolment
 
 SERVED = 3
+REFERENCE_ATTACKER = "evil-reference-below-own-canaries"  # its member deposits "own" images (the zoo's reals:
+# another generator's images would make an honest head that claims them look like a thief, see docs/security.md)
 
 
 class EvilHead:
@@ -107,8 +109,8 @@ def trust(tmp_path_factory, zoo_bundle, zoo_heads, zoo_reference, tiny_zoo, keyp
 
     root = tmp_path_factory.mktemp("trust")
     sources = sorted(zoo_heads)[:SERVED]
-    coordinator = start_gateway(root, zoo_bundle, keypair, zoo_reference, deposit_folder(tiny_zoo, root / "deposits", sources),
-                                private_reals(tiny_zoo, root / "private-reals"))
+    deposits = deposit_folder(tiny_zoo, root / "deposits", sources, {REFERENCE_ATTACKER: "real"})
+    coordinator = start_gateway(root, zoo_bundle, keypair, zoo_reference, deposits, private_reals(tiny_zoo, root / "private-reals"))
     nodes = {}
     for source in sources:
         shutil.copytree(zoo_heads[source], root / source / "head")
@@ -165,6 +167,8 @@ ATTACKS = {  # name: (calibration a, b, threshold, raw score, registration extra
     "claims-every-image": (1.0, 0.0, 0.5, 0.9999, {}),  # honest-looking calibration, claims everything
     "reports-specificity-0": (1.0, 0.0, 0.5, 0.9999, {"metrics": {"calib": {"calibrated": {"specificity": 0.0}}}}),
     "degenerate-conformal-reference": (50.0, 30.0, 0.05, 0.9999, {"positives": [0.0] * 4096}),
+    # claims nothing, but registers a conformal reference below its own deposited canaries' scores (0.3)
+    "reference-below-own-canaries": (1.0, 0.0, 0.5, 0.3, {"positives": [0.05 + 0.001 * i for i in range(200)]}),
     "nan-scores": (1.0, 0.0, 0.5, float("nan"), {}),
     "out-of-range-scores": (1.0, 0.0, 0.5, 7.5, {}),
 }

@@ -56,12 +56,12 @@ def test_a_reference_taken_on_the_fitting_images_is_optimistic():
 
 
 def test_degenerate_or_bad_references():
-    from shared_backbone.model.calibration import MIN_TYPICALITY_REFERENCE, Calibration, CalibrationError
+    from shared_backbone.model.calibration import MIN_REFERENCE, Calibration, CalibrationError
 
     assert Calibration(typicality_scores=(-1.0,) * 50).typicality_p_values(np.array([-5.0])) is None  # all equal
-    few = tuple(-float(i) for i in range(MIN_TYPICALITY_REFERENCE - 1, 0, -1))
+    few = tuple(-float(i) for i in range(MIN_REFERENCE - 1, 0, -1))
     assert Calibration(typicality_scores=few).typicality_p_values(-3.0) is None
-    enough = tuple(-float(i) for i in range(MIN_TYPICALITY_REFERENCE, 0, -1))
+    enough = tuple(-float(i) for i in range(MIN_REFERENCE, 0, -1))
     assert Calibration(typicality_scores=enough).typicality_p_values(-100.0) == pytest.approx(1 / (len(enough) + 1))
     for bad, fragment in [((float("nan"),) * 12, "finite"), ((-1.0, -2.0), "sorted"), ((float("-inf"), 0.0), "finite"),
                           ((0.0,) * 4097, "at most")]:

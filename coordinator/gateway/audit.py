@@ -12,10 +12,23 @@ number a node sends can hide a claim); on another member's canary it counts only
 also outranked that member's node (raw scores, as the rule ranks). The node is quarantined until
 the admin clears it when the one-sided Wilson lower bound (`audit.confidence`) of its claim rate on
 the recent canaries of one kind (`real`, the coordinator's generators, one member's deposited
-images; judged once it answered `audit.min_per_kind` of them) exceeds that kind's tolerance, or when it answers a batch with a wrong count or scores that
-are not probabilities. A pending node starts serving once it answered `audit.min_canaries` of them
-without crossing a bound; one that does not answer usable scores never does. Nothing of this
-reaches a client: `ListSources` shows a pending node as `starting`.
+images; judged once it answered `audit.min_per_kind` of them) exceeds that kind's tolerance, or when
+it answers a batch with a wrong count or scores that are not probabilities. A pending node starts
+serving once it answered `audit.min_canaries` of them without crossing a bound; one that does not
+answer usable scores never does. Nothing of this reaches a client: `ListSources` shows a pending
+node as `starting`.
+
+Where its member deposited images of its own source, the gateway also checks the numbers the node
+registered against what it observed (`reference_verdict`): the node's calibrated scores on its own
+canaries must be exchangeable with its conformal reference, so about q of them fall at or below
+the reference's q-quantile. A reference set below the node's real scores (to keep its source in
+prediction sets it should leave) leaves too few there: the node is quarantined when an honest
+reference would leave so few with probability under `audit.reference_significance` / j^2 at the
+j-th check (q = 5%, 25%, 50%; checks at `min_per_kind` own canaries, twice that, ... then once per
+`window`), so an honest node's chance of ever being caught stays under 5 x the significance. Calibration and reference are checked together: the reference is in calibrated units, so a
+map changed after the reference was taken fails the same way. A degenerate reference (e.g. all
+zeros) is none (`Calibration.has_reference`): the node's answers carry no p-value, as for a head
+registered without one, and there is nothing to check.
 """
 
 from __future__ import annotations
@@ -41,12 +54,22 @@ log = logging.getLogger(__name__)
 PROBE_POLL = 0.2  # seconds between the prober's looks for pending nodes and idleness
 
 
+REFERENCE_LEVELS = (0.05, 0.25, 0.5)  # quantiles of a node's conformal reference checked against its own canaries
+
+
+def _wilson(count: int, shown: int, confidence: float):
+    two_sided = 2.0 * confidence - 1.0
+    return stats.binomtest(count, shown).proportion_ci(confidence_level=two_sided, method="wilson")
+
+
 def claim_rate_lower_bound(claimed: int, shown: int, confidence: float) -> float:
     """One-sided lower confidence bound of a claim rate (Wilson score interval; 0 when nothing was shown)."""
-    if shown == 0:
-        return 0.0
-    two_sided = 2.0 * confidence - 1.0
-    return float(stats.binomtest(claimed, shown).proportion_ci(confidence_level=two_sided, method="wilson").low)
+    return float(_wilson(claimed, shown, confidence).low) if shown else 0.0
+
+
+def rate_upper_bound(count: int, shown: int, confidence: float) -> float:
+    """One-sided upper confidence bound of a rate (Wilson score interval; 1 when nothing was shown)."""
+    return float(_wilson(count, shown, confidence).high) if shown else 1.0
 
 
 @dataclass
@@ -56,6 +79,22 @@ class Evidence:
     generation: int
     window: int
     claims: dict[str, collections.deque] = field(default_factory=dict)  # kind -> recent claims (bool)
+    own: collections.deque = field(init=False)  # calibrated scores of its own source's canaries (the last `window`)
+    own_seen: int = 0  # own canaries answered in all
+    reference_checks: int = 0  # reference checks made (the j-th tests at significance / j^2)
+
+    def __post_init__(self) -> None:
+        self.own = collections.deque(maxlen=self.window)
+
+    def add_own(self, calibrated: np.ndarray, first: int) -> bool:
+        """Remembers these own-canary scores; True when a checkpoint of the reference check was reached.
+
+        The check runs at `first`, 2 x `first`, 4 x ... up to the window, then once per `window` new
+        ones: a test at every batch would, over a node's life, catch honest references by chance."""
+        before, self.own_seen = self.own_seen, self.own_seen + len(calibrated)
+        self.own.extend(calibrated.tolist())
+        doublings = [first << i for i in range(32) if first << i <= self.window]
+        return any(before < mark <= self.own_seen for mark in doublings) or self.own_seen // self.window > before // self.window
 
     def add(self, kind: str, claims: np.ndarray) -> None:
         self.claims.setdefault(kind, collections.deque(maxlen=self.window)).extend(claims.tolist())
@@ -86,6 +125,36 @@ def claims_of(entry: NodeEntry, labels: np.ndarray, answered: dict[str, np.ndarr
         elif kind in owners:
             claims[kind] = own_claims[rows] & (raw[rows] > owners[kind][rows])
     return claims
+
+
+def own_scores_of(entry: NodeEntry, labels: np.ndarray, answered: dict[str, np.ndarray]) -> np.ndarray:
+    """The node's calibrated scores (its registered map) of the canaries of its own source in this batch."""
+    return entry.calibration.apply(answered[entry.node_id][labels == entry.source])
+
+
+def reference_verdict(own: collections.deque | np.ndarray, reference: tuple[float, ...], significance: float,
+                      distinct: int | None = None) -> str | None:
+    """Why the node's conformal `reference` sits below its observed scores on its own canaries (`own`), or None.
+
+    For own scores exchangeable with a reference of n values, the share at or below its k-th smallest
+    value is Beta(k, n+1-k) distributed (ties only add to it, so a saturated honest head is never
+    caught), so the count of N own canaries there is beta-binomial; a reference shifted down leaves
+    fewer there. The canaries are N views (with replacement) of `distinct` deposited images: they
+    weigh as 1 / (1/N + 1/distinct) independent ones."""
+    if len(own) < 2 or len(reference) < 2:
+        return None
+    scores, values = np.asarray(own, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    shown = int(round(1.0 / (1.0 / len(scores) + 1.0 / distinct))) if distinct else len(scores)
+    for level in REFERENCE_LEVELS:
+        k = max(1, int(np.ceil(level * (len(values) + 1))))
+        at_or_below = int((scores <= values[k - 1]).sum())
+        count = int(round(at_or_below * shown / len(scores)))
+        chance = float(stats.betabinom.cdf(count, shown, k, len(values) + 1 - k))
+        if chance < significance:
+            return (f"its conformal reference sits below its own canaries: {at_or_below} of {len(scores)} score at or "
+                    f"below the reference's {level:.0%} quantile {values[k - 1]:.4f} (an honest reference leaves so few "
+                    f"with probability {chance:.1e} < {significance:.1e})")
+    return None
 
 
 def tolerance_of(kind: str, config: AuditConfig) -> float:
@@ -136,14 +205,16 @@ class CanaryAudit:
                 self.metrics.canaries.labels(node=entry.node_id, outcome="unanswered").inc(len(labels))
             else:
                 try:
-                    self._judge(entry, labels, claims_of(entry, labels, answered, called))
+                    self._judge(entry, labels, claims_of(entry, labels, answered, called),
+                                own_scores_of(entry, labels, answered))
                 except Exception:  # noqa: BLE001 - an audit must never fail a query
                     log.exception("canary audit: could not judge node %s", entry.node_id)
 
-    def _judge(self, entry: NodeEntry, labels: np.ndarray, claims: dict[str, np.ndarray]) -> None:
+    def _judge(self, entry: NodeEntry, labels: np.ndarray, claims: dict[str, np.ndarray], own: np.ndarray) -> None:
         claimed = sum(int(c.sum()) for c in claims.values())
         self.metrics.canaries.labels(node=entry.node_id, outcome="claimed").inc(claimed)
         self.metrics.canaries.labels(node=entry.node_id, outcome="left").inc(sum(len(c) for c in claims.values()) - claimed)
+        self.metrics.canaries.labels(node=entry.node_id, outcome="own").inc(len(own))
         with self._lock:
             evidence = self.evidence.get(entry.node_id)
             if evidence is None or evidence.generation != entry.generation:
@@ -151,6 +222,11 @@ class CanaryAudit:
             for kind, kind_claims in claims.items():
                 evidence.add(kind, kind_claims)
             reason = verdict(evidence, self.config)
+            if evidence.add_own(own, self.config.min_per_kind) and entry.calibration.has_reference and not reason:
+                evidence.reference_checks += 1
+                reason = reference_verdict(evidence.own, entry.calibration.positive_scores,
+                                           self.config.reference_significance / evidence.reference_checks ** 2,
+                                           self.pool.counts().get(entry.source))
             passes = not reason and entry.audit_pending and evidence.shown >= self.config.min_canaries
         if reason:
             self._quarantine(entry, reason)

@@ -14,13 +14,18 @@ the rule reports as ambiguous instead of deciding by name.
 reference distribution of its conformal p-value (`p_values`). For an image of the head's own
 source, P(p-value <= alpha) <= alpha (the held-out images are exchangeable with new ones, and the
 p-value depends only on ranks, so fitting the monotone map on the same images does not break it).
+A degenerate reference (fewer than `MIN_REFERENCE` values, or none above the score floor, so every
+score the map can produce has p-value 1) cannot exclude anything and would only lend a
+meaningless p-value to the answers: it is accepted and treated as none. Whether a usable reference
+is honest is the gateway's to check, against the node's scores on its own source's canaries
+(`coordinator/gateway/audit.py`).
 
 `typicality_scores` are the typicality scores (`model.typicality`) of the same kind of held-out own
 images, sorted: the reference of the typicality p-value (`typicality_p_values`), which says whether
 an image lies where the source's own images lie at all. They ride in the calibration so every
-registration path (gRPC, Flower) carries them. A reference of fewer than
-`MIN_TYPICALITY_REFERENCE` values, or of values all equal, cannot rank anything: it is accepted and
-treated as none (no typicality p-value).
+registration path (gRPC, Flower) carries them. A reference of fewer than `MIN_REFERENCE`
+values, or of values all equal, cannot rank anything: it is accepted and treated as none (no
+typicality p-value).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ MAX_OFFSET = 30.0  # |b|: beyond this every image is (almost) certainly in or ou
 SCORE_FLOOR = 1e-4
 SCORE_CAP = 1.0 - 1e-4  # calibrated scores never reach 1
 MAX_POSITIVE_SCORES = 4096  # also the cap of typicality_scores
-MIN_TYPICALITY_REFERENCE = 10  # fewer: no typicality p-value (the smallest one would be 1/11 > 0.05 anyway)
+MIN_REFERENCE = 10  # fewer values: no p-value (the smallest one would be 1/11 > 0.05 anyway)
 MAX_TYPICALITY_MAGNITUDE = 1e9  # typicality scores are finite numbers within +-this
 _EPS = 1e-7
 
@@ -66,17 +71,21 @@ class Calibration:
         raw = np.clip(np.asarray(raw, dtype=np.float64), _EPS, 1 - _EPS)
         return np.clip(scipy.special.expit(self.a * scipy.special.logit(raw) + self.b), SCORE_FLOOR, SCORE_CAP)
 
+    @property
+    def has_reference(self) -> bool:
+        """True when the conformal reference can exclude something (enough values, one above the score floor)."""
+        scores = self.positive_scores
+        return len(scores) >= MIN_REFERENCE and scores[-1] > SCORE_FLOOR
+
     def p_values(self, calibrated: np.ndarray | float) -> np.ndarray | None:
-        """Conformal p-values of calibrated scores against the head's own held-out positives (None: no reference)."""
-        if not self.positive_scores:
-            return None
-        return _conformal(self.positive_scores, calibrated)
+        """Conformal p-values of calibrated scores against the head's own held-out positives (None: no usable reference)."""
+        return _conformal(self.positive_scores, calibrated) if self.has_reference else None
 
     @property
     def has_typicality(self) -> bool:
         """True when the typicality reference can rank (enough values, not all equal)."""
         scores = self.typicality_scores
-        return len(scores) >= MIN_TYPICALITY_REFERENCE and scores[0] < scores[-1]
+        return len(scores) >= MIN_REFERENCE and scores[0] < scores[-1]
 
     def typicality_p_values(self, typicality: np.ndarray | float) -> np.ndarray | None:
         """Conformal p-values of typicality scores against the head's held-out own images (None: no usable reference)."""

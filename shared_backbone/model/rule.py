@@ -11,8 +11,8 @@
    runs (BENCHMARKS.md, "Ranking by raw or calibrated scores").
 4. The **prediction set** is every answering source that cannot be excluded at level `alpha`: its
    conformal p-value (of its calibrated score) is above `alpha`, or it has no p-value (a head
-   registered without held-out positives, e.g. an imported paper head, cannot be excluded and
-   so stays in the set), in rank order. For an image of a registered source with a reference,
+   registered without a usable reference of held-out positives, e.g. an imported paper head or a
+   degenerate reference, cannot be excluded and so stays in the set), in rank order. For an image of a registered source with a reference,
    its own source is missing from the set at most at rate alpha.
 5. The **candidates** are the sources of the set whose calibrated score also reaches their own
    head's threshold (each head has its own).
