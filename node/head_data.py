@@ -47,6 +47,7 @@ class HeadData:
     positives: dict[str, list[Sample]]
     negatives: dict[str, list[Sample]]
     report: dict[str, Any] = field(default_factory=dict)
+    grouped: bool = False  # the node's dataset declares file groups (photos): its images are exchangeable per group
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {s: {"positives": len(self.positives[s]), "negatives": len(self.negatives[s])} for s in SPLITS}
@@ -135,4 +136,4 @@ def head_data(config: NodeConfig, bundle: Bundle, *, announced_reference_digest:
         "local_negative_sources": used,
         "ignored_local_sources": ignored,
     }
-    return HeadData(positives, negatives, report)
+    return HeadData(positives, negatives, report, grouped=local.group_splits is not None)

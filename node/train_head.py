@@ -27,6 +27,7 @@ from node import state
 from node.config import BUNDLE_KEYS, NodeConfig
 from node.head_data import SPLITS, DataAccessError, HeadData, head_data
 from shared_backbone.config import to_dict
+from shared_backbone.data.datasets import group_of
 from shared_backbone.data.negatives import MATCH_SAMPLE, NegativeSettings, make_negatives, matched_settings
 from shared_backbone.training import trunk_cache
 from shared_backbone.training.fit import FitResult, fit_arrays, prepare_run_dir, set_seed, timestamp
@@ -62,6 +63,7 @@ class FeatureSet:
     y: np.ndarray
     files: int = 0  # images read from the node's folders and the reference set (before perturbed copies)
     self_made: int = 0  # negatives the node rendered itself
+    groups: np.ndarray | None = None  # each positive row's group (photo), where the dataset declares groups
 
 
 def negative_settings(config: NodeConfig) -> NegativeSettings:
@@ -102,7 +104,9 @@ def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, F
         negatives = trunk_cache.versions(others + made, config.perturb, copies, config.train.seed + 10 + index)
         x = trunk_cache.trunk_features(trunk, positives + negatives, spec)
         y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))].astype(np.float32)
-        sets[split] = FeatureSet(x, y, files=len(own) + len(others), self_made=len(made))
+        groups = [group_of(sample.path) for sample in data.positives[split]] if data.grouped else None
+        sets[split] = FeatureSet(x, y, files=len(own) + len(others), self_made=len(made),  # versions: images, then copies
+                                 groups=np.tile(groups, len(positives) // max(len(own), 1)) if groups else None)
     return sets
 
 
@@ -141,7 +145,7 @@ def calibrate(model, calib: FeatureSet, method: str) -> tuple[Calibration, np.nd
     """The calibration map and the conformal reference, both from the calib split; and its raw scores."""
     raw = predict(model, calib.x)
     calibration = fit_calibration(raw, calib.y, method)
-    return calibration.with_positives(calibration.apply(raw[calib.y > 0.5])), raw
+    return calibration.with_positives(calibration.apply(raw[calib.y > 0.5]), calib.groups), raw
 
 
 def own_typicality(sets: dict[str, FeatureSet]) -> tuple[TypicalityModel, np.ndarray, dict[str, Any]]:

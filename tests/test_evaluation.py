@@ -93,3 +93,26 @@ def test_reports_write_csv_json_and_pngs(tmp_path):
     with open(out["predictions"]) as handle:
         assert [r["predicted"] for r in csv.DictReader(handle)] == ["x", "unknown", "z"]
     assert open(out["roc"], "rb").read(4) == b"\x89PNG"
+
+
+def test_coverage_by_group_is_per_source_and_photo_over_known_fakes():
+    """The guarantee's event: the true source's p-value above alpha (or none), whatever the detector says."""
+    from attribnet.bench.accuracy.evaluate import coverage_by_group, open_set_metrics
+    from shared_backbone.model.rule import ImageAttribution
+
+    def answer(p_a: float, p_b: float, fake: float = 0.9) -> ImageAttribution:
+        return ImageAttribution(fake_score=fake, raw={"a": 0.5, "b": 0.5}, p_values={"a": p_a, "b": p_b},
+                                prediction_set=[s for s, p in (("a", p_a), ("b", p_b)) if p > 0.05 and fake >= 0.5])
+
+    results = [answer(0.5, 0.01), answer(0.3, 0.01, fake=0.1), answer(0.01, 0.5), answer(0.01, 0.9), answer(0.5, 0.01),
+               answer(0.5, 0.5)]
+    truth = ["a", "a", "a", "b", "b", "real"]
+    fakes = [True, True, True, True, True, False]
+    groups = ["p1", "p1", "p2", "p1", "p1", "p1"]
+    # (a, p1): 2 of 2 (the second is called real: not in its prediction set, but its p-value keeps it);
+    # (a, p2): 0 of 1; (b, p1): 1 of 2; the real image is not a known fake
+    got = coverage_by_group(results, truth, fakes, groups, 0.05)
+    assert got["groups"] == 3 and got["mean"] == pytest.approx((1 + 0 + 0.5) / 3) and got["min"] == 0.0
+    assert coverage_by_group(results, truth, [False] * 6, groups, 0.05) == {"groups": 0}
+    metrics = open_set_metrics(results, truth, ["a", "b"], 0.05, 0.5, groups)
+    assert metrics["conformal_coverage"] == pytest.approx(3 / 5) and metrics["coverage"] == pytest.approx(2 / 5)

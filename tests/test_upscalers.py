@@ -25,7 +25,7 @@ from attribnet.lab.datasets import upscalers as ups
 from shared_backbone.data.datasets import group_of, scan_dataset, split_samples
 from attribnet.lab.datasets.zoo import read_manifest, zoo_data_config
 
-PHOTOS = ("astronaut", "chelsea", "rocket", "camera", "coins", "moon")
+PHOTOS = ("astronaut", "chelsea", "rocket", "camera", "coins", "moon", "gc_erase_alpaca", "mate_aqua")  # 2 from Debian packages
 SETTINGS = ups.UpscalerSettings(image_size=16, per_source=8, seed=3, photos=PHOTOS)
 GAN_SOURCES = [name for name in SETTINGS.sources if ups.CATALOGUE[name].gan_trained]
 
@@ -59,7 +59,7 @@ def static(manifest: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default sources at 16 px, 8 images each from 6 photos, made by 2 worker processes; read-only."""
+    """The default sources at 16 px, 8 images each from 8 photos (2 from Debian packages), made by 2 worker processes; read-only."""
     if MISSING is not None:
         pytest.skip(f"optional upscalers extra unavailable: {MISSING}")
     root = tmp_path_factory.mktemp("upscalers") / "d"
@@ -293,3 +293,14 @@ def test_cli_with_flags_config_and_errors(tmp_path, capsys):
     config.write_text("upscalers:\n  per_sorce: 3\n")
     code, _, stderr = run(capsys, "data", "upscalers", "--config", str(config))
     assert code == 2 and "unknown key 'per_sorce'" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+@needs_extra
+def test_no_network_call_gets_an_input_below_the_size_it_answers_reliably():
+    """Real-CUGAN answered 6-17 px inputs with different pixels on every call (8 photos at 16 px, one
+    patch each, made such calls): a call now always has a MIN_NETWORK_INPUT px input, cutting fewer patches."""
+    for source in SETTINGS.sources:
+        spec = ups.upscaler(source)
+        for job in ups.plan_source(SETTINGS, source) if spec.scale > 1 else ():
+            region = ups.geometry(SETTINGS.image_size, spec.scale, job.grid, SETTINGS.margin).region
+            assert region // spec.scale >= ups.MIN_NETWORK_INPUT, (source, job)

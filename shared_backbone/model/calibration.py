@@ -108,13 +108,30 @@ class Calibration:
                 raise
             raise CalibrationError(f"calibration needs method, a and b as numbers ({exc})") from None
 
-    def with_positives(self, calibrated_positives: np.ndarray) -> "Calibration":
-        """The same map with the conformal reference of these held-out positives (capped, sorted)."""
-        return Calibration(self.method, self.a, self.b, _reference(calibrated_positives), self.typicality_scores)
+    def with_positives(self, calibrated_positives: np.ndarray, groups: np.ndarray | None = None) -> "Calibration":
+        """The same map with the conformal reference of these held-out positives (capped, sorted); with
+        `groups` (each positive's photo), balanced so every group weighs the same (`group_balanced`)."""
+        scores = calibrated_positives if groups is None else group_balanced(calibrated_positives, groups)
+        return Calibration(self.method, self.a, self.b, _reference(scores), self.typicality_scores)
 
     def with_typicality(self, typicality_of_held_out: np.ndarray) -> "Calibration":
         """The same calibration with the typicality reference of these held-out own images (capped, sorted)."""
         return Calibration(self.method, self.a, self.b, self.positive_scores, _reference(typicality_of_held_out))
+
+
+def group_balanced(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The same number of values from every group: each group's evenly spaced quantiles.
+
+    Patches of one photograph are not exchangeable with patches of another; photographs are. A
+    reference in which each held-out photo weighs the same (its own score distribution, sampled at
+    k evenly spaced quantiles, k the largest group's size within the reference cap) gives a new
+    photo's patch the p-value of a photo-level conformal test, where a per-patch reference lets the
+    photos with most patches decide."""
+    values, groups = np.asarray(values, dtype=np.float64).ravel(), np.asarray(groups).ravel()
+    names, sizes = np.unique(groups, return_counts=True)
+    per_group = max(1, min(int(sizes.max()), MAX_POSITIVE_SCORES // len(names)))
+    levels = (np.arange(per_group) + 0.5) / per_group
+    return np.concatenate([np.quantile(values[groups == name], levels, method="inverted_cdf") for name in names])
 
 
 def _reference(values: np.ndarray) -> tuple[float, ...]:

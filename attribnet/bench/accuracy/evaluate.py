@@ -8,6 +8,7 @@ bundle is scored on the same float16 features, exactly as the gateway would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,9 +94,19 @@ def detection_accuracy(outputs: BackboneOutputs, truth: list[str], fake_threshol
     return float(np.mean([fake == (t != REAL) for fake, t in zip(called_fake, truth)]))
 
 
+def conformally_kept(result: ImageAttribution, source: str, alpha: float) -> bool:
+    """The conformal guarantee's event: the true source's head answered and its p-value does not exclude it
+    (a head without a usable reference cannot exclude), whatever the detector then says."""
+    return source in result.raw and result.p_values.get(source, 1.0) > alpha
+
+
 def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: list[str], alpha: float,
-                     fake_threshold: float) -> dict[str, float]:
-    """Known sources vs generators no training set held, with the full rule (conformal sets)."""
+                     fake_threshold: float, groups: list[str] | None = None) -> dict[str, Any]:
+    """Known sources vs generators no training set held, with the full rule (conformal sets).
+
+    `coverage` is the rule's: the true source in the prediction set, which is empty for a fake the
+    detector calls real; `conformal_coverage` is the guarantee's (`conformally_kept`), which the
+    reference alone decides. With `groups` (each image's photo), that per photo as well."""
     is_known = [t in known or t == REAL for t in truth]
     is_new = [t not in known and t != REAL for t in truth]
     fakes = [t in known for t in truth]
@@ -112,7 +123,22 @@ def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: l
         "known_accuracy_open": accuracy(full, truth, is_known),
         "known_accuracy_drop": accuracy(closed, truth, is_known) - accuracy(full, truth, is_known),
         "coverage": float(np.mean([t in r.prediction_set for r, t, f in zip(results, truth, fakes) if f])),
+        "conformal_coverage": float(np.mean([conformally_kept(r, t, alpha) for r, t, f in zip(results, truth, fakes) if f])),
+        **({"coverage_by_group": coverage_by_group(results, truth, fakes, groups, alpha)} if groups else {}),
     }
+
+
+def coverage_by_group(results: list[ImageAttribution], truth: list[str], fakes: list[bool], groups: list[str],
+                      alpha: float) -> dict[str, Any]:
+    """Conformal coverage (`conformally_kept`) of each (source, photo) among known-source fakes: the guarantee
+    is per photo, so its mean over photos, its lowest quartile and its lowest are what a reader can trust."""
+    covered: dict[tuple[str, str], list[bool]] = {}
+    for result, source, fake, group in zip(results, truth, fakes, groups):
+        if fake:
+            covered.setdefault((source, group), []).append(conformally_kept(result, source, alpha))
+    rates = np.array([np.mean(flags) for flags in covered.values()])
+    return {"groups": len(rates), "mean": float(rates.mean()), "min": float(rates.min()),
+            "quartile_low": float(np.quantile(rates, 0.25))} if len(rates) else {"groups": 0}
 
 
 def per_source_recall(predicted: list[str], truth: list[str], sources: list[str]) -> dict[str, float]:

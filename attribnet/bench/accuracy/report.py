@@ -167,9 +167,15 @@ def _open_set_section(report: dict[str, Any]) -> list[str]:
         f"Open set (clean models, strict heads, alpha {s['open_set']['alpha']:g}): AUROC known vs held-out {_cell(o['auroc'])}, "
         f"held-out answered `unknown` {_cell(o['unknown_rate'])} (called real {_cell(o['answered_real_rate'])}), "
         f"known accuracy {_cell(o['known_accuracy_closed'])} closed-set vs {_cell(o['known_accuracy_open'])} with the full rule "
-        f"(drop {_cell(o['known_accuracy_drop'])}), conformal coverage {_cell(o['coverage'])} (target {1 - s['open_set']['alpha']:.2f}).",
+        f"(drop {_cell(o['known_accuracy_drop'])}), prediction-set coverage {_cell(o['coverage'])} (empty where the "
+        f"detector calls a fake real), conformal coverage {_cell(o.get('conformal_coverage'))} (target "
+        f"{1 - s['open_set']['alpha']:.2f}).",
         "",
     ]
+    if "coverage_by_group" in o and "mean" in o["coverage_by_group"]:
+        g = o["coverage_by_group"]
+        lines[-1:-1] = [f"Conformal coverage per (source, photo), over {g['groups']['mean']:.0f} of them: mean "
+                        f"{_cell(g['mean'])}, lowest quartile {_cell(g['quartile_low'])}, lowest {_cell(g['min'])}."]
     if "late_join" in spread:
         late = spread["late_join"]
         lines += [f"Late joiners ({', '.join(ds['roles']['late'])}, in no detector training): accuracy {_cell(late['joined_accuracy'])} "

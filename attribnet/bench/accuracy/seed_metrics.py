@@ -7,6 +7,7 @@ from typing import Any
 from attribnet.bench.accuracy import evaluate as ev
 from attribnet.bench.accuracy.bench_data import BenchData
 from attribnet.bench.accuracy.train import CLEAN, LATE, ROBUST, SHARED, STRICT, SeedModels
+from shared_backbone.data.datasets import group_of
 from shared_backbone.model.rule import RuleSettings
 
 BASELINE_KEYS = {"gdaconv": "gdaconv", "postpool": "postpool", "dctlinear": "dct_linear"}
@@ -44,8 +45,9 @@ def open_set(models: SeedModels, bench: BenchData, images: ev.TestImages, settin
     """Clean-trained strict heads on known images and on generators no training set held."""
     outputs = ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN))
     results = ev.answers(outputs, models.heads[f"{STRICT}-{CLEAN}"], settings)
+    groups = [group_of(sample.path) for sample in images.samples] if bench.index.group_splits else None
     return ev.open_set_metrics(results, ev.truths(bench.index, images.samples), bench.roles.nodes, settings.alpha,
-                               settings.fake_threshold)
+                               settings.fake_threshold, groups)
 
 
 def late_join(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""The real-photo corpus: photographs that ship inside Python wheels, so nothing is downloaded.
+"""The real-photo corpus: photographs that ship inside Python wheels and Debian packages, so nothing is downloaded.
 
 Twenty photographs of nineteen scenes from scikit-image (the images inside its wheel, never the
 ones it fetches with pooch), scikit-learn's sample images, PyWavelets' test images and
-matplotlib's sample data. They are split into train/val/test by *scene* (the two motorcycle
-photos are one stereo pair, one scene), so no test patch shares a photograph, or a view of the
-same scene, with a training patch.
+matplotlib's sample data (`WHEEL_PHOTOS`), and 181 photographs from four Debian packages of
+wallpapers and educational software (`packaged_photos.py`: GCompris, MATE and Lomiri
+wallpapers, Tux Paint; installed by `make photos`). Each photo records its licence as its package
+states it. They are split into train/val/test by *scene* (the two motorcycle photos are one
+stereo pair, one scene; the catalogue leaves out a second photo of a landmark or animal it already
+has), so no test patch shares a photograph, or a view of the same scene, with a training patch.
 
-The packages are the optional `upscalers` extra; `import_extra` names the Make target when one
-is missing.
+The Python packages are the optional `upscalers` extra; `import_extra` names the Make target when
+one is missing, and a missing Debian package names `make photos`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from types import ModuleType
 from typing import Sequence
 
 import numpy as np
+
+from attribnet.lab.datasets import packaged_photos
 
 EXTRA_HINT = "run `make upscalers` (pip install -e '.[upscalers]')"
 NATIVE_HINT = "run `make upscalers` as root, or apt-get install -y libvulkan1 libomp5"
@@ -51,38 +56,47 @@ def distribution_version(distribution: str) -> str | None:
 
 @dataclass(frozen=True)
 class Photo:
-    """One photograph: where it comes from, its scene (the unit of the split) and its colour."""
+    """One photograph: where it comes from, its scene (the unit of the split), its colour and licence."""
 
     name: str
-    distribution: str
-    loader: str  # module:function, or module:function:argument
+    distribution: str  # the Python distribution or Debian package that ships it
+    loader: str  # module:function, or module:function:argument; "debian" for a packaged photo
     scene: str
     colour: str  # "rgb" or "grey"
+    licence: str  # as the package states it for this photo
 
 
-PHOTOS: tuple[Photo, ...] = (
-    Photo("astronaut", "scikit-image", "skimage.data:astronaut", "astronaut", "rgb"),
-    Photo("chelsea", "scikit-image", "skimage.data:chelsea", "chelsea", "rgb"),
-    Photo("coffee", "scikit-image", "skimage.data:coffee", "coffee", "rgb"),
-    Photo("hubble", "scikit-image", "skimage.data:hubble_deep_field", "hubble", "rgb"),
-    Photo("ihc", "scikit-image", "skimage.data:immunohistochemistry", "ihc", "rgb"),
-    Photo("motorcycleleft", "scikit-image", "skimage.data:stereo_motorcycle:0", "motorcycle", "rgb"),
-    Photo("motorcycleright", "scikit-image", "skimage.data:stereo_motorcycle:1", "motorcycle", "rgb"),
-    Photo("retina", "scikit-image", "skimage.data:retina", "retina", "rgb"),
-    Photo("rocket", "scikit-image", "skimage.data:rocket", "rocket", "rgb"),
-    Photo("china", "scikit-learn", "sklearn.datasets:load_sample_image:china.jpg", "china", "rgb"),
-    Photo("flower", "scikit-learn", "sklearn.datasets:load_sample_image:flower.jpg", "flower", "rgb"),
-    Photo("gracehopper", "matplotlib", "matplotlib.cbook:get_sample_data:grace_hopper.jpg", "gracehopper", "rgb"),
-    Photo("brick", "scikit-image", "skimage.data:brick", "brick", "grey"),
-    Photo("camera", "scikit-image", "skimage.data:camera", "camera", "grey"),
-    Photo("coins", "scikit-image", "skimage.data:coins", "coins", "grey"),
-    Photo("grass", "scikit-image", "skimage.data:grass", "grass", "grey"),
-    Photo("gravel", "scikit-image", "skimage.data:gravel", "gravel", "grey"),
-    Photo("moon", "scikit-image", "skimage.data:moon", "moon", "grey"),
-    Photo("aero", "PyWavelets", "pywt.data:aero", "aero", "grey"),
-    Photo("ascent", "PyWavelets", "pywt.data:ascent", "ascent", "grey"),
+UNSTATED = "not stated per image (package: {})"
+WHEEL_PHOTOS: tuple[Photo, ...] = (
+    Photo("astronaut", "scikit-image", "skimage.data:astronaut", "astronaut", "rgb", "Public Domain"),
+    Photo("chelsea", "scikit-image", "skimage.data:chelsea", "chelsea", "rgb", "CC0-1.0"),
+    Photo("coffee", "scikit-image", "skimage.data:coffee", "coffee", "rgb", "CC0-1.0"),
+    Photo("hubble", "scikit-image", "skimage.data:hubble_deep_field", "hubble", "rgb", "Public Domain"),
+    Photo("ihc", "scikit-image", "skimage.data:immunohistochemistry", "ihc", "rgb", "no known copyright restrictions"),
+    Photo("motorcycleleft", "scikit-image", "skimage.data:stereo_motorcycle:0", "motorcycle", "rgb", UNSTATED.format("BSD-3-Clause")),
+    Photo("motorcycleright", "scikit-image", "skimage.data:stereo_motorcycle:1", "motorcycle", "rgb", UNSTATED.format("BSD-3-Clause")),
+    Photo("retina", "scikit-image", "skimage.data:retina", "retina", "rgb", "CC0-1.0"),
+    Photo("rocket", "scikit-image", "skimage.data:rocket", "rocket", "rgb", "Public Domain"),
+    Photo("china", "scikit-learn", "sklearn.datasets:load_sample_image:china.jpg", "china", "rgb", "CC-BY-2.0"),
+    Photo("flower", "scikit-learn", "sklearn.datasets:load_sample_image:flower.jpg", "flower", "rgb", "CC-BY-2.0"),
+    Photo("gracehopper", "matplotlib", "matplotlib.cbook:get_sample_data:grace_hopper.jpg", "gracehopper", "rgb", "Public Domain"),
+    Photo("brick", "scikit-image", "skimage.data:brick", "brick", "grey", "CC0-1.0"),
+    Photo("camera", "scikit-image", "skimage.data:camera", "camera", "grey", "CC0-1.0"),
+    Photo("coins", "scikit-image", "skimage.data:coins", "coins", "grey", "no known copyright restrictions"),
+    Photo("grass", "scikit-image", "skimage.data:grass", "grass", "grey", "CC0-1.0"),
+    Photo("gravel", "scikit-image", "skimage.data:gravel", "gravel", "grey", "CC0-1.0"),
+    Photo("moon", "scikit-image", "skimage.data:moon", "moon", "grey", UNSTATED.format("BSD-3-Clause")),
+    Photo("aero", "PyWavelets", "pywt.data:aero", "aero", "grey", UNSTATED.format("MIT")),
+    Photo("ascent", "PyWavelets", "pywt.data:ascent", "ascent", "grey", "Public Domain"),
 )
+DEBIAN_PHOTOS: tuple[Photo, ...] = tuple(
+    Photo(entry["name"], entry["package"], "debian", entry["name"], entry["colour"], entry["licence"])
+    for entry in packaged_photos.catalogue()
+)
+PHOTOS = WHEEL_PHOTOS + DEBIAN_PHOTOS
 PHOTO_NAMES = tuple(p.name for p in PHOTOS)
+WHEEL_PHOTO_NAMES = tuple(p.name for p in WHEEL_PHOTOS)
+_PACKAGED = {entry["name"]: entry for entry in packaged_photos.catalogue()}
 _BY_NAME = {p.name: p for p in PHOTOS}
 
 
@@ -94,6 +108,11 @@ def photo(name: str) -> Photo:
 
 
 def _call_loader(spec: Photo):
+    if spec.loader == "debian":
+        try:
+            return packaged_photos.load(_PACKAGED[spec.name])
+        except packaged_photos.MissingPackageError as exc:
+            raise MissingExtraError(str(exc)) from None
     module_name, function, *argument = spec.loader.split(":")
     module = import_extra(module_name, spec.distribution)
     if module_name == "matplotlib.cbook":
@@ -127,15 +146,22 @@ def photo_record(name: str) -> dict:
     """What the manifest says of a photo: origin, package version, shape and a digest of its pixels."""
     spec = photo(name)
     array = load_photo(name)
-    return {
+    record = {
         "distribution": spec.distribution,
-        "version": distribution_version(spec.distribution),
+        "version": distribution_version(spec.distribution) if spec.loader != "debian" else
+        packaged_photos.package_version(spec.distribution),
         "loader": spec.loader,
         "scene": spec.scene,
         "colour": spec.colour,
+        "licence": spec.licence,
         "shape": list(array.shape),
         "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
     }
+    if spec.loader == "debian":
+        entry = _PACKAGED[name]
+        record.update(registry="debian", file=entry["path"], member=entry["member"], author=entry["author"],
+                      licence_source=entry["licence_source"], file_sha256=entry["sha256"])
+    return record
 
 
 def split_photos(names: Sequence[str], seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15) -> dict[str, str]:

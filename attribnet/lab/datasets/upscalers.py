@@ -50,6 +50,9 @@ DATASET_KIND = "upscalers"
 UPSCALERS_FORMAT = 1
 HOLDOUT_ARCHITECTURE = "rrdb"
 TILE_SIZE = 512  # ncnn tile: larger than any input we feed, so every call is one tile on any machine
+# The smallest input a network call gets: measured, Real-CUGAN's U-Nets return different (garbage)
+# pixels from one call to the next on inputs of 6-17 px, and Real-ESRGAN's RRDB on 9 px.
+MIN_NETWORK_INPUT = 20
 ESRGAN_MODELS = {
     "realesr-animevideov3-x2": 0,
     "realesr-animevideov3-x3": 1,
@@ -212,12 +215,18 @@ def check_packages(settings: UpscalerSettings) -> None:
 # ----------------------------------------------------------------------------- images
 
 
+def level_shape(name: str, level: float) -> tuple[int, int]:
+    """(height, width) of the photo's level image, without making it (planning needs only the size)."""
+    height, width = corpus.load_photo(name).shape[:2]
+    return max(1, round(height / level)), max(1, round(width / level))
+
+
 @functools.lru_cache(maxsize=64)
 def level_image(name: str, level: float, blur: float) -> np.ndarray:
     """A photo box-reduced by `level` and blurred by `blur`: the real image every source starts from."""
     array = corpus.load_photo(name)
-    height, width = array.shape[:2]
-    size = (max(1, round(width / level)), max(1, round(height / level)))
+    height, width = level_shape(name, level)
+    size = (width, height)
     reduced = np.asarray(Image.fromarray(array).resize(size, Image.Resampling.BOX), dtype=np.float64)
     if blur > 0:
         from scipy.ndimage import gaussian_filter
@@ -346,7 +355,7 @@ def _layouts(settings: UpscalerSettings, spec: Upscaler, name: str) -> list[tupl
     """(level, grid) for every level at which the photo holds at least one call's region."""
     layouts = []
     for level in settings.levels:
-        side = min(level_image(name, level, settings.real_blur).shape[:2])
+        side = min(level_shape(name, level))
         regions = {g: geometry(settings.image_size, spec.scale, g, settings.margin).region for g in range(1, settings.grid + 1)}
         fitting = [g for g in sorted(regions, reverse=True) if regions[g] <= side]
         if fitting:
@@ -396,7 +405,7 @@ def plan_source(settings: UpscalerSettings, source: str) -> list[Job]:
         name = min(settings.photos, key=lambda n: (counts[n], order[n]))
         level, grid = layouts[name][int(rng.integers(len(layouts[name])))]
         wanted = min(quota - counts[name], settings.per_source - used)
-        grid = min(grid, math.isqrt(wanted - 1) + 1)
+        grid = min(grid, max(math.isqrt(wanted - 1) + 1, _smallest_grid(settings, spec)))
         geo = geometry(settings.image_size, spec.scale, grid, settings.margin)
         grey = _level_grey(name, level, settings.real_blur)
         top, left = _position(grey, geo, settings.image_size, grid, settings.min_std, rng)
@@ -405,6 +414,14 @@ def plan_source(settings: UpscalerSettings, source: str) -> list[Job]:
         counts[name] += take
         used += take
     return jobs
+
+
+def _smallest_grid(settings: UpscalerSettings, spec: Upscaler) -> int:
+    """The fewest patches per side whose network input reaches MIN_NETWORK_INPUT (a call may cut fewer)."""
+    for grid in range(1, settings.grid + 1):
+        if geometry(settings.image_size, spec.scale, grid, settings.margin).region // spec.scale >= MIN_NETWORK_INPUT:
+            return grid
+    return settings.grid
 
 
 def render_job(
