@@ -32,7 +32,7 @@ class DemoConfig:
 
     zoo: ZooConfig = field(default_factory=lambda: ZooConfig(image_size=32, per_source=480))  # `out` unused: OUT/zoo
     data_root: str = ""  # use an existing zoo instead of writing one into the output folder
-    mode: str = "dct"  # input of the primary module (and so of the heads): pixel or dct
+    mode: str = "dct"  # input of the primary module (and so of the heads): pixel, residual (high-passed pixels) or dct
     baseline_mode: str = "dct"  # input of the CNN baselines (gdaconv is Frank et al.'s DCT classifier)
     primary: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, patience=4))
     head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=32, learning_rate=3e-3, patience=3))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared_backbone.model import networks
-from shared_backbone.model.preprocessing import MODES
+from shared_backbone.model.preprocessing import MODES, channels_for
 
 PRIMARY_LAYERS = [
     "dConv_01", "dRelu_01", "dConv_02", "dBNorm_02", "dRelu_02", "dConv_03", "dBNorm_03", "dRelu_03",
@@ -27,15 +27,15 @@ def test_primary_layer_names_and_shapes(mode, size):
     primary = networks.build_primary(size, mode)
     names = [layer.name for layer in primary.layers]
     assert names[1 : 1 + len(PRIMARY_LAYERS)] == PRIMARY_LAYERS
-    assert names[-2:] == (["dGAP", "dDecision"] if mode == "pixel" else ["dFlatten", "dDecision"])
-    assert primary.input.shape[1:] == (size, size, 3 if mode == "pixel" else 1)
+    assert names[-2:] == (["dGAP", "dDecision"] if mode != "dct" else ["dFlatten", "dDecision"])
+    assert primary.input.shape[1:] == (size, size, channels_for(mode))
     assert primary.get_layer("dRelu_04").output.shape[1:] == (size // 4, size // 4, 16)
     assert primary.get_layer("dRelu_06").output.shape[1:] == (size // 8, size // 8, 32)
     assert primary.output.shape[1:] == (1,)
     trunk = networks.build_trunk(primary)
     assert trunk.output.shape[1:] == networks.feature_shape(size)
     serving = networks.build_serving_model(primary)
-    batch = np.zeros((2, size, size, 3 if mode == "pixel" else 1), np.float32)
+    batch = np.zeros((2, size, size, channels_for(mode)), np.float32)
     fake, features = serving(batch, training=False)
     assert fake.shape == (2, 1) and features.shape == (2, *networks.feature_shape(size))
 
@@ -61,7 +61,7 @@ def test_batchnorm_momentum_defaults_to_the_measured_safe_value():
 def test_baselines_build_for_every_task(name, task, mode):
     classes = 6 if task == "multiclass" else 1
     model = networks.build_baseline(name, 32, mode, task, classes)
-    batch = np.random.default_rng(0).normal(size=(3, 32, 32, 3 if mode == "pixel" else 1)).astype(np.float32)
+    batch = np.random.default_rng(0).normal(size=(3, 32, 32, channels_for(mode))).astype(np.float32)
     out = np.asarray(model(batch, training=False))
     assert out.shape == (3, classes)
     if task == "multiclass":

@@ -104,6 +104,24 @@ def test_pixel_scaling_range():
         to_model_input(np.zeros((8, 8, 3), np.uint8), spec)
 
 
+def test_residual_input_is_the_pixels_minus_their_local_mean():
+    """Flat regions (content) give zero; a one-pixel dot keeps 8/9 of its step times the gain; one batch
+    equals the single images (training and serving share it)."""
+    from shared_backbone.model.preprocessing import RESIDUAL_GAIN, to_model_inputs
+
+    spec = InputSpec(16, "residual")
+    flat = np.full((16, 16, 3), 200, dtype=np.uint8)
+    assert np.abs(to_model_input(flat, spec)).max() < 1e-6
+    dot = flat.copy()
+    dot[8, 8] = 245
+    out = to_model_input(dot, spec)
+    assert out.shape == (16, 16, 3) and out.dtype == np.float32
+    assert out[8, 8, 0] == pytest.approx(RESIDUAL_GAIN * (45 / 127.5) * 8 / 9, rel=1e-5)
+    assert out[8, 9, 0] == pytest.approx(-RESIDUAL_GAIN * (45 / 127.5) / 9, rel=1e-5) and out[0, 0, 0] == 0.0
+    batch = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_model_inputs(batch, spec), np.stack([to_model_input(image, spec) for image in batch]))
+
+
 def direct_dct_matrix(n: int) -> np.ndarray:
     """Orthonormal DCT-II from its definition (no FFT)."""
     k, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

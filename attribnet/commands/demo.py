@@ -19,6 +19,8 @@ import logging
 import time
 from pathlib import Path
 
+from shared_backbone.model.preprocessing import MODES
+
 log = logging.getLogger("attribnet.demo.offline")
 
 # A few-seconds-per-step variant for CI and a first look (`--tiny`).
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny zoo and few epochs (seconds, not minutes)")
     parser.add_argument("--image-size", type=int, help="zoo image size (zoo.image_size)")
     parser.add_argument("--per-source", type=int, help="zoo images per source (zoo.per_source)")
-    parser.add_argument("--mode", choices=("pixel", "dct"), help="input of the primary module and heads (mode)")
+    parser.add_argument("--mode", choices=MODES, help="input of the primary module and heads (mode)")
     parser.add_argument("--seed", dest="seeds", type=int, action="append", help="training seed (repeatable: one run per seed)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     parser.set_defaults(handler=run)

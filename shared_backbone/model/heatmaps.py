@@ -136,12 +136,12 @@ def spectrum_image(rgb: np.ndarray) -> np.ndarray:
 
 
 def render(rgb: np.ndarray, heat: np.ndarray, mode: str, min_side: int = DISPLAY_SIDE) -> np.ndarray:
-    """Pixel: the overlay on the image. DCT: the image beside the overlay on its spectrum.
+    """Pixel and residual: the overlay on the image. DCT: the image beside the overlay on its spectrum.
 
     Drawn at the model's size, then enlarged by a whole factor (nearest neighbour, no smoothing)
     so a 64 px model's map is large enough to look at and every model pixel stays a square.
     """
-    panel = overlay(rgb, heat) if mode == "pixel" else np.concatenate([rgb, overlay(spectrum_image(rgb), heat)], axis=1)
+    panel = overlay(rgb, heat) if mode != "dct" else np.concatenate([rgb, overlay(spectrum_image(rgb), heat)], axis=1)
     factor = max(1, -(-min_side // rgb.shape[0]))
     return panel.repeat(factor, axis=0).repeat(factor, axis=1)
 

@@ -146,9 +146,10 @@ def build_serving_model(primary: keras.Model) -> keras.Model:
 
 
 def pooling_for_mode(mode: str) -> str:
-    """The paper pools pixel models with GAP and flattens DCT models (primary and heads alike)."""
+    """The paper pools pixel models with GAP and flattens DCT models (primary and heads alike); residual
+    input is pixels, high-passed, and pools as they do."""
     channels_for(mode)
-    return "gap" if mode == "pixel" else "flatten"
+    return "flatten" if mode == "dct" else "gap"
 
 
 def build_head(

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from shared_backbone.model.preprocessing import MODES
+
 log = logging.getLogger("attribnet.bench")
 
 
@@ -18,7 +20,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--source", help="positive source for --task ovr (positive_source)")
     parser.add_argument("--data", help="dataset folder (data.root)")
     parser.add_argument("--image-size", type=int, help="data.image_size")
-    parser.add_argument("--mode", choices=("pixel", "dct"), help="input of gdaconv/postpool (data.mode)")
+    parser.add_argument("--mode", choices=MODES, help="input of gdaconv/postpool (data.mode)")
     parser.add_argument("--normstats", help="DCT normstats folder (data.normstats)")
     parser.add_argument("--epochs", type=int, help="train.epochs")
     parser.add_argument("--seed", type=int, help="train.seed")
@@ -27,7 +29,7 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--perturbation", action="append", metavar="P",
         help="test set: clean, jpeg75, blur1 or KIND:VALUE (repeatable; default clean, jpeg75, blur1)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar (none with --json either)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(handler=run)
 
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.data.root:
         raise ValueError("no dataset: set data.root in --config or pass --data")
     perturbations = tuple(args.perturbation or DEFAULT_PERTURBATIONS)
-    result = run_baseline(config, perturbations=perturbations, progress=not args.no_progress)
+    result = run_baseline(config, perturbations=perturbations, progress=not (args.no_progress or args.json))  # --json: stdout is the JSON alone
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "classes": result.classes, "metrics": result.metrics}, indent=2, default=str))
         return 0

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from shared_backbone.model.preprocessing import MODES
 from shared_backbone.training.classification_metrics import describe_binary
 
 log = logging.getLogger("attribnet.coordinator")
@@ -16,7 +17,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="coordinator YAML (CoordinatorConfig keys)")
     parser.add_argument("--data", help="dataset folder (data.root)")
     parser.add_argument("--image-size", type=int, help="square input size, a multiple of 16 (data.image_size)")
-    parser.add_argument("--mode", choices=("pixel", "dct"), help="model input (data.mode)")
+    parser.add_argument("--mode", choices=MODES, help="model input (data.mode)")
     parser.add_argument("--normstats", help="DCT normstats folder (data.normstats)")
 
 
