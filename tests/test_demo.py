@@ -43,7 +43,7 @@ def test_demo_runs_end_to_end(offline_demo):
 
 
 def _check_answers_show_prediction_sets(predictions: Path, sources: list[str], alpha: float = 0.05) -> None:
-    """Every open-set answer lists its prediction set (sources with p-value > alpha) and the p-values behind it."""
+    """Every open-set answer lists its prediction set (sources with p-value > alpha, or none) and the p-values behind it."""
     import csv
 
     with predictions.open() as handle:
@@ -54,7 +54,8 @@ def _check_answers_show_prediction_sets(predictions: Path, sources: list[str], a
         if row["predicted"] == "real":
             assert not kept, row  # a real answer attributes nothing
             continue
-        assert kept == {s for s in sources if float(row[f"p_{s}"]) > alpha}, row
+        # NaN: no usable reference (fewer than 10 held-out positives in this tiny demo), so never excluded
+        assert kept == {s for s in sources if not float(row[f"p_{s}"]) <= alpha}, row
         if row["predicted"] in sources:
             assert row["predicted"] in kept, row
     assert any(row["prediction_set"] for row in rows)
