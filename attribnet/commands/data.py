@@ -10,6 +10,7 @@ coordinator/node/baseline file; `zoo` reads `ZooConfig` keys or a `zoo:` section
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -281,7 +282,9 @@ def _list_upscalers(as_json: bool) -> int:
         model = f"{row['package']:<19} {row['model']:<24}"
         print(f"{row['name']:<16} {default:<7} {row['architecture']:<8} {model} {row['scale']:>5} {noise:>5}")
     print(f"hold-out architecture (open set): {HOLDOUT_ARCHITECTURE}")
-    print("photos: " + ", ".join(f"{p['name']} ({p['distribution']}, {p['colour']})" for p in photos))
+    print(f"photos: {len(photos)} (`--json` lists each with its package, colour and licence)")
+    for package, count in collections.Counter(p["distribution"] for p in photos).most_common():
+        print(f"  {count:>4}  {package}")
     return 0
 
 

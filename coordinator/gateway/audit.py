@@ -25,8 +25,9 @@ the reference's q-quantile. A reference set below the node's real scores (to kee
 prediction sets it should leave) leaves too few there: the node is quarantined when an honest
 reference would leave so few with probability under `audit.reference_significance` / j^2 at the
 j-th check (q = 5%, 25%, 50%; checks at `min_per_kind` own canaries, twice that, ... then once per
-`window`), so an honest node's chance of ever being caught stays under 5 x the significance. Calibration and reference are checked together: the reference is in calibrated units, so a
-map changed after the reference was taken fails the same way. A degenerate reference (e.g. all
+`window`), so an honest node's chance of ever being caught stays under 5 x the significance.
+Calibration and reference are checked together: the reference is in calibrated units, so a map
+changed after the reference was taken fails the same way. A degenerate reference (e.g. all
 zeros) is none (`Calibration.has_reference`): the node's answers carry no p-value, as for a head
 registered without one, and there is nothing to check.
 """
@@ -52,24 +53,16 @@ from shared_backbone.runtime.prometheus import ServerMetrics
 log = logging.getLogger(__name__)
 
 PROBE_POLL = 0.2  # seconds between the prober's looks for pending nodes and idleness
-
-
 REFERENCE_LEVELS = (0.05, 0.25, 0.5)  # quantiles of a node's conformal reference checked against its own canaries
-
-
-def _wilson(count: int, shown: int, confidence: float):
-    two_sided = 2.0 * confidence - 1.0
-    return stats.binomtest(count, shown).proportion_ci(confidence_level=two_sided, method="wilson")
 
 
 def claim_rate_lower_bound(claimed: int, shown: int, confidence: float) -> float:
     """One-sided lower confidence bound of a claim rate (Wilson score interval; 0 when nothing was shown)."""
-    return float(_wilson(claimed, shown, confidence).low) if shown else 0.0
+    if shown == 0:
+        return 0.0
+    two_sided = 2.0 * confidence - 1.0
+    return float(stats.binomtest(claimed, shown).proportion_ci(confidence_level=two_sided, method="wilson").low)
 
-
-def rate_upper_bound(count: int, shown: int, confidence: float) -> float:
-    """One-sided upper confidence bound of a rate (Wilson score interval; 1 when nothing was shown)."""
-    return float(_wilson(count, shown, confidence).high) if shown else 1.0
 
 
 @dataclass
