@@ -4,7 +4,7 @@
 (and for a Qt resource bundle such as GCompris's `.rcc` files, the member inside it), the licence
 the package states for that photo, its author where stated, and the sha256 of its bytes. Reading
 checks the digest, so a different package version is an error that says so, never a silently
-different dataset. The packages are wallpaper and educational-software data (`PACKAGES`); none
+different dataset. The packages are wallpaper and educational-software data (`packages()`); none
 is needed by `make demo`.
 """
 
@@ -41,6 +41,7 @@ def packages() -> tuple[str, ...]:
     return tuple(sorted({entry["package"] for entry in catalogue()}))
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(package: str) -> str | None:
     """The installed version of a Debian package (None: not installed, or no dpkg here)."""
     if not shutil.which("dpkg-query"):
@@ -57,10 +58,10 @@ def _bundle(path: str) -> ResourceBundle:
 
 def photo_bytes(entry: dict) -> bytes:
     """The photo's file bytes, digest-checked; MissingPackageError names the package and the Make target."""
-    hint = PHOTOS_HINT.format(packages=" ".join(packages()))
     try:
         data = _bundle(entry["path"]).read(entry["member"]) if entry["member"] else Path(entry["path"]).read_bytes()
     except FileNotFoundError:
+        hint = PHOTOS_HINT.format(packages=" ".join(packages()))
         raise MissingPackageError(f"photo {entry['name']}: {entry['path']} is missing (Debian package "
                                   f"{entry['package']}): {hint}") from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:

@@ -95,7 +95,6 @@ DEBIAN_PHOTOS: tuple[Photo, ...] = tuple(
 )
 PHOTOS = WHEEL_PHOTOS + DEBIAN_PHOTOS
 PHOTO_NAMES = tuple(p.name for p in PHOTOS)
-WHEEL_PHOTO_NAMES = tuple(p.name for p in WHEEL_PHOTOS)
 _PACKAGED = {entry["name"]: entry for entry in packaged_photos.catalogue()}
 _BY_NAME = {p.name: p for p in PHOTOS}
 
@@ -146,10 +145,10 @@ def photo_record(name: str) -> dict:
     """What the manifest says of a photo: origin, package version, shape and a digest of its pixels."""
     spec = photo(name)
     array = load_photo(name)
+    packaged = spec.loader == "debian"
     record = {
         "distribution": spec.distribution,
-        "version": distribution_version(spec.distribution) if spec.loader != "debian" else
-        packaged_photos.package_version(spec.distribution),
+        "version": (packaged_photos.package_version if packaged else distribution_version)(spec.distribution),
         "loader": spec.loader,
         "scene": spec.scene,
         "colour": spec.colour,
@@ -157,7 +156,7 @@ def photo_record(name: str) -> dict:
         "shape": list(array.shape),
         "sha256": hashlib.sha256(array.tobytes()).hexdigest(),
     }
-    if spec.loader == "debian":
+    if packaged:
         entry = _PACKAGED[name]
         record.update(registry="debian", file=entry["path"], member=entry["member"], author=entry["author"],
                       licence_source=entry["licence_source"], file_sha256=entry["sha256"])

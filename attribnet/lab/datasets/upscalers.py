@@ -399,13 +399,14 @@ def plan_source(settings: UpscalerSettings, source: str) -> list[Job]:
     counts = dict.fromkeys(settings.photos, 0)
     quota = math.ceil(settings.per_source / len(settings.photos))
     indices = rng.permutation(settings.per_source).tolist()
+    smallest_grid = _smallest_grid(settings, spec)
     jobs: list[Job] = []
     used = 0
     while used < settings.per_source:
         name = min(settings.photos, key=lambda n: (counts[n], order[n]))
         level, grid = layouts[name][int(rng.integers(len(layouts[name])))]
         wanted = min(quota - counts[name], settings.per_source - used)
-        grid = min(grid, max(math.isqrt(wanted - 1) + 1, _smallest_grid(settings, spec)))
+        grid = min(grid, max(math.isqrt(wanted - 1) + 1, smallest_grid))
         geo = geometry(settings.image_size, spec.scale, grid, settings.margin)
         grey = _level_grey(name, level, settings.real_blur)
         top, left = _position(grey, geo, settings.image_size, grid, settings.min_std, rng)
