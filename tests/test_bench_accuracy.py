@@ -68,7 +68,7 @@ def test_the_models_learn_and_nothing_leaks(report):
 def test_benchmarks_md_gets_the_table_and_keeps_other_sections(report):
     _, benchmarks = report
     text = benchmarks.read_text()
-    assert "## Serving\n\nkept as is" in text and "## Accuracy" in text and "### fingerprint zoo:" in text
+    assert "## Serving\n\nkept as is" in text and "## Accuracy" in text and "### fingerprint zoo, 32 px, dct input:" in text
     assert "strict heads, ranked by raw scores" in text and "ranked by calibrated scores" in text
     assert "Late joiners" in text and "Open set" in text
 
@@ -98,7 +98,7 @@ def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):
 
 
 def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
-    """configs/bench.yaml says 3 seeds; --profile quick says 1; a --seeds flag beats both."""
+    """configs/bench.yaml says 3 seeds; --profile quick says 1; a --seeds flag beats both; --mode sets the input."""
     from attribnet.cli import build_parser
     from attribnet.commands.bench.accuracy import load
 
@@ -108,3 +108,6 @@ def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
     assert load(parse("--profile", "robust-quick")).seeds == [0]
     assert load(parse("--profile", "quick", "--seeds", "3", "4")).seeds == [3, 4]
     assert load(parse("--profile", "robust-quick")).protocols == ["robust", "oracle"]
+    res128 = load(parse("--profile", "res128", "--mode", "residual"))
+    assert (res128.data.image_size, res128.upscalers.image_size, res128.data.mode) == (128, 128, "residual")
+    assert res128.seeds == [0, 1, 2] and load(parse("--profile", "res128")).data.mode == "dct"

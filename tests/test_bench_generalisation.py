@@ -116,3 +116,22 @@ def test_the_oracle_trains_and_tests_on_the_perturbed_copy(run):
     assert np.array_equal(load_image(copy / "tconv_a" / original.name, 32), expected)
     text = (root / "BENCHMARKS.md").read_text()
     assert "Robustness against an oracle" in text and "| jpeg 75 |" in text
+
+
+def test_runs_of_other_configurations_keep_their_results_apart(tmp_path):
+    """Another input mode in the same workdir (the res128 profile run once per mode) must not evict a finished
+    setting's results, and a result stored under one configuration is never read for another."""
+    import dataclasses
+
+    from attribnet.bench.accuracy.config import AccuracyConfig
+    from attribnet.bench.accuracy.seed_run import _fingerprint, _store, _stored, result_path
+
+    dct = AccuracyConfig()
+    residual = dataclasses.replace(dct, data=dataclasses.replace(dct.data, mode="residual"))
+    prints = [_fingerprint(c, ["x"]) for c in (dct, residual)]
+    paths = [result_path(tmp_path, 0, "founding", p) for p in prints]
+    assert paths[0] != paths[1]
+    _store(paths[0], prints[0], {"accuracy": 0.5})
+    _store(paths[1], prints[1], {"accuracy": 0.7})
+    assert _stored(paths[0], prints[0]) == {"accuracy": 0.5} and _stored(paths[1], prints[1]) == {"accuracy": 0.7}
+    assert _stored(paths[0], prints[1]) is None

@@ -152,4 +152,22 @@ ROBUST_QUICK = {
     "baselines": ["gdaconv", "dctlinear"],
     "protocols": ["robust", "oracle"],
 }
-PROFILES = {"full": {}, "quick": QUICK, "lofo-quick": LOFO_QUICK, "robust-quick": ROBUST_QUICK}
+# --profile res128: the paper's resolution (128 px patches) with the founding setting only (strict heads, gdaconv,
+# DCT regression, detection, open set, conformal coverage): 3 seeds of one input mode fit in under 2 hours on 2 cores.
+# Compare inputs by running it once per `--mode` (pixel, residual, dct) with one --workdir: the dataset is built once
+# and every mode's results are kept apart, so a killed run resumes.
+RES128 = {
+    "zoo.image_size": 128,
+    "upscalers.image_size": 128,
+    "data.image_size": 128,
+    "zoo.per_source": 300,
+    "upscalers.per_source": 300,
+    "primary.epochs": 12,
+    "head.epochs": 20,
+    "baseline.epochs": 12,
+    "negatives.count": 600,
+    "test_perturbations": {"jpeg": 75, "blur": 1.0},
+    "baselines": ["gdaconv", "dctlinear"],
+    "protocols": [],
+}
+PROFILES = {"full": {}, "quick": QUICK, "lofo-quick": LOFO_QUICK, "robust-quick": ROBUST_QUICK, "res128": RES128}

@@ -99,7 +99,7 @@ def markdown(report: dict[str, Any]) -> str:
     seconds = s["train_seconds"]
     founding = report["per_seed"][0]
     lines = [
-        f"### {ds['name']}: {report['profile']} profile, seeds {report['seeds']}",
+        f"### {ds['name']}, {ds['image_size']} px, {ds['input']} input: {report['profile']} profile, seeds {report['seeds']}",
         "",
         f"`{report['command']}`, {report['created']}, {report['wall_seconds'] / 60:.0f} min wall on {report['machine']}. "
         f"{ds['image_size']} px, {ds['input']} input; images per source: {ds['per_source']}; test images: {ds['test_counts']}. "

@@ -1,8 +1,9 @@
 """One seed of the benchmark: every setting trained, evaluated and stored as it finishes.
 
-A setting's results are kept in WORKDIR/results/seed-S/SETTING.json with a fingerprint of the
-configuration they depend on; a later run of the same configuration (a killed one resumed, or one
-that adds seeds or settings) reads them instead of training again.
+A setting's results are kept in WORKDIR/results/seed-S/SETTING-<fingerprint>.json, the fingerprint
+being a digest of the configuration they depend on; a later run of the same configuration (a killed
+one resumed, or one that adds seeds or settings) reads them instead of training again, and runs of
+other configurations in the same workdir (another input mode, say) keep theirs beside them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def _fingerprint(config: AccuracyConfig, extra: Any = None) -> str:
     """What a setting's results depend on: the config without seeds, output places and protocol list."""
     values = {k: v for k, v in to_dict(config).items() if k not in ("seeds", "out", "workdir", "protocols")}
     return hashlib.sha256(json.dumps([values, extra], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def result_path(workdir: Path, seed: int, name: str, fingerprint: str) -> Path:
+    """Where one seed's setting keeps its results: one file per configuration, so none evicts another."""
+    return workdir / "results" / f"seed-{seed}" / f"{name}-{fingerprint[:16]}.json"
 
 
 def _stored(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -67,7 +73,7 @@ class SeedRun:
 
     def _setting(self, seed: int, name: str, extra: Any, train_and_evaluate: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         fingerprint = _fingerprint(self.config, extra)
-        path = self.workdir / "results" / f"seed-{seed}" / f"{name}.json"
+        path = result_path(self.workdir, seed, name, fingerprint)
         stored = _stored(path, fingerprint)
         if stored is not None:
             self.step(f"seed {seed}: {name}: results of an earlier run of this configuration ({path})")

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from shared_backbone.model.preprocessing import MODES
+
 log = logging.getLogger("attribnet.bench")
 
 
@@ -16,10 +18,13 @@ def register(actions: argparse._SubParsersAction) -> None:
              "fully private setting, leave-one-family-out, out-of-scope, robustness oracle",
     )
     parser.add_argument("--config", help="YAML with AccuracyConfig keys, or an `accuracy:` section (configs/bench.yaml)")
-    parser.add_argument("--profile", choices=("full", "quick", "lofo-quick", "robust-quick"), default="full",
+    parser.add_argument("--profile", choices=("full", "quick", "lofo-quick", "robust-quick", "res128"), default="full",
                         help="full (default): every protocol; quick: the founding setting's protocols at small size, 1 seed; "
                              "lofo-quick: founding, fully private, leave-one-family-out and out-of-scope at 32 px, 1 seed, ~5-8 min a seed; "
-                             "robust-quick: clean-, robust-trained and oracle models for JPEG q75 and blur 1 at the quick size, 1 seed")
+                             "robust-quick: clean-, robust-trained and oracle models for JPEG q75 and blur 1 at the quick size, 1 seed; "
+                             "res128: the founding setting at 128 px, 3 seeds of one --mode in under 2 hours")
+    parser.add_argument("--mode", choices=MODES,
+                        help="the models' input (data.mode): pixel, residual (pixels minus their 3x3 mean) or dct (log spectrum)")
     parser.add_argument("--dataset", choices=("zoo", "zoo_independent", "upscalers", "folder"),
                         help="zoo, zoo_independent (a separately written zoo, evaluation only) or upscalers (written here; "
                              "upscalers needs `make upscalers`) or folder (--data)")
@@ -36,7 +41,8 @@ def load(args: argparse.Namespace):
     from attribnet.bench.accuracy.config import PROFILES, AccuracyConfig
     from shared_backbone.config import load_config
 
-    given = {"dataset": args.dataset, "data.root": args.data, "seeds": args.seeds, "out": args.out, "workdir": args.workdir}
+    given = {"dataset": args.dataset, "data.root": args.data, "seeds": args.seeds, "out": args.out, "workdir": args.workdir,
+             "data.mode": args.mode}
     # A flag left out must not erase the profile's value (`--profile quick` is one seed unless --seeds says otherwise).
     overrides = {**PROFILES[args.profile], **{key: value for key, value in given.items() if value is not None}}
     return load_config(AccuracyConfig, args.config, overrides, section="accuracy")
