@@ -73,7 +73,7 @@ def test_the_roles_leave_the_family_out(run):
     assert lofo["reference_sources"] == ["real"] and lofo["negatives_exclude_families"] == ["tconv"]
     assert private["detector_sources"] == ["real", "tconv_r"] and private["negatives_exclude_families"] == []
     assert set(founding["detector_sources"]) == {"real", "tconv_a", "pixshuffle_a", "tconv_r"}
-    work = root / "results" / "work" / "seed-0" / "lofo-tconv"
+    (work,) = (root / "results" / "work" / "seed-0").glob("lofo-tconv-*")  # one configuration, one folder
     primary = yaml.safe_load((work / "primary-lofo-tconv" / "config.yaml").read_text())
     assert sorted(p.name for p in Path(primary["data"]["root"]).iterdir() if p.is_dir()) == ["pixshuffle_a", "real"]
     head_configs = sorted(work.glob("heads-strict-*/*/runs/*/config.yaml"))
@@ -109,7 +109,8 @@ def test_the_oracle_trains_and_tests_on_the_perturbed_copy(run):
     assert all(0.0 <= v <= 1.0 for v in result["oracle"]["jpeg"].values()), result["oracle"]
     work = root / "results" / "work"
     copy = work / "oracle-data" / "jpeg-75"
-    primary = yaml.safe_load((work / "seed-0" / "oracle-jpeg" / "primary-clean" / "config.yaml").read_text())
+    (oracle,) = (work / "seed-0").glob("oracle-jpeg-*")
+    primary = yaml.safe_load((oracle / "primary-clean" / "config.yaml").read_text())
     assert {p.resolve().parent for p in Path(primary["data"]["root"]).iterdir() if p.is_dir()} == {copy.resolve()}
     original = next((work / "zoo" / "tconv_a").glob("*.png"))
     expected = perturb_fixed(load_image(original, 32), "jpeg", 75)

@@ -1,9 +1,10 @@
 """One seed of the benchmark: every setting trained, evaluated and stored as it finishes.
 
-A setting's results are kept in WORKDIR/results/seed-S/SETTING-<fingerprint>.json, the fingerprint
-being a digest of the configuration they depend on; a later run of the same configuration (a killed
-one resumed, or one that adds seeds or settings) reads them instead of training again, and runs of
-other configurations in the same workdir (another input mode, say) keep theirs beside them.
+A setting's models are trained in WORKDIR/seed-S/SETTING-<fingerprint>/ and its results kept in
+WORKDIR/results/seed-S/SETTING-<fingerprint>.json, the fingerprint being a digest of the
+configuration they depend on. A later run of the same configuration (a killed one resumed, or one
+that adds seeds or settings) reads the results instead of training again; runs of other
+configurations in the same workdir (another input mode, even side by side) keep theirs apart.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _fingerprint(config: AccuracyConfig, extra: Any = None) -> str:
 def result_path(workdir: Path, seed: int, name: str, fingerprint: str) -> Path:
     """Where one seed's setting keeps its results: one file per configuration, so none evicts another."""
     return workdir / "results" / f"seed-{seed}" / f"{name}-{fingerprint[:16]}.json"
+
+
+def models_path(workdir: Path, seed: int, name: str, fingerprint: str) -> Path:
+    """Where one seed's setting trains its models: one folder per configuration, so runs of other
+    configurations in the same workdir (another input mode, side by side) never delete each other's."""
+    return workdir / f"seed-{seed}" / f"{name}-{fingerprint[:16]}"
 
 
 def _stored(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -78,7 +85,7 @@ class SeedRun:
         if stored is not None:
             self.step(f"seed {seed}: {name}: results of an earlier run of this configuration ({path})")
             return stored
-        out = self.workdir / f"seed-{seed}" / name
+        out = models_path(self.workdir, seed, name, fingerprint)
         shutil.rmtree(out, ignore_errors=True)  # a killed run's half-trained models: this setting trains afresh
         return _store(path, fingerprint, train_and_evaluate(out))
 
