@@ -14,7 +14,7 @@ from attribnet.cli import main
 def test_a_short_soak_of_a_trained_network_loses_nothing_through_a_node_kill_and_a_coordinator_restart(
         served_demo, tmp_path, capsys):
     demo = served_demo.folder()
-    code = main(["bench", "soak", "--seconds", "16", "--clients", "1", "--kill-every", "6",
+    code = main(["bench", "soak", "--seconds", "10", "--clients", "1", "--kill-every", "4",
                  "--network", str(demo), "--out", str(tmp_path)])
     report = json.loads((tmp_path / "soak.json").read_text())
     assert code == 0, report
