@@ -173,7 +173,6 @@ class CanaryAudit:
     def __init__(self, registry: Registry, pool: CanaryPool, config: AuditConfig, metrics: ServerMetrics,
                  seed: int | None = None) -> None:
         self.registry, self.pool, self.config, self.metrics = registry, pool, config, metrics
-        self.pool_counts = pool.counts()  # canaries per label, for the reference check's independent-image count
         self.rng = np.random.default_rng(seed)
         self.evidence: dict[str, Evidence] = {}
         self.quarantined = 0
@@ -220,7 +219,7 @@ class CanaryAudit:
                 evidence.reference_checks += 1
                 reason = reference_verdict(evidence.own, entry.calibration.positive_scores,
                                            self.config.reference_significance / evidence.reference_checks ** 2,
-                                           self.pool_counts.get(entry.source))
+                                           self.pool.counts.get(entry.source))
             passes = not reason and entry.audit_pending and evidence.shown >= self.config.min_canaries
         if reason:
             self._quarantine(entry, reason)

@@ -67,7 +67,9 @@ class CanaryPool:
         """The shape of one model input (what the trunk takes)."""
         return preprocessing.to_model_inputs(self.images[:1], self.spec).shape[1:]
 
+    @functools.cached_property
     def counts(self) -> dict[str, int]:
+        """Canaries per label (the pool never changes, so counted once)."""
         labels, counts = np.unique(self.labels, return_counts=True)
         return dict(zip(labels.tolist(), counts.tolist()))
 
@@ -122,5 +124,5 @@ def build_pool(reference: str | Path, deposits: str | Path, spec: preprocessing.
         groups.setdefault(source, []).extend(images)
     labels = [label for label, images in groups.items() for _ in images]
     pool = CanaryPool(np.stack([image for images in groups.values() for image in images]), np.array(labels), spec)
-    log.info("canary pool: %s", ", ".join(f"{count} {label}" for label, count in pool.counts().items()))
+    log.info("canary pool: %s", ", ".join(f"{count} {label}" for label, count in pool.counts.items()))
     return pool
