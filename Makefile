@@ -69,7 +69,7 @@ demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/attribnet demo --out $(DEMO_OUT)
 
 test: upscalers
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=15 tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 # Regenerate the gRPC/protobuf code beside its .proto (a test checks it is current).
 proto: $(STAMP)

@@ -11,16 +11,16 @@ from attribnet.cli import main
 
 CONFIG = """
 accuracy:
-  zoo: {image_size: 32, per_source: 48, preset: easy, workers: 1,
+  zoo: {image_size: 32, per_source: 32, preset: easy, workers: 1,
         sources: [tconv_a, pixshuffle_a, bilinear_r, modconv_a]}
   data: {image_size: 32, mode: dct}
   roles: {nodes: [tconv_a, pixshuffle_a], late: [pixshuffle_a], coordinator: [bilinear_r], held_out: [modconv_a]}
   seeds: [0]
-  primary: {epochs: 8, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 3}
+  primary: {epochs: 4, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 3}
   robust_primary: {epochs: 1, batch_size: 16, learning_rate: 0.001, patience: 3, min_epochs: 1}
-  head: {epochs: 6, batch_size: 32, learning_rate: 0.003, patience: 3, min_epochs: 3}
+  head: {epochs: 4, batch_size: 32, learning_rate: 0.003, patience: 3, min_epochs: 2}
   baseline: {epochs: 3, batch_size: 16, learning_rate: 0.003, patience: 3, min_epochs: 2}
-  negatives: {count: 60, generators: 4}
+  negatives: {count: 40, generators: 4}
   perturb_copies: 1
   test_perturbations: {jpeg: 75, multi: 0.5}
   baselines: [gdaconv, dctlinear]

@@ -12,7 +12,7 @@ def test_bench_serving_writes_the_report_the_checks_read(tmp_path, capsys):
     from attribnet.cli import main
 
     config = write_yaml(tmp_path / "bench.yaml", {
-        "image_size": 32, "nodes": [1, 2], "clients": [2], "batches": [1, 3], "repeats": 1, "seconds": 1.0,
+        "image_size": 32, "nodes": [2], "clients": [2], "batches": [1, 3], "repeats": 1, "seconds": 1.0,
         "warmup_seconds": 0.5, "images": 16, "in_process_batch": 8, "open_loop_images_per_s": 20,
         "transfer": {"per_source": 30, "primary": {"epochs": 2, "batch_size": 16, "min_epochs": 1},
                      "train": {"epochs": 2, "batch_size": 16, "min_epochs": 1}},
@@ -25,15 +25,15 @@ def test_bench_serving_writes_the_report_the_checks_read(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     report = json.loads((out / "serving.json").read_text())
     assert printed == report
-    assert [row["nodes"] for row in report["in_process"]] == [1, 2]
+    assert [row["nodes"] for row in report["in_process"]] == [2]
     assert all(row["images_per_s"] > 0 for row in report["in_process"])
     points = {(row["nodes"], row["clients"], row["batch"]) for row in report["network"]}
-    assert points == {(1, 2, 1), (1, 2, 3), (2, 2, 1), (2, 2, 3)}
+    assert points == {(2, 2, 1), (2, 2, 3)}
     for row in report["network"]:
         assert row["errors"] == 0 and row["images_per_s"] > 0
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["profile"]["mean_trunk_batch"] >= 1 and row["profile"]["cpu_ms_per_image"]["gateway"] > 0
-    assert [row["nodes"] for row in report["open_loop"]] == [1, 2]
+    assert [row["nodes"] for row in report["open_loop"]] == [2]
     assert all(row["errors"] == 0 and row["p99_ms"] > 0 for row in report["open_loop"])
     transfer = report["transfer"]
     assert {"head_train_s", "full_train_s", "head_accuracy", "full_accuracy", "head_seconds_to_target"} <= set(transfer)

@@ -13,21 +13,30 @@ from tests.test_federation_sim import check_registered, coordinator_config, make
 SOURCES = ("tconv_a", "nnconv_a")
 
 
-def test_deployment_trains_and_registers_both_nodes(zoo_reference, tiny_zoo, zoo_bundle, keypair, tmp_path):
-    from attribnet.launch.flower_runs import run_federation
+def test_deployment_over_https_with_supernode_auth_registers_the_honest_node_and_reports_the_one_that_refuses(
+        zoo_reference, tiny_zoo, zoo_bundle, keypair, tmp_path):
+    """`federation run --local`'s path, over HTTPS with SuperNode authentication: the honest node trains
+    and registers; the other trusts another coordinator key, so it refuses the bundle; the run completes
+    and says which node failed and why."""
+    from attribnet.launch.flower_runs import enrol_nodes, run_local_deployment
+    from shared_backbone.model.signing import generate_keypair
 
+    _, other_public = generate_keypair(tmp_path / "other-coordinator")
     nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES, keypair)
-    reference = zoo_reference
-    config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=len(nodes))
+    nodes[1]["public-key"] = str(other_public)
+    config = coordinator_config(zoo_bundle, keypair, tmp_path, zoo_reference, min_nodes=len(nodes))
     started = time.monotonic()
-    result = run_federation(config, nodes, mode="local", workdir=tmp_path / "deploy", timeout=150.0)
-    print(f"deployment cycle with {len(nodes)} SuperNodes: {time.monotonic() - started:.1f} s")
+    result = run_local_deployment(config, enrol_nodes(config, nodes), tmp_path / "deploy", timeout=150.0,
+                                  tls=write_test_tls(tmp_path / "tls"), supernode_auth=True)
+    print(f"TLS + SuperNode auth deployment cycle with {len(nodes)} SuperNodes: {time.monotonic() - started:.1f} s")
     assert result.flower["engine"] == "deployment" and result.flower["status"] == "finished:completed"
     assert result.status == "completed", result.error
-    check_registered(result, config, nodes, zoo_bundle)
-    assert not result.problems
+    check_registered(result, config, nodes[:1], zoo_bundle)
+    (refused,) = result.problems
+    assert refused.status == "failed" and "signature does not verify" in refused.error and SOURCES[1] in refused.error
+    assert not (Path(nodes[1]["state-dir"]) / "head").exists()
     logs = tmp_path / "deploy"
-    assert (logs / "superlink.log").is_file() and (logs / "supernode-0.log").is_file()
+    assert "https://127.0.0.1" in (logs / "superlink.log").read_text() and (logs / "supernode-1.log").is_file()
 
 
 def test_processes_are_gone_after_the_deployment_stops(tmp_path):
@@ -81,38 +90,24 @@ def write_test_tls(out: Path) -> tuple[str, str, str]:
     return tuple(str(p) for p in paths)
 
 
-def test_tls_and_supernode_auth_admit_only_registered_nodes_which_refuse_a_foreign_bundle(zoo_reference, tiny_zoo, zoo_bundle, keypair, tmp_path):
-    """Over HTTPS with SuperNode authentication: an unregistered SuperNode never joins; the registered
-    node trusts another coordinator key, so it refuses the bundle; the run still completes and says so."""
-    from attribnet.launch.flower_runs import submit_run, write_coordinator_yaml
-    from coordinator.registry import Registry
-    from shared_backbone.model.signing import generate_keypair
+def test_supernode_auth_admits_only_registered_supernodes(tmp_path):
+    """An unregistered SuperNode never joins: beside a registered one that does, `flwr supernode ls` lists only it."""
+    from tests.network_support import wait_until
 
-    _, other_public = generate_keypair(tmp_path / "other-coordinator")
-    nodes = make_node_folders(tiny_zoo, tmp_path / "nodes", SOURCES[:1], keypair)
-    nodes[0]["public-key"] = str(other_public)
-    config = coordinator_config(zoo_bundle, keypair, tmp_path, zoo_reference, min_nodes=1)
-    config_path = write_coordinator_yaml(config, tmp_path / "coordinator.yaml")
     tls = write_test_tls(tmp_path / "tls")
-    started = time.monotonic()
-    with flower_deployment.LocalDeployment.start(tmp_path / "deploy", nodes, tls=tls, supernode_auth=True) as deployment:
+    with flower_deployment.LocalDeployment.start(tmp_path / "deploy", [{"source": "member"}], tls=tls,
+                                                 supernode_auth=True) as deployment:
         intruder_key, _ = flower_deployment.write_supernode_key(tmp_path / "intruder" / "key")  # never registered
         deployment.processes.append(fp.start_supernode(
             deployment.superlink_address, tmp_path / "intruder", name="intruder", env=deployment.env,
             root_certificates=tls[0], auth_private_key=str(intruder_key), node_config={"source": "intruder"},
         ))
-        result = submit_run(config_path, config.federation.result_file, deployment.env, workdir=tmp_path, timeout=120.0)
+        online = lambda: [n for n in flower_deployment.list_supernodes(deployment.env) if n["status"] == "online"]  # noqa: E731
+        wait_until(online, 60, "the registered SuperNode to come online", interval=0.5)
+        intruder_log = tmp_path / "intruder" / "intruder.log"
+        wait_until(lambda: "Connection attempt failed" in intruder_log.read_text(), 30, "the intruder to be refused")
         known = flower_deployment.list_supernodes(deployment.env)
-    print(f"TLS + SuperNode auth deployment cycle with 1 SuperNode: {time.monotonic() - started:.1f} s")
     assert [n["status"] for n in known] == ["online"], known
-    assert result.flower["status"] == "finished:completed" and result.status == "completed", result.error
-    (node,) = result.nodes  # the intruder never received the bundle
-    assert node.status == "failed" and "signature does not verify" in node.error and SOURCES[0] in node.error
-    assert not (Path(nodes[0]["state-dir"]) / "head").exists()
-    assert "https://127.0.0.1" in (tmp_path / "deploy" / "superlink.log").read_text()
-    registry = Registry(config.registry)
-    assert registry.list() == []
-    registry.close()
 
 
 def test_superlink_off_loopback_needs_an_explicit_control_api_acknowledgement(tmp_path, capsys):

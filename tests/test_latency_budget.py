@@ -1,7 +1,7 @@
 """No member can slow the gateway: the latency budget against a slow node, on real gRPC servers on loopback.
 
-Two real nodes (alpha, beta) serve a real coordinator whose node deadline (3 s) is far above the
-slow node's answer time (1 s), so before the budget every query waited for it. The slow member is
+Two real nodes (alpha, beta) serve a real coordinator whose node deadline (5 s) is far above the
+slow node's answer time (2.5 s), so before the budget every query waited for it. The slow member is
 the real `HeadServicer` registered like any node, sleeping before it answers. What is asserted is
 structure (who is missing and why, calls made, Prometheus counts, no failed query); the only
 clocks read are per-query wall times compared with the slow node's own sleep and with a
@@ -19,8 +19,9 @@ import pytest
 from tests.network_support import Net, TamperedHead, client, png_bytes, start_gateway, start_net, stop_net, wait_until
 
 GOOD = ("alpha", "beta")
-NODE_TIMEOUT = 3.0
-SLOW_SECONDS = 1.0  # the slow node's answer time: under the node deadline, so only the budget cuts it
+NODE_TIMEOUT = 5.0
+SLOW_SECONDS = 2.5  # the slow node's answer time: under the node deadline, so only the budget cuts it;
+# long beside the budget's 0.25 s floor, so a query that waited for it stands out from a stall of a loaded machine
 COOLDOWN = 1.0
 STRIKES = 2
 
@@ -84,13 +85,14 @@ def test_a_slow_member_is_cut_then_cooled_and_then_costs_nothing(budget_net):
     finally:
         slow.close()
     reasons = [result.missing_reasons.get("sloth") for result, _ in answers]
-    assert all(sorted(result.scores) == list(GOOD) and "sloth" in result.missing_nodes for result, _ in answers)
+    assert all(sorted(result.scores) == list(GOOD) and "sloth" in result.missing_nodes for result, _ in answers), [
+        (sorted(result.scores), result.missing_reasons, round(seconds, 3)) for result, seconds in answers]
     assert reasons[:STRIKES] == [SLOW] * STRIKES
     assert set(reasons[STRIKES:]) == {COOLING, PROBING} and reasons.count(PROBING) == 1
     assert calls == STRIKES + 1  # its strikes, then one probe: skipped otherwise
     assert sample(budget_net, NODE_SKIPPED, "sloth") == len(answers) - calls
     after = [seconds for _, seconds in answers[STRIKES:]]
-    assert max(after) < SLOW_SECONDS / 2, after  # nothing after the strikes waited for it, not even its probe
+    assert max(after) < SLOW_SECONDS / 2, list(zip(reasons[STRIKES:], after))  # nothing after the strikes waited for it, not even its probe
     assert statistics.median(after) <= 4 * statistics.median(baseline) + 0.05, (baseline, after)
 
 
