@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+RPC_TIMEOUT = 30.0  # what is checked is the answer, not its speed: room for a loaded 2-core machine
 PROPER = {
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED,
@@ -139,7 +140,7 @@ def score_target(servers: Servers, data: bytes) -> None:
     try:
         stub = pb_grpc.HeadServiceStub(channel)
         token = "fuzz-credential" if fdp.ConsumeIntInRange(0, 7) else _printable(fdp.ConsumeUnicodeNoSurrogates(20))
-        response = _call(lambda: stub.Score(request, metadata=rpc.bearer(token), timeout=10), PROPER, f"Score shape={shape}")
+        response = _call(lambda: stub.Score(request, metadata=rpc.bearer(token), timeout=RPC_TIMEOUT), PROPER, f"Score shape={shape}")
         if response is not None and (len(response.raw_scores) != shape[0] or not all(0 <= s <= 1 for s in response.raw_scores)):
             raise FuzzFailure(f"Score answered {len(response.raw_scores)} scores for shape {shape}")
     finally:
@@ -193,7 +194,7 @@ def register_target(servers: Servers, data: bytes) -> None:
         _call(lambda: register_signed(stub, request, "fuzz-secret", token), PROPER, f"Register {request.node_id!r}")
         raw = fdp.ConsumeBytes(2000)
         method = channel.unary_unary("/attribution.v1.RegistryService/Register")
-        _call(lambda: method(raw, timeout=5), RAW_BYTES_CODES | {grpc.StatusCode.UNAUTHENTICATED}, "Register(random bytes)")
+        _call(lambda: method(raw, timeout=RPC_TIMEOUT), RAW_BYTES_CODES | {grpc.StatusCode.UNAUTHENTICATED}, "Register(random bytes)")
         servers.counts["raw"] += 1
     finally:
         channel.close()

@@ -188,7 +188,7 @@ def register_signed(stub, request, secret: str, enrolment_token: str = ""):
 
     metadata = signed_metadata(stub, request, secret, identity.REGISTER, node_id=request.node_id, source=request.source,
                                enrolment_token=enrolment_token)
-    return stub.Register(request, metadata=metadata, timeout=5)
+    return stub.Register(request, metadata=metadata, timeout=30)  # a loaded machine's SQLite commit can take seconds
 
 
 def write_enrolment(registry, state_dir: Path, node_id: str, source: str) -> str:
