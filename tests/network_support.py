@@ -24,6 +24,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
+# Deadline of a helper's call whose answer, not speed, is checked: a loaded 2-core machine's registry
+# commit once took over 5 s.
+RPC_TIMEOUT = 30.0
 
 
 @dataclass
@@ -174,7 +177,7 @@ def signed_metadata(stub, message, secret: str, purpose: str, *, node_id: str, s
 
     key = identity.node_key(secret)
     public = identity.public_key_hex(key)
-    challenge = stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=5).challenge
+    challenge = stub.Challenge(pb.ChallengeRequest(node_id=node_id), timeout=RPC_TIMEOUT).challenge
     metadata = [(rpc.PUBLIC_KEY_METADATA, public), (rpc.CHALLENGE_METADATA, challenge),
                 (rpc.SIGNATURE_METADATA, identity.sign(key, purpose, challenge, node_id, identity.message_digest(message)))]
     if enrolment_token:
@@ -188,7 +191,7 @@ def register_signed(stub, request, secret: str, enrolment_token: str = ""):
 
     metadata = signed_metadata(stub, request, secret, identity.REGISTER, node_id=request.node_id, source=request.source,
                                enrolment_token=enrolment_token)
-    return stub.Register(request, metadata=metadata, timeout=30)  # a loaded machine's SQLite commit can take seconds
+    return stub.Register(request, metadata=metadata, timeout=RPC_TIMEOUT)
 
 
 def write_enrolment(registry, state_dir: Path, node_id: str, source: str) -> str:

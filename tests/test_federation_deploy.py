@@ -8,6 +8,7 @@ from pathlib import Path
 
 from attribnet.launch import flower_deployment
 from attribnet.launch import flower_processes as fp
+from tests.network_support import wait_until
 from tests.test_federation_sim import check_registered, coordinator_config, make_node_folders
 
 SOURCES = ("tconv_a", "nnconv_a")
@@ -92,8 +93,6 @@ def write_test_tls(out: Path) -> tuple[str, str, str]:
 
 def test_supernode_auth_admits_only_registered_supernodes(tmp_path):
     """An unregistered SuperNode never joins: beside a registered one that does, `flwr supernode ls` lists only it."""
-    from tests.network_support import wait_until
-
     tls = write_test_tls(tmp_path / "tls")
     with flower_deployment.LocalDeployment.start(tmp_path / "deploy", [{"source": "member"}], tls=tls,
                                                  supernode_auth=True) as deployment:
@@ -102,8 +101,8 @@ def test_supernode_auth_admits_only_registered_supernodes(tmp_path):
             deployment.superlink_address, tmp_path / "intruder", name="intruder", env=deployment.env,
             root_certificates=tls[0], auth_private_key=str(intruder_key), node_config={"source": "intruder"},
         ))
-        online = lambda: [n for n in flower_deployment.list_supernodes(deployment.env) if n["status"] == "online"]  # noqa: E731
-        wait_until(online, 60, "the registered SuperNode to come online", interval=0.5)
+        wait_until(lambda: any(n["status"] == "online" for n in flower_deployment.list_supernodes(deployment.env)), 60,
+                   "the registered SuperNode to come online", interval=0.5)
         intruder_log = tmp_path / "intruder" / "intruder.log"
         wait_until(lambda: "Connection attempt failed" in intruder_log.read_text(), 30, "the intruder to be refused")
         known = flower_deployment.list_supernodes(deployment.env)
