@@ -163,11 +163,15 @@ class FederationConfig:
 
 @dataclass
 class PretextConfig:
-    """Extra classes for the source-aware trunk's pretraining (`coordinator/trunk_pretext.py`): `generators`
-    random networks of the nodes' negative space re-rendering the coordinator's reals (0: none)."""
+    """The coordinator's own random generators (`coordinator/trunk_pretext.py`): `generators` random networks
+    of the nodes' negative space re-rendering the coordinator's reals (0: none), as extra classes of the
+    source-aware trunk's pretraining (`trunk`) and/or, the generative ones, as extra fakes of the detector's training
+    (`detector`)."""
 
     generators: int = 0
     per_generator: int = 0  # images per network and split (0: one per real image)
+    trunk: bool = True  # each network one more class of the trunk's pretraining
+    detector: bool = False  # every network's images fakes in the detector's (tail's) training
     exclude_families: list[str] = field(default_factory=list)  # e.g. a benchmark's left-out family
     seed: int = 0  # mixed with train.seed
 
@@ -176,6 +180,8 @@ class PretextConfig:
 
         if self.generators < 0 or self.per_generator < 0:
             raise ValueError(f"pretext: generators and per_generator must be >= 0 (got {self.generators}, {self.per_generator})")
+        if self.generators and not (self.trunk or self.detector):
+            raise ValueError("pretext: generators given but neither trunk nor detector uses them")
         unknown = sorted(set(self.exclude_families) - set(FAMILIES))
         if unknown:
             raise ValueError(f"pretext: exclude_families has unknown {unknown} (known: {', '.join(FAMILIES)})")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.config import CoordinatorConfig
-from coordinator.trunk_pretext import PRETEXT_PREFIX, pretext_samples
+from coordinator.trunk_pretext import PRETEXT_PREFIX, generative, pretext_samples
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
 from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed
@@ -28,6 +28,7 @@ from shared_backbone.model.preprocessing import InputSpec, Normstats
 log = logging.getLogger(__name__)
 
 PRIMARY_WEIGHTS = "primary.weights.h5"
+Pretext = tuple[list[str], dict[str, list[Sample]]]  # (class names, per split the generators' images)
 INPUT_FILE = "input.json"
 METRICS_FILE = "metrics.json"
 NORMSTATS_DIR = "normstats"
@@ -88,31 +89,39 @@ def source_labels(index: DatasetIndex, samples: list[Sample], classes: list[str]
     return np.array([position[s.source if s.source in pretext else index.class_of(s.source)] for s in samples], dtype=np.float32)
 
 
+def coordinator_pretext(index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec, config: CoordinatorConfig,
+                        out: Path) -> Pretext | None:
+    """(class names, per split samples) of the coordinator's pretext generators; None without `pretext.generators`."""
+    if not config.pretext.generators:
+        return None
+    taken = sorted(s for s in index.sources if s.startswith(PRETEXT_PREFIX))
+    if taken:
+        raise ValueError(f"{index.root}: source(s) {', '.join(taken)} clash with the pretext generators' names; rename them")
+    reals = {name: [s for s in splits[name] if index.is_real(s.source)] for name in ("train", "val")}
+    return pretext_samples(reals, spec.image_size, config.pretext, config.train.seed, out)
+
+
 def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec,
-                   config: CoordinatorConfig, run_dir: Path, *, progress: bool) -> None:
+                   config: CoordinatorConfig, run_dir: Path, pretext: Pretext | None, *,
+                   progress: bool) -> list[str]:
     """Trains the trunk to tell the coordinator's sources apart, then freezes it for the detector's tail.
 
     A detector trained only on real vs fake needs no fingerprint beyond "fake", and its trunk then
     carries little that separates one generator from another: every head reads these features.
-    With `config.pretext.generators`, random generators of the coordinator's own join the classes
-    (`coordinator/trunk_pretext.py`).
+    `pretext` (names, samples): random generators of the coordinator's own that join the classes
+    (`coordinator/trunk_pretext.py`). Returns the classes it told apart.
     """
     run_dir = prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True)
-    train, val = list(splits["train"]), list(splits["val"])
-    classes, names = [REAL_CLASS, *index.fake_classes], []
-    if config.pretext.generators:
-        taken = sorted(s for s in index.sources if s.startswith(PRETEXT_PREFIX))
-        if taken:
-            raise ValueError(f"{index.root}: source(s) {', '.join(taken)} clash with the trunk's pretext classes; rename them")
-        reals = {name: [s for s in splits[name] if index.is_real(s.source)] for name in ("train", "val")}
-        names, extra = pretext_samples(reals, spec.image_size, config.pretext, config.train.seed, run_dir / "pretext")
-        classes, train, val = classes + names, train + extra["train"], val + extra["val"]
+    names, extra = pretext or ([], {"train": [], "val": []})
+    classes = [REAL_CLASS, *index.fake_classes, *names]
+    train, val = list(splits["train"]) + extra["train"], list(splits["val"]) + extra["val"]
     labels = {name: source_labels(index, part, classes, frozenset(names)) for name, part in (("train", train), ("val", val))}
     classifier = networks.build_source_classifier(model, len(classes), seed=networks.DEFAULT_SEED + 500 + config.train.seed)
     log.info("source-aware trunk: %d classes (%s)", len(classes), ", ".join(classes))
     fit(classifier, train, labels["train"], val, labels["val"], spec, config.train, run_dir,
         task=MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress)
     networks.set_trunk_trainable(model, False)
+    return classes
 
 
 def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> PrimaryTrainingResult:
@@ -128,20 +137,24 @@ def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> Primar
     else:
         spec = input_spec(config.data, splits["train"])
         model = networks.build_primary(spec.image_size, spec.mode, seed=networks.DEFAULT_SEED + config.train.seed)
+    pretext = coordinator_pretext(index, splits, spec, config, run_dir / "pretext")
+    trunk_classes: list[str] = []
     if config.source_aware_trunk:
-        pretrain_trunk(model, index, splits, spec, config, run_dir / "trunk", progress=progress)
-    result = fit(
-        model,
-        splits["train"], detection_labels(index, splits["train"]),
-        splits["val"], detection_labels(index, splits["val"]),
-        spec, config.train, run_dir, perturb=config.perturb, progress=progress,
-    )
+        trunk_classes = pretrain_trunk(model, index, splits, spec, config, run_dir / "trunk",
+                                       pretext if config.pretext.trunk else None, progress=progress)
+    train, val = splits["train"], splits["val"]
+    if pretext and config.pretext.detector:
+        train, val = train + generative(pretext[1]["train"]), val + generative(pretext[1]["val"])
+        log.info("detector: %d pretext generators' images among its fakes", len(train) - len(splits["train"]))
+    result = fit(model, train, detection_labels(index, train), val, detection_labels(index, val),
+                 spec, config.train, run_dir, perturb=config.perturb, progress=progress)
     networks.set_trunk_trainable(model, True)
     model.save_weights(run_dir / PRIMARY_WEIGHTS)
     if spec.normstats is not None:
         spec.normstats.save(run_dir / NORMSTATS_DIR)
     (run_dir / INPUT_FILE).write_text(json.dumps({"image_size": spec.image_size, "mode": spec.mode}))
     metrics: dict[str, Any] = {
+        "trained_on": {"detector": sorted({s.source for s in train}), "trunk": trunk_classes},  # the manifest says what we saw
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.seconds, 1),

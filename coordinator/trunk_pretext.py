@@ -1,4 +1,4 @@
-"""Pretext classes for the coordinator's source-aware trunk: random generators of its own.
+"""The coordinator's pretext generators: random generators of its own, for its trunk and its detector.
 
 The trunk every head reads is pretrained to tell the coordinator's sources apart, so it learns
 the fingerprints of the few generators the coordinator holds, and a family it never saw may
@@ -7,8 +7,9 @@ source with). Here the coordinator adds `generators` classes to that pretraining
 random network of `shared_backbone.data.negative_space` (the nodes' negative space: no code
 shared with any benchmark generator) re-rendering the coordinator's own real images. Telling
 many random upsamplers apart asks the trunk for upsampling fingerprints in general.
-The classes exist only for the pretraining: the detector's tail is still trained on the
-coordinator's real vs fake data.
+With `pretext.detector` the generative networks' images are also fakes in the detector's training:
+a detector that knows only the coordinator's few generators may call another generator's images
+real. A classical resampler's images are not: the network must never call a resized photo generated.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 
 from coordinator.config import PretextConfig
 from shared_backbone.data.datasets import Sample
+from shared_backbone.data.negative_space import RESAMPLER_FAMILY
 from shared_backbone.data.negatives import NegativeSettings, negative_networks, render_negatives
 from shared_backbone.model.preprocessing import load_image
 
@@ -40,7 +42,7 @@ def pretext_samples(reals: dict[str, list[Sample]], image_size: int, config: Pre
     settings = NegativeSettings(count=0, generators=config.generators, seed=seed * 1000 + config.seed,
                                 exclude_families=tuple(config.exclude_families))
     networks = negative_networks(settings)
-    names = [f"{PRETEXT_PREFIX}{index}" for index in range(len(networks))]
+    names = [f"{PRETEXT_PREFIX}{index}-{network.family}" for index, network in enumerate(networks)]
     samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for split in SPLITS:
         if not reals[split]:
@@ -48,7 +50,7 @@ def pretext_samples(reals: dict[str, list[Sample]], image_size: int, config: Pre
         images = np.stack([load_image(s.path, image_size) for s in reals[split]])
         for index, (name, network) in enumerate(zip(names, networks)):
             samples[split].extend(_render_class(images, network, name, index, split, config, seed, out))
-    log.info("trunk pretext: %d generator classes (%s), %d train / %d val images", len(networks),
+    log.info("pretext generators: %d networks (%s), %d train / %d val images", len(networks),
              ", ".join(sorted({n.name.split("_")[0] for n in networks})), len(samples["train"]), len(samples["val"]))
     return names, samples
 
@@ -66,3 +68,8 @@ def _render_class(images: np.ndarray, network, name: str, index: int, split: str
         for path, image in zip(paths, render_negatives(picked, network, rng)):
             Image.fromarray(image).save(path)
     return [Sample(path, name) for path in paths]
+
+
+def generative(samples: list[Sample]) -> list[Sample]:
+    """The pretext images of generative networks (a class `pretext-<index>-<family>`), the resamplers' left out."""
+    return [s for s in samples if s.source.rsplit("-", 1)[-1] != RESAMPLER_FAMILY]

@@ -178,6 +178,16 @@ def _keep_token(token: str, config: NodeConfig) -> None:
         signing.write_private(path, (token + "\n").encode(), overwrite=True)
 
 
+def _say_what_the_coordinator_saw(bundle: Bundle, source: str) -> None:
+    """Logs the sources the bundle's detector trained on (signed in its manifest), and whether this node's is one."""
+    seen = bundle.training_sources.get("detector")
+    if not seen:
+        log.info("the bundle does not name the sources its detector trained on")
+        return
+    log.info("the coordinator's detector trained on %s (%s %s)", ", ".join(seen), source,
+             "among them" if source in seen else "not among them: this node joins late")
+
+
 def trained_on(config: NodeConfig, bundle: Bundle) -> bool:
     """True when STATE/head is this source's head, trained on exactly this bundle, with intact weights."""
     head_dir = state.head_dir(config)
@@ -216,6 +226,7 @@ def join(settings: JoinSettings) -> NodeConfig:
         raise JoinError(str(exc)) from None
     finally:
         channel.close()
+    _say_what_the_coordinator_saw(bundle, settings.source)
     key_path = state_dir / state.COORDINATOR_KEY_FILE
     signing.write_private(key_path, opened.public_key_pem, overwrite=True)
     _step(3, "write the node's config")

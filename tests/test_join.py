@@ -131,6 +131,7 @@ def test_node_joins_with_one_command_and_resumes(gateway, fingerprint, own_image
         assert stop_process(process, sig=signal.SIGTERM, timeout=20) == 0, log_path.read_text()[-3000:]
     text = log_path.read_text()
     assert "join step 4/5: train and calibrate" in text and "coordinator key verified" in text
+    assert "the coordinator's detector trained on " in text and f"({SOURCE} among them)" in text
     assert (state / "node.yaml").is_file() and (state / "head" / "head.json").is_file()
     served = gateway.distribution.files_served
     assert served == sum(p.is_file() for folder in ("bundles", "reference") for p in (state / folder).rglob("*"))

@@ -69,6 +69,8 @@ def test_trained_detector_is_not_constant(zoo_primary_run):
 def test_publish_load_bundle_round_trip(zoo_primary_run, zoo_bundle, tiny_zoo_config):
     assert zoo_bundle.signed and zoo_bundle.version == "test-1"
     assert zoo_bundle.manifest["metrics"]["test"]["roc_auc"] == pytest.approx(zoo_primary_run.metrics["test"]["roc_auc"])
+    sources = sorted(p.name for p in Path(tiny_zoo_config.root).iterdir() if p.is_dir())
+    assert zoo_bundle.manifest["metrics"]["trained_on"]["detector"] == sources  # the signed manifest says what it saw
     assert zoo_bundle.manifest["trainable_parameters"]["head"] == networks.trainable_parameter_count(networks.build_head(32))
     batch = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     reloaded = zoo_bundle.load_primary()

@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 FAMILIES = ("tconv", "nnconv", "bilinear", "pixshuffle", "modconv", "classical")
+RESAMPLER_FAMILY = "classical"  # a classical resampler, not a generative model: its images are no generator's
 ACTIVATIONS = ("relu", "leaky", "softplus", "none")
 INTERPOLATORS = ("linear", "cubic", "lanczos2")
 RESAMPLERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,

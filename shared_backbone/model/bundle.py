@@ -73,6 +73,11 @@ class Bundle:
     def short_digest(self) -> str:
         return self.digest[:12]
 
+    @property
+    def training_sources(self) -> dict[str, list[str]]:
+        """{"detector": sources, "trunk": classes} the coordinator trained on, as signed; {} if it did not say."""
+        return dict(self.manifest.get("metrics", {}).get("trained_on", {}))
+
     def load_primary(self) -> keras.Model:
         """Rebuilds the architecture from the manifest and loads the verified weights."""
         from shared_backbone.model import networks

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attribnet.bench.accuracy.config import DATASET_FAMILIES, PROTOCOLS, AccuracyConfig
+from coordinator.config import PretextConfig
 from coordinator.reference import COORDINATOR_OWN, DESCRIPTION, write_reference_set
 from shared_backbone.config import DataConfig
 from shared_backbone.data.datasets import MANIFEST_FILE, DatasetIndex, Sample, load_split
@@ -43,10 +44,12 @@ class Setting:
     exclude_families: tuple[str, ...] = ()  # left out of every node's self-made negatives
     family: str = ""  # leave-one-family-out: the family left out
 
-    def describe(self, reals: list[str]) -> dict[str, list[str]]:
-        """The sources each part trained on, for the report."""
+    def describe(self, reals: list[str], pretext: PretextConfig) -> dict[str, list[str]]:
+        """The sources each part trained on (the coordinator's pretext generators named too), for the report."""
         trained = [*reals, *self.detector_fakes]
-        return {"detector_sources": trained, "trunk_sources": trained, "reference_sources": [*reals, *self.reference_fakes],
+        own = [f"{pretext.generators} pretext generators of its own"] if pretext.generators else []
+        return {"detector_sources": trained + (own if pretext.detector else []),
+                "trunk_sources": trained + (own if pretext.trunk else []), "reference_sources": [*reals, *self.reference_fakes],
                 "negatives_exclude_families": list(self.exclude_families)}
 
 

@@ -30,7 +30,7 @@ def setting_metrics(models: SeedModels, setting: Setting, bench: BenchData, ever
     nodes = bench.roles.nodes
     detected = {s: float((outputs.fake[[t == s for t in truth]] >= settings.fake_threshold).mean()) for s in nodes}
     return {
-        **setting.describe(bench.reals),
+        **setting.describe(bench.reals, bench.config.pretext),
         "detection": ev.accuracy([f >= settings.fake_threshold for f in outputs.fake], [t != REAL for t in truth], known),
         "heads_raw": ev.accuracy(raw, truth, known),
         "heads_calibrated": ev.accuracy(calibrated, truth, known),

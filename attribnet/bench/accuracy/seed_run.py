@@ -101,7 +101,7 @@ class SeedRun:
         def run(out: Path) -> dict[str, Any]:
             models = SeedTrainer(self.config, self.bench, self.keys, reference, seed, out, self.step).run()
             self.step(f"seed {seed}: evaluate on {len(self.known.samples)} test images x {len(self.known.names)} test sets")
-            metrics = {**setting.describe(self.bench.reals), **seed_metrics(models, self.bench, self.known, self.everything, self.rule)}
+            metrics = {**setting.describe(self.bench.reals, self.config.pretext), **seed_metrics(models, self.bench, self.known, self.everything, self.rule)}
             if self.corpus is not None:
                 metrics.update(self._scope(models.bundles[CLEAN], models.heads[f"{STRICT}-{CLEAN}"]))
             return metrics
