@@ -98,7 +98,7 @@ def test_every_trainer_view_splits_by_the_datasets_own_photo_split(tmp_path):
 
 
 def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
-    """configs/bench.yaml says 3 seeds; --profile quick says 1; a --seeds flag beats both; --mode sets the input."""
+    """configs/bench.yaml says 3 seeds; --profile quick says 1; a --seeds flag beats both; --mode sets the input; --set any key."""
     from attribnet.cli import build_parser
     from attribnet.commands.bench.accuracy import load
 
@@ -111,3 +111,9 @@ def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
     res128 = load(parse("--profile", "res128", "--mode", "residual"))
     assert (res128.data.image_size, res128.upscalers.image_size, res128.data.mode) == (128, 128, "residual")
     assert res128.seeds == [0, 1, 2] and load(parse("--profile", "res128")).data.mode == "dct"
+    tuned = load(parse("--profile", "lofo-quick", "--set", "out_of_scope_per_kind=48", "--set", "pretext={generators: 4, detector: true}"))
+    assert tuned.out_of_scope_per_kind == 48 and (tuned.pretext.generators, tuned.pretext.detector) == (4, True)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        load(parse("--set", "out_of_scope_per_kind"))
+    with pytest.raises(ValueError, match="pretext"):
+        load(parse("--set", "pretext.nonsense=1"))

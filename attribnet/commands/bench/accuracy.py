@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from shared_backbone.model.preprocessing import MODES
 
@@ -32,6 +33,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--out", help="results folder: OUT/accuracy.json (default bench/results)")
     parser.add_argument("--workdir", help="where datasets, bundles, heads and baseline runs go (default OUT/work)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="any accuracy key (dotted, YAML value), over the config and the profile; repeatable, e.g. "
+                             "--set out_of_scope_per_kind=48 --set pretext.generators=16")
     parser.add_argument("--benchmarks-md", help="also write the table into this BENCHMARKS.md")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
@@ -44,8 +48,22 @@ def load(args: argparse.Namespace):
     given = {"dataset": args.dataset, "data.root": args.data, "seeds": args.seeds, "out": args.out, "workdir": args.workdir,
              "data.mode": args.mode}
     # A flag left out must not erase the profile's value (`--profile quick` is one seed unless --seeds says otherwise).
-    overrides = {**PROFILES[args.profile], **{key: value for key, value in given.items() if value is not None}}
+    overrides = {**PROFILES[args.profile], **{key: value for key, value in given.items() if value is not None},
+                 **parse_settings(args.settings)}
     return load_config(AccuracyConfig, args.config, overrides, section="accuracy")
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """{dotted key: value} of `--set KEY=VALUE` flags, each value read as YAML (`16`, `true`, `[a, b]`)."""
+    import yaml
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. out_of_scope_per_kind=48")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
