@@ -35,6 +35,9 @@ def test_demo_runs_end_to_end(offline_demo):
     assert (out / "keys" / "coordinator.pub").is_file()
     assert (out / "seed-0" / "bundle" / "manifest.sig").is_file()
     assert "heads_multiclass_accuracy" in (out / "report.md").read_text()
+    seen = sorted(["real", *sources])
+    assert run["bundle"]["trained_on"]["detector"] == seen  # the founding setting, said in the report
+    assert f"The coordinator's detector trained on {', '.join(seen)};" in (out / "report.md").read_text()
     oos = run["out_of_scope"]  # images no generator made, with and without the typicality gate
     assert oos["images"] > 0 and all(0.0 <= oos[k] <= 1.0 for k in oos if k.startswith("pinned"))
     assert oos["pinned_on_a_source"] <= oos["pinned_without_typicality"]  # the gate only ever withdraws answers

@@ -237,7 +237,8 @@ def run_seed(config: DemoConfig, data: DataConfig, private_key: Path, public_key
     summary["out_of_scope"] = timed("out-of-scope images (noise, gradients, checkerboards)", out_of_scope_check,
                                     bundle, {s: r.head_dir for s, r in heads.items()})
     summary["seed"] = seed
-    summary["bundle"] = {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest}
+    summary["bundle"] = {"path": str(bundle.path), "version": bundle.version, "digest": bundle.digest,
+                         "trained_on": bundle.training_sources}
     summary["timings_seconds"] = timer.seconds
     summary["files"] = {name: result["files"] for name, result in network.items()}
     return summary
@@ -341,6 +342,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {key} | " + " | ".join(_fmt(mean[p].get(key)) for p in perturbations) + " |")
     for run in report["seeds"]:
         lines += ["", f"## Seed {run['seed']} (bundle {run['bundle']['version']}, digest {run['bundle']['digest'][:12]})", ""]
+        seen = run["bundle"].get("trained_on", {})
+        if seen:
+            lines += [f"The coordinator's detector trained on {', '.join(seen['detector'])}; its trunk on the classes "
+                      f"{', '.join(seen['trunk']) or '(none: no source-aware pretraining)'}. Every node here is a founding one.", ""]
         lines += ["One-vs-rest accuracy (AUC) of each calibrated head on all test images:", "",
                   "| source | " + " | ".join(perturbations) + " |", "|---|" + "---|" * len(perturbations)]
         for source in run["results"][perturbations[0]]["ovr_accuracy"]:
