@@ -163,7 +163,7 @@ class FederationConfig:
 
 @dataclass
 class PretextConfig:
-    """The coordinator's own random generators (`coordinator/trunk_pretext.py`): `generators` random networks
+    """The coordinator's own random generators (`coordinator/pretext_generators.py`): `generators` random networks
     of the nodes' negative space re-rendering the coordinator's reals (0: none), as extra classes of the
     source-aware trunk's pretraining (`trunk`) and/or, the generative ones, as extra fakes of the detector's training
     (`detector`)."""
@@ -171,7 +171,7 @@ class PretextConfig:
     generators: int = 0
     per_generator: int = 0  # images per network and split (0: one per real image)
     trunk: bool = True  # each network one more class of the trunk's pretraining
-    detector: bool = False  # every network's images fakes in the detector's (tail's) training
+    detector: bool = False  # the generative networks' images: fakes in the detector's (tail's) training
     exclude_families: list[str] = field(default_factory=list)  # e.g. a benchmark's left-out family
     seed: int = 0  # mixed with train.seed
 

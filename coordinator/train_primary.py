@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.config import CoordinatorConfig
-from coordinator.trunk_pretext import PRETEXT_PREFIX, generative, pretext_samples
+from coordinator.pretext_generators import PRETEXT_PREFIX, generative, pretext_samples
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
 from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed
@@ -28,10 +28,10 @@ from shared_backbone.model.preprocessing import InputSpec, Normstats
 log = logging.getLogger(__name__)
 
 PRIMARY_WEIGHTS = "primary.weights.h5"
-Pretext = tuple[list[str], dict[str, list[Sample]]]  # (class names, per split the generators' images)
 INPUT_FILE = "input.json"
 METRICS_FILE = "metrics.json"
 NORMSTATS_DIR = "normstats"
+Pretext = tuple[list[str], dict[str, list[Sample]]]  # (class names, per split the pretext generators' images)
 
 
 @dataclass
@@ -109,7 +109,7 @@ def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], 
     A detector trained only on real vs fake needs no fingerprint beyond "fake", and its trunk then
     carries little that separates one generator from another: every head reads these features.
     `pretext` (names, samples): random generators of the coordinator's own that join the classes
-    (`coordinator/trunk_pretext.py`). Returns the classes it told apart.
+    (`coordinator/pretext_generators.py`). Returns the classes it told apart.
     """
     run_dir = prepare_run_dir(run_dir, to_dict(config), config.train.seed, exist_ok=True)
     names, extra = pretext or ([], {"train": [], "val": []})

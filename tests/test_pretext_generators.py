@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from coordinator.config import PretextConfig
-from coordinator.trunk_pretext import PRETEXT_PREFIX, generative, pretext_samples
+from coordinator.pretext_generators import PRETEXT_PREFIX, generative, pretext_samples
 from shared_backbone.data.datasets import Sample
 
 
