@@ -57,6 +57,8 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     assert set(result["out_of_scope"]) and all(0.0 <= row["pinned_rate"] <= 1.0 and row["images"] > 0
                                                for row in result["out_of_scope"].values())
     assert {"known_accuracy", "coverage", "alpha"} <= set(result["out_of_scope_known"])
+    tiny = result["out_of_scope"]["tiny"]  # 8-15 px: out of scope for the gateway, so here too, never upscaled
+    assert tiny["refused_rate"] == 1.0 and tiny["pinned_rate"] == 0.0
     assert 0.0 <= result["private"]["heads_calibrated"] <= 1.0 and "open_set" in result["private"]
     assert "clean" in result and "open_set" in result  # the founding setting's keys stay
     text = (root / "BENCHMARKS.md").read_text()

@@ -64,12 +64,13 @@ def corpus_files(root: Path) -> dict[str, list[Path]]:
 
 
 def kind_answers(attributor: OfflineAttributor, paths: list[Path], size: int) -> list[str]:
-    """Every image's answer; an image the gateway's decoder refuses (too small, too big) is `refused`."""
+    """Every image's answer, decoded as the gateway decodes it: an image it answers out of scope (too
+    small to judge without upscaling) or refuses (too big) is `refused`, never upscaled and judged."""
     answers: list[str | None] = []
     images = []
     for path in paths:
         try:
-            images.append(load_image(path, size))
+            images.append(load_image(path, size, refuse_upscaling=True))
             answers.append(None)
         except ValueError as exc:
             log.info("out of scope: %s refused (%s)", path.name, exc)
