@@ -27,7 +27,8 @@ accuracy:
   perturb_copies: 1
   test_perturbations: {jpeg: 75}
   baselines: [gdaconv]
-  protocols: [private, lofo, out_of_scope, oracle]
+  protocols: [private, private_finetune, lofo, out_of_scope, oracle]
+  federation: {finetune_rounds: 1, finetune_epochs: 1, gate_tolerance: 1.0}
   lofo_families: [tconv]
   out_of_scope_per_kind: 4
   alpha: 0.1
@@ -60,9 +61,13 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     tiny = result["out_of_scope"]["tiny"]  # 8-15 px: out of scope for the gateway, so here too, never upscaled
     assert tiny["refused_rate"] == 1.0 and tiny["pinned_rate"] == 0.0
     assert 0.0 <= result["private"]["heads_calibrated"] <= 1.0 and "open_set" in result["private"]
+    tuned = result["per_seed"][0]["private_finetuned"]  # every node's update averaged into a signed child bundle
+    assert tuned["finetune"]["published"] and tuned["finetune"]["rounds"][0]["examples"] > 0
+    assert 0.0 <= tuned["heads_raw"] <= 1.0 and set(tuned["out_of_scope"]) == set(result["out_of_scope"])
     assert "clean" in result and "open_set" in result  # the founding setting's keys stay
     text = (root / "BENCHMARKS.md").read_text()
     assert "Fully private setting" in text and "Leave one family out" in text and "| tconv | tconv_a |" in text
+    assert "| fully private + federated fine-tuning |" in text
     assert "Out of scope" in text and "on every node's source" in text
 
 
@@ -74,6 +79,8 @@ def test_the_roles_leave_the_family_out(run):
     assert lofo["detector_sources"] == lofo["trunk_sources"] == ["real", "pixshuffle_a"]
     assert lofo["reference_sources"] == ["real"] and lofo["negatives_exclude_families"] == ["tconv"]
     assert private["detector_sources"] == ["real", "tconv_r"] and private["negatives_exclude_families"] == []
+    assert settings["private-finetuned"]["trunk_sources"][:2] == ["real", "tconv_r"]
+    assert "federated fine-tuning" in settings["private-finetuned"]["trunk_sources"][2]
     assert set(founding["detector_sources"]) == {"real", "tconv_a", "pixshuffle_a", "tconv_r"}
     (work,) = (root / "results" / "work" / "seed-0").glob("lofo-tconv-*")  # one configuration, one folder
     primary = yaml.safe_load((work / "primary-lofo-tconv" / "config.yaml").read_text())
@@ -93,8 +100,8 @@ def test_a_second_run_resumes_from_the_stored_results(run, caplog):
     again = _run(root)
     assert again["leave_one_family_out"] == result["leave_one_family_out"] and again["private"] == result["private"]
     assert again["out_of_scope"] == result["out_of_scope"] and again["oracle"] == result["oracle"]
-    # founding, private, lofo-tconv, oracle-jpeg
-    assert sum("results of an earlier run" in r.getMessage() for r in caplog.records) == 4
+    # founding, private, private-finetuned, lofo-tconv, oracle-jpeg
+    assert sum("results of an earlier run" in r.getMessage() for r in caplog.records) == 5
 
 
 def test_the_oracle_trains_and_tests_on_the_perturbed_copy(run):

@@ -201,6 +201,8 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_refere
     assert sorted(round_1["nodes"].values())[0] == "declined" and sorted(round_1["nodes"].values())[1].startswith("updated")
     child = load_bundle(result.finetune["bundle"], load_public_key(keypair[1]))
     assert child.manifest["parent"] == zoo_bundle.digest == result.finetune["parent"]
+    assert child.manifest["reference"] == zoo_bundle.manifest["reference"]  # nodes keep verifying the same set
+    assert child.training_sources["detector"][-1] == "fine-tuned by the nodes' updates"
     assert child.version == f"{zoo_bundle.version}-ft1" and result.backbone["digest"] == child.digest != zoo_bundle.digest
     old, new = zoo_bundle.load_primary().get_weights(), child.load_primary().get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(old, new)), "fine-tuning changed nothing"

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, FederationConfig
 from coordinator.flower.head_round import reference_pointer, train_record
 from coordinator.flower.messaging import GridLike, send_and_collect
 from coordinator.flower.results import TIMED_OUT, FederationError
+from shared_backbone.config import TrainConfig
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.protocol import flower_messages
 from shared_backbone.protocol.flower_messages import FINETUNE, FINETUNE_RESULT, FINETUNE_WEIGHTS, RUN_RECORD, TRAIN_RECORD
@@ -85,12 +86,17 @@ def aggregate(weight_sets: list[list[np.ndarray]], counts: list[int], method: st
     return out
 
 
+def finetune_train(train: TrainConfig, fed: FederationConfig) -> TrainConfig:
+    """The training a node runs for one round: the coordinator's, with fine-tuning's epochs and learning rate."""
+    return dataclasses.replace(train, epochs=fed.finetune_epochs, learning_rate=fed.finetune_learning_rate,
+                               min_epochs=min(train.min_epochs, fed.finetune_epochs))
+
+
 def finetune_content(bundle: Bundle, config: CoordinatorConfig, weights: list[np.ndarray] | None, reference: dict[str, str] | None,
                      round_number: int) -> RecordDict:
     """`train.finetune`: the signed bundle (architecture + input spec) and the current global weights."""
     fed = config.federation
-    train = dataclasses.replace(config.train, epochs=fed.finetune_epochs, learning_rate=fed.finetune_learning_rate,
-                                min_epochs=min(config.train.min_epochs, fed.finetune_epochs))
+    train = finetune_train(config.train, fed)
     content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
     run: dict[str, Any] = {"round": f"finetune-{round_number}", "real_sources": list(fed.reference_real_sources)}
@@ -132,9 +138,6 @@ def collect_updates(replies: dict, reference: list[np.ndarray], cap: int) -> tup
 def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, nodes: list[int], private_key: Any,
                  out_dir: str | Path) -> tuple[Bundle, dict[str, Any]]:
     """Robust averaging rounds over opted-in nodes; publishes the result (parent = `bundle`) if it passes the gate."""
-    from coordinator.flower.gate import evaluation_gate
-    from shared_backbone.model.bundle import write_bundle
-
     fed = config.federation
     reference = reference_pointer(config)
     primary = bundle.load_primary()
@@ -152,15 +155,27 @@ def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, node
             )
         weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
         rounds.append({"round": number, "nodes": report, "examples": int(sum(counts)), "aggregate": fed.aggregate})
+    return publish_if_gated(config, bundle, weights, rounds, private_key, out_dir)
+
+
+def publish_if_gated(config: CoordinatorConfig, bundle: Bundle, weights: list[np.ndarray], rounds: list[dict[str, Any]],
+                     private_key: Any, out_dir: str | Path) -> tuple[Bundle, dict[str, Any]]:
+    """The aggregated weights as a signed child bundle (parent = `bundle`) if they pass the evaluation gate."""
+    from coordinator.flower.gate import evaluation_gate
+    from shared_backbone.model.bundle import write_bundle
+
     gate = evaluation_gate(config, bundle, weights)
     if not gate["passed"]:
         log.warning("fine-tuned primary failed the evaluation gate (%s); keeping backbone %s", gate, bundle.short_digest)
         return bundle, {"rounds": rounds, "published": False, "gate": gate}
+    primary = bundle.load_primary()
     primary.set_weights(weights)
-    version = f"{bundle.version}-ft{fed.finetune_rounds}"
+    version = f"{bundle.version}-ft{len(rounds)}"
+    trained_on = {part: [*sources, "fine-tuned by the nodes' updates"] for part, sources in bundle.training_sources.items()}
     new_bundle = write_bundle(
         Path(out_dir) / version, primary, bundle.input_spec, private_key, version=version, parent=bundle.digest,
-        metrics={"finetune_rounds": rounds, "gate": gate}, source={"finetuned_from": bundle.digest},
+        metrics={"finetune_rounds": rounds, "gate": gate, **({"trained_on": trained_on} if trained_on else {})},
+        source={"finetuned_from": bundle.digest}, reference=bundle.manifest.get("reference"),  # the same reference set
     )
     log.info("published fine-tuned bundle %s (version %s, parent %s)", new_bundle.short_digest, version, bundle.short_digest)
     return new_bundle, {"rounds": rounds, "bundle": str(new_bundle.path), "digest": new_bundle.digest,

@@ -27,6 +27,7 @@ from shared_backbone.data.datasets import MANIFEST_FILE, DatasetIndex, Sample, l
 log = logging.getLogger(__name__)
 
 FOUNDING, PRIVATE, LOFO = "founding", "private", "lofo"
+PRIVATE_FINETUNED = "private-finetuned"
 
 
 def family_of(source: str) -> str:
@@ -43,13 +44,15 @@ class Setting:
     reference_fakes: tuple[str, ...]  # the coordinator's generators in the reference set
     exclude_families: tuple[str, ...] = ()  # left out of every node's self-made negatives
     family: str = ""  # leave-one-family-out: the family left out
+    finetuned: bool = False  # the detector then fine-tuned by every node (federated, robust averaging)
 
     def describe(self, reals: list[str], pretext: PretextConfig) -> dict[str, list[str]]:
         """The sources each part trained on (the coordinator's pretext generators named too), for the report."""
         trained = [*reals, *self.detector_fakes]
         own = [f"{pretext.generators} pretext generators of its own"] if pretext.generators else []
-        return {"detector_sources": trained + (own if pretext.detector else []),
-                "trunk_sources": trained + (own if pretext.trunk else []), "reference_sources": [*reals, *self.reference_fakes],
+        nodes = ["every node's update (federated fine-tuning: weights, no image)"] if self.finetuned else []
+        return {"detector_sources": trained + (own if pretext.detector else []) + nodes,
+                "trunk_sources": trained + (own if pretext.trunk else []) + nodes, "reference_sources": [*reals, *self.reference_fakes],
                 "negatives_exclude_families": list(self.exclude_families)}
 
 
@@ -124,6 +127,8 @@ class BenchData:
         settings = []
         if PRIVATE in self.config.protocols:
             settings.append(Setting(PRIVATE, tuple(self.roles.coordinator), tuple(self.roles.coordinator)))
+        if "private_finetune" in self.config.protocols:
+            settings.append(Setting(PRIVATE_FINETUNED, tuple(self.roles.coordinator), tuple(self.roles.coordinator), finetuned=True))
         if LOFO in self.config.protocols:
             for family in self.families:
                 kept = lambda sources: tuple(s for s in sources if family_of(s) != family)  # noqa: E731

@@ -13,6 +13,9 @@ Settings (who the coordinator's detector and source-aware trunk train on; `proto
   founding     reals, every node and the coordinator's generators (what `make demo` and the
                offline workflow do today: the trunk has seen every node's source)
   private      reals and the coordinator's own generators only: every node joins late
+  private-finetuned  the private backbone after `federation.finetune_rounds` rounds of federated
+               fine-tuning by every node (each on its own images vs the reference set's reals; the
+               coordinator sees robustly averaged weights, never an image), then a head per node
   lofo-FAMILY  leave one family out: its sources leave the detector, the trunk and the reference
                set, and every node's self-made negatives exclude it; its sources stay nodes
   oracle-KIND  the founding setting trained and tested on a copy of the data perturbed as the test
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from coordinator.config import PretextConfig
+from coordinator.config import FederationConfig, PretextConfig
 from node.config import NegativesConfig
 from shared_backbone.config import DataConfig, PerturbConfig, TrainConfig
 from attribnet.lab.datasets.upscalers import UpscalersConfig
@@ -34,7 +37,7 @@ ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]
 ZOO_HELD_OUT = ["modconv_a"]
 ZOO_FAMILIES = ["tconv", "nnconv", "bilinear", "pixshuffle"]  # the node sources' families (text before "_")
 # What a run does besides the founding setting's clean models, strict heads and baselines.
-PROTOCOLS = ("shared", "robust", "late_join", "private", "lofo", "out_of_scope", "oracle")
+PROTOCOLS = ("shared", "robust", "late_join", "private", "private_finetune", "lofo", "out_of_scope", "oracle")
 METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear")
 BASELINES = ("gdaconv", "postpool", "dctlinear")
 
@@ -98,6 +101,9 @@ class AccuracyConfig:
     baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=2e-3, patience=4, min_epochs=4))
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     pretext: PretextConfig = field(default_factory=PretextConfig)  # the coordinator's own generator classes for its trunk
+    # private_finetune: the fully private setting's backbone after federated fine-tuning by every node (product code)
+    federation: FederationConfig = field(default_factory=lambda: FederationConfig(
+        finetune_rounds=3, finetune_epochs=2, finetune_learning_rate=5e-4))
     robust: PerturbConfig = field(default_factory=lambda: PerturbConfig(kinds=["multi"]))
     perturb_copies: int = 2
     test_perturbations: dict[str, float] = field(default_factory=lambda: {
@@ -140,7 +146,7 @@ LOFO_QUICK = {
     "negatives.generators": 8,
     "test_perturbations": {"jpeg": 75},
     "baselines": ["gdaconv", "dctlinear"],
-    "protocols": ["private", "lofo", "out_of_scope"],
+    "protocols": ["private", "private_finetune", "lofo", "out_of_scope"],
     "out_of_scope_per_kind": 48,  # one image 2.1 points: fine enough to read the 5% target (16 was 6.2)
 }
 # --profile robust-quick: clean-trained, robust-trained and oracle models (trained and tested on perturbed

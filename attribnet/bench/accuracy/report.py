@@ -47,9 +47,9 @@ def means(tree: Any) -> Any:
 
 
 # Summary keys also copied to the top of accuracy.json (when the run measured them).
-TOP_KEYS = ("clean", "perturbed", "robust_trained", "open_set", "late_join", "private", "leave_one_family_out",
-            "out_of_scope", "out_of_scope_known", "oracle")
-OPTIONAL = ("late_join", "private", "leave_one_family_out", "out_of_scope", "out_of_scope_known", "oracle")
+TOP_KEYS = ("clean", "perturbed", "robust_trained", "open_set", "late_join", "private", "private_finetuned",
+            "leave_one_family_out", "out_of_scope", "out_of_scope_known", "oracle")
+OPTIONAL = ("late_join", "private", "private_finetuned", "leave_one_family_out", "out_of_scope", "out_of_scope_known", "oracle")
 ORACLE_METHODS = ("detection", "heads_raw", "heads_calibrated", "gdaconv", "postpool", "dct_linear")
 
 
@@ -187,21 +187,25 @@ def _private_section(report: dict[str, Any]) -> list[str]:
     spread = report["summary"]["spread"]
     if "private" not in spread:
         return []
-    private, clean = spread["private"], spread["clean_trained"]["clean"]
+    clean = spread["clean_trained"]["clean"]
+    columns = [("founding", {**clean, "open_set": spread["open_set"]}), ("fully private", spread["private"])]
+    if "private_finetuned" in spread:
+        columns.append(("fully private + federated fine-tuning", spread["private_finetuned"]))
     trained = report["per_seed"][0]["private"]["detector_sources"]
-    rows = [("detection (primary module, real vs fake)", clean["detection"], private["detection"]),
-            ("**strict heads, ranked by raw scores** (the network's rule)", clean["heads_raw"], private["heads_raw"]),
-            ("strict heads, ranked by calibrated scores", clean["heads_calibrated"], private["heads_calibrated"]),
-            ("conformal coverage (full rule)", spread["open_set"]["coverage"], private["open_set"]["coverage"]),
-            ("known accuracy (full rule)", spread["open_set"]["known_accuracy_open"], private["open_set"]["known_accuracy_open"])]
+    rows = [("detection (primary module, real vs fake)", lambda m: m["detection"]),
+            ("**strict heads, ranked by raw scores** (the network's rule)", lambda m: m["heads_raw"]),
+            ("strict heads, ranked by calibrated scores", lambda m: m["heads_calibrated"]),
+            ("conformal coverage (full rule)", lambda m: m["open_set"]["coverage"]),
+            ("known accuracy (full rule)", lambda m: m["open_set"]["known_accuracy_open"])]
     return [
         f"Fully private setting: the coordinator trains its detector and source-aware trunk on {', '.join(trained)} only "
-        "(never a node's images) and every node joins late; the founding setting's models beside it "
-        f"(gdaconv, centralized on every source: {_cell(clean.get('gdaconv'))}).",
+        "(never a node's images) and every node joins late; with fine-tuning, every node then trains the backbone on "
+        "its own images and the coordinator keeps the robust average of their weights (never an image). The founding "
+        f"setting's models beside them (gdaconv, centralized on every source: {_cell(clean.get('gdaconv'))}).",
         "",
-        "| clean test images | founding | fully private |",
-        "|---|---|---|",
-        *[f"| {label} | {_cell(a)} | {_cell(b)} |" for label, a, b in rows],
+        "| clean test images | " + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *[f"| {label} | " + " | ".join(_cell(pick(m)) for _, m in columns) + " |" for label, pick in rows],
         "",
     ]
 

@@ -20,16 +20,18 @@ from attribnet.bench.accuracy import out_of_scope as oos
 from attribnet.bench.accuracy.config import AccuracyConfig
 from attribnet.bench.accuracy.generalisation import leave_one_family_out, setting_metrics
 from attribnet.bench.accuracy.oracle import ORACLE, oracle_metrics
-from attribnet.bench.accuracy.bench_data import FOUNDING, PRIVATE, BenchData, Setting, reference_set
+from attribnet.bench.accuracy.bench_data import FOUNDING, PRIVATE, PRIVATE_FINETUNED, BenchData, Setting, reference_set
 from attribnet.bench.accuracy.seed_metrics import seed_metrics
 from attribnet.bench.accuracy.train import CLEAN, STRICT, SeedTrainer
 from shared_backbone.config import to_dict
 from shared_backbone.model.rule import RuleSettings
 
 
-def _fingerprint(config: AccuracyConfig, extra: Any = None) -> str:
-    """What a setting's results depend on: the config without seeds, output places and protocol list."""
-    values = {k: v for k, v in to_dict(config).items() if k not in ("seeds", "out", "workdir", "protocols")}
+def _fingerprint(config: AccuracyConfig, extra: Any = None, *, finetuned: bool = False) -> str:
+    """What a setting's results depend on: the config without seeds, output places and protocol list
+    (and without the federation's settings unless the setting fine-tunes)."""
+    unused = ("seeds", "out", "workdir", "protocols", *(() if finetuned else ("federation",)))
+    values = {k: v for k, v in to_dict(config).items() if k not in unused}
     return hashlib.sha256(json.dumps([values, extra], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -79,7 +81,7 @@ class SeedRun:
                                      bench.view("out-of-scope-sources", [*reals, *config.roles.held_out]))
 
     def _setting(self, seed: int, name: str, extra: Any, train_and_evaluate: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        fingerprint = _fingerprint(self.config, extra)
+        fingerprint = _fingerprint(self.config, extra, finetuned=name == PRIVATE_FINETUNED)
         path = result_path(self.workdir, seed, name, fingerprint)
         stored = _stored(path, fingerprint)
         if stored is not None:
@@ -116,11 +118,14 @@ class SeedRun:
             models = SeedTrainer(self.config, self.bench, self.keys, reference, seed, out, self.step).setting(setting, reference)
             self.step(f"seed {seed}: {setting.name}: evaluate")
             metrics = setting_metrics(models, setting, self.bench, self.everything, self.rule)
-            if self.corpus is not None and setting.name == PRIVATE:
+            if models.finetune:
+                metrics["finetune"] = models.finetune
+            if scoped:
                 metrics.update(self._scope(models.bundles[setting.name], models.heads[STRICT]))
             return metrics
 
-        return self._setting(seed, setting.name, [setting.name, self.corpus is not None and setting.name == PRIVATE], run)
+        scoped = self.corpus is not None and setting.name in (PRIVATE, PRIVATE_FINETUNED)
+        return self._setting(seed, setting.name, [setting.name, scoped], run)
 
     def oracle(self, seed: int, kind: str, value: float) -> dict[str, Any]:
         """The founding setting trained and tested on data perturbed by `kind` at `value` (`oracle.py`)."""
@@ -136,8 +141,9 @@ class SeedRun:
         result = {"seed": seed, **founding}
         describe = ("detector_sources", "trunk_sources", "reference_sources", "negatives_exclude_families")
         result["settings"] = {FOUNDING: {k: founding[k] for k in describe}, **{n: {k: m[k] for k in describe} for n, m in others.items()}}
-        if PRIVATE in others:
-            result[PRIVATE] = others[PRIVATE]
+        for name, key in ((PRIVATE, PRIVATE), (PRIVATE_FINETUNED, "private_finetuned")):
+            if name in others:
+                result[key] = others[name]
         lofo = leave_one_family_out(others, founding, self.bench)
         if lofo:
             result["leave_one_family_out"] = lofo

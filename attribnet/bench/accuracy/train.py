@@ -16,18 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from attribnet.bench.accuracy.config import AccuracyConfig
 from attribnet.bench.accuracy.bench_data import BenchData, Setting
 from coordinator.config import CoordinatorConfig
+from coordinator.flower.fedavg import aggregate, clip_count, finetune_train, publish_if_gated
 from coordinator.publish import publish
 from coordinator.train_primary import train_primary
 from node.config import NegativesConfig, NodeConfig
+from node.finetune import finetune_primary
 from node.train_head import train_head
 from shared_backbone.config import DataConfig, PerturbConfig
 from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
 from shared_backbone.model.bundle import Bundle, load_bundle
 from shared_backbone.model.heads import Head, load_head
-from shared_backbone.model.signing import load_public_key
+from shared_backbone.model.signing import load_private_key, load_public_key
 
 CLEAN, ROBUST, LATE = "clean", "robust", "late"
 STRICT, SHARED = "strict", "shared"
@@ -41,6 +45,7 @@ class SeedModels:
     heads: dict[str, list[Head]] = field(default_factory=dict)
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    finetune: dict = field(default_factory=dict)  # federated fine-tuning's rounds and gate, when a setting ran it
 
 
 class SeedTrainer:
@@ -107,10 +112,40 @@ class SeedTrainer:
         sources = ", ".join(setting.detector_fakes) or "no generator"
         bundle = self._timed("detector", f"{setting.name}: the detector and its trunk on real + {sources}", self.detector,
                              setting.name, self.bench.setting_view(setting), reference, exclude_families=setting.exclude_families)
+        if setting.finetuned:
+            bundle = self._timed("finetune", f"{setting.name}: federated fine-tuning by {len(self.config.roles.nodes)} nodes",
+                                 self.finetune, setting.name, bundle, reference, self.bench.setting_view(setting))
         negatives = dataclasses.replace(self.config.negatives, exclude_families=list(setting.exclude_families))
         self._timed("heads_strict", f"{setting.name}: {len(self.config.roles.nodes)} strict heads", self.heads, STRICT, bundle,
                     STRICT, reference=reference, negatives=negatives)
         return self.models
+
+    def finetune(self, name: str, bundle: Bundle, reference: Path, coordinator_data: DataConfig) -> Bundle:
+        """`bundle` after the federation's fine-tuning rounds, the product's code without the transport
+        (`coordinator/flower/fedavg.py` runs the same over Flower): each node trains the primary module on its
+        own images vs the reference set's reals (`node/finetune.py`), the coordinator keeps the robust
+        aggregate only if it passes its evaluation gate on its own held-out data, and signs it."""
+        fed = self.config.federation
+        train = finetune_train(dataclasses.replace(self.config.primary, seed=self.seed), fed)
+        weights = [np.asarray(w) for w in bundle.load_primary().get_weights()]
+        rounds = []
+        for number in range(1, fed.finetune_rounds + 1):
+            updates, counts = [], []
+            for source in self.config.roles.nodes:
+                node = dataclasses.replace(self.node_config(source, bundle, STRICT, False, reference=reference), train=train,
+                                           state_dir=str(self.out / f"finetune-{name}" / source))
+                update, count = finetune_primary(node, bundle, weights, list(self.bench.reals))
+                updates.append(update)
+                counts.append(clip_count(count, fed.max_examples))
+            weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
+            rounds.append({"round": number, "examples": int(sum(counts)), "aggregate": fed.aggregate})
+        coordinator = CoordinatorConfig(data=coordinator_data, federation=fed)
+        child, outcome = publish_if_gated(coordinator, bundle, weights, rounds, load_private_key(self.keys[0]), self.out / "bundles-finetuned")
+        self.models.finetune = outcome
+        if child is not bundle:
+            child = load_bundle(child.path, load_public_key(self.keys[1]))
+        self.models.bundles[name] = child
+        return child
 
     def baseline(self, model: str, robust: bool) -> BaselineResult:
         names = ("clean", *(f"{kind}:{value}" for kind, value in self.config.test_perturbations.items()))
