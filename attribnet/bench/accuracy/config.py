@@ -100,7 +100,7 @@ class AccuracyConfig:
     head: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=64, learning_rate=1e-3, patience=5, min_epochs=3))
     baseline: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, batch_size=32, learning_rate=2e-3, patience=4, min_epochs=4))
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
-    pretext: PretextConfig = field(default_factory=PretextConfig)  # the coordinator's own generator classes for its trunk
+    pretext: PretextConfig = field(default_factory=PretextConfig)  # the coordinator's own generators for its trunk / detector
     # private_finetune: the fully private setting's backbone after federated fine-tuning by every node (product code)
     federation: FederationConfig = field(default_factory=lambda: FederationConfig(
         finetune_rounds=3, finetune_epochs=2, finetune_learning_rate=5e-4))
