@@ -138,6 +138,9 @@ class FederationConfig:
     bundle version (parent recorded, signed with `private_key`) under `bundles_dir` only when its
     detection accuracy on the coordinator's own held-out data (`data`, split `gate_split`) is at
     most `gate_tolerance` below the current backbone's; otherwise the run keeps the old backbone.
+    `finetune_objective` says what the nodes train: `detection` (the primary module, real vs fake) or
+    `attribution` (the trunk, on each node's own head task; the coordinator then refits its
+    detector's tail on its own data over the averaged trunk before the gate).
     """
 
     min_nodes: int = 1
@@ -151,6 +154,7 @@ class FederationConfig:
     finetune_rounds: int = 0
     finetune_epochs: int = 1
     finetune_learning_rate: float = 1e-4
+    finetune_objective: str = "detection"  # or "attribution": nodes train the trunk on their head task (node/finetune.py)
     finetune_min_nodes: int = 1
     aggregate: str = "trimmed_mean"  # trimmed_mean | median | mean
     trim_fraction: float = 0.2
@@ -159,6 +163,13 @@ class FederationConfig:
     gate_tolerance: float = 0.02  # accuracy the fine-tuned primary may lose on the gate split
     gate_max_images: int = 1024
     bundles_dir: str = field(default="coordinator-state/bundles", metadata=PATH)
+
+    def __post_init__(self) -> None:
+        from shared_backbone.protocol.flower_messages import FINETUNE_OBJECTIVES
+
+        if self.finetune_objective not in FINETUNE_OBJECTIVES:
+            raise ValueError(f"federation: finetune_objective must be one of {', '.join(FINETUNE_OBJECTIVES)}, "
+                             f"got {self.finetune_objective!r}")
 
 
 @dataclass

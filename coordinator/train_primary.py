@@ -7,6 +7,7 @@ training logs written by `shared_backbone.training.fit`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.pretext_generators import PRETEXT_PREFIX, generative, pretext_samples
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import REAL_CLASS, DatasetIndex, Sample, load_split
-from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed
+from shared_backbone.training.fit import MULTICLASS, detection_labels, fit, input_spec, prepare_run_dir, set_seed, timestamp
 from shared_backbone.training.evaluation import predict_scores
 from shared_backbone.training.classification_metrics import binary_metrics
 from shared_backbone.model import networks
@@ -122,6 +123,17 @@ def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], 
         task=MULTICLASS, num_classes=len(classes), perturb=config.perturb, progress=progress)
     networks.set_trunk_trainable(model, False)
     return classes
+
+
+def refit_tail(model, config: CoordinatorConfig, spec: InputSpec) -> None:
+    """Retrains the detector's tail on the coordinator's data (`config.data`, `config.train`) over the frozen
+    trunk, e.g. after federated fine-tuning moved the trunk. The tail starts from its current weights."""
+    index, splits = load_split(dataclasses.replace(config.data, image_size=spec.image_size, mode=spec.mode))
+    networks.set_trunk_trainable(model, False)
+    run_dir = prepare_run_dir(Path(config.run_dir) / "tail-refit" / timestamp(), to_dict(config), config.train.seed, exist_ok=True)
+    fit(model, splits["train"], detection_labels(index, splits["train"]), splits["val"], detection_labels(index, splits["val"]),
+        spec, config.train, run_dir, perturb=config.perturb, progress=False)
+    networks.set_trunk_trainable(model, True)
 
 
 def train_primary(config: CoordinatorConfig, *, progress: bool = True) -> PrimaryTrainingResult:

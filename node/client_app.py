@@ -43,6 +43,7 @@ from shared_backbone.protocol.flower_messages import (
     FINETUNE_WEIGHTS,
     FIT_HEAD_ACTION,
     METRICS_RECORD,
+    OBJECTIVE_FIELD,
     RESULT_RECORD,
     RUN_RECORD,
     TRAIN_RECORD,
@@ -187,7 +188,7 @@ def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
     if not _opted_in(settings):
         reply[FINETUNE_RESULT] = ConfigRecord({"declined": True})
         return reply
-    from node.finetune import finetune_primary
+    from node.finetune import finetune as finetune_round
 
     config = node_config_from_settings(settings)
     bundle = receive_bundle(message.content, config)
@@ -197,7 +198,7 @@ def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
         reference_set.verify_reference(config.reference, str(run["reference_digest"]))
     real_sources = [str(s) for s in run.get("real_sources", ["real"])]
     weights = flower_messages.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
-    new_weights, num_examples = finetune_primary(config, bundle, weights, real_sources)
+    new_weights, num_examples = finetune_round(config, bundle, weights, real_sources, str(run.get(OBJECTIVE_FIELD, "detection")))
     reply[FINETUNE_WEIGHTS] = flower_messages.weights_to_record(new_weights)
     reply[FINETUNE_RESULT] = ConfigRecord({"num_examples": int(num_examples), "source": config.source})
     return reply

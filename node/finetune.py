@@ -1,9 +1,15 @@
 """A node's step of federated fine-tuning: the global primary module, trained a little on local data.
 
-Only nodes that opt in run this. The detector's task is real vs. fake, so the node's own images
-are fakes (label 1) and the reference set's real sources are reals (label 0); other reference
-sources count as fakes. The updated weights of the *shared* primary module go back to the
-coordinator for averaging; the images never leave.
+Only nodes that opt in run this, with one of two objectives (`FINETUNE_OBJECTIVES`, the coordinator's
+`federation.finetune_objective`):
+- `detection`: the detector's task, real vs. fake: the node's own images are fakes (label 1) and
+  the reference set's real sources are reals (label 0); other reference sources count as fakes.
+- `attribution`: the node's own head task (own images vs the reference set and self-made
+  negatives, exactly the head's training data) trains the trunk together with a fresh head. Only
+  the trunk changes; the coordinator refits its detector's tail on the averaged trunk. This asks
+  the shared trunk for what every head needs: features that tell this node's source apart.
+The updated weights of the *shared* primary module go back to the coordinator for averaging; the
+images and the temporary head never leave.
 """
 
 from __future__ import annotations
@@ -15,14 +21,17 @@ import numpy as np
 
 from node import state
 from node.config import NodeConfig
-from node.head_data import node_splits, scan_node_folder
+from node.head_data import head_data, node_splits, scan_node_folder
+from node.train_head import head_model, image_sets
 from shared_backbone.config import to_dict
 from shared_backbone.data.datasets import Sample
-from shared_backbone.training.fit import fit, prepare_run_dir, timestamp
+from shared_backbone.training.fit import fit, fit_arrays, prepare_run_dir, timestamp
+from shared_backbone.model import networks
 from shared_backbone.model.bundle import Bundle
+from shared_backbone.model.preprocessing import to_model_inputs
+from shared_backbone.protocol.flower_messages import FINETUNE_OBJECTIVES
 
 log = logging.getLogger(__name__)
-
 
 
 def _split(root: str, config: NodeConfig) -> dict[str, list[Sample]]:
@@ -60,3 +69,31 @@ def finetune_primary(config: NodeConfig, bundle: Bundle, weights: list[np.ndarra
                  perturb=config.perturb, progress=False)
     log.info("node %s: fine-tuned the primary module on %d images", config.source, len(train_x))
     return [np.asarray(w) for w in primary.get_weights()], len(train_x)
+
+
+def finetune(config: NodeConfig, bundle: Bundle, weights: list[np.ndarray], real_sources: list[str],
+             objective: str = "detection") -> tuple[list[np.ndarray], int]:
+    """One round of the node's fine-tuning under `objective` (see the module docstring)."""
+    if objective not in FINETUNE_OBJECTIVES:
+        raise ValueError(f"fine-tuning objective must be one of {', '.join(FINETUNE_OBJECTIVES)}, got {objective!r}")
+    if objective == "attribution":
+        return finetune_trunk_for_attribution(config, bundle, weights)
+    return finetune_primary(config, bundle, weights, real_sources)
+
+
+def finetune_trunk_for_attribution(config: NodeConfig, bundle: Bundle, weights: list[np.ndarray]
+                                   ) -> tuple[list[np.ndarray], int]:
+    """The trunk trained from `weights` with a fresh head on the node's head task; returns the primary
+    module's weights (its detector tail untouched) and the example count."""
+    spec = bundle.input_spec
+    sets = image_sets(config, head_data(config, bundle), spec, splits=("train", "val"))
+    primary = bundle.load_primary()
+    primary.set_weights(weights)
+    model = networks.build_trunk_and_head(networks.build_trunk(primary), head_model(config, spec))
+    run_dir = prepare_run_dir(Path(config.state_dir) / state.FINETUNE_RUNS_DIR / timestamp(), to_dict(config),
+                              config.train.seed, exist_ok=True)
+    train, val = sets["train"], sets["val"]
+    fit_arrays(model, to_model_inputs(train.images, spec), train.y, to_model_inputs(val.images, spec), val.y,
+               config.train, run_dir, progress=False)
+    log.info("node %s: fine-tuned the trunk for attribution on %d images", config.source, len(train.y))
+    return [np.asarray(w) for w in primary.get_weights()], len(train.y)

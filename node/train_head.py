@@ -83,8 +83,19 @@ def _self_made(own: list[np.ndarray], others: list[np.ndarray], settings: Negati
     return make_negatives(own, settings, own_count) + (make_negatives(others, settings, count - own_count) if others else [])
 
 
-def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, FeatureSet]:
-    """Trunk features of every split: own images, negatives, self-made negatives, perturbed copies."""
+@dataclass
+class ImageSet:
+    """One split of the head's task as images: positives first, then negatives (1 = own source / 0 = not)."""
+
+    images: list[np.ndarray]
+    y: np.ndarray
+    files: int
+    self_made: int
+    groups: np.ndarray | None = None
+
+
+def image_sets(config: NodeConfig, data: HeadData, spec, splits: tuple[str, ...] = SPLITS) -> dict[str, ImageSet]:
+    """Every split's images of the head's task: own images, negatives, self-made negatives, perturbed copies."""
     settings = negative_settings(config)
     train_size = max(len(data.positives["train"]) + len(data.negatives["train"]), 1)
     if config.negatives.match_bandwidth:
@@ -93,6 +104,8 @@ def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, F
                  config.source, settings.resampling_blur)
     sets = {}
     for index, split in enumerate(SPLITS):
+        if split not in splits:
+            continue
         own = trunk_cache.load_images(data.positives[split], spec.image_size)
         others = trunk_cache.load_images(data.negatives[split], spec.image_size)
         made = []
@@ -102,12 +115,18 @@ def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, F
         copies = config.perturb_copies if split in PERTURBED_SPLITS else 0
         positives = trunk_cache.versions(own, config.perturb, copies, config.train.seed + index)
         negatives = trunk_cache.versions(others + made, config.perturb, copies, config.train.seed + 10 + index)
-        x = trunk_cache.trunk_features(trunk, positives + negatives, spec)
         y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))].astype(np.float32)
         groups = [group_of(sample.path) for sample in data.positives[split]] if data.grouped else None
-        sets[split] = FeatureSet(x, y, files=len(own) + len(others), self_made=len(made),  # versions: images, then copies
-                                 groups=np.tile(groups, len(positives) // max(len(own), 1)) if groups else None)
+        sets[split] = ImageSet(positives + negatives, y, files=len(own) + len(others), self_made=len(made),  # images, then copies
+                               groups=np.tile(groups, len(positives) // max(len(own), 1)) if groups else None)
     return sets
+
+
+def feature_sets(config: NodeConfig, data: HeadData, trunk, spec) -> dict[str, FeatureSet]:
+    """Trunk features of every split of `image_sets` (computed once: the trunk is frozen)."""
+    return {split: FeatureSet(trunk_cache.trunk_features(trunk, part.images, spec), part.y, files=part.files,
+                              self_made=part.self_made, groups=part.groups)
+            for split, part in image_sets(config, data, spec).items()}
 
 
 def _check(config: NodeConfig, sets: dict[str, FeatureSet]) -> None:
@@ -121,7 +140,8 @@ def _check(config: NodeConfig, sets: dict[str, FeatureSet]) -> None:
             )
 
 
-def _head_model(config: NodeConfig, spec):
+def head_model(config: NodeConfig, spec):
+    """A fresh head for this node (or its `init_head`, the paper's retraining)."""
     model = networks.build_head(spec.image_size, pooling=networks.pooling_for_mode(spec.mode),
                                 seed=networks.DEFAULT_SEED + 1000 + config.train.seed)
     if config.init_head:  # the paper's retraining: start from an existing head
@@ -210,7 +230,7 @@ def train_head(config: NodeConfig, bundle: Bundle | None = None, *, progress: bo
     trunk = networks.build_trunk(bundle.load_primary())
     sets = feature_sets(config, data, trunk, spec)
     _check(config, sets)
-    model = _head_model(config, spec)
+    model = head_model(config, spec)
     fit = fit_arrays(model, sets["train"].x, sets["train"].y, sets["val"].x, sets["val"].y, config.train, run_dir,
                               progress=progress)
     calibration, raw_calib = calibrate(model, sets["calib"], config.calibration)

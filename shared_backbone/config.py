@@ -144,12 +144,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def build(schema: type[T], values: dict[str, Any], where: str = "config") -> T:
     """Instantiates `schema` from a (nested) mapping, rejecting unknown keys by name."""
     hints = typing.get_type_hints(schema)
-    known = {f.name for f in dataclasses.fields(schema)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(known))})")
-    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in values.items()}
+    kwargs = {name: _coerce(_over_default(known[name], value), hints[name], f"{where}.{name}") for name, value in values.items()}
     return schema(**kwargs)
+
+
+def _over_default(item: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a nested settings field, over that field's own default: a key it leaves out
+    keeps the value the default factory sets (e.g. `federation: {finetune_objective: ...}` keeps the
+    factory's rounds), not the nested class's bare default."""
+    if not isinstance(value, dict) or item.default_factory is dataclasses.MISSING:
+        return value
+    default = item.default_factory()
+    return {**dataclasses.asdict(default), **value} if dataclasses.is_dataclass(default) else value
 
 
 def _merge(base: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:

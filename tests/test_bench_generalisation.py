@@ -79,8 +79,8 @@ def test_the_roles_leave_the_family_out(run):
     assert lofo["detector_sources"] == lofo["trunk_sources"] == ["real", "pixshuffle_a"]
     assert lofo["reference_sources"] == ["real"] and lofo["negatives_exclude_families"] == ["tconv"]
     assert private["detector_sources"] == ["real", "tconv_r"] and private["negatives_exclude_families"] == []
-    assert settings["private-finetuned"]["trunk_sources"][:2] == ["real", "tconv_r"]
-    assert "federated fine-tuning" in settings["private-finetuned"]["trunk_sources"][2]
+    assert settings["private_finetuned"]["trunk_sources"][:2] == ["real", "tconv_r"]
+    assert "federated fine-tuning" in settings["private_finetuned"]["trunk_sources"][2]
     assert set(founding["detector_sources"]) == {"real", "tconv_a", "pixshuffle_a", "tconv_r"}
     (work,) = (root / "results" / "work" / "seed-0").glob("lofo-tconv-*")  # one configuration, one folder
     primary = yaml.safe_load((work / "primary-lofo-tconv" / "config.yaml").read_text())
@@ -100,7 +100,7 @@ def test_a_second_run_resumes_from_the_stored_results(run, caplog):
     again = _run(root)
     assert again["leave_one_family_out"] == result["leave_one_family_out"] and again["private"] == result["private"]
     assert again["out_of_scope"] == result["out_of_scope"] and again["oracle"] == result["oracle"]
-    # founding, private, private-finetuned, lofo-tconv, oracle-jpeg
+    # founding, private, private_finetuned, lofo-tconv, oracle-jpeg
     assert sum("results of an earlier run" in r.getMessage() for r in caplog.records) == 5
 
 

@@ -72,6 +72,19 @@ def test_precedence_defaults_then_yaml_then_flags(tmp_path):
         load_config(CoordinatorConfig, path, {"data.nope": 1})
 
 
+def test_a_partial_mapping_keeps_the_defaults_its_field_sets(tmp_path):
+    """A nested section given in part keeps what the field's default factory set, not the bare class defaults."""
+    from attribnet.bench.accuracy.config import AccuracyConfig
+
+    path = write(tmp_path, "federation:\n  finetune_objective: attribution\nhead:\n  epochs: 4\n")
+    config = load_config(AccuracyConfig, path)
+    assert config.federation.finetune_objective == "attribution"
+    assert (config.federation.finetune_rounds, config.federation.finetune_learning_rate) == (3, 5e-4)  # the factory's
+    assert (config.head.epochs, config.head.patience, config.head.batch_size) == (4, 5, 64)
+    with pytest.raises(ValueError, match="finetune_objective must be one of detection, attribution"):
+        load_config(AccuracyConfig, path, {"federation.finetune_objective": "everything"})
+
+
 def test_file_problems_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(DataConfig, tmp_path / "missing.yaml")

@@ -181,11 +181,15 @@ def test_evaluation_gate_refuses_a_backbone_that_no_longer_detects(tiny_zoo, zoo
 
 
 def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_reference, federation_zoo, zoo_bundle, keypair, tmp_path):
-    """One node opts in, one declines; the averaged primary passes the gate and becomes version `<old>-ft1`."""
+    """One node opts in, one declines; the averaged primary passes the gate and becomes version `<old>-ft1`.
+
+    The round asks for the `attribution` objective (the bench covers `detection` in-process): the node
+    trains the trunk on its head task and the coordinator refits the detector's tail over it."""
     import numpy as np
 
     from attribnet.launch.flower_runs import run_federation
     from attribnet.lab.datasets.zoo import zoo_data_config
+    from shared_backbone.model import networks
     from shared_backbone.model.signing import load_public_key
 
     nodes = make_node_folders(federation_zoo, tmp_path / "nodes", SOURCES[:2], keypair)
@@ -193,7 +197,9 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_refere
     reference = zoo_reference
     config = coordinator_config(zoo_bundle, keypair, tmp_path, reference, min_nodes=2)
     config = dataclasses.replace(config, data=zoo_data_config(federation_zoo), federation=dataclasses.replace(
-        config.federation, finetune_rounds=1, finetune_epochs=1, bundles_dir=str(tmp_path / "bundles"), gate_tolerance=1.0))
+        config.federation, finetune_rounds=1, finetune_epochs=1, finetune_objective="attribution",
+        bundles_dir=str(tmp_path / "bundles"), gate_tolerance=1.0), train=dataclasses.replace(config.train, epochs=1, min_epochs=1),
+        run_dir=str(tmp_path / "coordinator-run"))
     result = run_federation(config, nodes, mode="simulation")
     assert result.status == "completed", result.error
     assert result.finetune["published"] and result.finetune["gate"]["passed"]
@@ -204,8 +210,10 @@ def test_finetuning_publishes_a_child_bundle_and_retrains_heads_on_it(zoo_refere
     assert child.manifest["reference"] == zoo_bundle.manifest["reference"]  # nodes keep verifying the same set
     assert child.training_sources["detector"][-1] == "fine-tuned by the nodes' updates"
     assert child.version == f"{zoo_bundle.version}-ft1" and result.backbone["digest"] == child.digest != zoo_bundle.digest
-    old, new = zoo_bundle.load_primary().get_weights(), child.load_primary().get_weights()
-    assert any(not np.allclose(a, b) for a, b in zip(old, new)), "fine-tuning changed nothing"
+    old, new = zoo_bundle.load_primary(), child.load_primary()
+    assert any(not np.allclose(a, b) for a, b in zip(networks.build_trunk(old).get_weights(), networks.build_trunk(new).get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(*(m.get_layer(networks.PRIMARY_DECISION).get_weights() for m in (old, new))))
+    assert (tmp_path / "coordinator-run" / "tail-refit").is_dir()  # the tail was refit on the coordinator's own data
     check_registered(result, config, nodes, child)
 
 

@@ -24,7 +24,8 @@ from coordinator.flower.results import TIMED_OUT, FederationError
 from shared_backbone.config import TrainConfig
 from shared_backbone.model.bundle import Bundle
 from shared_backbone.protocol import flower_messages
-from shared_backbone.protocol.flower_messages import FINETUNE, FINETUNE_RESULT, FINETUNE_WEIGHTS, RUN_RECORD, TRAIN_RECORD
+from shared_backbone.protocol.flower_messages import (FINETUNE, FINETUNE_RESULT, FINETUNE_WEIGHTS, OBJECTIVE_FIELD, RUN_RECORD,
+                                                      TRAIN_RECORD)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def finetune_content(bundle: Bundle, config: CoordinatorConfig, weights: list[np
     train = finetune_train(config.train, fed)
     content = flower_messages.pack_bundle(bundle)
     content[TRAIN_RECORD] = train_record(train)
-    run: dict[str, Any] = {"round": f"finetune-{round_number}", "real_sources": list(fed.reference_real_sources)}
+    run: dict[str, Any] = {"round": f"finetune-{round_number}", "real_sources": list(fed.reference_real_sources),
+                           OBJECTIVE_FIELD: fed.finetune_objective}
     if reference:
         run.update({"reference_path": reference["path"], "reference_digest": reference["digest"]})
     content[RUN_RECORD] = ConfigRecord(run)
@@ -155,7 +157,20 @@ def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, node
             )
         weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
         rounds.append({"round": number, "nodes": report, "examples": int(sum(counts)), "aggregate": fed.aggregate})
-    return publish_if_gated(config, bundle, weights, rounds, private_key, out_dir)
+    return publish_if_gated(config, bundle, coordinator_step(config, bundle, weights), rounds, private_key, out_dir)
+
+
+def coordinator_step(config: CoordinatorConfig, bundle: Bundle, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """The aggregate as the coordinator publishes it: with the `attribution` objective the nodes moved only
+    the trunk, so the detector's tail is refit on the coordinator's own data over that trunk."""
+    if config.federation.finetune_objective != "attribution":
+        return weights
+    from coordinator.train_primary import refit_tail
+
+    primary = bundle.load_primary()
+    primary.set_weights(weights)
+    refit_tail(primary, config, bundle.input_spec)
+    return [np.asarray(w) for w in primary.get_weights()]
 
 
 def publish_if_gated(config: CoordinatorConfig, bundle: Bundle, weights: list[np.ndarray], rounds: list[dict[str, Any]],

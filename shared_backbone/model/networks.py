@@ -183,6 +183,14 @@ def build_attribution_model(trunk: keras.Model, head: keras.Model) -> keras.Mode
     return keras.Model(inputs, head(features), name="attribution")
 
 
+def build_trunk_and_head(trunk: keras.Model, head: keras.Model) -> keras.Model:
+    """Trunk and head trained together (fine-tuning the shared trunk for attribution): the trunk's
+    layers are the primary module's own, so training this model moves the primary's trunk."""
+    trunk.trainable = True
+    inputs = keras.Input(trunk.input_shape[1:], name="image")
+    return keras.Model(inputs, head(trunk(inputs)), name="trunk_and_head")
+
+
 def trainable_parameter_count(model: keras.Model) -> int:
     return int(sum(keras.ops.size(w) for w in model.trainable_weights))
 

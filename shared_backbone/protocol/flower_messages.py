@@ -46,6 +46,8 @@ RESULT_RECORD = "fit_head.result"  # ConfigRecord: a `registration.Registration`
 METRICS_RECORD = "fit_head.metrics"  # MetricRecord: flat numbers, for Flower's own aggregation/logs
 FINETUNE_WEIGHTS = "finetune.weights"  # ArrayRecord: primary-module weights (to and from the node)
 FINETUNE_RESULT = "finetune.result"  # ConfigRecord: example count and source, or `declined`
+OBJECTIVE_FIELD = "objective"  # RUN_RECORD of train.finetune: one of FINETUNE_OBJECTIVES (node/finetune.py)
+FINETUNE_OBJECTIVES = ("detection", "attribution")
 # What a reply to `train.fit_head` may carry: a reply with model arrays is refused (heads stay local).
 ALLOWED_FIT_HEAD_REPLY = frozenset({RESULT_RECORD, METRICS_RECORD})
 # Identity (shared_backbone/protocol/identity.py): the coordinator puts a fresh challenge per node in

@@ -27,7 +27,8 @@ from shared_backbone.data.datasets import MANIFEST_FILE, DatasetIndex, Sample, l
 log = logging.getLogger(__name__)
 
 FOUNDING, PRIVATE, LOFO = "founding", "private", "lofo"
-PRIVATE_FINETUNED = "private-finetuned"
+PRIVATE_FINETUNE = "private_finetune"  # the protocol
+PRIVATE_FINETUNED = "private_finetuned"  # also the report's key
 
 
 def family_of(source: str) -> str:
@@ -127,7 +128,7 @@ class BenchData:
         settings = []
         if PRIVATE in self.config.protocols:
             settings.append(Setting(PRIVATE, tuple(self.roles.coordinator), tuple(self.roles.coordinator)))
-        if "private_finetune" in self.config.protocols:
+        if PRIVATE_FINETUNE in self.config.protocols:
             settings.append(Setting(PRIVATE_FINETUNED, tuple(self.roles.coordinator), tuple(self.roles.coordinator), finetuned=True))
         if LOFO in self.config.protocols:
             for family in self.families:

@@ -13,7 +13,7 @@ Settings (who the coordinator's detector and source-aware trunk train on; `proto
   founding     reals, every node and the coordinator's generators (what `make demo` and the
                offline workflow do today: the trunk has seen every node's source)
   private      reals and the coordinator's own generators only: every node joins late
-  private-finetuned  the private backbone after `federation.finetune_rounds` rounds of federated
+  private_finetuned  the private backbone after `federation.finetune_rounds` rounds of federated
                fine-tuning by every node (each on its own images vs the reference set's reals; the
                coordinator sees robustly averaged weights, never an image), then a head per node
   lofo-FAMILY  leave one family out: its sources leave the detector, the trunk and the reference

@@ -103,7 +103,8 @@ class SeedRun:
         def run(out: Path) -> dict[str, Any]:
             models = SeedTrainer(self.config, self.bench, self.keys, reference, seed, out, self.step).run()
             self.step(f"seed {seed}: evaluate on {len(self.known.samples)} test images x {len(self.known.names)} test sets")
-            metrics = {**setting.describe(self.bench.reals, self.config.pretext), **seed_metrics(models, self.bench, self.known, self.everything, self.rule)}
+            metrics = {**setting.describe(self.bench.reals, self.config.pretext),
+                       **seed_metrics(models, self.bench, self.known, self.everything, self.rule)}
             if self.corpus is not None:
                 metrics.update(self._scope(models.bundles[CLEAN], models.heads[f"{STRICT}-{CLEAN}"]))
             return metrics
@@ -141,9 +142,9 @@ class SeedRun:
         result = {"seed": seed, **founding}
         describe = ("detector_sources", "trunk_sources", "reference_sources", "negatives_exclude_families")
         result["settings"] = {FOUNDING: {k: founding[k] for k in describe}, **{n: {k: m[k] for k in describe} for n, m in others.items()}}
-        for name, key in ((PRIVATE, PRIVATE), (PRIVATE_FINETUNED, "private_finetuned")):
+        for name in (PRIVATE, PRIVATE_FINETUNED):
             if name in others:
-                result[key] = others[name]
+                result[name] = others[name]
         lofo = leave_one_family_out(others, founding, self.bench)
         if lofo:
             result["leave_one_family_out"] = lofo

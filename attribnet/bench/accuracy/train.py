@@ -21,11 +21,11 @@ import numpy as np
 from attribnet.bench.accuracy.config import AccuracyConfig
 from attribnet.bench.accuracy.bench_data import BenchData, Setting
 from coordinator.config import CoordinatorConfig
-from coordinator.flower.fedavg import aggregate, clip_count, finetune_train, publish_if_gated
+from coordinator.flower.fedavg import aggregate, clip_count, coordinator_step, finetune_train, publish_if_gated
 from coordinator.publish import publish
 from coordinator.train_primary import train_primary
 from node.config import NegativesConfig, NodeConfig
-from node.finetune import finetune_primary
+from node.finetune import finetune as finetune_round
 from node.train_head import train_head
 from shared_backbone.config import DataConfig, PerturbConfig
 from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
@@ -122,9 +122,10 @@ class SeedTrainer:
 
     def finetune(self, name: str, bundle: Bundle, reference: Path, coordinator_data: DataConfig) -> Bundle:
         """`bundle` after the federation's fine-tuning rounds, the product's code without the transport
-        (`coordinator/flower/fedavg.py` runs the same over Flower): each node trains the primary module on its
-        own images vs the reference set's reals (`node/finetune.py`), the coordinator keeps the robust
-        aggregate only if it passes its evaluation gate on its own held-out data, and signs it."""
+        (`coordinator/flower/fedavg.py` runs the same over Flower): each node trains on its own data under the
+        federation's objective (`node/finetune.py`), the coordinator takes the robust aggregate (refitting its
+        detector's tail for the attribution objective), keeps it only if it passes its evaluation gate on its
+        own held-out data, and signs it."""
         fed = self.config.federation
         train = finetune_train(dataclasses.replace(self.config.primary, seed=self.seed), fed)
         weights = [np.asarray(w) for w in bundle.load_primary().get_weights()]
@@ -134,12 +135,14 @@ class SeedTrainer:
             for source in self.config.roles.nodes:
                 node = dataclasses.replace(self.node_config(source, bundle, STRICT, False, reference=reference), train=train,
                                            state_dir=str(self.out / f"finetune-{name}" / source))
-                update, count = finetune_primary(node, bundle, weights, list(self.bench.reals))
+                update, count = finetune_round(node, bundle, weights, list(self.bench.reals), fed.finetune_objective)
                 updates.append(update)
                 counts.append(clip_count(count, fed.max_examples))
             weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
             rounds.append({"round": number, "examples": int(sum(counts)), "aggregate": fed.aggregate})
-        coordinator = CoordinatorConfig(data=coordinator_data, federation=fed)
+        coordinator = CoordinatorConfig(data=coordinator_data, federation=fed, train=dataclasses.replace(self.config.primary, seed=self.seed),
+                                        run_dir=str(self.out / f"coordinator-{name}"))
+        weights = coordinator_step(coordinator, bundle, weights)
         child, outcome = publish_if_gated(coordinator, bundle, weights, rounds, load_private_key(self.keys[0]), self.out / "bundles-finetuned")
         self.models.finetune = outcome
         if child is not bundle:
