@@ -130,9 +130,11 @@ def refit_tail(model, config: CoordinatorConfig, spec: InputSpec) -> None:
     trunk, e.g. after federated fine-tuning moved the trunk. The tail starts from its current weights."""
     index, splits = load_split(dataclasses.replace(config.data, image_size=spec.image_size, mode=spec.mode))
     networks.set_trunk_trainable(model, False)
-    run_dir = prepare_run_dir(Path(config.run_dir) / "tail-refit" / timestamp(), to_dict(config), config.train.seed, exist_ok=True)
-    fit(model, splits["train"], detection_labels(index, splits["train"]), splits["val"], detection_labels(index, splits["val"]),
-        spec, config.train, run_dir, perturb=config.perturb, progress=False)
+    run_dir = prepare_run_dir(Path(config.run_dir) / "tail-refit" / timestamp(), to_dict(config), config.train.seed,
+                              exist_ok=True)
+    train, val = splits["train"], splits["val"]
+    fit(model, train, detection_labels(index, train), val, detection_labels(index, val), spec, config.train, run_dir,
+        perturb=config.perturb, progress=False)
     networks.set_trunk_trainable(model, True)
 
 

@@ -198,7 +198,8 @@ def finetune(message: Message, settings: Mapping[str, Any]) -> RecordDict:
         reference_set.verify_reference(config.reference, str(run["reference_digest"]))
     real_sources = [str(s) for s in run.get("real_sources", ["real"])]
     weights = flower_messages.record_to_weights(message.content.array_records[FINETUNE_WEIGHTS])
-    new_weights, num_examples = finetune_round(config, bundle, weights, real_sources, str(run.get(OBJECTIVE_FIELD, "detection")))
+    objective = str(run.get(OBJECTIVE_FIELD, "detection"))
+    new_weights, num_examples = finetune_round(config, bundle, weights, real_sources, objective)
     reply[FINETUNE_WEIGHTS] = flower_messages.weights_to_record(new_weights)
     reply[FINETUNE_RESULT] = ConfigRecord({"num_examples": int(num_examples), "source": config.source})
     return reply
