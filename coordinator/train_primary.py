@@ -7,7 +7,6 @@ training logs written by `shared_backbone.training.fit`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -125,10 +124,9 @@ def pretrain_trunk(model, index: DatasetIndex, splits: dict[str, list[Sample]], 
     return classes
 
 
-def refit_tail(model, config: CoordinatorConfig, spec: InputSpec) -> None:
-    """Retrains the detector's tail on the coordinator's data (`config.data`, `config.train`) over the frozen
+def refit_tail(model, index: DatasetIndex, splits: dict[str, list[Sample]], spec: InputSpec, config: CoordinatorConfig) -> None:
+    """Retrains the detector's tail on the coordinator's data (`splits`, `config.train`) over the frozen
     trunk, e.g. after federated fine-tuning moved the trunk. The tail starts from its current weights."""
-    index, splits = load_split(dataclasses.replace(config.data, image_size=spec.image_size, mode=spec.mode))
     networks.set_trunk_trainable(model, False)
     run_dir = prepare_run_dir(Path(config.run_dir) / "tail-refit" / timestamp(), to_dict(config), config.train.seed,
                               exist_ok=True)

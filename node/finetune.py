@@ -89,7 +89,7 @@ def finetune_trunk_for_attribution(config: NodeConfig, bundle: Bundle, weights: 
     sets = image_sets(config, head_data(config, bundle), spec, splits=("train", "val"))
     primary = bundle.load_primary()
     primary.set_weights(weights)
-    model = networks.build_trunk_and_head(networks.build_trunk(primary), head_model(config, spec))
+    model = networks.build_attribution_model(networks.build_trunk(primary), head_model(config, spec), train_trunk=True)
     run_dir = prepare_run_dir(Path(config.state_dir) / state.FINETUNE_RUNS_DIR / timestamp(), to_dict(config),
                               config.train.seed, exist_ok=True)
     train, val = sets["train"], sets["val"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -142,14 +142,28 @@ def run_finetune(grid: GridLike, config: CoordinatorConfig, bundle: Bundle, node
     """Robust averaging rounds over opted-in nodes; publishes the result (parent = `bundle`) if it passes the gate."""
     fed = config.federation
     reference = reference_pointer(config)
-    primary = bundle.load_primary()
-    start = [np.asarray(w) for w in primary.get_weights()]
-    weights = start
-    rounds: list[dict[str, Any]] = []
-    for number in range(1, fed.finetune_rounds + 1):
+
+    def collect(number: int, weights: list[np.ndarray]) -> tuple[list[list[np.ndarray]], list[int], dict[str, str]]:
         contents = {node: finetune_content(bundle, config, weights, reference, number) for node in nodes}
         replies = send_and_collect(grid, contents, FINETUNE, timeout=fed.round_timeout, poll=fed.poll_interval)
-        updates, counts, report = collect_updates(replies, start, fed.max_examples)
+        return collect_updates(replies, weights, fed.max_examples)
+
+    return averaging_rounds(config, bundle, collect, private_key, out_dir)
+
+
+RoundUpdates = Callable[[int, list[np.ndarray]], tuple[list[list[np.ndarray]], list[int], dict[str, str]]]
+
+
+def averaging_rounds(config: CoordinatorConfig, bundle: Bundle, collect: RoundUpdates, private_key: Any,
+                     out_dir: str | Path) -> tuple[Bundle, dict[str, Any]]:
+    """`federation.finetune_rounds` rounds: `collect(round, global weights)` gives the checked updates, their
+    clipped example counts and what happened to every node; their robust aggregate is the next global model.
+    Then the coordinator's step, the gate and, if it passes, the signed child bundle (`publish_if_gated`)."""
+    fed = config.federation
+    weights = [np.asarray(w) for w in bundle.load_primary().get_weights()]
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, fed.finetune_rounds + 1):
+        updates, counts, report = collect(number, weights)
         log.info("fine-tuning round %d: %s", number, report)
         if len(updates) < max(fed.finetune_min_nodes, 1):
             raise FederationError(
@@ -165,11 +179,13 @@ def coordinator_step(config: CoordinatorConfig, bundle: Bundle, weights: list[np
     the trunk, so the detector's tail is refit on the coordinator's own data over that trunk."""
     if config.federation.finetune_objective != "attribution":
         return weights
+    from coordinator.flower.gate import coordinator_split
     from coordinator.train_primary import refit_tail
 
+    index, splits = coordinator_split(config, bundle.input_spec)
     primary = bundle.load_primary()
     primary.set_weights(weights)
-    refit_tail(primary, config, bundle.input_spec)
+    refit_tail(primary, index, splits, bundle.input_spec, config)
     return [np.asarray(w) for w in primary.get_weights()]
 
 

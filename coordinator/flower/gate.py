@@ -28,17 +28,23 @@ def _accuracy(model: Any, samples: list, labels: np.ndarray, spec: Any) -> float
     return float(np.mean((scores >= 0.5) == (labels > 0.5)))
 
 
+def coordinator_split(config: CoordinatorConfig, spec: Any) -> tuple[Any, dict[str, list]]:
+    """(index, splits) of the coordinator's own data read at the bundle's input size and mode: what the gate
+    judges and the `attribution` objective's tail refit trains on. Fine-tuning cannot run without it."""
+    from shared_backbone.data.datasets import load_split
+
+    if not config.data.root:
+        raise FederationError("fine-tuning needs the coordinator's held-out data (`data.root`) for its evaluation gate")
+    return load_split(dataclasses.replace(config.data, image_size=spec.image_size, mode=spec.mode))
+
+
 def evaluation_gate(config: CoordinatorConfig, bundle: Bundle, weights: list[np.ndarray]) -> dict[str, Any]:
     """{passed, split, images, accuracy_before, accuracy_after, tolerance} of the aggregated weights."""
-    from shared_backbone.data.datasets import load_split
     from shared_backbone.training.fit import detection_labels
 
     fed = config.federation
-    if not config.data.root:
-        raise FederationError("fine-tuning needs the coordinator's held-out data (`data.root`) for its evaluation gate")
     spec = bundle.input_spec
-    data = dataclasses.replace(config.data, image_size=spec.image_size, mode=spec.mode)
-    index, splits = load_split(data)
+    index, splits = coordinator_split(config, spec)
     samples = splits.get(fed.gate_split, [])[: fed.gate_max_images]
     if not samples:
         raise FederationError(f"the evaluation gate's split {fed.gate_split!r} of {index.root} is empty")

@@ -175,20 +175,14 @@ def build_head(
     return keras.Model(inputs, outputs, name="head")
 
 
-def build_attribution_model(trunk: keras.Model, head: keras.Model) -> keras.Model:
-    """Frozen trunk (BatchNorm in inference mode) feeding a trainable head, for training a head."""
-    trunk.trainable = False
+def build_attribution_model(trunk: keras.Model, head: keras.Model, *, train_trunk: bool = False) -> keras.Model:
+    """Trunk feeding a head. Frozen (BatchNorm in inference mode) for training a head; with `train_trunk`
+    trained with it (fine-tuning the shared trunk for attribution: the trunk's layers are the primary
+    module's own, so training this model moves the primary's trunk)."""
+    trunk.trainable = train_trunk
     inputs = keras.Input(trunk.input_shape[1:], name="image")
-    features = trunk(inputs, training=False)
+    features = trunk(inputs) if train_trunk else trunk(inputs, training=False)
     return keras.Model(inputs, head(features), name="attribution")
-
-
-def build_trunk_and_head(trunk: keras.Model, head: keras.Model) -> keras.Model:
-    """Trunk and head trained together (fine-tuning the shared trunk for attribution): the trunk's
-    layers are the primary module's own, so training this model moves the primary's trunk."""
-    trunk.trainable = True
-    inputs = keras.Input(trunk.input_shape[1:], name="image")
-    return keras.Model(inputs, head(trunk(inputs)), name="trunk_and_head")
 
 
 def trainable_parameter_count(model: keras.Model) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from attribnet.bench.accuracy.config import AccuracyConfig
 from attribnet.bench.accuracy.bench_data import BenchData, Setting
 from coordinator.config import CoordinatorConfig
-from coordinator.flower.fedavg import aggregate, clip_count, coordinator_step, finetune_train, publish_if_gated
+from coordinator.flower.fedavg import averaging_rounds, clip_count, finetune_train
 from coordinator.publish import publish
 from coordinator.train_primary import train_primary
 from node.config import NegativesConfig, NodeConfig
@@ -126,24 +126,22 @@ class SeedTrainer:
         federation's objective (`node/finetune.py`), the coordinator takes the robust aggregate (refitting its
         detector's tail for the attribution objective), keeps it only if it passes its evaluation gate on its
         own held-out data, and signs it."""
-        fed = self.config.federation
-        train = finetune_train(dataclasses.replace(self.config.primary, seed=self.seed), fed)
-        weights = [np.asarray(w) for w in bundle.load_primary().get_weights()]
-        rounds = []
-        for number in range(1, fed.finetune_rounds + 1):
-            updates, counts = [], []
+        fed, primary = self.config.federation, dataclasses.replace(self.config.primary, seed=self.seed)
+        train = finetune_train(primary, fed)
+
+        def collect(number: int, weights: list[np.ndarray]) -> tuple[list[list[np.ndarray]], list[int], dict[str, str]]:
+            updates, counts, report = [], [], {}
             for source in self.config.roles.nodes:
                 node = dataclasses.replace(self.node_config(source, bundle, STRICT, False, reference=reference), train=train,
                                            state_dir=str(self.out / f"finetune-{name}" / source))
                 update, count = finetune_round(node, bundle, weights, list(self.bench.reals), fed.finetune_objective)
                 updates.append(update)
                 counts.append(clip_count(count, fed.max_examples))
-            weights = aggregate(updates, counts, fed.aggregate, fed.trim_fraction)
-            rounds.append({"round": number, "examples": int(sum(counts)), "aggregate": fed.aggregate})
-        coordinator = CoordinatorConfig(data=coordinator_data, federation=fed, train=dataclasses.replace(self.config.primary, seed=self.seed),
-                                        run_dir=str(self.out / f"coordinator-{name}"))
-        weights = coordinator_step(coordinator, bundle, weights)
-        child, outcome = publish_if_gated(coordinator, bundle, weights, rounds, load_private_key(self.keys[0]), self.out / "bundles-finetuned")
+                report[source] = f"updated ({counts[-1]} examples)"
+            return updates, counts, report
+
+        coordinator = CoordinatorConfig(data=coordinator_data, federation=fed, train=primary, run_dir=str(self.out / f"coordinator-{name}"))
+        child, outcome = averaging_rounds(coordinator, bundle, collect, load_private_key(self.keys[0]), self.out / "bundles-finetuned")
         self.models.finetune = outcome
         if child is not bundle:
             child = load_bundle(child.path, load_public_key(self.keys[1]))
