@@ -25,9 +25,9 @@ accuracy:
   test_perturbations: {jpeg: 75, multi: 0.5}
   baselines: [gdaconv, dctlinear]
   alpha: 0.1
-  protocols: [shared, robust, late_join]
+  protocols: [shared, robust, late_join, spectral_template]
 """
-METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear"}
+METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear", "spectral_template"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def test_every_field_the_interface_promises(report):
     result, _ = report
     assert set(result["clean"]) >= METHODS
     assert set(result["perturbed"]) == {"jpeg", "multi"} and all(set(row) >= METHODS for row in result["perturbed"].values())
-    assert set(result["robust_trained"]["clean"]) >= METHODS
+    assert set(result["robust_trained"]["clean"]) >= METHODS - {"spectral_template"}  # templates are fitted once, on clean images
+    assert set(result["per_seed"][0]["per_source"]["spectral_template"]) == {"tconv_a", "pixshuffle_a"}
     for row in [result["clean"], *result["perturbed"].values(), result["robust_trained"]["clean"]]:
         assert all(0.0 <= value <= 1.0 for value in row.values()), row
     assert {"auroc", "unknown_rate", "known_accuracy_drop", "alpha", "coverage"} <= set(result["open_set"])
@@ -60,6 +61,7 @@ def test_the_models_learn_and_nothing_leaks(report):
     result, _ = report
     assert result["clean"]["detection"] >= 0.8, result["clean"]
     assert result["clean"]["heads_calibrated"] >= 0.5 and result["clean"]["gdaconv"] >= 0.5, result["clean"]
+    assert result["clean"]["spectral_template"] >= 0.5, result["clean"]
     dataset = result["dataset"]
     assert dataset["roles"]["held_out"] == ["modconv_a"] and "modconv_a" not in dataset["reference"]
     assert "bilinear_r (" in dataset["reference"] and "coordinator's own generator" in dataset["reference"]

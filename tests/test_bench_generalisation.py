@@ -27,7 +27,7 @@ accuracy:
   perturb_copies: 1
   test_perturbations: {jpeg: 75}
   baselines: [gdaconv]
-  protocols: [private, private_finetune, lofo, out_of_scope, oracle]
+  protocols: [private, private_finetune, lofo, out_of_scope, oracle, spectral_template]
   federation: {finetune_rounds: 1, finetune_epochs: 1, gate_tolerance: 1.0}
   lofo_families: [tconv]
   out_of_scope_per_kind: 4
@@ -53,7 +53,7 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     result, root = run
     tconv = result["leave_one_family_out"]["tconv"]
     assert tconv["sources"] == ["tconv_a"]
-    for key in ("heads_calibrated", "heads_raw", "gdaconv", "heads_calibrated_founding", "detected"):
+    for key in ("heads_calibrated", "heads_raw", "gdaconv", "heads_calibrated_founding", "spectral_template", "detected"):
         assert 0.0 <= tconv[key] <= 1.0, (key, tconv)
     assert set(result["out_of_scope"]) and all(0.0 <= row["pinned_rate"] <= 1.0 and row["images"] > 0
                                                for row in result["out_of_scope"].values())
@@ -67,7 +67,7 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     assert "clean" in result and "open_set" in result  # the founding setting's keys stay
     text = (root / "BENCHMARKS.md").read_text()
     assert "Fully private setting" in text and "Leave one family out" in text and "| tconv | tconv_a |" in text
-    assert "| fully private + federated fine-tuning |" in text
+    assert "| fully private + federated fine-tuning |" in text and "spectral templates (no backbone)" in text
     assert "Out of scope" in text and "on every node's source" in text
 
 

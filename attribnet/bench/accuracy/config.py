@@ -20,6 +20,8 @@ Settings (who the coordinator's detector and source-aware trunk train on; `proto
                set, and every node's self-made negatives exclude it; its sources stay nodes
   oracle-KIND  the founding setting trained and tested on a copy of the data perturbed as the test
                perturbation KIND is: the ceiling robust training is judged against (oracle.py)
+The `spectral_template` protocol adds a method, not a setting: every node's spectral template from
+its own images and reals only, no backbone (`attribnet/lab/baselines/spectral_template.py`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ ZOO_COORDINATOR = ["tconv_r", "pixshuffle_r"]
 ZOO_HELD_OUT = ["modconv_a"]
 ZOO_FAMILIES = ["tconv", "nnconv", "bilinear", "pixshuffle"]  # the node sources' families (text before "_")
 # What a run does besides the founding setting's clean models, strict heads and baselines.
-PROTOCOLS = ("shared", "robust", "late_join", "private", "private_finetune", "lofo", "out_of_scope", "oracle")
-METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear")
+PROTOCOLS = ("shared", "robust", "late_join", "private", "private_finetune", "lofo", "out_of_scope", "oracle", "spectral_template")
+METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear", "spectral_template")
 BASELINES = ("gdaconv", "postpool", "dctlinear")
 
 
@@ -129,7 +131,7 @@ QUICK = {
     "baseline.epochs": 10,
     "negatives.count": 600,
     "perturb_copies": 1,
-    "protocols": ["shared", "robust", "late_join", "out_of_scope"],
+    "protocols": ["shared", "robust", "late_join", "out_of_scope", "spectral_template"],
 }
 # --profile lofo-quick: the generalisation protocol (founding, private, leave-one-family-out x4,
 # out-of-scope) for one seed in 5-8 minutes on 2 cores (267 s idle, 2026-12-05); no robust retraining, shared heads or
@@ -146,7 +148,7 @@ LOFO_QUICK = {
     "negatives.generators": 8,
     "test_perturbations": {"jpeg": 75},
     "baselines": ["gdaconv", "dctlinear"],
-    "protocols": ["private", "private_finetune", "lofo", "out_of_scope"],
+    "protocols": ["private", "private_finetune", "lofo", "out_of_scope", "spectral_template"],
     "out_of_scope_per_kind": 48,  # one image 2.1 points: fine enough to read the 5% target (16 was 6.2)
 }
 # --profile robust-quick: clean-trained, robust-trained and oracle models (trained and tested on perturbed

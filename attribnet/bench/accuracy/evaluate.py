@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from attribnet.lab.baselines.spectral_template import SpectralTemplate, attribute
 from shared_backbone.data.datasets import DatasetIndex, Sample
 from shared_backbone.data.perturbations import image_rng, perturb_fixed
 from shared_backbone.training.classification_metrics import roc_auc
@@ -87,6 +88,13 @@ def accuracy(predicted: list[str], truth: list[str], mask: list[bool] | None = N
 def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *, raw: bool = False) -> list[str]:
     """The paper's rule: the detector, then the argmax of the (calibrated, or raw) head scores."""
     return [closed_set(r.fake_score, r.raw if raw else r.calibrated, fake_threshold).attribution for r in results]
+
+
+def template_answers(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
+                     fake_threshold: float, index: DatasetIndex) -> list[str]:
+    """The closed-set rule with spectral templates in place of heads: the detector, then the best-correlated node."""
+    best = attribute(templates, images)
+    return [REAL if fake < fake_threshold else index.class_of(source) for fake, source in zip(outputs.fake, best)]
 
 
 def detection_accuracy(outputs: BackboneOutputs, truth: list[str], fake_threshold: float) -> float:

@@ -15,7 +15,8 @@ from attribnet.bench.accuracy.train import STRICT, SeedModels
 from shared_backbone.model.rule import REAL, RuleSettings
 
 # The founding setting's per-source numbers a family left out is compared with, by report key.
-COMPARED = {"heads_calibrated_founding": "heads_calibrated", "gdaconv": "gdaconv", "dct_linear": "dct_linear", "postpool": "postpool"}
+COMPARED = {"heads_calibrated_founding": "heads_calibrated", "gdaconv": "gdaconv", "dct_linear": "dct_linear", "postpool": "postpool",
+            "spectral_template": "spectral_template"}
 
 
 def setting_metrics(models: SeedModels, setting: Setting, bench: BenchData, everything: ev.TestImages,

@@ -17,10 +17,12 @@ ROW_LABELS = {
     "gdaconv": "gdaconv, centralized multiclass",
     "postpool": "postpool, centralized multiclass",
     "dct_linear": "DCT regression, centralized multiclass",
+    "spectral_template": "spectral templates, per node (own images + reals, no backbone; the detector decides real)",
 }
 TIME_KEYS = {
     "detection": ("detector",), "heads_raw": ("detector", "heads_strict"), "heads_calibrated": ("detector", "heads_strict"),
     "heads_shared": ("detector", "heads_shared"), "gdaconv": ("gdaconv",), "postpool": ("postpool",), "dct_linear": ("dctlinear",),
+    "spectral_template": ("detector", "spectral_template"),
 }
 
 
@@ -201,7 +203,9 @@ def _private_section(report: dict[str, Any]) -> list[str]:
         f"Fully private setting: the coordinator trains its detector and source-aware trunk on {', '.join(trained)} only "
         "(never a node's images) and every node joins late; with fine-tuning, every node then trains the backbone on "
         "its own images and the coordinator keeps the robust average of their weights (never an image). The founding "
-        f"setting's models beside them (gdaconv, centralized on every source: {_cell(clean.get('gdaconv'))}).",
+        f"setting's models beside them (gdaconv, centralized on every source: {_cell(clean.get('gdaconv'))}"
+        + (f"; spectral templates, each node's own images and reals, no backbone: {_cell(clean['spectral_template'])}"
+           if "spectral_template" in clean else "") + ").",
         "",
         "| clean test images | " + " | ".join(name for name, _ in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -222,13 +226,13 @@ def _lofo_section(report: dict[str, Any]) -> list[str]:
         "",
         "| family left out | sources | strict heads, calibrated | **strict heads, raw** (the network's rule) | strict heads, founding "
         "| gdaconv (sees all) "
-        "| DCT regression (sees all) | detected as fake | all nodes, calibrated |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| DCT regression (sees all) | spectral templates (no backbone) | detected as fake | all nodes, calibrated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family, row in spread["leave_one_family_out"].items():
         sources = ", ".join(report["per_seed"][0]["leave_one_family_out"][family]["sources"])
         cells = [row.get(k) for k in ("heads_calibrated", "heads_raw", "heads_calibrated_founding", "gdaconv", "dct_linear",
-                                        "detected", "all_nodes_heads_calibrated")]
+                                        "spectral_template", "detected", "all_nodes_heads_calibrated")]
         lines.append(f"| {family} | {sources} | " + " | ".join(_cell(c) for c in cells) + " |")
     return [*lines, ""]
 

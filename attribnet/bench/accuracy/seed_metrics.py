@@ -37,6 +37,9 @@ def test_set_metrics(models: SeedModels, bench: BenchData, images: ev.TestImages
             result = models.baselines.get(f"{model}-{training}")
             if result is not None:
                 row[key] = result.metrics[_baseline_name(name, images.perturbations.get(name))]["accuracy"]
+        if models.templates and training == CLEAN:
+            answers = ev.template_answers(models.templates, images.images(name), outputs, settings.fake_threshold, bench.index)
+            row["spectral_template"] = ev.accuracy(answers, truth)
         table[name] = row
     return table
 
@@ -68,7 +71,8 @@ def late_join(models: SeedModels, bench: BenchData, images: ev.TestImages, setti
 def per_source(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, dict[str, float]]:
     """{method: {node: accuracy on its clean test images}} of the clean-trained strict heads and baselines."""
     truth = ev.truths(bench.index, images.samples)
-    strict = ev.answers(ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN)), models.heads[f"{STRICT}-{CLEAN}"], settings)
+    outputs = ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN))
+    strict = ev.answers(outputs, models.heads[f"{STRICT}-{CLEAN}"], settings)
     table = {
         "heads_raw": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth, bench.roles.nodes),
         "heads_calibrated": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold), truth, bench.roles.nodes),
@@ -78,6 +82,9 @@ def per_source(models: SeedModels, bench: BenchData, images: ev.TestImages, sett
         if result is not None:
             classes = result.metrics["clean"]["per_class"]
             table[key] = {s: classes[bench.index.class_of(s)]["recall"] for s in bench.roles.nodes}
+    if models.templates:
+        answers = ev.template_answers(models.templates, images.images(ev.CLEAN), outputs, settings.fake_threshold, bench.index)
+        table["spectral_template"] = ev.per_source_recall(answers, truth, bench.roles.nodes)
     return table
 
 

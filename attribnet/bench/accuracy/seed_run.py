@@ -109,7 +109,7 @@ class SeedRun:
                 metrics.update(self._scope(models.bundles[CLEAN], models.heads[f"{STRICT}-{CLEAN}"]))
             return metrics
 
-        founding_protocols = sorted(set(self.config.protocols) & {"shared", "robust", "late_join", "out_of_scope"})
+        founding_protocols = sorted(set(self.config.protocols) & {"shared", "robust", "late_join", "out_of_scope", "spectral_template"})
         return self._setting(seed, setting.name, founding_protocols, run)
 
     def other(self, seed: int, setting: Setting) -> dict[str, Any]:

@@ -29,6 +29,9 @@ from node.finetune import finetune as finetune_round
 from node.train_head import train_head
 from shared_backbone.config import DataConfig, PerturbConfig
 from attribnet.lab.baselines.centralized import BaselineConfig, BaselineResult, run_baseline
+from attribnet.lab.baselines.spectral_template import SpectralTemplate, fit_template
+from node.head_data import head_data
+from shared_backbone.training.trunk_cache import load_images
 from shared_backbone.model.bundle import Bundle, load_bundle
 from shared_backbone.model.heads import Head, load_head
 from shared_backbone.model.signing import load_private_key, load_public_key
@@ -44,6 +47,7 @@ class SeedModels:
     bundles: dict[str, Bundle] = field(default_factory=dict)
     heads: dict[str, list[Head]] = field(default_factory=dict)
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
+    templates: list[SpectralTemplate] = field(default_factory=list)  # the spectral_template protocol's, one a node
     seconds: dict[str, float] = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)  # federated fine-tuning's rounds and gate, when a setting ran it
 
@@ -158,6 +162,18 @@ class SeedTrainer:
         self.models.baselines[f"{model}-{ROBUST if robust else CLEAN}"] = result
         return result
 
+    def spectral_templates(self, bundle: Bundle) -> list[SpectralTemplate]:
+        """One template per node from exactly what its strict head trains on: its own train split and the reals among
+        its negatives (its public reals and the reference set's)."""
+        templates = []
+        for source in self.config.roles.nodes:
+            data = head_data(self.node_config(source, bundle, STRICT, False), bundle)
+            reals = [s for s in data.negatives["train"] if s.source in self.bench.reals]
+            size = self.bench.data.image_size
+            templates.append(fit_template(source, load_images(data.positives["train"], size), load_images(reals, size)))
+        self.models.templates = templates
+        return templates
+
     def run(self) -> SeedModels:
         """The founding setting: the detector sees every node; the extra protocols `protocols` asks for."""
         nodes, protocols = len(self.config.roles.nodes), self.config.protocols
@@ -178,6 +194,9 @@ class SeedTrainer:
             late = self._timed("detector_late", f"the detector without the late joiners ({', '.join(self.config.roles.late)})",
                                self.detector, LATE, self.bench.detector_view(late_join=True), self.reference)
             self._timed("heads_late", "strict heads of founding and late nodes on it", self.heads, LATE, late, STRICT)
+        if "spectral_template" in protocols:
+            self._timed("spectral_template", f"{nodes} spectral templates (each node's own images and reals, no backbone)",
+                        self.spectral_templates, clean)
         for model in self.config.baselines:
             for robust_trained in (False, True) if "robust" in protocols else (False,):
                 label = f"{model} ({'robust' if robust_trained else 'clean'}-trained, centralized: sees every source)"
