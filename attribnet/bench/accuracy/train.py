@@ -3,7 +3,8 @@
 Per seed, the founding setting: the detector (clean, then retrained on perturbations as in the
 paper, and once more without the late joiners), signed into bundles that announce the reference
 set; on each bundle one head per node with `node.train_head` (strict access, and the paper's
-shared setting for comparison); the centralized baselines (clean- and robust-trained). Every other
+shared setting for comparison); the centralized baselines (clean- and robust-trained); with the
+`spectral_template` protocol, each node's spectral template from its own images and reals. Every other
 setting (private, leave-one-family-out) is one detector on its own sources, its own reference set,
 and one strict head per node whose negatives leave out the setting's families.
 """

@@ -1,2 +1,2 @@
-"""Centralized baselines that see every source (gdaconv, postpool, DCT regression): what the
-network's strict heads are compared with."""
+"""What the network's strict heads are compared with: centralized baselines that see every source
+(gdaconv, postpool, DCT regression) and a decentralised one with no backbone (spectral templates)."""
