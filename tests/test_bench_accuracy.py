@@ -27,7 +27,8 @@ accuracy:
   alpha: 0.1
   protocols: [shared, robust, late_join, spectral_template]
 """
-METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear", "spectral_template"}
+TEMPLATE_METHODS = {"spectral_template", "heads_templates_borda"}
+METHODS = {"detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "dct_linear", *TEMPLATE_METHODS}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def test_every_field_the_interface_promises(report):
     result, _ = report
     assert set(result["clean"]) >= METHODS
     assert set(result["perturbed"]) == {"jpeg", "multi"} and all(set(row) >= METHODS for row in result["perturbed"].values())
-    assert set(result["robust_trained"]["clean"]) >= METHODS - {"spectral_template"}  # templates are fitted once, on clean images
-    assert set(result["per_seed"][0]["per_source"]["spectral_template"]) == {"tconv_a", "pixshuffle_a"}
+    assert set(result["robust_trained"]["clean"]) >= METHODS - TEMPLATE_METHODS  # templates are fitted once, on clean images
+    assert all(set(result["per_seed"][0]["per_source"][m]) == {"tconv_a", "pixshuffle_a"} for m in TEMPLATE_METHODS)
     for row in [result["clean"], *result["perturbed"].values(), result["robust_trained"]["clean"]]:
         assert all(0.0 <= value <= 1.0 for value in row.values()), row
     assert {"auroc", "unknown_rate", "known_accuracy_drop", "alpha", "coverage"} <= set(result["open_set"])

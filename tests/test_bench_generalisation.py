@@ -61,6 +61,7 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     tiny = result["out_of_scope"]["tiny"]  # 8-15 px: out of scope for the gateway, so here too, never upscaled
     assert tiny["refused_rate"] == 1.0 and tiny["pinned_rate"] == 0.0
     assert 0.0 <= result["private"]["heads_calibrated"] <= 1.0 and "open_set" in result["private"]
+    assert 0.0 <= result["private"]["heads_templates_borda"] <= 1.0  # the templates beside the private heads
     tuned = result["per_seed"][0]["private_finetuned"]  # every node's update averaged into a signed child bundle
     assert tuned["finetune"]["published"] and tuned["finetune"]["rounds"][0]["examples"] > 0
     assert 0.0 <= tuned["heads_raw"] <= 1.0 and set(tuned["out_of_scope"]) == set(result["out_of_scope"])
@@ -68,6 +69,7 @@ def test_leave_one_family_out_and_out_of_scope_are_reported(run):
     text = (root / "BENCHMARKS.md").read_text()
     assert "Fully private setting" in text and "Leave one family out" in text and "| tconv | tconv_a |" in text
     assert "| fully private + federated fine-tuning |" in text and "spectral templates (no backbone)" in text
+    assert "| strict heads + spectral templates, Borda count |" in text
     assert "Out of scope" in text and "on every node's source" in text
 
 

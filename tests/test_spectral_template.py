@@ -1,5 +1,6 @@
 """Spectral templates (`attribnet/lab/baselines/spectral_template.py`): each node's template, from its own
-images and reals only, attributes images of periodic generators it was fitted on, and refuses to fit on nothing."""
+images and reals only, attributes images of periodic generators it was fitted on, and refuses to fit on nothing;
+the Borda count combines two rankings without a weight."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from attribnet.lab.baselines.spectral_template import TemplateError, attribute, fit_template, residual_spectra
+from attribnet.lab.baselines.spectral_template import TemplateError, attribute, borda, fit_template, residual_spectra
 
 SIZE = 32
 
@@ -47,3 +48,11 @@ def test_spectra_have_one_row_per_image_and_templates_refuse_empty_input():
         fit_template("grid4", [], smooth_images(2, rng))
     with pytest.raises(TemplateError, match="no node fitted one"):
         attribute([], smooth_images(1, rng))
+
+
+def test_the_borda_count_adds_ranks_and_breaks_ties_by_the_heads():
+    heads = np.array([[0.9, 0.8, 0.1], [0.9, 0.5, 0.1]])
+    templates = np.array([[0.1, 0.7, 0.6], [0.1, 0.5, 0.9]])
+    # image 0: head ranks 3 2 1 + template ranks 1 3 2 = 4 5 3 -> the second source, first by neither score alone
+    # image 1: 3 2 1 + 1 2 3 = 4 4 4 -> a tie, decided by the heads' order
+    assert borda(heads, templates).argmax(axis=1).tolist() == [1, 0]

@@ -20,8 +20,9 @@ Settings (who the coordinator's detector and source-aware trunk train on; `proto
                set, and every node's self-made negatives exclude it; its sources stay nodes
   oracle-KIND  the founding setting trained and tested on a copy of the data perturbed as the test
                perturbation KIND is: the ceiling robust training is judged against (oracle.py)
-The `spectral_template` protocol adds a method, not a setting: every node's spectral template from
-its own images and reals only, no backbone (`attribnet/lab/baselines/spectral_template.py`).
+The `spectral_template` protocol adds methods, not a setting: every node's spectral template from
+its own images and reals only, no backbone (`attribnet/lab/baselines/spectral_template.py`), alone
+and beside the strict heads (Borda count of the two rankings), in the founding and private settings.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ ZOO_HELD_OUT = ["modconv_a"]
 ZOO_FAMILIES = ["tconv", "nnconv", "bilinear", "pixshuffle"]  # the node sources' families (text before "_")
 # What a run does besides the founding setting's clean models, strict heads and baselines.
 PROTOCOLS = ("shared", "robust", "late_join", "private", "private_finetune", "lofo", "out_of_scope", "oracle", "spectral_template")
-METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear", "spectral_template")
+METHODS = ("detection", "heads_raw", "heads_calibrated", "heads_shared", "gdaconv", "postpool", "dct_linear", "spectral_template",
+           "heads_templates_borda")
 BASELINES = ("gdaconv", "postpool", "dctlinear")
 
 

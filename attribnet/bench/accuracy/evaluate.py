@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from attribnet.lab.baselines.spectral_template import SpectralTemplate, attribute
+from attribnet.lab.baselines.spectral_template import SpectralTemplate, borda, correlations
 from shared_backbone.data.datasets import DatasetIndex, Sample
 from shared_backbone.data.perturbations import image_rng, perturb_fixed
 from shared_backbone.training.classification_metrics import roc_auc
@@ -91,10 +91,22 @@ def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *
 
 
 def template_answers(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
-                     fake_threshold: float, index: DatasetIndex) -> list[str]:
-    """The closed-set rule with spectral templates in place of heads: the detector, then the best-correlated node."""
-    best = attribute(templates, images)
-    return [REAL if fake < fake_threshold else index.class_of(source) for fake, source in zip(outputs.fake, best)]
+                     fake_threshold: float, index: DatasetIndex, heads: list[ImageAttribution] | None = None) -> list[str]:
+    """The closed-set rule with spectral templates in place of the heads, or beside them (`heads`: their results on
+    the same images) by the Borda count of the two rankings: the detector, then the best node."""
+    scores = correlations(templates, images)
+    if heads is not None:
+        sources = [t.source for t in templates]
+        scores = borda(np.array([[r.raw.get(s, -np.inf) for s in sources] for r in heads]), scores)
+    best = scores.argmax(axis=1)
+    return [REAL if fake < fake_threshold else index.class_of(templates[i].source) for fake, i in zip(outputs.fake, best)]
+
+
+def template_rows(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
+                  heads: list[ImageAttribution], fake_threshold: float, index: DatasetIndex) -> dict[str, list[str]]:
+    """The spectral_template protocol's answers: the templates alone, and beside the strict heads (Borda count)."""
+    return {"spectral_template": template_answers(templates, images, outputs, fake_threshold, index),
+            "heads_templates_borda": template_answers(templates, images, outputs, fake_threshold, index, heads)}
 
 
 def detection_accuracy(outputs: BackboneOutputs, truth: list[str], fake_threshold: float) -> float:

@@ -30,13 +30,17 @@ def setting_metrics(models: SeedModels, setting: Setting, bench: BenchData, ever
     calibrated = ev.closed_set_answers(results, settings.fake_threshold)
     nodes = bench.roles.nodes
     detected = {s: float((outputs.fake[[t == s for t in truth]] >= settings.fake_threshold).mean()) for s in nodes}
+    with_templates = ev.template_rows(models.templates, everything.images(ev.CLEAN), outputs, results, settings.fake_threshold,
+                                      bench.index) if models.templates else {}
     return {
+        **{key: ev.accuracy(answers, truth, known) for key, answers in with_templates.items()},
         **setting.describe(bench.reals, bench.config.pretext),
         "detection": ev.accuracy([f >= settings.fake_threshold for f in outputs.fake], [t != REAL for t in truth], known),
         "heads_raw": ev.accuracy(raw, truth, known),
         "heads_calibrated": ev.accuracy(calibrated, truth, known),
         "per_source": {"heads_raw": ev.per_source_recall(raw, truth, nodes),
-                       "heads_calibrated": ev.per_source_recall(calibrated, truth, nodes)},
+                       "heads_calibrated": ev.per_source_recall(calibrated, truth, nodes),
+                       **{key: ev.per_source_recall(answers, truth, nodes) for key, answers in with_templates.items()}},
         "per_source_detected": detected,
         "open_set": ev.open_set_metrics(results, truth, nodes, settings.alpha, settings.fake_threshold),
         "train_seconds": models.seconds,

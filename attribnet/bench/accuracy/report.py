@@ -18,11 +18,13 @@ ROW_LABELS = {
     "postpool": "postpool, centralized multiclass",
     "dct_linear": "DCT regression, centralized multiclass",
     "spectral_template": "spectral templates, per node (own images + reals, no backbone; the detector decides real)",
+    "heads_templates_borda": "strict heads + spectral templates (Borda count of the two rankings; not the network's rule)",
 }
 TIME_KEYS = {
     "detection": ("detector",), "heads_raw": ("detector", "heads_strict"), "heads_calibrated": ("detector", "heads_strict"),
     "heads_shared": ("detector", "heads_shared"), "gdaconv": ("gdaconv",), "postpool": ("postpool",), "dct_linear": ("dctlinear",),
     "spectral_template": ("detector", "spectral_template"),
+    "heads_templates_borda": ("detector", "heads_strict", "spectral_template"),
 }
 
 
@@ -197,6 +199,7 @@ def _private_section(report: dict[str, Any]) -> list[str]:
     rows = [("detection (primary module, real vs fake)", lambda m: m["detection"]),
             ("**strict heads, ranked by raw scores** (the network's rule)", lambda m: m["heads_raw"]),
             ("strict heads, ranked by calibrated scores", lambda m: m["heads_calibrated"]),
+            ("strict heads + spectral templates, Borda count", lambda m: m.get("heads_templates_borda")),
             ("conformal coverage (full rule)", lambda m: m["open_set"]["coverage"]),
             ("known accuracy (full rule)", lambda m: m["open_set"]["known_accuracy_open"])]
     return [

@@ -38,8 +38,9 @@ def test_set_metrics(models: SeedModels, bench: BenchData, images: ev.TestImages
             if result is not None:
                 row[key] = result.metrics[_baseline_name(name, images.perturbations.get(name))]["accuracy"]
         if models.templates and training == CLEAN:
-            answers = ev.template_answers(models.templates, images.images(name), outputs, settings.fake_threshold, bench.index)
-            row["spectral_template"] = ev.accuracy(answers, truth)
+            row.update({key: ev.accuracy(answers, truth) for key, answers in
+                        ev.template_rows(models.templates, images.images(name), outputs, strict, settings.fake_threshold,
+                                           bench.index).items()})
         table[name] = row
     return table
 
@@ -83,8 +84,9 @@ def per_source(models: SeedModels, bench: BenchData, images: ev.TestImages, sett
             classes = result.metrics["clean"]["per_class"]
             table[key] = {s: classes[bench.index.class_of(s)]["recall"] for s in bench.roles.nodes}
     if models.templates:
-        answers = ev.template_answers(models.templates, images.images(ev.CLEAN), outputs, settings.fake_threshold, bench.index)
-        table["spectral_template"] = ev.per_source_recall(answers, truth, bench.roles.nodes)
+        table.update({key: ev.per_source_recall(answers, truth, bench.roles.nodes) for key, answers in
+                      ev.template_rows(models.templates, images.images(ev.CLEAN), outputs, strict, settings.fake_threshold,
+                                      bench.index).items()})
     return table
 
 

@@ -116,7 +116,8 @@ class SeedRun:
         reference = reference_set(self.bench, self.workdir, setting.reference_fakes)
 
         def run(out: Path) -> dict[str, Any]:
-            models = SeedTrainer(self.config, self.bench, self.keys, reference, seed, out, self.step).setting(setting, reference)
+            models = SeedTrainer(self.config, self.bench, self.keys, reference, seed, out, self.step).setting(
+                setting, reference, templates=templated)
             self.step(f"seed {seed}: {setting.name}: evaluate")
             metrics = setting_metrics(models, setting, self.bench, self.everything, self.rule)
             if models.finetune:
@@ -126,7 +127,8 @@ class SeedRun:
             return metrics
 
         scoped = self.corpus is not None and setting.name in (PRIVATE, PRIVATE_FINETUNED)
-        return self._setting(seed, setting.name, [setting.name, scoped], run)
+        templated = "spectral_template" in self.config.protocols and setting.name in (PRIVATE, PRIVATE_FINETUNED)
+        return self._setting(seed, setting.name, [setting.name, scoped, *(["spectral_template"] if templated else [])], run)
 
     def oracle(self, seed: int, kind: str, value: float) -> dict[str, Any]:
         """The founding setting trained and tested on data perturbed by `kind` at `value` (`oracle.py`)."""

@@ -112,8 +112,9 @@ class SeedTrainer:
         self.models.heads[name] = heads
         return heads
 
-    def setting(self, setting: Setting, reference: Path) -> SeedModels:
-        """One detector on the setting's sources and a strict head per node (negatives without its families)."""
+    def setting(self, setting: Setting, reference: Path, *, templates: bool = False) -> SeedModels:
+        """One detector on the setting's sources and a strict head per node (negatives without its families);
+        `templates`: each node's spectral template too (they read no backbone, but the node's data as this setting has it)."""
         sources = ", ".join(setting.detector_fakes) or "no generator"
         bundle = self._timed("detector", f"{setting.name}: the detector and its trunk on real + {sources}", self.detector,
                              setting.name, self.bench.setting_view(setting), reference, exclude_families=setting.exclude_families)
@@ -123,6 +124,8 @@ class SeedTrainer:
         negatives = dataclasses.replace(self.config.negatives, exclude_families=list(setting.exclude_families))
         self._timed("heads_strict", f"{setting.name}: {len(self.config.roles.nodes)} strict heads", self.heads, STRICT, bundle,
                     STRICT, reference=reference, negatives=negatives)
+        if templates:
+            self._timed("spectral_template", f"{setting.name}: spectral templates", self.spectral_templates, bundle)
         return self.models
 
     def finetune(self, name: str, bundle: Bundle, reference: Path, coordinator_data: DataConfig) -> Bundle:

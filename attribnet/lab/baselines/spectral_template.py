@@ -9,8 +9,9 @@ cross-correlation, a number in [-1, 1] that is comparable across nodes without a
 the best-correlated node is the image's source.
 
 Nothing is trained and no backbone is read, so the baseline shows how much attribution the images'
-spectra allow to nodes that each see only their own images (BENCHMARKS.md). It is a benchmark
-method, not part of the network: the gateway sends nodes trunk features, not spectra.
+spectra allow to nodes that each see only their own images (BENCHMARKS.md). `borda` combines its
+ranking with the heads' without a weight to choose. Both are benchmark methods, not part of the
+network: the gateway sends nodes trunk features, not spectra.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import scipy.stats
 
 from shared_backbone.model.preprocessing import pixel_residuals
 
@@ -66,10 +68,24 @@ def fit_template(source: str, own: Sequence[np.ndarray], reals: Sequence[np.ndar
     return SpectralTemplate(source, template - template.mean(), real_mean, len(own))
 
 
-def attribute(templates: Sequence[SpectralTemplate], images: Sequence[np.ndarray]) -> list[str]:
-    """The best-correlated node of each image (closed set over the templates' sources)."""
+def correlations(templates: Sequence[SpectralTemplate], images: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, S): each image's correlation with each node's template, in the templates' order."""
     if not templates:
         raise TemplateError("spectral templates: no node fitted one")
     spectra = residual_spectra(images)
-    correlations = np.stack([t.correlation(spectra) for t in templates], axis=1)
-    return [templates[i].source for i in correlations.argmax(axis=1)]
+    return np.stack([t.correlation(spectra) for t in templates], axis=1)
+
+
+def attribute(templates: Sequence[SpectralTemplate], images: Sequence[np.ndarray]) -> list[str]:
+    """The best-correlated node of each image (closed set over the templates' sources)."""
+    return [templates[i].source for i in correlations(templates, images).argmax(axis=1)]
+
+
+def borda(head_scores: np.ndarray, template_scores: np.ndarray) -> np.ndarray:
+    """(N, S) combined order of two (N, S) scores of the same sources: the sum of each score's ranks
+    (Borda count, no weight to choose), ties going to the head's order."""
+    def ranks(scores: np.ndarray) -> np.ndarray:
+        return scipy.stats.rankdata(scores, axis=1)
+
+    head_ranks = ranks(head_scores)
+    return head_ranks + ranks(template_scores) + head_ranks / (head_scores.shape[1] + 1)
