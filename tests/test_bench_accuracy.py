@@ -120,3 +120,25 @@ def test_a_profile_keeps_its_seeds_unless_the_command_names_others():
         load(parse("--set", "out_of_scope_per_kind"))
     with pytest.raises(ValueError, match="pretext"):
         load(parse("--set", "pretext.nonsense=1"))
+
+
+def test_the_benchmark_decides_by_the_whole_rule_of_attribnet_predict(report):
+    """Its open-set numbers come from the rule with the typicality gate, exactly as `attribnet predict` answers."""
+    from attribnet.bench.accuracy import evaluate as ev
+    from shared_backbone.model.attributor import OfflineAttributor
+    from shared_backbone.model.bundle import load_bundle
+    from shared_backbone.model.heads import load_head
+    from shared_backbone.model.preprocessing import load_image, to_model_inputs
+    from shared_backbone.model.rule import RuleSettings
+
+    _, benchmarks = report
+    (founding,) = (benchmarks.parent / "results" / "work" / "seed-0").glob("founding-*")
+    bundle = load_bundle(founding / "bundle-clean", None)
+    heads = [load_head(path, bundle) for path in sorted(founding.glob("heads-strict-*clean/*/head"))]
+    images = [load_image(path, 32) for path in sorted((benchmarks.parent / "results" / "work").glob("zoo/*_a/*.png"))[:12]]
+    assert len(heads) == 2 and len(images) == 12
+    bench = ev.answers(ev.run_backbone(bundle, images), heads, RuleSettings())
+    offline = OfflineAttributor(bundle, heads).attribute(to_model_inputs(images, bundle.input_spec))
+    assert all(r.typicality_p_values for r in bench)
+    assert [r.attribution for r in bench] == [r.attribution for r in offline]
+    assert [r.typicality_p_values for r in bench] == [r.typicality_p_values for r in offline]

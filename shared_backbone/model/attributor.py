@@ -43,9 +43,16 @@ class OfflineAttributor:
 
     def attribute_features(self, fake_scores: np.ndarray, features: np.ndarray) -> list[ImageAttribution]:
         """The decision from `run_backbone`'s outputs, for callers that also need the features (heatmaps)."""
-        features32 = features.astype(np.float32)
-        raw = {head.source: head.raw_scores(features32) for head in self.heads}
-        typicality = {head.source: head.typicality_scores(features) for head in self.heads if head.typicality is not None}
-        calibrations = {head.source: head.calibration for head in self.heads}
-        thresholds = {head.source: head.threshold for head in self.heads}
-        return attribute_batch(fake_scores, raw, calibrations, thresholds, self.settings, typicality)
+        return attribute_with_heads(self.heads, fake_scores, features, self.settings)
+
+
+def attribute_with_heads(heads: list[Head], fake_scores: np.ndarray, features: np.ndarray,
+                         settings: RuleSettings = RuleSettings()) -> list[ImageAttribution]:
+    """Every local head's raw and typicality scores of the heads' float16 features, then the shared rule: what
+    the gateway decides from the nodes' answers, in one process (`attribnet predict`, the benchmarks)."""
+    features32 = features.astype(np.float32)
+    raw = {head.source: head.raw_scores(features32) for head in heads}
+    typicality = {head.source: head.typicality_scores(features) for head in heads if head.typicality is not None}
+    calibrations = {head.source: head.calibration for head in heads}
+    thresholds = {head.source: head.threshold for head in heads}
+    return attribute_batch(fake_scores, raw, calibrations, thresholds, settings, typicality)

@@ -21,7 +21,8 @@ from shared_backbone.model.bundle import Bundle
 from shared_backbone.model.features import as_head_features
 from shared_backbone.model.heads import Head
 from shared_backbone.model.preprocessing import load_image, to_model_input
-from shared_backbone.model.rule import REAL, ImageAttribution, RuleSettings, attribute_batch, closed_set
+from shared_backbone.model.attributor import attribute_with_heads
+from shared_backbone.model.rule import REAL, ImageAttribution, RuleSettings, closed_set
 
 BATCH = 256
 CLEAN = "clean"
@@ -70,10 +71,9 @@ def run_backbone(bundle: Bundle, images: list[np.ndarray]) -> BackboneOutputs:
 
 
 def answers(outputs: BackboneOutputs, heads: list[Head], settings: RuleSettings) -> list[ImageAttribution]:
-    """Every image's answer by the network's rule (raw and calibrated scores, p-values kept)."""
-    features = outputs.features.astype(np.float32)
-    raw = {head.source: head.raw_scores(features) for head in heads}
-    return attribute_batch(outputs.fake, raw, {h.source: h.calibration for h in heads}, {h.source: h.threshold for h in heads}, settings)
+    """Every image's answer by the network's whole rule, typicality gate included (raw and calibrated scores and
+    p-values kept): `attribnet predict`'s own function."""
+    return attribute_with_heads(heads, outputs.fake, outputs.features, settings)
 
 
 def truths(index: DatasetIndex, samples: list[Sample]) -> list[str]:
