@@ -147,3 +147,16 @@ def test_runs_of_other_configurations_keep_their_results_apart(tmp_path):
     _store(paths[1], prints[1], {"accuracy": 0.7})
     assert _stored(paths[0], prints[0]) == {"accuracy": 0.5} and _stored(paths[1], prints[1]) == {"accuracy": 0.7}
     assert _stored(paths[0], prints[1]) is None
+
+
+def test_results_of_older_evaluation_code_are_never_read(tmp_path, monkeypatch):
+    """A workdir keeps its results across code changes; a change of what the results mean raises RESULTS_VERSION,
+    and a result stored under the old version is then trained and evaluated again, not read."""
+    from attribnet.bench.accuracy import seed_run
+    from attribnet.bench.accuracy.config import AccuracyConfig
+
+    old = seed_run._fingerprint(AccuracyConfig(), ["x"])
+    seed_run._store(seed_run.result_path(tmp_path, 0, "founding", old), old, {"accuracy": 0.5})
+    monkeypatch.setattr(seed_run, "RESULTS_VERSION", seed_run.RESULTS_VERSION + 1)
+    new = seed_run._fingerprint(AccuracyConfig(), ["x"])
+    assert new != old and seed_run._stored(seed_run.result_path(tmp_path, 0, "founding", new), new) is None

@@ -2,9 +2,10 @@
 
 A setting's models are trained in WORKDIR/seed-S/SETTING-<fingerprint>/ and its results kept in
 WORKDIR/results/seed-S/SETTING-<fingerprint>.json, the fingerprint being a digest of the
-configuration they depend on. A later run of the same configuration (a killed one resumed, or one
-that adds seeds or settings) reads the results instead of training again; runs of other
-configurations in the same workdir (another input mode, even side by side) keep theirs apart.
+configuration they depend on and of `RESULTS_VERSION` (so results of older evaluation code are never
+reused). A later run of the same configuration (a killed one resumed, or one that adds seeds or
+settings) reads the results instead of training again; runs of other configurations in the same
+workdir (another input mode, even side by side) keep theirs apart.
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ from shared_backbone.config import to_dict
 from shared_backbone.model.rule import RuleSettings
 
 
+# Raised whenever a change alters what a setting's stored results hold or mean, so that no run reads results
+# that older code computed. 2: the open set decides with the heads' typicality gate (2026-12-07).
+RESULTS_VERSION = 2
+
+
 def _fingerprint(config: AccuracyConfig, extra: Any = None, *, finetuned: bool = False) -> str:
     """What a setting's results depend on: the config without seeds, output places and protocol list
-    (and without the federation's settings unless the setting fine-tunes)."""
+    (and without the federation's settings unless the setting fine-tunes), and `RESULTS_VERSION`."""
     unused = ("seeds", "out", "workdir", "protocols", *(() if finetuned else ("federation",)))
     values = {k: v for k, v in to_dict(config).items() if k not in unused}
-    return hashlib.sha256(json.dumps([values, extra], sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([values, extra, RESULTS_VERSION], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def result_path(workdir: Path, seed: int, name: str, fingerprint: str) -> Path:
