@@ -90,23 +90,19 @@ def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *
     return [closed_set(r.fake_score, r.raw if raw else r.calibrated, fake_threshold).attribution for r in results]
 
 
-def template_answers(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
-                     fake_threshold: float, index: DatasetIndex, heads: list[ImageAttribution] | None = None) -> list[str]:
-    """The closed-set rule with spectral templates in place of the heads, or beside them (`heads`: their results on
-    the same images) by the Borda count of the two rankings: the detector, then the best node."""
-    scores = correlations(templates, images)
-    if heads is not None:
-        sources = [t.source for t in templates]
-        scores = borda(np.array([[r.raw.get(s, -np.inf) for s in sources] for r in heads]), scores)
-    best = scores.argmax(axis=1)
-    return [REAL if fake < fake_threshold else index.class_of(templates[i].source) for fake, i in zip(outputs.fake, best)]
-
-
 def template_rows(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
                   heads: list[ImageAttribution], fake_threshold: float, index: DatasetIndex) -> dict[str, list[str]]:
-    """The spectral_template protocol's answers: the templates alone, and beside the strict heads (Borda count)."""
-    return {"spectral_template": template_answers(templates, images, outputs, fake_threshold, index),
-            "heads_templates_borda": template_answers(templates, images, outputs, fake_threshold, index, heads)}
+    """The spectral_template protocol's closed-set answers, the detector first: the best-correlated node
+    (templates alone), and the best node by the Borda count of the heads' and the templates' rankings."""
+    sources = [t.source for t in templates]
+    alone = correlations(templates, images)
+    beside = borda(np.array([[r.raw.get(s, -np.inf) for s in sources] for r in heads]), alone)
+
+    def answers(scores: np.ndarray) -> list[str]:
+        best = scores.argmax(axis=1)
+        return [REAL if fake < fake_threshold else index.class_of(sources[i]) for fake, i in zip(outputs.fake, best)]
+
+    return {"spectral_template": answers(alone), "heads_templates_borda": answers(beside)}
 
 
 def detection_accuracy(outputs: BackboneOutputs, truth: list[str], fake_threshold: float) -> float:

@@ -115,7 +115,8 @@ class SeedRun:
                 metrics.update(self._scope(models.bundles[CLEAN], models.heads[f"{STRICT}-{CLEAN}"]))
             return metrics
 
-        founding_protocols = sorted(set(self.config.protocols) & {"shared", "robust", "late_join", "out_of_scope", "spectral_template"})
+        founding_protocols = sorted(set(self.config.protocols)
+                                    & {"shared", "robust", "late_join", "out_of_scope", "spectral_template"})
         return self._setting(seed, setting.name, founding_protocols, run)
 
     def other(self, seed: int, setting: Setting) -> dict[str, Any]:
@@ -132,8 +133,9 @@ class SeedRun:
                 metrics.update(self._scope(models.bundles[setting.name], models.heads[STRICT]))
             return metrics
 
-        scoped = self.corpus is not None and setting.name in (PRIVATE, PRIVATE_FINETUNED)
-        templated = "spectral_template" in self.config.protocols and setting.name in (PRIVATE, PRIVATE_FINETUNED)
+        private = setting.name in (PRIVATE, PRIVATE_FINETUNED)
+        scoped = self.corpus is not None and private
+        templated = "spectral_template" in self.config.protocols and private
         return self._setting(seed, setting.name, [setting.name, scoped, *(["spectral_template"] if templated else [])], run)
 
     def oracle(self, seed: int, kind: str, value: float) -> dict[str, Any]:
