@@ -65,6 +65,21 @@ def test_a_partial_answer_says_so_in_its_headline():
     assert "PARTIAL" not in whole
 
 
+def test_the_table_says_why_after_the_scores():
+    from attribnet.commands.query import _table
+    from shared_backbone.model.rule import REASONS
+
+    record = {
+        "path": "x.png", "attribution": "unknown", "reason": "atypical", "fake_score": 0.9,
+        "backbone": {"version": "1", "digest": "ab" * 32}, "scores": {"tconv_a": 0.8}, "raw_scores": {"tconv_a": 0.7},
+        "thresholds": {"tconv_a": 0.5}, "p_values": {"tconv_a": 0.4}, "prediction_set": ["tconv_a"], "alpha": 0.05,
+        "typicality_p_values": {"tconv_a": 0.01}, "missing_nodes": [], "missing_reasons": {},
+    }
+    lines = _table(record).splitlines()
+    assert lines[-2].startswith("  prediction set at alpha 0.05") and lines[-1] == f"  why: {REASONS['atypical']}"
+    assert "why:" not in _table({**record, "reason": "out_of_scope", "out_of_scope": "too small to judge (8x8)"})
+
+
 def test_output_piped_into_head_ends_quietly(tmp_path):
     """Thousands of answer lines (here: files that cannot be read, so no gateway is needed) into a
     reader that leaves after one line: no traceback, no 'Broken pipe' noise."""

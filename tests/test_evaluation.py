@@ -98,7 +98,7 @@ def test_reports_write_csv_json_and_pngs(tmp_path):
 def test_coverage_by_group_is_per_source_and_photo_over_known_fakes():
     """The guarantee's event: the true source's p-value above alpha (or none), whatever the detector says."""
     from attribnet.bench.accuracy.evaluate import coverage_by_group, open_set_metrics
-    from shared_backbone.model.rule import ImageAttribution
+    from shared_backbone.model.rule import ImageAttribution, RuleSettings
 
     def answer(p_a: float, p_b: float, fake: float = 0.9) -> ImageAttribution:
         return ImageAttribution(fake_score=fake, raw={"a": 0.5, "b": 0.5}, p_values={"a": p_a, "b": p_b},
@@ -114,5 +114,38 @@ def test_coverage_by_group_is_per_source_and_photo_over_known_fakes():
     got = coverage_by_group(results, truth, fakes, groups, 0.05)
     assert got["groups"] == 3 and got["mean"] == pytest.approx((1 + 0 + 0.5) / 3) and got["min"] == 0.0
     assert coverage_by_group(results, truth, [False] * 6, groups, 0.05) == {"groups": 0}
-    metrics = open_set_metrics(results, truth, ["a", "b"], 0.05, 0.5, groups)
+    metrics = open_set_metrics(results, truth, ["a", "b"], RuleSettings(alpha=0.05), groups)
     assert metrics["conformal_coverage"] == pytest.approx(3 / 5) and metrics["coverage"] == pytest.approx(2 / 5)
+
+
+def test_open_set_drop_is_against_the_rules_own_order_and_split_by_the_rules_exits():
+    """Hand-made answers: the closed set the drop is measured against ranks as the rule does (raw here, where
+    the calibrated argmax of image 1 is wrong), each lost image is counted under the exit that lost it, and
+    the rule's own knownness (the best source's smaller p-value) ranks the unseen image last."""
+    from attribnet.bench.accuracy.evaluate import open_set_metrics
+    from shared_backbone.model.rule import ImageAttribution, RuleSettings
+
+    def answer(raw, calibrated, attribution, reason, p_values, typicality_p_values=None, fake=0.9):
+        return ImageAttribution(fake_score=fake, raw=raw, calibrated=calibrated, attribution=attribution, reason=reason,
+                                p_values=p_values, typicality_p_values=typicality_p_values or {})
+
+    results = [
+        answer({"a": 0.9, "b": 0.6}, {"a": 0.4, "b": 0.7}, "a", "best_source", {"a": 0.7, "b": 0.3}),
+        answer({"a": 0.9, "b": 0.2}, {"a": 0.9, "b": 0.2}, "unknown", "atypical", {"a": 0.5, "b": 0.1}, {"a": 0.02}),
+        answer({"a": 0.3, "b": 0.8}, {"a": 0.6, "b": 0.8}, "a", "best_source", {"a": 0.2, "b": 0.03}),  # b excluded
+        answer({"a": 0.9, "b": 0.9}, {"a": 0.9, "b": 0.9}, "real", "detector_real", {}, fake=0.1),
+        answer({"a": 0.9, "b": 0.1}, {"a": 0.9, "b": 0.1}, "unknown", "atypical", {"a": 0.5, "b": 0.1}, {"a": 0.01}),
+        answer({"a": 0.8, "b": 0.1}, {"a": 0.8, "b": 0.1}, "a", "best_source", {"a": 0.6, "b": 0.1}, {"a": 0.8}),
+    ]
+    truth = ["a", "a", "b", "real", "c", "a"]  # c: a generator no node holds
+    metrics = open_set_metrics(results, truth, ["a", "b"], RuleSettings(rank_by="raw"))
+    assert metrics["known_accuracy_closed"] == 1.0  # by the calibrated argmax image 1 would be lost: 0.8
+    assert metrics["known_accuracy_open"] == pytest.approx(3 / 5) and metrics["known_accuracy_drop"] == pytest.approx(2 / 5)
+    lost = {reason: share for reason, share in metrics["known_accuracy_lost"].items() if share}
+    assert lost == {"atypical": pytest.approx(1 / 5), "best_source": pytest.approx(1 / 5)}
+    assert metrics["wrong_source_closed"] == 0.0 and metrics["wrong_source_open"] == pytest.approx(1 / 5)
+    assert metrics["unknown_rate"] == 1.0
+    assert metrics["auroc"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)  # best p-values .7 .5 .2 .6 against the unseen .5
+    assert metrics["auroc_rule"] == 1.0  # .7 .02 .03 .6 against the unseen image's min(.5, .01)
+    calibrated = open_set_metrics(results, truth, ["a", "b"], RuleSettings(rank_by="calibrated"))
+    assert calibrated["known_accuracy_closed"] == pytest.approx(4 / 5)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared_backbone.model.rule import REASONS
 from tests.network_support import (IMAGE_SIZE, Net, make_bundle, make_head, node_config, png_bytes, register_request,
     register_signed, registry_stub, signed_metadata, status_code, wait_until, write_certificates, write_enrolment)
 
@@ -90,6 +91,7 @@ def test_answers_match_offline_attributor(net, offline):
     for i, (got, want) in enumerate(zip(results, expected)):
         assert got.index == i
         assert got.attribution == want.attribution
+        assert got.reason == want.reason and got.reason in REASONS
         assert got.fake_score == pytest.approx(want.fake_score, abs=1e-6)
         assert set(got.scores) == set(SOURCES)
         for source in SOURCES:
@@ -117,7 +119,7 @@ def test_images_too_small_to_judge_are_out_of_scope_and_the_others_answered(net,
     assert [r.index for r in results] == [0, 1, 2, 3]
     for small, size in ((results[0], "16x16"), (results[2], "64x20")):
         assert small.attribution == "unknown" and "too small to judge" in small.out_of_scope and size in small.out_of_scope
-        assert small.scores == {} and small.prediction_set == []
+        assert small.scores == {} and small.prediction_set == [] and small.reason == "out_of_scope"
     expected = offline.attribute(np.stack([preprocess(images[i], net.bundle.input_spec) for i in (1, 3)]))
     for got, want in zip((results[1], results[3]), expected):
         assert got.out_of_scope == "" and got.attribution == want.attribution

@@ -215,7 +215,7 @@ def test_query_cli_equals_predict_cli(network, zoo_test_split, zoo_heads, keypai
     online = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["path"] for row in offline] == [row["path"] for row in online] == paths
     for want, got in zip(offline, online):
-        assert got["attribution"] == want["attribution"], got["path"]
+        assert got["attribution"] == want["attribution"] and got["reason"] == want["reason"], got["path"]
         assert got["fake_score"] == pytest.approx(want["fake_score"], abs=1e-6)
         assert got["scores"] == pytest.approx({s: h["calibrated"] for s, h in want["heads"].items()}, abs=1e-6)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared_backbone.model.calibration import Calibration
-from shared_backbone.model.rule import AMBIGUOUS, REAL, UNKNOWN, RuleSettings, attribute_batch, closed_set, decide
+from shared_backbone.model.rule import (AMBIGUOUS, REAL, REASONS, UNKNOWN, RuleSettings, attribute_batch, closed_set, decide,
+                                        out_of_scope)
 
 
 def test_the_detector_decides_real_first():
@@ -119,6 +120,25 @@ def test_a_tie_is_unknown_when_both_find_the_image_atypical():
     scores, thresholds = {"a": 0.8, "b": 0.8}, {"a": 0.5, "b": 0.5}
     assert decide(0.9, scores, thresholds, typicality_p_values={"a": 0.01, "b": 0.3}).attribution == AMBIGUOUS
     assert decide(0.9, scores, thresholds, typicality_p_values={"a": 0.001, "b": 0.001}).attribution == UNKNOWN
+
+
+def test_every_answer_names_the_exit_of_the_rule_that_gave_it():
+    thresholds = {"a": 0.5, "b": 0.5}
+    cases = {
+        "detector_real": decide(0.2, {"a": 0.9}, thresholds),
+        "no_candidate": decide(0.9, {"a": 0.4, "b": 0.3}, thresholds),
+        "tie": decide(0.9, {"a": 0.8, "b": 0.8}, thresholds),
+        "atypical_tie": decide(0.9, {"a": 0.8, "b": 0.8}, thresholds, typicality_p_values={"a": 0.01, "b": 0.01}),
+        "atypical": decide(0.9, {"a": 0.9, "b": 0.6}, thresholds, typicality_p_values={"a": 0.01}),
+        "best_source": decide(0.9, {"a": 0.9, "b": 0.6}, thresholds, typicality_p_values={"a": 0.5}),
+    }
+    for reason, decision in cases.items():
+        assert decision.reason == reason, (reason, decision)
+    assert [cases[r].attribution for r in cases] == [REAL, UNKNOWN, AMBIGUOUS, UNKNOWN, UNKNOWN, "a"]
+    assert out_of_scope("too small").reason == "out_of_scope"
+    assert set(REASONS) == {*cases, "out_of_scope"}  # every code is an exit, every exit a code
+    results = attribute_batch(np.array([0.9, 0.1]), {"a": np.array([0.9, 0.9])}, {"a": Calibration()}, thresholds)
+    assert [r.reason for r in results] == ["best_source", "detector_real"]
 
 
 def test_attribute_batch_turns_typicality_into_p_values_and_ignores_degenerate_references():

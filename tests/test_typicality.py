@@ -133,7 +133,7 @@ def test_head_stores_and_checks_its_typicality_model(tmp_path, keypair):
 def test_predict_json_shows_typicality_and_answers_small_images_out_of_scope(tmp_path, keypair, capsys):
     from attribnet.cli import main
     from shared_backbone.model.heads import load_head
-    from shared_backbone.model.rule import DEFAULT_TYPICALITY_ALPHA
+    from shared_backbone.model.rule import DEFAULT_TYPICALITY_ALPHA, REASONS
 
     bundle = make_bundle(tmp_path / "bundle", *keypair)
     make_head(tmp_path / "alpha", bundle, "alpha", seed=7, typicality=True)
@@ -150,6 +150,7 @@ def test_predict_json_shows_typicality_and_answers_small_images_out_of_scope(tmp
     assert code == 0
     tiny = records["c_tiny.png"]
     assert tiny["attribution"] == "unknown" and "too small" in tiny["out_of_scope"] and "16x16" in tiny["out_of_scope"]
+    assert tiny["reason"] == "out_of_scope"
     alpha = load_head(tmp_path / "alpha" / "head", bundle)
     for name in ("a_random.png", "b_gradient.png"):
         record = records[name]
@@ -160,6 +161,8 @@ def test_predict_json_shows_typicality_and_answers_small_images_out_of_scope(tmp
     # alpha's model was fitted on random-pixel images: another one is typical, a gradient is not
     assert records["a_random.png"]["heads"]["alpha"]["typicality_p_value"] > 0.05
     gradient = records["b_gradient.png"]["heads"]["alpha"]
+    for record in records.values():  # the reason is the exit that gave the answer: a named source only by best_source
+        assert record["reason"] in REASONS and (record["reason"] == "best_source") == (record["attribution"] in ("alpha", "beta"))
     assert gradient["typicality_p_value"] == pytest.approx(1 / (len(alpha.calibration.typicality_scores) + 1))
 
 

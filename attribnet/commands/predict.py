@@ -6,7 +6,8 @@ ones. A file that cannot be read gets an error line and the rest are still answe
 is 1 when any file failed. An image too small to judge (shorter side below the backbone's input
 size) is never upscaled: it is answered `unknown` with an `out_of_scope` reason (not an error).
 
---json, one object per image: path, fake_score, attribution, prediction_set, alpha,
+--json, one object per image: path, fake_score, attribution, reason (the rule's exit that gave it:
+`shared_backbone/model/rule.py` REASONS, e.g. `atypical`, `no_candidate`), prediction_set, alpha,
 typicality_alpha, rank_by, backbone; `heads` per source: raw, calibrated, p_value (when the head has a
 conformal reference), typicality (the image's typicality score, when the head has a typicality
 model) and typicality_p_value (when it also has a usable reference); `out_of_scope` instead of
@@ -88,7 +89,7 @@ def _format_line(record: dict[str, Any]) -> str:
         typical = f" typical-p {scores['typicality_p_value']:.3f}" if "typicality_p_value" in scores else ""
         parts.append(f"{source} raw {scores['raw']:.4f} cal {scores['calibrated']:.4f}{p_value}{typical}")
     kept = ", ".join(record["prediction_set"]) or "none"
-    line = " | ".join(parts) + f" -> {record['attribution']} (set at alpha {record['alpha']:g}: {kept})"
+    line = " | ".join(parts) + f" -> {record['attribution']} [{record['reason']}] (set at alpha {record['alpha']:g}: {kept})"
     if "heatmap" in record:
         line += f"  [{record['heatmap_method']} of {record['heatmap_model']}: {record['heatmap']}]"
     return line
@@ -165,6 +166,7 @@ def _process_chunk(chunk: list[Item], attributor, heads_by_source, heatmap_dir, 
                 "fake_score": answer.fake_score,
                 "heads": {s: _head_record(answer, s) for s in answer.raw},
                 "attribution": answer.attribution,
+                "reason": answer.reason,
                 "prediction_set": answer.prediction_set,
                 "alpha": attributor.settings.alpha,
                 "typicality_alpha": attributor.settings.typicality_alpha,
@@ -184,7 +186,7 @@ def _out_of_scope_record(item: Item, attributor) -> dict[str, Any]:
     """An image answered without judging it: `unknown` and why (no scores)."""
     from shared_backbone.model.rule import UNKNOWN
 
-    return {"path": str(item.path), "attribution": UNKNOWN, "out_of_scope": item.out_of_scope, "heads": {},
+    return {"path": str(item.path), "attribution": UNKNOWN, "reason": "out_of_scope", "out_of_scope": item.out_of_scope, "heads": {},
             "prediction_set": [], "backbone_version": attributor.bundle.version,
             "backbone_digest": attributor.bundle.digest}
 

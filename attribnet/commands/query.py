@@ -86,6 +86,8 @@ def attribute_paths(client, paths: list[str], *, heatmap: bool, batch_size: int)
 
 
 def _table(record: dict) -> str:
+    from shared_backbone.model.rule import REASONS
+
     if "error" in record:
         return f"{record['path']}: ERROR {record['error']}"
     backbone = record["backbone"]
@@ -111,6 +113,8 @@ def _table(record: dict) -> str:
         lines.append(f"  prediction set at alpha {record['alpha']:g}: {kept}")
     else:
         lines.append("  no source answered")
+    if record.get("reason") in REASONS and not record.get("out_of_scope"):
+        lines.append(f"  why: {REASONS[record['reason']]}")
     return "\n".join(lines)
 
 

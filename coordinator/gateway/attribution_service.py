@@ -129,6 +129,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             typicality_p_values=answer.typicality_p_values,
             typicality_alpha=self.rule.typicality_alpha,
             out_of_scope=answer.out_of_scope,
+            decision_reason=answer.reason,
         )
 
     def ListSources(self, request: pb.ListSourcesRequest, context: grpc.ServicerContext) -> pb.ListSourcesResponse:

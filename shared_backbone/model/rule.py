@@ -28,6 +28,10 @@
    fewer than 10 values, or all equal; e.g. imported paper heads) cannot find anything
    atypical: it is not gated, and its answers carry no typicality p-value.
 
+Every answer carries the exit that gave it (`REASONS`: `detector_real`, `no_candidate`, `tie`,
+`atypical_tie`, `atypical`, `best_source`, or `out_of_scope`), so a client reading `unknown` knows
+whether no source claimed the image or the best one found it atypical.
+
 The paper's closed-set rule is the same function with `alpha = 0`, thresholds 0, no margin and
 no typicality gate (`closed_set`): the argmax of the ranking scores, ties still ambiguous.
 """
@@ -52,13 +56,27 @@ DEFAULT_MARGIN = 0.1  # log-odds
 DEFAULT_TYPICALITY_ALPHA = 0.05  # 0.01 would need >= 99 reference images to ever reject
 RANK_BY = ("raw", "calibrated")  # which scores order the sources (step 3)
 
+# Why the rule answered as it did (`Decision.reason`; the wire's `ImageResult.decision_reason`), one code per
+# exit of the rule, with the line a reader sees.
+REASONS = {
+    "out_of_scope": "too small to judge (step 1)",
+    "detector_real": "the detector's fake score is below its threshold (step 2)",
+    "no_candidate": "no source that cannot be excluded reaches its own threshold, or no source answered (steps 4-6)",
+    "tie": "the two best sources are within the margin of each other (step 7)",
+    "atypical_tie": "the two best sources are within the margin and both find the image atypical (steps 7-8)",
+    "atypical": "the best source finds the image atypical of its own images (step 8)",
+    "best_source": "the best source reaches its threshold, clear of the next, and finds the image typical (step 8)",
+}
+
 
 @dataclass(frozen=True)
 class Decision:
-    """`attribution` is `real`, `unknown`, `ambiguous` or a source; `prediction_set` the sources kept."""
+    """`attribution` is `real`, `unknown`, `ambiguous` or a source; `prediction_set` the sources kept;
+    `reason` the rule's exit that gave the answer (a key of `REASONS`)."""
 
     attribution: str
     prediction_set: list[str] = field(default_factory=list)
+    reason: str = "best_source"
 
 
 def decide(
@@ -76,7 +94,7 @@ def decide(
 ) -> Decision:
     """The rule of the module docstring (steps 2-8) for one image; `ranking` orders the sources (default: `calibrated`)."""
     if fake_score < fake_threshold:
-        return Decision(REAL)
+        return Decision(REAL, reason="detector_real")
     p_values = p_values or {}
     typicality_p_values = typicality_p_values or {}
     ranking = calibrated if ranking is None else ranking
@@ -88,10 +106,14 @@ def decide(
     kept = [s for s in ranked if s not in p_values or p_values[s] > alpha]
     candidates = [s for s in kept if calibrated[s] >= thresholds.get(s, DEFAULT_THRESHOLD)]
     if not candidates:
-        return Decision(UNKNOWN, kept)
+        return Decision(UNKNOWN, kept, "no_candidate")
     if len(candidates) > 1 and _log_odds(ranking[candidates[0]]) - _log_odds(ranking[candidates[1]]) <= margin:
-        return Decision(AMBIGUOUS if typical(candidates[0]) or typical(candidates[1]) else UNKNOWN, kept)
-    return Decision(candidates[0] if typical(candidates[0]) else UNKNOWN, kept)
+        if typical(candidates[0]) or typical(candidates[1]):
+            return Decision(AMBIGUOUS, kept, "tie")
+        return Decision(UNKNOWN, kept, "atypical_tie")
+    if typical(candidates[0]):
+        return Decision(candidates[0], kept, "best_source")
+    return Decision(UNKNOWN, kept, "atypical")
 
 
 def _log_odds(p: float) -> float:
@@ -138,6 +160,7 @@ class ImageAttribution:
     typicality: dict[str, float] = field(default_factory=dict)  # sources whose node sent a typicality score
     typicality_p_values: dict[str, float] = field(default_factory=dict)  # those with a usable reference
     out_of_scope: str = ""  # why the image was not judged (then `unknown`, nothing else set)
+    reason: str = "best_source"  # the rule's exit that gave `attribution` (a key of `REASONS`)
 
     def ranking(self, rank_by: str) -> dict[str, float]:
         """The scores that order the sources under `rank_by` (`RuleSettings.rank_by`)."""
@@ -146,7 +169,7 @@ class ImageAttribution:
 
 def out_of_scope(reason: str) -> ImageAttribution:
     """The answer for an input the network does not judge (too small): `unknown`, with the reason."""
-    return ImageAttribution(fake_score=0.0, attribution=UNKNOWN, out_of_scope=reason)
+    return ImageAttribution(fake_score=0.0, attribution=UNKNOWN, out_of_scope=reason, reason="out_of_scope")
 
 
 def attribute_batch(
@@ -178,7 +201,7 @@ def attribute_batch(
                           ranking=raw_image if settings.rank_by == "raw" else scores)
         results.append(ImageAttribution(
             fake_score=float(fake), raw=raw_image, calibrated=scores,
-            p_values=p_image, prediction_set=decision.prediction_set, attribution=decision.attribution,
+            p_values=p_image, prediction_set=decision.prediction_set, attribution=decision.attribution, reason=decision.reason,
             typicality={s: float(values[i]) for s, values in typicality.items()}, typicality_p_values=typical_image,
         ))
     return results

@@ -56,6 +56,7 @@ class Attribution:
     typicality_p_values: dict[str, float] = field(default_factory=dict)
     typicality_alpha: float = 0.0
     out_of_scope: str = ""  # why the image was not judged ("" when it was)
+    reason: str = ""  # the rule's exit that gave `attribution` (shared_backbone/model/rule.py REASONS)
 
     @classmethod
     def from_proto(cls, message: pb.ImageResult) -> "Attribution":
@@ -79,6 +80,7 @@ class Attribution:
             typicality_p_values=dict(sorted(message.typicality_p_values.items())),
             typicality_alpha=message.typicality_alpha,
             out_of_scope=message.out_of_scope,
+            reason=message.decision_reason,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from shared_backbone.model.features import as_head_features
 from shared_backbone.model.heads import Head
 from shared_backbone.model.preprocessing import load_image, to_model_input
 from shared_backbone.model.attributor import attribute_with_heads
-from shared_backbone.model.rule import REAL, ImageAttribution, RuleSettings, closed_set
+from shared_backbone.model.rule import REAL, REASONS, ImageAttribution, RuleSettings, closed_set
 
 BATCH = 256
 CLEAN = "clean"
@@ -116,32 +116,65 @@ def conformally_kept(result: ImageAttribution, source: str, alpha: float) -> boo
     return source in result.raw and result.p_values.get(source, 1.0) > alpha
 
 
-def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: list[str], alpha: float,
-                     fake_threshold: float, groups: list[str] | None = None) -> dict[str, Any]:
+def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: list[str], settings: RuleSettings,
+                     groups: list[str] | None = None) -> dict[str, Any]:
     """Known sources vs generators no training set held, with the full rule (conformal sets).
 
-    `coverage` is the rule's: the true source in the prediction set, which is empty for a fake the
-    detector calls real; `conformal_coverage` is the guarantee's (`conformally_kept`), which the
-    reference alone decides. With `groups` (each image's photo), that per photo as well."""
+    The closed-set answers compared with are the argmax of the scores the rule ranks by, so the drop
+    is what the rule's open-set steps cost, not a change of order. `coverage` is the rule's: the true
+    source in the prediction set, which is empty for a fake the detector calls real;
+    `conformal_coverage` is the guarantee's (`conformally_kept`), which the reference alone decides.
+    With `groups` (each image's photo), that per photo as well."""
     is_known = [t in known or t == REAL for t in truth]
     is_new = [t not in known and t != REAL for t in truth]
     fakes = [t in known for t in truth]
     full = [r.attribution for r in results]
-    closed = closed_set_answers(results, fake_threshold)
-    knownness = np.array([max(r.p_values.values(), default=0.0) for r in results])  # best p-value: how "known"
-    auroc_mask = np.array(fakes) | np.array(is_new)
+    closed = closed_set_answers(results, settings.fake_threshold, raw=settings.rank_by == "raw")
+    auroc = lambda knownness: roc_auc(np.array(fakes)[mask].astype(float), np.asarray(knownness)[mask])  # noqa: E731
+    mask = np.array(fakes) | np.array(is_new)
     return {
-        "alpha": alpha,
-        "auroc": roc_auc(np.array(fakes)[auroc_mask].astype(float), knownness[auroc_mask]),
+        "alpha": settings.alpha,
+        "auroc": auroc([max(r.p_values.values(), default=0.0) for r in results]),  # best p-value: how "known"
+        "auroc_rule": auroc([rule_knownness(r, settings.rank_by) for r in results]),
         "unknown_rate": float(np.mean([a == "unknown" for a, new in zip(full, is_new) if new])),
         "answered_real_rate": float(np.mean([a == REAL for a, new in zip(full, is_new) if new])),
         "known_accuracy_closed": accuracy(closed, truth, is_known),
         "known_accuracy_open": accuracy(full, truth, is_known),
         "known_accuracy_drop": accuracy(closed, truth, is_known) - accuracy(full, truth, is_known),
+        "known_accuracy_lost": lost_by_reason(results, closed, truth, is_known),
+        "wrong_source_closed": wrong_source_rate(closed, truth, known, is_known),
+        "wrong_source_open": wrong_source_rate(full, truth, known, is_known),
         "coverage": float(np.mean([t in r.prediction_set for r, t, f in zip(results, truth, fakes) if f])),
-        "conformal_coverage": float(np.mean([conformally_kept(r, t, alpha) for r, t, f in zip(results, truth, fakes) if f])),
-        **({"coverage_by_group": coverage_by_group(results, truth, fakes, groups, alpha)} if groups else {}),
+        "conformal_coverage": float(np.mean([conformally_kept(r, t, settings.alpha) for r, t, f in zip(results, truth, fakes) if f])),
+        **({"coverage_by_group": coverage_by_group(results, truth, fakes, groups, settings.alpha)} if groups else {}),
     }
+
+
+def rule_knownness(result: ImageAttribution, rank_by: str) -> float:
+    """How "known" the rule finds an image: the best-ranked source's smaller p-value, of its score and of its
+    typicality (the two tests it must pass to be named); 0 when no source answered."""
+    ranking = result.ranking(rank_by)
+    if not ranking:
+        return 0.0
+    best = max(ranking, key=ranking.get)
+    return min(result.p_values.get(best, 1.0), result.typicality_p_values.get(best, 1.0))
+
+
+def lost_by_reason(results: list[ImageAttribution], closed: list[str], truth: list[str], mask: list[bool]) -> dict[str, float]:
+    """The known images the closed set answers right and the full rule does not, as shares of all known images,
+    by the rule's exit that gave the answer (`rule.REASONS`; `best_source` there means another source was named,
+    its own having been excluded or below its threshold). The shares add up to at least the accuracy drop."""
+    lost = dict.fromkeys(REASONS, 0)  # every exit, so that means over seeds never miss one
+    for result, answer, true, counted in zip(results, closed, truth, mask):
+        if counted and answer == true and result.attribution != true:
+            lost[result.reason] += 1
+    return {reason: count / max(sum(mask), 1) for reason, count in lost.items()}
+
+
+def wrong_source_rate(answers: list[str], truth: list[str], sources: list[str], mask: list[bool]) -> float:
+    """The share of (known) images answered with a source that did not make them: the answer that accuses an organisation."""
+    accused = [a in sources and a != t for a, t, counted in zip(answers, truth, mask) if counted]
+    return float(np.mean(accused)) if accused else float("nan")
 
 
 def coverage_by_group(results: list[ImageAttribution], truth: list[str], fakes: list[bool], groups: list[str],

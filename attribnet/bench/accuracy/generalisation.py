@@ -42,7 +42,7 @@ def setting_metrics(models: SeedModels, setting: Setting, bench: BenchData, ever
                        "heads_calibrated": ev.per_source_recall(calibrated, truth, nodes),
                        **{key: ev.per_source_recall(answers, truth, nodes) for key, answers in with_templates.items()}},
         "per_source_detected": detected,
-        "open_set": ev.open_set_metrics(results, truth, nodes, settings.alpha, settings.fake_threshold),
+        "open_set": ev.open_set_metrics(results, truth, nodes, settings),
         "train_seconds": models.seconds,
     }
 

@@ -164,6 +164,17 @@ def _oracle_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+LOST_LABELS = {"no_candidate": "no source reaches its threshold", "tie": "ambiguous", "atypical_tie": "atypical tie",
+               "atypical": "atypical for its source", "best_source": "another source named"}
+
+
+def _lost(o: dict[str, Any]) -> str:
+    """Where the full rule loses known images the closed set answers right, by the rule's exit."""
+    lost = o.get("known_accuracy_lost", {})
+    parts = [f"{LOST_LABELS[r]} {_cell(lost[r])}" for r in LOST_LABELS if r in lost and lost[r]["mean"] > 0]
+    return f": {', '.join(parts)}" if parts else ""
+
+
 def _open_set_section(report: dict[str, Any]) -> list[str]:
     s, spread, ds = report["summary"], report["summary"]["spread"], report["dataset"]
     o = spread["open_set"]
@@ -171,7 +182,9 @@ def _open_set_section(report: dict[str, Any]) -> list[str]:
         f"Open set (clean models, strict heads, alpha {s['open_set']['alpha']:g}): AUROC known vs held-out {_cell(o['auroc'])}, "
         f"held-out answered `unknown` {_cell(o['unknown_rate'])} (called real {_cell(o['answered_real_rate'])}), "
         f"known accuracy {_cell(o['known_accuracy_closed'])} closed-set vs {_cell(o['known_accuracy_open'])} with the full rule "
-        f"(drop {_cell(o['known_accuracy_drop'])}), prediction-set coverage {_cell(o['coverage'])} (empty where the "
+        f"(drop {_cell(o['known_accuracy_drop'])}{_lost(o)}), known images answered with a source that did not make "
+        f"them {_cell(o.get('wrong_source_closed'))} closed-set vs {_cell(o.get('wrong_source_open'))} with the full rule, "
+        f"AUROC of the rule's own evidence (the best source's smaller p-value) {_cell(o.get('auroc_rule'))}, prediction-set coverage {_cell(o['coverage'])} (empty where the "
         f"detector calls a fake real), conformal coverage {_cell(o.get('conformal_coverage'))} (target "
         f"{1 - s['open_set']['alpha']:.2f}).",
         "",
@@ -201,7 +214,11 @@ def _private_section(report: dict[str, Any]) -> list[str]:
             ("strict heads, ranked by calibrated scores", lambda m: m["heads_calibrated"]),
             ("strict heads + spectral templates, Borda count", lambda m: m.get("heads_templates_borda")),
             ("conformal coverage (full rule)", lambda m: m["open_set"]["coverage"]),
-            ("known accuracy (full rule)", lambda m: m["open_set"]["known_accuracy_open"])]
+            ("known accuracy (full rule)", lambda m: m["open_set"]["known_accuracy_open"]),
+            ("known accuracy drop, full rule vs closed set", lambda m: m["open_set"]["known_accuracy_drop"]),
+            ("known images named as another source (full rule)", lambda m: m["open_set"].get("wrong_source_open")),
+            ("held-out generators answered `unknown` (full rule)", lambda m: m["open_set"]["unknown_rate"]),
+            ("AUROC known vs held-out, the rule's own evidence", lambda m: m["open_set"].get("auroc_rule"))]
     return [
         f"Fully private setting: the coordinator trains its detector and source-aware trunk on {', '.join(trained)} only "
         "(never a node's images) and every node joins late; with fine-tuning, every node then trains the backbone on "

@@ -50,8 +50,7 @@ def open_set(models: SeedModels, bench: BenchData, images: ev.TestImages, settin
     outputs = ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN))
     results = ev.answers(outputs, models.heads[f"{STRICT}-{CLEAN}"], settings)
     groups = [group_of(sample.path) for sample in images.samples] if bench.index.group_splits else None
-    return ev.open_set_metrics(results, ev.truths(bench.index, images.samples), bench.roles.nodes, settings.alpha,
-                               settings.fake_threshold, groups)
+    return ev.open_set_metrics(results, ev.truths(bench.index, images.samples), bench.roles.nodes, settings, groups)
 
 
 def late_join(models: SeedModels, bench: BenchData, images: ev.TestImages, settings: RuleSettings) -> dict[str, Any]:

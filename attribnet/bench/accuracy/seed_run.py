@@ -29,8 +29,9 @@ from shared_backbone.model.rule import RuleSettings
 
 
 # Raised whenever a change alters what a setting's stored results hold or mean, so that no run reads results
-# that older code computed. 2: the open set decides with the heads' typicality gate (2026-12-07).
-RESULTS_VERSION = 2
+# that older code computed. 2: the open set decides with the heads' typicality gate (2026-12-07). 3: the open
+# set's closed-set baseline ranks as the rule does; the drop is split by the rule's exits (2026-12-07).
+RESULTS_VERSION = 3
 
 
 def _fingerprint(config: AccuracyConfig, extra: Any = None, *, finetuned: bool = False) -> str:

@@ -25,7 +25,7 @@ class AttributeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha", "missing_reasons", "typicality", "typicality_p_values", "typicality_alpha", "out_of_scope")
+    __slots__ = ("index", "fake_score", "scores", "raw_scores", "thresholds", "attribution", "fake_threshold", "backbone", "missing_nodes", "heatmap_png", "p_values", "prediction_set", "alpha", "missing_reasons", "typicality", "typicality_p_values", "typicality_alpha", "out_of_scope", "decision_reason")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class ImageResult(_message.Message):
     TYPICALITY_P_VALUES_FIELD_NUMBER: _ClassVar[int]
     TYPICALITY_ALPHA_FIELD_NUMBER: _ClassVar[int]
     OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     index: int
     fake_score: float
     scores: _containers.ScalarMap[str, float]
@@ -111,7 +112,8 @@ class ImageResult(_message.Message):
     typicality_p_values: _containers.ScalarMap[str, float]
     typicality_alpha: float
     out_of_scope: str
-    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., missing_reasons: _Optional[_Mapping[str, str]] = ..., typicality: _Optional[_Mapping[str, float]] = ..., typicality_p_values: _Optional[_Mapping[str, float]] = ..., typicality_alpha: _Optional[float] = ..., out_of_scope: _Optional[str] = ...) -> None: ...
+    decision_reason: str
+    def __init__(self, index: _Optional[int] = ..., fake_score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ..., raw_scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., attribution: _Optional[str] = ..., fake_threshold: _Optional[float] = ..., backbone: _Optional[_Union[Backbone, _Mapping]] = ..., missing_nodes: _Optional[_Iterable[str]] = ..., heatmap_png: _Optional[bytes] = ..., p_values: _Optional[_Mapping[str, float]] = ..., prediction_set: _Optional[_Iterable[str]] = ..., alpha: _Optional[float] = ..., missing_reasons: _Optional[_Mapping[str, str]] = ..., typicality: _Optional[_Mapping[str, float]] = ..., typicality_p_values: _Optional[_Mapping[str, float]] = ..., typicality_alpha: _Optional[float] = ..., out_of_scope: _Optional[str] = ..., decision_reason: _Optional[str] = ...) -> None: ...
 
 class Backbone(_message.Message):
     __slots__ = ("version", "digest")
