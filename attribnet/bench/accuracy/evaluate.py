@@ -130,8 +130,8 @@ def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: l
     fakes = [t in known for t in truth]
     full = [r.attribution for r in results]
     closed = closed_set_answers(results, settings.fake_threshold, raw=settings.rank_by == "raw")
+    mask = np.array(fakes) | np.array(is_new)  # known fakes against new ones
     auroc = lambda knownness: roc_auc(np.array(fakes)[mask].astype(float), np.asarray(knownness)[mask])  # noqa: E731
-    mask = np.array(fakes) | np.array(is_new)
     return {
         "alpha": settings.alpha,
         "auroc": auroc([max(r.p_values.values(), default=0.0) for r in results]),  # best p-value: how "known"

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"accuracy on the clean test set ({len(config.seeds)} seed(s)): "
               + ", ".join(f"{k} {v:.3f}" for k, v in clean.items()))
         o = report["open_set"]
-        print(f"open set: AUROC {o['auroc']:.3f}, unknown rate {o['unknown_rate']:.3f}, coverage {o['coverage']:.3f} (alpha {o['alpha']})")
+        print(f"open set: AUROC {o['auroc']:.3f}, unknown rate {o['unknown_rate']:.3f}, coverage {o['coverage']:.3f} (alpha {o['alpha']}), "
+              f"known accuracy {o['known_accuracy_closed']:.3f} closed-set vs {o['known_accuracy_open']:.3f} full rule, "
+              f"wrong source named {o['wrong_source_closed']:.3f} vs {o['wrong_source_open']:.3f}")
         if "late_join" in report:
             print(f"late joiners {report['late_join']['joined_accuracy']:.3f} vs founding {report['late_join']['founding_accuracy']:.3f}")
         if "private" in report:
