@@ -176,14 +176,21 @@ def test_compiled_models_never_retrace(load_net):
 
 
 def test_metrics_endpoints_and_access_log(load_net, caplog):
+    from shared_backbone.model.rule import REASONS
     from shared_backbone.runtime import prometheus as metrics
 
     caplog.set_level("INFO", logger="attribnet.access")
+    rng = np.random.default_rng(7)
+    before = {reason: sample(load_net, f"{metrics.ANSWERS}_total", {"reason": reason}) for reason in REASONS}
     with client(load_net) as c:
-        c.attribute([png_bytes(np.random.default_rng(7))])
+        results = c.attribute([png_bytes(rng), png_bytes(rng, 8)])  # the second is too small to judge
+    after = {reason: sample(load_net, f"{metrics.ANSWERS}_total", {"reason": reason}) for reason in REASONS}
+    counted = {reason: after[reason] - before[reason] for reason in REASONS if after[reason] != before[reason]}
+    assert results[1].reason == "out_of_scope" and results[0].reason in REASONS
+    assert counted == {results[0].reason: 1, "out_of_scope": 1}  # the first is judged: never out of scope
     gateway_text = _scrape(load_net.coordinator.metrics_port)
     for name in (metrics.REQUESTS, metrics.LATENCY, metrics.BATCH_SIZE, metrics.QUEUE_DEPTH, metrics.IMAGES,
-                 metrics.NODE_LATENCY, metrics.TRACES, metrics.STAGE_SECONDS):
+                 metrics.NODE_LATENCY, metrics.TRACES, metrics.STAGE_SECONDS, metrics.ANSWERS):
         assert name in gateway_text, name
     assert 'attribnet_rpc_requests_total{code="OK",method="AttributionService/Attribute"}' in gateway_text
     node_text = _scrape(load_net.nodes["alpha"].metrics_port)

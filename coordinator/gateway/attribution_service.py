@@ -89,6 +89,8 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         response = pb.AttributeResponse(results=[results[i] for i in range(len(request.images))])
         self._respond_seconds(time.monotonic() - answered)
         self.metrics.images.inc(len(request.images))
+        for result in response.results:
+            self.metrics.answers.labels(reason=result.decision_reason).inc()
         return response
 
     def image_results(self, answer: BatchAnswer, pngs: list[bytes] | None,

@@ -7,6 +7,8 @@ the tests, never mix counts) and may expose it on `/metrics` (`serve_http`). Exp
   attribnet_rpc_requests_total{method,code}     every RPC by method and final status code
   attribnet_rpc_latency_seconds{method}         histogram of RPC handling time
   attribnet_images_total                        images (gateway) or feature rows (node) scored
+  attribnet_answers_total{reason}               gateway: answers by the rule's exit that gave them
+                                                (rule.REASONS: a rising `atypical` share is a generator none of ours)
   attribnet_batch_size{stage}                   histogram of rows per batch run (stage trunk | head)
   attribnet_queue_depth{stage}                  rows waiting in the batcher's queue
   attribnet_rejected_total{reason}              requests refused under load (rate_limit, queue_full, expired)
@@ -41,6 +43,7 @@ PREFIX = "attribnet"
 REQUESTS = f"{PREFIX}_rpc_requests"
 LATENCY = f"{PREFIX}_rpc_latency_seconds"
 IMAGES = f"{PREFIX}_images"
+ANSWERS = f"{PREFIX}_answers"
 BATCH_SIZE = f"{PREFIX}_batch_size"
 QUEUE_DEPTH = f"{PREFIX}_queue_depth"
 REJECTED = f"{PREFIX}_rejected"
@@ -79,6 +82,7 @@ class ServerMetrics:
         self.requests = Counter(REQUESTS, "RPCs handled, by method and status code", ["method", "code"], registry=r)
         self.latency = Histogram(LATENCY, "RPC handling time", ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter(IMAGES, "images (gateway) or feature rows (node) scored", registry=r)
+        self.answers = Counter(ANSWERS, "answers, by the rule's exit that gave them", ["reason"], registry=r)
         self.batch_size = Histogram(BATCH_SIZE, "rows per batch run", ["stage"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge(QUEUE_DEPTH, "rows waiting in the batcher queue", ["stage"], registry=r)
         self.rejected = Counter(REJECTED, "requests refused under load", ["reason"], registry=r)
