@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shared_backbone.model.rule import REASONS
 from tests.fixtures_demo import DEMO_SOURCES as SOURCES, alive, descendants, started_for
 
 
@@ -44,6 +45,11 @@ def _check_report(out: Path) -> tuple[list, list[dict]]:
     assert sorted(r["image"] for r in rows) == sorted(str(s.path.relative_to(out / "zoo")) for s in test)
     allowed = {"real", "unknown", "ambiguous", *SOURCES}
     assert all(r["predicted"] in allowed for r in rows), "every image needs an attribution"
+    by_reason = attribution["by_reason"]  # every answer's exit, agreeing with the answers themselves
+    assert sum(by_reason.values()) == len(rows) and set(by_reason) <= set(REASONS)
+    assert by_reason.get("tie", 0) == attribution["ambiguous"]
+    assert sum(by_reason.get(r, 0) for r in ("no_candidate", "atypical", "atypical_tie", "out_of_scope")) == attribution["unknown"]
+    assert all(r["reason"] == "best_source" for r in rows if r["predicted"] in SOURCES)
     correct = sum(r["predicted"] == r["truth"] for r in rows)
     assert attribution["accuracy"] == pytest.approx(correct / len(rows))
     matrix = attribution["confusion_matrix"]

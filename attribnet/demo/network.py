@@ -93,11 +93,10 @@ def query_network(gateway: str, paths: list[Path], *, batch: int = QUERY_BATCH, 
 
 
 def attribution_report(answers: list[Any], truths: list[str], ids: list[str], sources: list[str], out_dir: Path) -> dict[str, Any]:
-    """Per-source and overall accuracy, confusion matrix (PNG) of the network's answers.
+    """Per-source and overall accuracy, confusion matrix (PNG) and the rule's exits of the network's answers.
 
     Classes are `real` + every generator of the dataset (also those whose node failed), so a
-    missing head shows up as that source's images attributed elsewhere.
-    """
+    missing head shows up as that source's images attributed elsewhere."""
     from shared_backbone.training.classification_metrics import multiclass_metrics
     from shared_backbone.model.rule import closed_set
 
@@ -115,7 +114,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
     files = reports.write_multiclass_report(
         out_dir, ids, classes, true, predicted, metrics, name="network", title="attribution through the network",
         scores=scores, score_names=sources, extra_predicted=[UNKNOWN, AMBIGUOUS],
-        columns={"prediction_set": ["+".join(a.prediction_set) for a in answers],
+        columns={"reason": [a.reason for a in answers], "prediction_set": ["+".join(a.prediction_set) for a in answers],
                  **{f"p_{s}": [a.p_values.get(s, float("nan")) for a in answers] for s in sources}},
     )
     return {
@@ -124,6 +123,7 @@ def attribution_report(answers: list[Any], truths: list[str], ids: list[str], so
         "per_source": {name: {"accuracy": v["recall"], "n": v["support"]} for name, v in metrics["per_class"].items()},
         "unknown": int((predicted == unknown).sum()),
         "ambiguous": int((predicted == unknown + 1).sum()),
+        "by_reason": {r: [a.reason for a in answers].count(r) for r in sorted({a.reason for a in answers})},  # the rule's exits
         "closed_set": {  # the paper's rule without `unknown`: argmax of the heads' raw scores
             "accuracy": closed_metrics["accuracy"],
             "per_source": {name: v["recall"] for name, v in closed_metrics["per_class"].items()},
@@ -163,7 +163,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"`{report['network']['gateway']}` ({report['network']['nodes']} node processes), "
              f"backbone {report['bundle']['version']} ({report['bundle']['digest'][:12]}).", "",
              f"**Overall accuracy: {att['accuracy']:.3f}** ({att['unknown']} answered `unknown`, {att['ambiguous']} `ambiguous`); "
-             f"closed set (argmax, no `unknown`): {att['closed_set']['accuracy']:.3f}", "",
+             f"closed set (argmax, no `unknown`): {att['closed_set']['accuracy']:.3f}. Answers by the rule's step that gave them: "
+             + ", ".join(f"`{r}` {n}" for r, n in att["by_reason"].items()) + ".", "",
              "| class | test images | accuracy | closed-set accuracy |", "|---|---|---|---|"]
     for name, row in att["per_source"].items():
         lines.append(f"| {name} | {row['n']} | {row['accuracy']:.3f} | {att['closed_set']['per_source'][name]:.3f} |")

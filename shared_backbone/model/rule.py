@@ -76,7 +76,7 @@ class Decision:
 
     attribution: str
     prediction_set: list[str] = field(default_factory=list)
-    reason: str = "best_source"
+    reason: str = ""  # `decide` always sets it
 
 
 def decide(
@@ -160,7 +160,7 @@ class ImageAttribution:
     typicality: dict[str, float] = field(default_factory=dict)  # sources whose node sent a typicality score
     typicality_p_values: dict[str, float] = field(default_factory=dict)  # those with a usable reference
     out_of_scope: str = ""  # why the image was not judged (then `unknown`, nothing else set)
-    reason: str = "best_source"  # the rule's exit that gave `attribution` (a key of `REASONS`)
+    reason: str = ""  # the rule's exit that gave `attribution` (a key of `REASONS`; every constructor here sets it)
 
     def ranking(self, rank_by: str) -> dict[str, float]:
         """The scores that order the sources under `rank_by` (`RuleSettings.rank_by`)."""
