@@ -8,7 +8,7 @@ the tests, never mix counts) and may expose it on `/metrics` (`serve_http`). Exp
   attribnet_rpc_latency_seconds{method}         histogram of RPC handling time
   attribnet_images_total                        images (gateway) or feature rows (node) scored
   attribnet_answers_total{reason}               gateway: answers by the rule's exit that gave them
-                                                (rule.REASONS: a rising `atypical` share is a generator none of ours)
+                                                (rule.REASONS: a rising `atypical` share can mean a generator none of ours)
   attribnet_batch_size{stage}                   histogram of rows per batch run (stage trunk | head)
   attribnet_queue_depth{stage}                  rows waiting in the batcher's queue
   attribnet_rejected_total{reason}              requests refused under load (rate_limit, queue_full, expired)
