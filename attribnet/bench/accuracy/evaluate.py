@@ -85,9 +85,9 @@ def accuracy(predicted: list[str], truth: list[str], mask: list[bool] | None = N
     return float(np.mean([p == t for p, t in pairs])) if pairs else float("nan")
 
 
-def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *, raw: bool = False) -> list[str]:
-    """The paper's rule: the detector, then the argmax of the (calibrated, or raw) head scores."""
-    return [closed_set(r.fake_score, r.raw if raw else r.calibrated, fake_threshold).attribution for r in results]
+def closed_set_answers(results: list[ImageAttribution], fake_threshold: float, *, rank_by: str = "calibrated") -> list[str]:
+    """The paper's rule: the detector, then the argmax of the head scores `rank_by` names (`ImageAttribution.ranking`)."""
+    return [closed_set(r.fake_score, r.ranking(rank_by), fake_threshold).attribution for r in results]
 
 
 def template_rows(templates: list[SpectralTemplate], images: list[np.ndarray], outputs: BackboneOutputs,
@@ -129,7 +129,7 @@ def open_set_metrics(results: list[ImageAttribution], truth: list[str], known: l
     is_new = [t not in known and t != REAL for t in truth]
     fakes = [t in known for t in truth]
     full = [r.attribution for r in results]
-    closed = closed_set_answers(results, settings.fake_threshold, raw=settings.rank_by == "raw")
+    closed = closed_set_answers(results, settings.fake_threshold, rank_by=settings.rank_by)
     mask = np.array(fakes) | np.array(is_new)  # known fakes against new ones
     auroc = lambda knownness: roc_auc(np.array(fakes)[mask].astype(float), np.asarray(knownness)[mask])  # noqa: E731
     return {

@@ -26,7 +26,7 @@ def setting_metrics(models: SeedModels, setting: Setting, bench: BenchData, ever
     truth = ev.truths(bench.index, everything.samples)
     known = [s.source not in bench.roles.held_out for s in everything.samples]
     results = ev.answers(outputs, models.heads[STRICT], settings)
-    raw = ev.closed_set_answers(results, settings.fake_threshold, raw=True)
+    raw = ev.closed_set_answers(results, settings.fake_threshold, rank_by="raw")
     calibrated = ev.closed_set_answers(results, settings.fake_threshold)
     nodes = bench.roles.nodes
     detected = {s: float((outputs.fake[[t == s for t in truth]] >= settings.fake_threshold).mean()) for s in nodes}

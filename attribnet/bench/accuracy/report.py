@@ -184,9 +184,9 @@ def _open_set_section(report: dict[str, Any]) -> list[str]:
         f"known accuracy {_cell(o['known_accuracy_closed'])} closed-set vs {_cell(o['known_accuracy_open'])} with the full rule "
         f"(drop {_cell(o['known_accuracy_drop'])}{_lost(o)}), known images answered with a source that did not make "
         f"them {_cell(o.get('wrong_source_closed'))} closed-set vs {_cell(o.get('wrong_source_open'))} with the full rule, "
-        f"AUROC of the rule's own evidence (the best source's smaller p-value) {_cell(o.get('auroc_rule'))}, prediction-set coverage {_cell(o['coverage'])} (empty where the "
-        f"detector calls a fake real), conformal coverage {_cell(o.get('conformal_coverage'))} (target "
-        f"{1 - s['open_set']['alpha']:.2f}).",
+        f"AUROC of the rule's own evidence (the best source's smaller p-value) {_cell(o.get('auroc_rule'))}, "
+        f"prediction-set coverage {_cell(o['coverage'])} (empty where the detector calls a fake real), "
+        f"conformal coverage {_cell(o.get('conformal_coverage'))} (target {1 - s['open_set']['alpha']:.2f}).",
         "",
     ]
     if "coverage_by_group" in o and "mean" in o["coverage_by_group"]:

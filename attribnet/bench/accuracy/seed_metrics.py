@@ -27,7 +27,7 @@ def test_set_metrics(models: SeedModels, bench: BenchData, images: ev.TestImages
         strict = ev.answers(outputs, models.heads[f"{STRICT}-{training}"], settings)
         row = {
             "detection": ev.detection_accuracy(outputs, truth, settings.fake_threshold),
-            "heads_raw": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth),
+            "heads_raw": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold, rank_by="raw"), truth),
             "heads_calibrated": ev.accuracy(ev.closed_set_answers(strict, settings.fake_threshold), truth),
         }
         if f"{SHARED}-{training}" in models.heads:
@@ -74,7 +74,7 @@ def per_source(models: SeedModels, bench: BenchData, images: ev.TestImages, sett
     outputs = ev.run_backbone(models.bundles[CLEAN], images.images(ev.CLEAN))
     strict = ev.answers(outputs, models.heads[f"{STRICT}-{CLEAN}"], settings)
     table = {
-        "heads_raw": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold, raw=True), truth, bench.roles.nodes),
+        "heads_raw": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold, rank_by="raw"), truth, bench.roles.nodes),
         "heads_calibrated": ev.per_source_recall(ev.closed_set_answers(strict, settings.fake_threshold), truth, bench.roles.nodes),
     }
     for model, key in BASELINE_KEYS.items():
